@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from diffusers import AutoPipelineForText2Image, DiffusionPipeline
@@ -50,3 +54,56 @@ def load_pipeline(folder: Path, placement: DevicePlacement | None = None) -> Dif
     pipe.set_progress_bar_config(disable=True)
     logger.info("loaded pipeline %s on %s (%s)", folder.name, placement.device, placement.dtype)
     return pipe
+
+
+@dataclass
+class LoadedPipeline:
+    """A pipeline in memory with what a run needs to know about it."""
+
+    name: str
+    pipe: DiffusionPipeline
+    base_scheduler_config: Any  # the model's own; each run builds its scheduler from it
+    load_seconds: float
+
+
+class PipelineCache:
+    """The pipelines in memory, least recently used dropped first beyond `max_loaded`.
+
+    Not thread-safe on purpose: only the generation worker touches it, so a model
+    switch can never overlap a running generation.
+    """
+
+    def __init__(self, locate: Callable[[str], Path], placement: DevicePlacement, max_loaded: int = 1) -> None:
+        self._locate = locate
+        self._placement = placement
+        self._max_loaded = max_loaded
+        self._loaded: OrderedDict[str, LoadedPipeline] = OrderedDict()
+
+    @property
+    def placement(self) -> DevicePlacement:
+        return self._placement
+
+    def names(self) -> list[str]:
+        return list(self._loaded)
+
+    def get(self, name: str) -> LoadedPipeline:
+        """The pipeline of a stored model, loading it (and evicting another) if needed."""
+        if name in self._loaded:
+            self._loaded.move_to_end(name)
+            return self._loaded[name]
+        folder = self._locate(name)
+        while len(self._loaded) >= self._max_loaded:
+            evicted, _ = self._loaded.popitem(last=False)
+            logger.info("unloading model %s to make room", evicted)
+            self.release_cached_memory()
+        started = time.perf_counter()
+        pipe = load_pipeline(folder, self._placement)
+        loaded = LoadedPipeline(name, pipe, pipe.scheduler.config, time.perf_counter() - started)
+        self._loaded[name] = loaded
+        return loaded
+
+    def release_cached_memory(self) -> None:
+        """Return freed memory to the device (after an eviction or an out-of-memory error)."""
+        gc.collect()
+        if self._placement.is_gpu:
+            torch.cuda.empty_cache()

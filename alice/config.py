@@ -1,0 +1,154 @@
+"""Operator settings: `ALICE_*` environment variables over an optional YAML file.
+
+`ALICE_CONFIG=/path/alice.yaml` names the file; its keys are the field names below
+(`api_keys`, `queue_size`, ...). The environment wins over the file. Everything is
+validated once at start, and a bad value stops the server with a message naming the
+setting, its environment variable and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "ALICE_"
+CONFIG_FILE_ENV = "ALICE_CONFIG"
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or out of range; the message names it."""
+
+
+class Settings(BaseSettings):
+    """Every operator setting, each with an `ALICE_*` environment variable."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        repr=False,
+        description="API keys clients must send (comma-separated in ALICE_API_KEYS); empty = open.",
+    )
+    public_url: str | None = Field(
+        None, description="Base URL for handed-out image URLs when behind a proxy, e.g. https://alice.example.com."
+    )
+    data_dir: Path = Field(
+        Path("~/.local/share/alice"), description="Images, job records and downloads in progress."
+    )
+    default_model: str = Field("alice-demo", description="Model served when a request names none.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N.")
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        "auto", description="auto = bf16/fp16 on a GPU, fp32 on the CPU."
+    )
+    max_pixels: int = Field(
+        1024 * 1024, ge=64 * 64, le=4096 * 4096, description="Largest width x height a request may ask for."
+    )
+    max_images_per_request: int = Field(4, ge=1, le=16, description="Most images one request may ask for.")
+    queue_size: int = Field(16, ge=0, le=10_000, description="Most jobs waiting behind the running one; more get 503.")
+    request_timeout_s: float = Field(
+        590, gt=0, le=86_400, description="Deadline of a job from submission; SAM gives up after 600 s."
+    )
+    image_retention_days: float = Field(30, gt=0, description="Images older than this are deleted.")
+    image_retention_gb: float = Field(20, gt=0, description="Oldest images are deleted beyond this total size.")
+    retention_sweep_interval_s: float = Field(600, ge=1, description="How often the retention sweep runs.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Level of the alice logger.")
+    civitai_url: str = Field("https://civitai.com", description="CivitAI base URL.")
+    civitai_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("civitai_api_key", "CIVITAI_API_KEY"),
+        description="CivitAI token (env CIVITAI_API_KEY).",
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("public_url", "civitai_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init arguments; the environment overrides it.
+        return env_settings, init_settings
+
+    def public_view(self) -> dict[str, Any]:
+        """The effective settings with secrets masked, for the settings page and logs."""
+        view = self.model_dump(mode="json")
+        view["api_keys"] = ["****"] * len(self.api_keys)
+        view["civitai_api_key"] = "****" if self.civitai_api_key else None
+        return view
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a setting."""
+    return "CIVITAI_API_KEY" if field == "civitai_api_key" else ENV_PREFIX + field.upper()
+
+
+def load_settings() -> Settings:
+    """Read and validate the settings, raising ConfigError with a message that names the bad one."""
+    environ = os.environ
+    file_values: dict[str, Any] = {}
+    path = environ.get(CONFIG_FILE_ENV)
+    if path:
+        file_values = _read_yaml(Path(path))
+    # Any other ALICE_* variable is a typo of a real setting: refuse it rather than ignore it.
+    known = {env_name(name) for name in Settings.model_fields} | {CONFIG_FILE_ENV}
+    unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]}; known: {', '.join(sorted(known))}")
+    try:
+        return Settings(**file_values)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"{CONFIG_FILE_ENV}={path}: cannot read the file ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{CONFIG_FILE_ENV}={path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{CONFIG_FILE_ENV}={path}: the file must hold a mapping of setting: value")
+    unknown = sorted(str(key) for key in data if key not in Settings.model_fields)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown setting '{unknown[0]}'; known: {', '.join(sorted(Settings.model_fields))}"
+        )
+    return data
+
+
+def _describe(exc: ValidationError, path: str | None) -> str:
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        where = f"{field} ({env_name(field)}{' or ' + path if path else ''})" if field in Settings.model_fields else field
+        problems.append(f"invalid setting {where}: {error['msg']}")
+    return "; ".join(problems)

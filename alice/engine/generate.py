@@ -1,0 +1,98 @@
+"""One text-to-image run on a loaded pipeline, with progress and cancellation."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from diffusers import DiffusionPipeline
+from PIL import Image
+
+from alice.engine.schedulers import DEFAULT_SCHEDULER, build_scheduler
+
+StepCallback = Callable[[int, int], None]
+"""Called after every denoising step with (steps done, total steps)."""
+
+StopCheck = Callable[[], "str | None"]
+"""Asked after every step; a non-empty reason stops the run at that step."""
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """What to draw. Validated before it gets here; the seed is already chosen."""
+
+    prompt: str
+    seed: int
+    negative_prompt: str = ""
+    width: int = 512
+    height: int = 512
+    steps: int = 25
+    guidance_scale: float = 7.5
+    scheduler: str = DEFAULT_SCHEDULER
+    num_images: int = 1
+
+
+@dataclass(frozen=True)
+class GenerationOutput:
+    images: list[Image.Image]
+    seconds: float
+
+
+class GenerationStopped(Exception):
+    """The run was stopped between steps (cancelled or past its deadline)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def run_generation(
+    pipe: DiffusionPipeline,
+    base_scheduler_config: Any,
+    spec: GenerationSpec,
+    *,
+    on_step: StepCallback | None = None,
+    should_stop: StopCheck | None = None,
+) -> GenerationOutput:
+    """Draw `spec.num_images` images; image i uses seed `spec.seed + i`, so each is repeatable alone.
+
+    The caller must own the pipeline for the duration (ALICE runs one generation at a time):
+    the scheduler is replaced for this run.
+    """
+    started = time.perf_counter()
+    stop_reason: str | None = should_stop() if should_stop else None
+    if stop_reason:
+        raise GenerationStopped(stop_reason)
+
+    pipe.scheduler = build_scheduler(spec.scheduler, base_scheduler_config, spec.seed)
+    # CPU generators give the same starting noise on every device for a given seed.
+    generators = [torch.Generator("cpu").manual_seed(spec.seed + i) for i in range(spec.num_images)]
+
+    def step_end(pipeline: DiffusionPipeline, step: int, timestep: Any, kwargs: dict) -> dict:
+        nonlocal stop_reason
+        if on_step:
+            on_step(step + 1, pipeline.num_timesteps)
+        if should_stop and (reason := should_stop()):
+            stop_reason = reason
+            # Skips the remaining steps; the pipeline still decodes, so the result is dropped below.
+            pipeline._interrupt = True
+        return kwargs
+
+    with torch.inference_mode():
+        result = pipe(
+            prompt=spec.prompt,
+            negative_prompt=spec.negative_prompt or None,
+            width=spec.width,
+            height=spec.height,
+            num_inference_steps=spec.steps,
+            guidance_scale=spec.guidance_scale,
+            num_images_per_prompt=spec.num_images,
+            generator=generators,
+            callback_on_step_end=step_end,
+            output_type="pil",
+        )
+    if stop_reason:
+        raise GenerationStopped(stop_reason)
+    return GenerationOutput(images=list(result.images), seconds=time.perf_counter() - started)

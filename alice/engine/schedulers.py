@@ -1,0 +1,86 @@
+"""Scheduler (sampler) names as SD users say them, mapped to diffusers schedulers.
+
+A fresh scheduler is built for every request from the pipeline's own scheduler config:
+the pipeline object is shared between requests, its scheduler holds per-run state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    DPMSolverSDEScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    LCMScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+    UniPCMultistepScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+DEFAULT_SCHEDULER = "dpm++_sde_karras"
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    cls: type[SchedulerMixin]
+    a1111_name: str  # the "Sampler:" name AUTOMATIC1111 writes into PNG metadata
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+_KARRAS = {"use_karras_sigmas": True}
+_DPMPP_2M = {"algorithm_type": "dpmsolver++", "solver_order": 2}
+
+SCHEDULERS: dict[str, SchedulerSpec] = {
+    "ddim": SchedulerSpec(DDIMScheduler, "DDIM"),
+    "pndm": SchedulerSpec(PNDMScheduler, "PLMS"),
+    "lms": SchedulerSpec(LMSDiscreteScheduler, "LMS"),
+    "euler": SchedulerSpec(EulerDiscreteScheduler, "Euler"),
+    "euler_a": SchedulerSpec(EulerAncestralDiscreteScheduler, "Euler a"),
+    "dpm++": SchedulerSpec(DPMSolverMultistepScheduler, "DPM++ 2M", _DPMPP_2M),
+    "dpm++_karras": SchedulerSpec(DPMSolverMultistepScheduler, "DPM++ 2M Karras", {**_DPMPP_2M, **_KARRAS}),
+    "dpm++_sde": SchedulerSpec(DPMSolverSDEScheduler, "DPM++ SDE"),
+    "dpm++_sde_karras": SchedulerSpec(DPMSolverSDEScheduler, "DPM++ SDE Karras", _KARRAS),
+    "dpm++_2m": SchedulerSpec(DPMSolverMultistepScheduler, "DPM++ 2M", _DPMPP_2M),
+    "dpm++_2m_karras": SchedulerSpec(DPMSolverMultistepScheduler, "DPM++ 2M Karras", {**_DPMPP_2M, **_KARRAS}),
+    "heun": SchedulerSpec(HeunDiscreteScheduler, "Heun"),
+    "unipc": SchedulerSpec(UniPCMultistepScheduler, "UniPC"),
+    "lcm": SchedulerSpec(LCMScheduler, "LCM"),
+}
+ALIASES = {"euler_ancestral": "euler_a"}
+SCHEDULER_NAMES = sorted([*SCHEDULERS, *ALIASES])
+
+
+class UnknownScheduler(ValueError):
+    """The request named a scheduler ALICE does not have."""
+
+
+def canonical_scheduler_name(name: str) -> str:
+    """The canonical name for a case-insensitive name or alias; UnknownScheduler otherwise."""
+    key = name.strip().lower()
+    key = ALIASES.get(key, key)
+    if key not in SCHEDULERS:
+        raise UnknownScheduler(f"unknown scheduler '{name}'; accepted: {', '.join(SCHEDULER_NAMES)}")
+    return key
+
+
+def build_scheduler(name: str, base_config: Any, seed: int) -> SchedulerMixin:
+    """A new scheduler of that kind configured like the model's own.
+
+    DPM++ SDE draws its noise from the global RNG unless its noise sampler is seeded,
+    which would make seeded requests unrepeatable.
+    """
+    spec = SCHEDULERS[canonical_scheduler_name(name)]
+    options = dict(spec.options)
+    if spec.cls is DPMSolverSDEScheduler:
+        options["noise_sampler_seed"] = seed
+    return spec.cls.from_config(base_config, **options)
+
+
+def a1111_sampler_name(name: str) -> str:
+    return SCHEDULERS[canonical_scheduler_name(name)].a1111_name

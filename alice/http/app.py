@@ -1,0 +1,77 @@
+"""The FastAPI app BentoML mounts at `/`: every GET route and the OpenAI and admin routes.
+
+BentoML's own routes (`/generate`, `/livez`, `/readyz`, `/metrics`, ...) are matched first;
+only paths this app has a route for reach it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import FileResponse, JSONResponse, Response
+
+from alice.http import jobs_routes, openai_routes
+from alice.http.errors import ApiError, from_exception
+from alice.http.handling import get_runtime
+from alice.jobs import QueueFull
+from alice.model_store import InvalidModelName, ModelNotFound
+from alice.protocol.generation import InvalidRequest
+from alice.runtime import Runtime
+
+logger = logging.getLogger("alice.http")
+
+http_app = FastAPI(title="ALICE", docs_url=None, redoc_url=None, openapi_url=None)
+http_app.include_router(openai_routes.router)
+http_app.include_router(jobs_routes.router)
+
+
+@http_app.get("/health")
+def health(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+    """Liveness and facts for SAM; reads memory only, so it answers during a generation."""
+    return runtime.health()
+
+
+@http_app.api_route("/images/{name}", methods=["GET", "HEAD"])
+def image(name: str, runtime: Runtime = Depends(get_runtime)) -> Response:
+    path = runtime.images.path_for(name)
+    if path is None:
+        raise ApiError(404, "no such image (it may have expired)", param="name", code="image_not_found")
+    # A name is never reused for other bytes, so caches may keep it forever.
+    return FileResponse(
+        path,
+        media_type="image/png",
+        headers={"Cache-Control": "public, max-age=31536000, immutable", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+async def _known_error(request: Request, exc: Exception) -> JSONResponse:
+    error = from_exception(exc)
+    assert error is not None  # registered only for the types from_exception knows
+    return error.openai_response()
+
+
+for _type in (ApiError, ValidationError, InvalidRequest, InvalidModelName, ModelNotFound, QueueFull):
+    http_app.add_exception_handler(_type, _known_error)
+
+
+@http_app.exception_handler(RequestValidationError)
+async def _request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0]
+    param = ".".join(str(part) for part in first["loc"] if part != "body") or None
+    return ApiError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param).openai_response()
+
+
+@http_app.exception_handler(HTTPException)
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    return ApiError(exc.status_code, str(exc.detail)).openai_response()
+
+
+@http_app.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return ApiError(500, "internal server error", code="internal_error").openai_response()

@@ -1,0 +1,59 @@
+"""API keys: `Authorization: Bearer KEY` or `X-Api-Key: KEY` on every route but the open ones."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from alice.config import load_settings
+from alice.http.errors import ApiError
+
+logger = logging.getLogger("alice.auth")
+
+# Open by contract: SAM polls /health and fetches image URLs with no key, probes and
+# Prometheus scrape without one. Image names are unguessable capability URLs.
+OPEN_PATHS = frozenset({"/health", "/livez", "/readyz", "/healthz", "/metrics"})
+OPEN_PREFIXES = ("/images/",)
+
+
+def is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+
+
+def presented_key(headers: Headers) -> str | None:
+    authorization = headers.get("authorization", "")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return headers.get("x-api-key") or None
+
+
+def key_matches(presented: str, keys: list[str]) -> bool:
+    """Constant-time against every key, so timing tells neither which key nor how much matched."""
+    candidate = presented.encode()
+    matches = [hmac.compare_digest(candidate, key.encode()) for key in keys]
+    return any(matches)
+
+
+class ApiKeyMiddleware:
+    """Refuses requests without a configured key with a 401 in the OpenAI envelope."""
+
+    def __init__(self, app: ASGIApp, keys: list[str] | None = None) -> None:
+        self.app = app
+        self.keys = load_settings().api_keys if keys is None else keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.keys or is_open(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        presented = presented_key(Headers(scope=scope))
+        if presented and key_matches(presented, self.keys):
+            await self.app(scope, receive, send)
+            return
+        # Never a hint of which part failed: missing and wrong keys get the same answer.
+        error = ApiError(401, "a valid API key is required (Authorization: Bearer KEY or X-Api-Key: KEY)",
+                         code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        await error.openai_response()(scope, receive, send)

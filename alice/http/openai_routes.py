@@ -1,0 +1,113 @@
+"""The OpenAI-shaped routes SAM and the openai SDK call: chat completions, images, models."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from typing import Any, AsyncIterator
+
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import JSONResponse, StreamingResponse
+
+from alice import model_store
+from alice.http.errors import ApiError, job_error
+from alice.http.handling import get_runtime, image_urls, read_json_object, result_metadata, wait_for
+from alice.jobs import Job, JobState
+from alice.protocol import openai as oa
+from alice.protocol.generation import GenerationSettings, strip_model_prefix
+from alice.runtime import Runtime
+
+logger = logging.getLogger("alice.http")
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions")
+@router.post("/chat/completions")  # SAM users often leave /v1 out of the base URL
+async def chat_completions(request: Request, runtime: Runtime = Depends(get_runtime)) -> Any:
+    chat = oa.ChatCompletionRequest.model_validate(await read_json_object(request))
+    settings = GenerationSettings.model_validate(oa.chat_settings(chat))
+    job = runtime.submit(settings, "chat")
+    model = chat.model or oa.model_id(job.model)
+    completion_id = oa.new_completion_id()
+    if chat.stream:
+        return StreamingResponse(
+            _stream(job, request, runtime, completion_id, model),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    await wait_for(job, request, runtime)
+    urls = image_urls(request, runtime, job)
+    return JSONResponse(oa.chat_completion(completion_id, model, urls, result_metadata(job)))
+
+
+async def _stream(job: Job, request: Request, runtime: Runtime, completion_id: str, model: str) -> AsyncIterator[str]:
+    """Server-Sent Events: the role, progress while queued and denoising, the images, [DONE]."""
+
+    def event(data: dict[str, Any]) -> str:
+        return f"data: {json.dumps(data)}\n\n"
+
+    try:
+        yield event(oa.chat_chunk(completion_id, model, {"role": "assistant", "content": ""}))
+        last: tuple[str, int] | None = None
+        async for current in job.watch():
+            if current.state.finished or (current.state.value, current.step) == last:
+                continue
+            last = (current.state.value, current.step)
+            progress = {
+                "job_id": current.id,
+                "state": current.state.value,
+                "step": current.step,
+                "total_steps": current.total_steps,
+                "progress": round(current.progress, 4),
+            }
+            yield event(oa.chat_chunk(completion_id, model, {}, progress=progress))
+        error = job_error(job)
+        if error:
+            yield event({"error": {"message": error.message, "type": error.type, "param": None, "code": error.code}})
+        else:
+            delta = oa.final_chunk_delta(image_urls(request, runtime, job), result_metadata(job))
+            yield event(oa.chat_chunk(completion_id, model, delta, finish_reason="stop"))
+        yield "data: [DONE]\n\n"
+    finally:
+        # The client hung up mid-stream (Starlette cancels the generator): stop its job.
+        if not job.state.finished:
+            runtime.jobs.cancel(job.id)
+
+
+@router.post("/v1/images/generations")
+async def images_generations(request: Request, runtime: Runtime = Depends(get_runtime)) -> Any:
+    images_request = oa.ImagesRequest.model_validate(await read_json_object(request))
+    settings = GenerationSettings.model_validate(oa.images_settings(images_request))
+    job = runtime.submit(settings, "images")
+    await wait_for(job, request, runtime)
+    if images_request.response_format == "b64_json":
+        data = [
+            {"b64_json": base64.b64encode(runtime.images.path_for(name).read_bytes()).decode(), "revised_prompt": settings.prompt}
+            for name in job.images
+        ]
+    else:
+        data = [{"url": url, "revised_prompt": settings.prompt} for url in image_urls(request, runtime, job)]
+    return JSONResponse({"created": int(job.finished or job.created), "data": data})
+
+
+@router.get("/v1/models")
+@router.get("/models")
+def list_models(runtime: Runtime = Depends(get_runtime)) -> Any:
+    loaded = set(runtime.pipelines.names())
+    data = [
+        oa.model_card(m.name, m.family, int(m.created.timestamp()), m.name in loaded)
+        for m in model_store.list_models()
+        if m.kind == "pipeline"
+    ]
+    return {"object": "list", "data": data}
+
+
+@router.get("/v1/models/{model_id:path}")
+def get_model(model_id: str, runtime: Runtime = Depends(get_runtime)) -> Any:
+    name = strip_model_prefix(model_id)
+    try:
+        stored = model_store.get_model(name)
+    except (model_store.ModelNotFound, model_store.InvalidModelName):
+        raise ApiError(404, f"model '{model_id}' not found", param="model", code="model_not_found") from None
+    return oa.model_card(stored.name, stored.family, int(stored.created.timestamp()), name in runtime.pipelines.names())

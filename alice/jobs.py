@@ -1,0 +1,288 @@
+"""Jobs: every generation waits in one FIFO queue and one worker thread runs them.
+
+One thread owns the GPU, so two generations never overlap and a model switch never
+happens under a running one. Requests arrive on the event loop, put a job here and
+await it, which keeps the loop free for `/health` and lets queued work be listed and
+cancelled (BentoML's own thread limiter hides what waits in it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, AsyncIterator, Callable
+
+from alice.engine.generate import GenerationSpec, GenerationStopped
+
+logger = logging.getLogger("alice.jobs")
+
+CANCELLED = "cancelled"
+DEADLINE = "deadline exceeded"
+
+
+class JobState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class QueueFull(Exception):
+    """No room in the queue; the client should try again later."""
+
+    def __init__(self, waiting: int, retry_after_s: int) -> None:
+        super().__init__(f"the queue is full ({waiting} jobs waiting); try again later")
+        self.retry_after_s = retry_after_s
+
+
+class JobFailure(Exception):
+    """Raised by an executor for a failure with a known cause (code) and a message for the client."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Job:
+    """One generation request and what became of it. Mutated only under the queue's lock."""
+
+    model: str
+    spec: GenerationSpec
+    source: str
+    deadline: float  # time.time() after which the job is stopped
+    id: str = field(default_factory=lambda: "job-" + secrets.token_hex(12))
+    state: JobState = JobState.QUEUED
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    step: int = 0
+    total_steps: int = 0
+    error: str | None = None
+    error_code: str | None = None
+    images: list[str] = field(default_factory=list)
+    cancel_requested: bool = False
+    _watchers: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    @property
+    def progress(self) -> float:
+        if self.state is JobState.SUCCEEDED:
+            return 1.0
+        return self.step / self.total_steps if self.total_steps else 0.0
+
+    def public(self) -> dict[str, Any]:
+        """The job as the API shows it (behind the API key, so parameters are included)."""
+        return {
+            "id": self.id,
+            "object": "job",
+            "state": self.state.value,
+            "progress": round(self.progress, 4),
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "created": self.created,
+            "started": self.started,
+            "finished": self.finished,
+            "error": self.error,
+            "error_code": self.error_code,
+            "images": list(self.images),
+            "model": self.model,
+            "source": self.source,
+            "parameters": dataclasses.asdict(self.spec),
+        }
+
+    async def watch(self) -> AsyncIterator[Job]:
+        """Yields the job now and after every change, until it has finished."""
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+
+        def notify() -> None:
+            try:
+                loop.call_soon_threadsafe(changed.set)
+            except RuntimeError:  # the waiting loop has closed; nobody listens any more
+                pass
+
+        self._watchers.append(notify)
+        try:
+            while True:
+                yield self
+                if self.state.finished:
+                    return
+                await changed.wait()
+                changed.clear()
+        finally:
+            self._watchers.remove(notify)
+
+    async def wait(self) -> Job:
+        async for _ in self.watch():
+            pass
+        return self
+
+    def _notify(self) -> None:
+        for notify in list(self._watchers):
+            notify()
+
+
+Executor = Callable[[Job, Callable[[int, int], None], Callable[[], "str | None"]], list[str]]
+"""Runs a job: (job, on_step, should_stop) -> image names. Raises GenerationStopped or JobFailure."""
+
+
+class JobQueue:
+    """A bounded FIFO of jobs and the single worker thread that runs them."""
+
+    def __init__(self, execute: Executor, max_waiting: int, keep_finished: int = 500) -> None:
+        self._execute = execute
+        self._max_waiting = max_waiting
+        self._keep_finished = keep_finished
+        self._lock = threading.Condition()
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._jobs: dict[str, Job] = {}  # insertion order = submission order
+        self._running: Job | None = None
+        self._accepting = True
+        self._thread: threading.Thread | None = None
+        self._recent_seconds: collections.deque[float] = collections.deque(maxlen=20)
+
+    # -- the worker ----------------------------------------------------------------
+    def start(self, warm_up: Callable[[], None] | None = None) -> None:
+        """Start the worker; `warm_up` runs on it first (loading the default model)."""
+        self._thread = threading.Thread(target=self._work, args=(warm_up,), name="alice-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Take no new work, let the running job finish (up to `timeout`), leave queued ones queued."""
+        with self._lock:
+            self._accepting = False
+            self._lock.notify_all()
+        if self._thread:
+            self._thread.join(timeout)
+
+    def _work(self, warm_up: Callable[[], None] | None) -> None:
+        if warm_up:
+            try:
+                warm_up()
+            except Exception:  # the server stays up and reports the problem on /health
+                logger.exception("warm-up failed")
+        while True:
+            with self._lock:
+                while self._accepting and not self._waiting:
+                    self._lock.wait()
+                if not self._accepting:
+                    return
+                job = self._waiting.popleft()
+                if time.time() > job.deadline:
+                    self._finish(job, JobState.FAILED, DEADLINE, f"the job waited past its deadline ({DEADLINE})")
+                    continue
+                job.state, job.started = JobState.RUNNING, time.time()
+                self._running = job
+                job._notify()
+            self._run(job)
+
+    def _run(self, job: Job) -> None:
+        def on_step(step: int, total: int) -> None:
+            with self._lock:
+                job.step, job.total_steps = step, total
+                job._notify()
+
+        def should_stop() -> str | None:
+            if job.cancel_requested:
+                return CANCELLED
+            if time.time() > job.deadline:
+                return DEADLINE
+            return None
+
+        try:
+            images = self._execute(job, on_step, should_stop)
+        except GenerationStopped as stop:
+            if stop.reason == CANCELLED:
+                self._finish(job, JobState.CANCELLED, CANCELLED, "the job was cancelled")
+            else:
+                self._finish(job, JobState.FAILED, "timeout", f"the job was stopped: {stop.reason}")
+        except JobFailure as failure:
+            self._finish(job, JobState.FAILED, failure.code, str(failure))
+        except Exception as exc:  # never let one bad job kill the worker
+            logger.exception("job %s failed", job.id)
+            self._finish(job, JobState.FAILED, "internal_error", f"generation failed: {type(exc).__name__}")
+        else:
+            with self._lock:
+                job.images = images
+                self._recent_seconds.append(time.time() - (job.started or job.created))
+            self._finish(job, JobState.SUCCEEDED)
+
+    def _finish(self, job: Job, state: JobState, code: str | None = None, error: str | None = None) -> None:
+        with self._lock:
+            job.state, job.finished = state, time.time()
+            job.error_code, job.error = code, error
+            if self._running is job:
+                self._running = None
+            self._forget_old()
+            job._notify()
+        logger.info("job %s %s%s", job.id, state.value, f" ({code})" if code else "")
+
+    def _forget_old(self) -> None:
+        finished = [j for j in self._jobs.values() if j.state.finished]
+        for job in finished[: max(0, len(finished) - self._keep_finished)]:
+            del self._jobs[job.id]
+
+    # -- the clients' side --------------------------------------------------------
+    def submit(self, model: str, spec: GenerationSpec, source: str, timeout_s: float) -> Job:
+        """Queue a job, or raise QueueFull when `max_waiting` jobs already wait."""
+        with self._lock:
+            # A job waiting while nothing runs is about to start, so it takes the running slot.
+            room = self._max_waiting + (0 if self._running else 1)
+            if not self._accepting or len(self._waiting) >= room:
+                raise QueueFull(len(self._waiting), self._retry_after_s())
+            job = Job(model=model, spec=spec, source=source, deadline=time.time() + timeout_s)
+            self._jobs[job.id] = job
+            self._waiting.append(job)
+            self._lock.notify_all()
+        logger.info("job %s queued (%s, model %s)", job.id, source, model)
+        return job
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Cancel a queued job now, or a running one at its next step; None if unknown."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.state.finished:
+                return job
+            job.cancel_requested = True
+            if job.state is JobState.QUEUED:
+                self._waiting.remove(job)
+                queued = True
+            else:
+                queued = False
+        if queued:
+            self._finish(job, JobState.CANCELLED, CANCELLED, "the job was cancelled")
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def list(self) -> list[Job]:
+        """All known jobs, newest first."""
+        with self._lock:
+            return list(reversed(self._jobs.values()))
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def running(self) -> Job | None:
+        return self._running
+
+    def _retry_after_s(self) -> int:
+        """A fair guess at when a slot frees up: the average recent job time times the queue."""
+        average = sum(self._recent_seconds) / len(self._recent_seconds) if self._recent_seconds else 10.0
+        return max(1, min(600, round(average * max(1, len(self._waiting)))))

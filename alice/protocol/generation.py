@@ -1,0 +1,77 @@
+"""The generation settings every route shares, with their limits."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from alice.engine.schedulers import DEFAULT_SCHEDULER, canonical_scheduler_name
+
+MAX_PROMPT_CHARS = 4000
+MAX_SIDE = 2048
+MAX_SEED = 2**32 - 1
+MODEL_PREFIX = "sd/"
+
+
+def strip_model_prefix(model_id: str) -> str:
+    """SAM sends `sd/<name>`; the store knows `<name>`. Both spellings are accepted."""
+    model_id = model_id.strip()
+    return model_id[len(MODEL_PREFIX) :] if model_id.lower().startswith(MODEL_PREFIX) else model_id
+
+
+class InvalidRequest(ValueError):
+    """A request value that passed the schema but not a limit of this server."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class GenerationSettings(BaseModel):
+    """Prompt and knobs of one text-to-image request, as SD users name them."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="What to draw.")
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="What not to draw.")
+    model: str | None = Field(
+        None, max_length=200, description="Stored model name, with or without the `sd/` prefix; none = the default."
+    )
+    width: int = Field(512, ge=64, le=MAX_SIDE, multiple_of=8, description="Image width in pixels, a multiple of 8.")
+    height: int = Field(512, ge=64, le=MAX_SIDE, multiple_of=8, description="Image height in pixels, a multiple of 8.")
+    steps: int = Field(25, ge=1, le=150, description="Denoising steps.")
+    guidance_scale: float = Field(7.5, ge=0, le=30, allow_inf_nan=False, description="Classifier-free guidance (CFG).")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Seed for repeatable images; none = random.")
+    scheduler: str = Field(DEFAULT_SCHEDULER, max_length=40, description="Sampler name, e.g. ddim, euler_a, dpm++_2m_karras.")
+    num_images: int = Field(1, ge=1, le=16, description="How many images to draw (seeds seed, seed+1, ...).")
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt must contain text")
+        return value
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str) -> str:
+        return canonical_scheduler_name(value)
+
+    @field_validator("model")
+    @classmethod
+    def _strip_prefix(cls, value: str | None) -> str | None:
+        return strip_model_prefix(value) or None if value is not None else None
+
+    def check_limits(self, *, max_pixels: int, max_images: int) -> None:
+        """Limits that come from the operator's configuration, not the schema."""
+        if self.width * self.height > max_pixels:
+            raise InvalidRequest(
+                "width",
+                f"width x height = {self.width}x{self.height} = {self.width * self.height} pixels is over "
+                f"this server's limit of {max_pixels} pixels (ALICE_MAX_PIXELS)",
+            )
+        if self.num_images > max_images:
+            raise InvalidRequest(
+                "num_images",
+                f"num_images = {self.num_images} is over this server's limit of {max_images} "
+                "(ALICE_MAX_IMAGES_PER_REQUEST)",
+            )

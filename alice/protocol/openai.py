@@ -1,0 +1,204 @@
+"""OpenAI-shaped requests and answers, as SAM and the `openai` SDK send and decode them.
+
+Unknown fields are ignored, never an error: clients send more than we use.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from alice.protocol.generation import GenerationSettings, InvalidRequest
+
+# Lowest priority first: OpenAI's top-level fields (or the SDK's extra_body), then SAM's places.
+SETTINGS_SOURCES = ("metadata", "samConfig", "sam_config")
+
+# Other names clients use for our settings.
+SETTING_ALIASES = {
+    "cfg_scale": "guidance_scale",
+    "cfg": "guidance_scale",
+    "num_inference_steps": "steps",
+    "sampler": "scheduler",
+    "sampler_name": "scheduler",
+    "n": "num_images",
+    "batch_size": "num_images",
+}
+SIZE_PATTERN = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
+
+
+class OpenAIModel(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ChatMessage(OpenAIModel):
+    role: str = Field(max_length=50)
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatCompletionRequest(OpenAIModel):
+    model: str | None = Field(None, max_length=200)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
+    stream: bool = False
+    metadata: dict[str, Any] | None = None
+    samConfig: dict[str, Any] | None = None
+    sam_config: dict[str, Any] | None = None
+
+
+class ImagesRequest(OpenAIModel):
+    prompt: str
+    model: str | None = None
+    n: int = Field(1, ge=1)
+    size: str | None = Field(None, max_length=20)
+    response_format: Literal["url", "b64_json"] = "url"
+
+
+def _snake(key: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", key).lower()
+
+
+def normalise_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """Map camelCase, aliases and `size: "WxH"` onto GenerationSettings' field names."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = _snake(str(key))
+        name = SETTING_ALIASES.get(name, name)
+        if name == "size" and isinstance(value, str):
+            width, height = parse_size(value)
+            out["width"], out["height"] = width, height
+        elif name in GenerationSettings.model_fields:
+            out[name] = value
+    return out
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    match = SIZE_PATTERN.match(size)
+    if not match:
+        raise InvalidRequest("size", f"size must look like '512x512' (width x height), not {size!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def prompt_from_messages(messages: list[ChatMessage]) -> str:
+    """The last user message's text; `content` may be a string or OpenAI's list of parts."""
+    for message in reversed(messages):
+        if message.role != "user":
+            continue
+        if isinstance(message.content, str):
+            return message.content
+        if isinstance(message.content, list):
+            texts = [str(part.get("text", "")) for part in message.content if part.get("type") == "text"]
+            return " ".join(text for text in texts if text)
+        return ""
+    raise InvalidRequest("messages", "messages must contain a message with role 'user' holding the prompt")
+
+
+def chat_settings(request: ChatCompletionRequest) -> dict[str, Any]:
+    """The generation settings of a chat request, merged from every place clients put them."""
+    extras = dict(request.model_extra or {})
+    merged = normalise_settings(extras)
+    for source in SETTINGS_SOURCES:
+        values = getattr(request, source)
+        if values:
+            merged.update(normalise_settings(values))
+    merged["prompt"] = prompt_from_messages(request.messages)
+    if request.model is not None:
+        merged["model"] = request.model
+    return merged
+
+
+def images_settings(request: ImagesRequest) -> dict[str, Any]:
+    merged = normalise_settings(dict(request.model_extra or {}))
+    if request.size:
+        merged["width"], merged["height"] = parse_size(request.size)
+    merged.update(prompt=request.prompt, num_images=request.n)
+    if request.model is not None:
+        merged["model"] = request.model
+    return merged
+
+
+def model_id(name: str) -> str:
+    return "sd/" + name
+
+
+def _markdown(urls: list[str]) -> str:
+    count = f"{len(urls)} image{'s' if len(urls) != 1 else ''} generated."
+    return " ".join([count, *(f"![image]({url})" for url in urls)])
+
+
+def _usage() -> dict[str, int]:
+    # SAM requires the camelCase keys, the openai SDK reads the snake_case ones.
+    return {
+        "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
+        "promptTokens": 0, "completionTokens": 0, "totalTokens": 0,
+    }
+
+
+def new_completion_id() -> str:
+    return "chatcmpl-" + secrets.token_hex(12)
+
+
+def chat_completion(
+    completion_id: str, model: str, urls: list[str], metadata: dict[str, Any]
+) -> dict[str, Any]:
+    """The non-streamed answer, in the exact shape SAM decodes."""
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": _markdown(urls),
+                    "image_urls": urls,
+                    "metadata": metadata,
+                },
+                "finish_reason": "stop",
+                "finishReason": "stop",
+            }
+        ],
+        "usage": _usage(),
+    }
+
+
+def chat_chunk(
+    completion_id: str,
+    model: str,
+    delta: dict[str, Any],
+    finish_reason: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """One streamed `chat.completion.chunk`; extra keys (progress) ride beside `choices`."""
+    return {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "finishReason": finish_reason}],
+        **extra,
+    }
+
+
+def final_chunk_delta(urls: list[str], metadata: dict[str, Any]) -> dict[str, Any]:
+    return {"content": _markdown(urls), "image_urls": urls, "metadata": metadata}
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def model_card(name: str, family: str, created: int, loaded: bool) -> dict[str, Any]:
+    return {
+        "id": model_id(name),
+        "object": "model",
+        "created": created,
+        "owned_by": "alice",
+        "ownedBy": "alice",
+        "type": family,
+        "loaded": loaded,
+    }

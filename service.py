@@ -1,0 +1,47 @@
+"""ALICE as a BentoML service: a thin shell over the `alice` package.
+
+    bentoml serve service:Alice --port 3000
+"""
+
+from __future__ import annotations
+
+import bentoml
+from starlette.responses import JSONResponse
+
+from alice.config import load_settings
+from alice.http import native
+from alice.http.app import http_app
+from alice.http.auth import ApiKeyMiddleware
+from alice.logs import configure_logging
+from alice.protocol.native import GenerateRequest, GenerateResponse
+from alice.runtime import Runtime
+
+
+@bentoml.service(
+    name="alice",
+    resources={"gpu": 1},
+    workers=1,  # one process owns the GPU; its worker thread runs one generation at a time
+    traffic={"timeout": 660},  # SAM waits 600 s; jobs have their own, shorter deadline
+)
+@bentoml.asgi_app(http_app, path="/")
+class Alice:
+    def __init__(self) -> None:
+        settings = load_settings()
+        configure_logging(settings.log_level)
+        self.runtime = Runtime(settings).start()
+
+    def __is_ready__(self) -> bool:
+        """`/readyz` stays not-ready until the default model is loaded."""
+        return self.runtime.ready
+
+    @bentoml.api(route="/generate", input_spec=GenerateRequest)
+    async def generate(self, ctx: bentoml.Context, **params) -> GenerateResponse | JSONResponse:
+        """Text to image: the JSON body holds the settings flat; answers PNGs (base64 and URL)."""
+        return await native.generate(self.runtime, ctx, GenerateRequest(**params))
+
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        self.runtime.shutdown()
+
+
+Alice.add_asgi_middleware(ApiKeyMiddleware)
