@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import torch
 from diffusers import AutoPipelineForText2Image, DiffusionPipeline
+from diffusers.utils import logging as diffusers_logging
 
 logger = logging.getLogger("alice.engine")
 
@@ -47,6 +48,7 @@ def choose_placement(device: str = "auto", dtype: str = "auto") -> DevicePlaceme
 def load_pipeline(folder: Path, placement: DevicePlacement | None = None) -> DiffusionPipeline:
     """Load a diffusers pipeline folder (SD 1.x/2.x or SDXL) fully offline."""
     placement = placement or choose_placement()
+    diffusers_logging.disable_progress_bar()
     pipe = AutoPipelineForText2Image.from_pretrained(
         str(folder), dtype=placement.dtype, local_files_only=True
     )

@@ -1,0 +1,3 @@
+from alice.cli import main
+
+main()

@@ -1,0 +1,66 @@
+"""The `alice` command line (also `python -m alice`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from alice import model_store
+from alice.logs import configure_logging
+
+app = typer.Typer(help="ALICE: self-hosted Stable Diffusion.", no_args_is_help=True, add_completion=False)
+models_app = typer.Typer(help="Models in the Bento model store.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("demo")
+def models_demo() -> None:
+    """Build the embedded demo model (offline) and put it in the model store, once."""
+    model = model_store.ensure_demo_model()
+    typer.echo(model.tag)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Show ALICE's models in the store."""
+    models = model_store.list_models()
+    if not models:
+        typer.echo("no models; run `alice models demo` or `alice models import`")
+        return
+    rows = [("ID", "TYPE", "SIZE", "CREATED")] + [
+        (f"sd/{m.name}", m.family, f"{m.size_bytes / 1e6:.1f} MB", m.created.strftime("%Y-%m-%d %H:%M"))
+        for m in models
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+@models_app.command("import")
+def models_import(
+    path: Path = typer.Argument(..., help="A diffusers pipeline folder."),
+    name: str = typer.Option(..., "--name", help="The model's id in ALICE (lowercase, digits, . _ -)."),
+) -> None:
+    """Import a diffusers folder into the model store, after checking it loads."""
+    try:
+        model = model_store.import_pipeline_folder(path, name)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(model.tag)
+
+
+@models_app.command("delete")
+def models_delete(name: str) -> None:
+    """Remove a model (every version) from the store."""
+    try:
+        model_store.delete_model(name.removeprefix("sd/"))
+    except (model_store.ModelNotFound, model_store.InvalidModelName) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def main() -> None:
+    configure_logging("INFO")
+    app()

@@ -1,0 +1,90 @@
+"""The embedded demo model: a tiny, randomly initialised SD-1.5-shaped pipeline.
+
+Same classes and layout as Stable Diffusion 1.5 (CLIP text encoder, UNet2DConditionModel,
+AutoencoderKL at 8x downscale), so every loading and generation path runs on it; small
+enough to draw 64x64 in 4 steps in a fraction of a second on a CPU. It draws noise.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from alice.engine.tokenizer import write_offline_clip_tokenizer
+
+DEMO_MODEL_NAME = "alice-demo"
+_HIDDEN = 32
+
+
+def build_demo_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """The same weights for the same seed, without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=_HIDDEN,
+            attention_head_dim=8,
+            norm_num_groups=8,
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            block_out_channels=(32, 32, 32, 32),  # 4 blocks = SD's 8x downscale
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            latent_channels=4,
+            layers_per_block=1,
+            norm_num_groups=8,
+            sample_size=64,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=1000,
+                hidden_size=_HIDDEN,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=77,
+                bos_token_id=0,
+                eos_token_id=2,
+                pad_token_id=1,
+            )
+        )
+    # SD 1.5's own scheduler settings; requests pick their sampler on top of these.
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        write_offline_clip_tokenizer(Path(scratch))
+        tokenizer = CLIPTokenizer.from_pretrained(scratch)
+    text_encoder.config.eos_token_id = tokenizer.eos_token_id
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def save_demo_pipeline(directory: Path, seed: int = 0) -> None:
+    build_demo_pipeline(seed).save_pretrained(str(directory), safe_serialization=True)

@@ -1,0 +1,46 @@
+"""In-process HTTP tests: the real BentoML app (routing, mounts, middleware) on the demo model."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from tests.support import isolated_store
+
+API_KEY = "test-key-1"
+OTHER_KEY = "test-key-2"
+
+
+def start_client(tmp: Path, **env: str) -> Iterator[TestClient]:
+    with isolated_store(tmp, env) as store:
+        from service import Alice
+
+        with TestClient(Alice.to_asgi(), base_url="http://testserver") as client:
+            client.store = store  # type: ignore[attr-defined]
+            wait_ready(client)
+            yield client
+
+
+def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/readyz").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not ready: {client.get('/health').json()}")
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """An open server (no API key configured)."""
+    yield from start_client(tmp_path_factory.mktemp("open"))
+
+
+@pytest.fixture(scope="module")
+def keyed_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """A server with two API keys."""
+    yield from start_client(tmp_path_factory.mktemp("keyed"), ALICE_API_KEYS=f"{API_KEY}, {OTHER_KEY}")
