@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import bentoml
-from starlette.responses import JSONResponse
 
 from alice.config import load_settings
 from alice.http import native
@@ -35,9 +34,10 @@ class Alice:
         return self.runtime.ready
 
     @bentoml.api(route="/generate", input_spec=GenerateRequest)
-    async def generate(self, ctx: bentoml.Context, **params) -> GenerateResponse | JSONResponse:
+    async def generate(self, ctx: bentoml.Context, **params) -> GenerateResponse:
         """Text to image: the JSON body holds the settings flat; answers PNGs (base64 and URL)."""
-        return await native.generate(self.runtime, ctx, GenerateRequest(**params))
+        # Errors come back as a JSONResponse, which BentoML passes through as it is.
+        return await native.generate(self.runtime, ctx, GenerateRequest(**params))  # type: ignore[return-value]
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:

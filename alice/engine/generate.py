@@ -56,43 +56,50 @@ def run_generation(
     on_step: StepCallback | None = None,
     should_stop: StopCheck | None = None,
 ) -> GenerationOutput:
-    """Draw `spec.num_images` images; image i uses seed `spec.seed + i`, so each is repeatable alone.
+    """Draw `spec.num_images` images, one after another: image i uses seed `spec.seed + i` for
+    its noise and sampler, so a request for that seed alone gives the same image again
+    (a batch would not: batched arithmetic and shared sampler noise differ in the last bits).
 
     The caller must own the pipeline for the duration (ALICE runs one generation at a time):
-    the scheduler is replaced for this run.
+    the scheduler is replaced for every image.
     """
     started = time.perf_counter()
     stop_reason: str | None = should_stop() if should_stop else None
     if stop_reason:
         raise GenerationStopped(stop_reason)
-
-    pipe.scheduler = build_scheduler(spec.scheduler, base_scheduler_config, spec.seed)
-    # CPU generators give the same starting noise on every device for a given seed.
-    generators = [torch.Generator("cpu").manual_seed(spec.seed + i) for i in range(spec.num_images)]
+    images: list[Image.Image] = []
+    done_before = 0  # steps of the images already drawn
 
     def step_end(pipeline: DiffusionPipeline, step: int, timestep: Any, kwargs: dict) -> dict:
         nonlocal stop_reason
         if on_step:
-            on_step(step + 1, pipeline.num_timesteps)
+            total = pipeline.num_timesteps
+            on_step(done_before + step + 1, total * spec.num_images)
         if should_stop and (reason := should_stop()):
             stop_reason = reason
             # Skips the remaining steps; the pipeline still decodes, so the result is dropped below.
             pipeline._interrupt = True
         return kwargs
 
-    with torch.inference_mode():
-        result = pipe(
-            prompt=spec.prompt,
-            negative_prompt=spec.negative_prompt or None,
-            width=spec.width,
-            height=spec.height,
-            num_inference_steps=spec.steps,
-            guidance_scale=spec.guidance_scale,
-            num_images_per_prompt=spec.num_images,
-            generator=generators,
-            callback_on_step_end=step_end,
-            output_type="pil",
-        )
-    if stop_reason:
-        raise GenerationStopped(stop_reason)
-    return GenerationOutput(images=list(result.images), seconds=time.perf_counter() - started)
+    for index in range(spec.num_images):
+        seed = spec.seed + index
+        pipe.scheduler = build_scheduler(spec.scheduler, base_scheduler_config, seed)
+        # A CPU generator gives the same starting noise on every device for a given seed.
+        generator = torch.Generator("cpu").manual_seed(seed)
+        with torch.inference_mode():
+            result = pipe(
+                prompt=spec.prompt,
+                negative_prompt=spec.negative_prompt or None,
+                width=spec.width,
+                height=spec.height,
+                num_inference_steps=spec.steps,
+                guidance_scale=spec.guidance_scale,
+                generator=generator,
+                callback_on_step_end=step_end,
+                output_type="pil",
+            )
+        if stop_reason:
+            raise GenerationStopped(stop_reason)
+        images.extend(result.images)
+        done_before += pipe.num_timesteps
+    return GenerationOutput(images=images, seconds=time.perf_counter() - started)

@@ -9,18 +9,18 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from tests.support import isolated_store
+from tests.support import alice_environment
 
 API_KEY = "test-key-1"
 OTHER_KEY = "test-key-2"
 
 
 def start_client(tmp: Path, **env: str) -> Iterator[TestClient]:
-    with isolated_store(tmp, env) as store:
+    with alice_environment(tmp, env) as root:
         from service import Alice
 
         with TestClient(Alice.to_asgi(), base_url="http://testserver") as client:
-            client.store = store  # type: ignore[attr-defined]
+            client.data_dir = root / "data"  # type: ignore[attr-defined]
             wait_ready(client)
             yield client
 
