@@ -54,3 +54,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def forget_service_metrics() -> None:
+    """Let a second service app be built in this process.
+
+    BentoML registers its request metrics in prometheus_client's global registry each time
+    an app is built, and a second registration raises DuplicateTimeseries. A real server
+    builds one app per process; tests build one per module.
+    """
+    from prometheus_client import REGISTRY
+
+    for collector, names in list(REGISTRY._collector_to_names.items()):
+        if any(name.startswith(("bentoml_", "alice_")) for name in names):
+            REGISTRY.unregister(collector)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from tests.support import alice_environment
+from tests.support import alice_environment, forget_service_metrics
 
 API_KEY = "test-key-1"
 OTHER_KEY = "test-key-2"
@@ -19,6 +19,7 @@ def start_client(tmp: Path, **env: str) -> Iterator[TestClient]:
     with alice_environment(tmp, env) as root:
         from service import Alice
 
+        forget_service_metrics()
         with TestClient(Alice.to_asgi(), base_url="http://testserver") as client:
             client.data_dir = root / "data"  # type: ignore[attr-defined]
             wait_ready(client)
