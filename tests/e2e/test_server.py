@@ -1,0 +1,160 @@
+"""End to end: `bentoml serve` in a subprocess, driven by the clients people really use."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import bentoml
+import httpx
+import openai
+import pytest
+from PIL import Image
+
+from tests.support import alice_environment, free_port
+
+pytestmark = pytest.mark.e2e
+
+API_KEY = "e2e-key"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("e2e")
+    port = free_port()
+    with alice_environment(tmp, {"ALICE_API_KEYS": API_KEY}):
+        log = open(tmp / "server.log", "wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", "service:Alice", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(url, process, tmp / "server.log")
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            log.close()
+
+
+def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"server not ready:\n{log.read_text()[-4000:]}")
+
+
+def test_bentoml_client_generate_with_keyword_arguments(server):
+    with bentoml.SyncHTTPClient(server, token=API_KEY, timeout=120) as client:
+        result = client.generate(prompt="a lighthouse", width=64, height=96, steps=4, seed=3, scheduler="euler")
+    assert result["seed"] == 3
+    png = base64.b64decode(result["images"][0]["b64_json"])
+    assert Image.open(io.BytesIO(png)).size == (64, 96)
+    served = httpx.get(result["images"][0]["url"])
+    assert served.status_code == 200 and served.content == png
+
+
+def test_openai_sdk_chat_images_and_streaming(server):
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0)
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["sd/alice-demo"]
+
+    completion = client.chat.completions.create(
+        model="sd/alice-demo",
+        messages=[{"role": "user", "content": "a red bicycle"}],
+        extra_body={"metadata": {"width": 64, "height": 64, "steps": 3, "seed": 11}},
+    )
+    message = completion.choices[0].message
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage.total_tokens == 0
+    [url] = message.model_extra["image_urls"]
+    assert url in message.content
+    image = Image.open(io.BytesIO(httpx.get(url).content))
+    assert image.size == (64, 64)
+
+    images = client.images.generate(prompt="a fox", model="sd/alice-demo", size="64x64", n=2,
+                                    extra_body={"steps": 2, "seed": 4})
+    assert len(images.data) == 2 and all(item.url for item in images.data)
+    b64 = client.images.generate(prompt="a fox", size="64x64", response_format="b64_json",
+                                 extra_body={"steps": 2, "seed": 4})
+    assert base64.b64decode(b64.data[0].b64_json) == httpx.get(images.data[0].url).content
+
+    stream = client.chat.completions.create(
+        model="sd/alice-demo",
+        messages=[{"role": "user", "content": "a red bicycle"}],
+        stream=True,
+        extra_body={"metadata": {"width": 64, "height": 64, "steps": 3, "seed": 11}},
+    )
+    chunks = list(stream)
+    assert any((chunk.model_extra or {}).get("progress") for chunk in chunks)
+    final = chunks[-1].choices[0]
+    assert final.finish_reason == "stop"
+    assert final.delta.content == message.content.replace(url, final.delta.model_extra["image_urls"][0])
+
+
+def test_openai_sdk_sees_typed_errors_without_retrying(server):
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY)
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model="sd/alice-demo", messages=[{"role": "user", "content": "x"}],
+                                       extra_body={"metadata": {"width": 65}})
+    assert bad.value.body["param"] == "width"
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="sd/missing", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server}/v1", api_key="wrong").models.list()
+
+
+def test_sam_without_v1_and_with_x_api_key(server):
+    response = httpx.post(
+        f"{server}/chat/completions",
+        headers={"X-Api-Key": API_KEY},
+        json={"model": "sd/alice-demo", "messages": [{"role": "user", "content": "a boat"}],
+              "metadata": {"steps": 2, "width": 64, "height": 64, "scheduler": "ddim", "seed": 1}},
+        timeout=600,
+    )
+    assert response.status_code == 200
+    url = response.json()["choices"][0]["message"]["image_urls"][0]
+    assert url.startswith(f"{server}/images/")
+    image = httpx.get(url)
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+
+
+def test_health_answers_fast_during_a_generation_and_metrics_work(server):
+    busy = threading.Thread(target=httpx.post, args=(f"{server}/generate",), kwargs={
+        "json": {"prompt": "slow", "width": 256, "height": 256, "steps": 40},
+        "headers": {"X-Api-Key": API_KEY}, "timeout": 600})
+    busy.start()
+    try:
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{server}/health").json()["queue"]["running"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        started = time.monotonic()
+        health = httpx.get(f"{server}/health", timeout=5)
+        assert time.monotonic() - started < 1.0
+        body = health.json()
+        assert body["status"] == "ok" and body["queue"]["running"] == 1
+        assert {"version", "gpu_available", "gpuAvailable", "models_loaded", "modelsLoaded"} <= set(body)
+        metrics = httpx.get(f"{server}/metrics", timeout=5)
+        assert metrics.status_code == 200 and "bentoml_service_request" in metrics.text
+    finally:
+        busy.join()
