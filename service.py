@@ -10,7 +10,7 @@ import bentoml
 from alice.config import load_settings
 from alice.http import native
 from alice.http.app import http_app
-from alice.http.auth import ApiKeyMiddleware
+from alice.http.auth import ApiKeyMiddleware, warn_if_open_beyond_loopback
 from alice.logs import configure_logging
 from alice.protocol.native import GenerateRequest, GenerateResponse
 from alice.runtime import Runtime
@@ -27,6 +27,7 @@ class Alice:
     def __init__(self) -> None:
         settings = load_settings()
         configure_logging(settings.log_level)
+        warn_if_open_beyond_loopback(settings.api_keys)
         self.runtime = Runtime(settings).start()
 
     def __is_ready__(self) -> bool:

@@ -1,3 +1,6 @@
+"""`python -m alice`: the same command line as the `alice` console script."""
+
 from alice.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

@@ -1,10 +1,15 @@
-"""The `alice` command line (also `python -m alice`)."""
+"""The `alice` command line (also `python -m alice`).
+
+Sub-command groups are separate typer apps so `models search|download` and `serve` can be
+added beside these without touching them.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
+from transformers.utils import logging as transformers_logging
 
 from alice import model_store
 from alice.logs import configure_logging
@@ -29,30 +34,30 @@ def models_list() -> None:
         typer.echo("no models; run `alice models demo` or `alice models import`")
         return
     rows = [("ID", "TYPE", "SIZE", "CREATED")] + [
-        (f"sd/{m.name}", m.family, f"{m.size_bytes / 1e6:.1f} MB", m.created.strftime("%Y-%m-%d %H:%M"))
+        (f"sd/{m.name}", f"{m.kind}/{m.family}", f"{m.size_bytes / 1e6:.1f} MB", f"{m.created:%Y-%m-%d %H:%M} UTC")
         for m in models
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
 @models_app.command("import")
 def models_import(
-    path: Path = typer.Argument(..., help="A diffusers pipeline folder."),
-    name: str = typer.Option(..., "--name", help="The model's id in ALICE (lowercase, digits, . _ -)."),
+    path: Path = typer.Argument(..., help="A diffusers pipeline folder (model_index.json and components)."),
+    name: str = typer.Option(..., "--name", help="The model's id in ALICE (lowercase letters, digits, . _ -)."),
 ) -> None:
     """Import a diffusers folder into the model store, after checking it loads."""
     try:
         model = model_store.import_pipeline_folder(path, name)
-    except ValueError as exc:
+    except ValueError as exc:  # InvalidModelName is one too
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(model.tag)
 
 
 @models_app.command("delete")
-def models_delete(name: str) -> None:
+def models_delete(name: str = typer.Argument(..., help="The model's id, with or without `sd/`.")) -> None:
     """Remove a model (every version) from the store."""
     try:
         model_store.delete_model(name.removeprefix("sd/"))
@@ -62,5 +67,7 @@ def models_delete(name: str) -> None:
 
 
 def main() -> None:
+    """Console-script entry point: INFO logs from `alice.*` go to stderr, results to stdout."""
     configure_logging("INFO")
-    app()
+    transformers_logging.disable_progress_bar()  # its "Loading weights" bars are noise here
+    app(prog_name="alice")

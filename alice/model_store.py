@@ -1,20 +1,23 @@
-"""ALICE's models in the Bento model store (`BENTOML_HOME/models`).
+"""ALICE's models in the Bento model store (`$BENTOML_HOME/models`).
 
-Every model ALICE stores is labelled `alice: <kind>` so other models living in the same
-store are left alone. A model's name is its id; each import makes a new version and the
-newest one is served.
+Every model ALICE stores is labelled `alice: <kind>` (plus `family`), so other models
+living in the same store are left alone. A model's name is its id; each import makes a
+new bentoml version and the newest one is the one served.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Callable
 
 import bentoml
 from bentoml.exceptions import NotFound
@@ -24,42 +27,48 @@ from alice.engine.pipelines import choose_placement, load_pipeline
 
 logger = logging.getLogger("alice.models")
 
-LABEL = "alice"
+LABEL = "alice"  # label key that marks a model as ALICE's; its value is the kind
 PIPELINE = "pipeline"
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+FAMILIES = ("sd15", "sd2", "sdxl")
+# bentoml's own tag rule (bentoml._internal.tag): 1-63 chars, lowercase alnum at both ends.
+_NAME = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?")
 
 
 class ModelNotFound(KeyError):
+    """No ALICE model of that name is in the store."""
+
     def __init__(self, name: str) -> None:
         super().__init__(f"model '{name}' is not in the model store")
         self.name = name
 
-    def __str__(self) -> str:
+    def __str__(self) -> str:  # KeyError would print the message in quotes
         return str(self.args[0])
 
 
 class InvalidModelName(ValueError):
-    pass
+    """The name breaks bentoml's tag rules (and so could never name a stored model)."""
 
 
 @dataclass(frozen=True)
 class StoredModel:
+    """One model in the store, at its newest version."""
+
     name: str
-    tag: str
+    tag: str  # name:version
     path: Path
     family: str  # sd15 | sd2 | sdxl
     kind: str  # pipeline (lora later)
     size_bytes: int
-    created: datetime
-    source: str
+    created: datetime  # UTC
+    source: str = ""  # where it came from: local, demo, a hub repo id
 
 
 def validate_model_name(name: str) -> str:
-    """Bento tag rules; also what keeps a user-given id from naming a path."""
-    if not _NAME.fullmatch(name):
+    """Return `name` if it is a valid model id; it also keeps a user-given id from naming a path."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidModelName(
             f"invalid model name {name!r}: use 1 to 63 lowercase letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
+            "starting and ending with a letter or digit"
         )
     return name
 
@@ -78,25 +87,33 @@ def detect_family(folder: Path) -> str:
 
 
 def import_pipeline_folder(folder: Path, name: str, *, source: str = "local") -> StoredModel:
-    """Check the folder loads as a pipeline (the serving code path), then store a copy."""
+    """Check the folder loads as a pipeline (the serving code path), then store a copy of it."""
     validate_model_name(name)
+    folder = Path(folder)
     if not (folder / "model_index.json").is_file():
-        raise ValueError(f"{folder} is not a diffusers pipeline folder (no model_index.json)")
-    try:
-        load_pipeline(folder, choose_placement("cpu", "float32"))
-    except Exception as exc:
-        raise ValueError(f"{folder} does not load as a diffusers pipeline: {exc}") from exc
+        raise ValueError(f"{folder} is not a diffusers pipeline folder (it has no model_index.json)")
+    _check_loads(folder)
     family = detect_family(folder)
-    with bentoml.models.create(
-        name, labels={LABEL: PIPELINE, "family": family}, metadata={"source": source, "family": family}
-    ) as model:
-        shutil.copytree(folder, model.path, dirs_exist_ok=True)
+    labels = {LABEL: PIPELINE, "family": family}
+    staging: str | None = None
+    try:
+        with bentoml.models.create(name, labels=labels, metadata={"source": source, "family": family}) as model:
+            # create() stages in a temp folder, then copies that into the store.
+            staging = model.path
+            shutil.copytree(
+                folder, staging, dirs_exist_ok=True, ignore=_bentoml_own_files(folder), copy_function=_link_or_copy
+            )
+    finally:
+        # bentoml 1.4 never removes its staging folder, on success or failure: without
+        # this every import would leave a full copy of the weights in the temp dir.
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     logger.info("imported %s (%s) as %s", folder, family, model.tag)
     return get_model(name)
 
 
 def list_models() -> list[StoredModel]:
-    """ALICE's models, the newest version of each, by name."""
+    """ALICE's models (by label), the newest version of each, sorted by name."""
     newest: dict[str, StoredModel] = {}
     for model in bentoml.models.list():
         if LABEL not in model.info.labels:
@@ -108,6 +125,7 @@ def list_models() -> list[StoredModel]:
 
 
 def get_model(name: str) -> StoredModel:
+    """The newest version of an ALICE model; ModelNotFound if absent or not ALICE's."""
     validate_model_name(name)
     try:
         model = bentoml.models.get(f"{name}:latest")
@@ -119,25 +137,57 @@ def get_model(name: str) -> StoredModel:
 
 
 def delete_model(name: str) -> None:
-    """Every version of an ALICE model."""
+    """Remove every version of an ALICE model; other models of that name are left alone."""
     validate_model_name(name)
-    versions = [m for m in bentoml.models.list(name) if LABEL in m.info.labels]
+    try:
+        versions = [m for m in bentoml.models.list(name) if LABEL in m.info.labels]
+    except NotFound:
+        versions = []
     if not versions:
         raise ModelNotFound(name)
     for model in versions:
         bentoml.models.delete(model.tag)
-    logger.info("deleted model %s", name)
+    logger.info("deleted model %s (%d version(s))", name, len(versions))
 
 
 def ensure_demo_model() -> StoredModel:
-    """The demo model, built and stored the first time."""
+    """The demo model, built offline and stored the first time; the stored one afterwards."""
     try:
         return get_model(DEMO_MODEL_NAME)
     except ModelNotFound:
         pass
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory(prefix="alice-demo-") as scratch:
         save_demo_pipeline(Path(scratch))
         return import_pipeline_folder(Path(scratch), DEMO_MODEL_NAME, source="demo")
+
+
+def _check_loads(folder: Path) -> None:
+    """Load the folder with the serving code; any failure means it is not a usable pipeline."""
+    try:
+        pipe = load_pipeline(folder, choose_placement("cpu"))
+    except Exception as exc:  # diffusers raises many kinds for broken folders
+        raise ValueError(f"{folder} does not load as a diffusers pipeline: {exc}") from exc
+    del pipe
+    gc.collect()  # real SD weights are gigabytes: do not hold them until the next collection
+
+
+def _bentoml_own_files(folder: Path) -> Callable[[str, list[str]], list[str]]:
+    """Leave out a top-level model.yaml: bentoml writes its own there (through a hard link
+    that would overwrite the user's file)."""
+
+    def ignore(directory: str, names: list[str]) -> list[str]:
+        return ["model.yaml"] if Path(directory) == folder and "model.yaml" in names else []
+
+    return ignore
+
+
+def _link_or_copy(src: str, dst: str) -> Any:
+    """Hard-link into the staging folder when possible: bentoml copies it into the store anyway."""
+    try:
+        os.link(src, dst)
+        return dst
+    except OSError:  # another filesystem, or links not allowed
+        return shutil.copy2(src, dst)
 
 
 def _stored(model: bentoml.Model) -> StoredModel:
@@ -152,13 +202,14 @@ def _stored(model: bentoml.Model) -> StoredModel:
         family=str(model.info.labels.get("family", "sd15")),
         kind=str(model.info.labels[LABEL]),
         size_bytes=sum(f.stat().st_size for f in path.rglob("*") if f.is_file()),
-        created=created,
+        created=created.astimezone(timezone.utc),
         source=str(model.info.metadata.get("source", "")),
     )
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 
 from starlette.datastructures import Headers
@@ -57,3 +58,22 @@ class ApiKeyMiddleware:
         error = ApiError(401, "a valid API key is required (Authorization: Bearer KEY or X-Api-Key: KEY)",
                          code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
         await error.openai_response()(scope, receive, send)
+
+
+def warn_if_open_beyond_loopback(keys: list[str]) -> None:
+    """No key is fine on one's own machine; on a network anyone could use the GPU, so say so."""
+    from bentoml._internal.configuration.containers import BentoMLContainer  # the --host it serves on
+
+    host = str(BentoMLContainer.http.host.get())
+    if keys:
+        logger.info("API keys required (%d configured)", len(keys))
+        return
+    try:
+        loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        logger.warning(
+            "no API key is configured and the server listens on %s: anyone who can reach it can use it; "
+            "set ALICE_API_KEYS", host,
+        )
