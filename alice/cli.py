@@ -6,13 +6,22 @@ added beside these without touching them.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import typer
-from transformers.utils import logging as transformers_logging
 
-from alice import model_store
-from alice.logs import configure_logging
+# Importing diffusers makes transformers warn three times that torchvision is missing (it
+# falls back to PIL image processors, which SD does not even use); keep the CLI readable.
+# The filter must be in place before diffusers is imported, hence before model_store.
+logging.getLogger("transformers.utils.import_utils").addFilter(
+    lambda record: "requires torchvision" not in record.getMessage()
+)
+
+from transformers.utils import logging as transformers_logging  # noqa: E402
+
+from alice import model_store  # noqa: E402
+from alice.logs import configure_logging  # noqa: E402
 
 app = typer.Typer(help="ALICE: self-hosted Stable Diffusion.", no_args_is_help=True, add_completion=False)
 models_app = typer.Typer(help="Models in the Bento model store.", no_args_is_help=True)

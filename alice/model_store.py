@@ -166,7 +166,7 @@ def _check_loads(folder: Path) -> None:
     try:
         pipe = load_pipeline(folder, choose_placement("cpu"))
     except Exception as exc:  # diffusers raises many kinds for broken folders
-        raise ValueError(f"{folder} does not load as a diffusers pipeline: {exc}") from exc
+        raise ValueError(f"{folder} does not load as a diffusers pipeline: {type(exc).__name__}: {exc}") from exc
     del pipe
     gc.collect()  # real SD weights are gigabytes: do not hold them until the next collection
 

@@ -38,7 +38,7 @@ _DPMPP_2M = {"algorithm_type": "dpmsolver++", "solver_order": 2}
 
 SCHEDULERS: dict[str, SchedulerSpec] = {
     "ddim": SchedulerSpec(DDIMScheduler, "DDIM"),
-    "pndm": SchedulerSpec(PNDMScheduler, "PLMS"),
+    "pndm": SchedulerSpec(PNDMScheduler, "PLMS", {"skip_prk_steps": True}),  # as SD ships it
     "lms": SchedulerSpec(LMSDiscreteScheduler, "LMS"),
     "euler": SchedulerSpec(EulerDiscreteScheduler, "Euler"),
     "euler_a": SchedulerSpec(EulerAncestralDiscreteScheduler, "Euler a"),

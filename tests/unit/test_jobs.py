@@ -1,0 +1,145 @@
+"""The job queue on its own: FIFO, bounded, cancellable, deadlines, a worker that survives."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from alice.engine.generate import GenerationSpec, GenerationStopped
+from alice.jobs import JobFailure, JobQueue, JobState, QueueFull
+
+SPEC = GenerationSpec(prompt="p", seed=0)
+
+
+class SteppingExecutor:
+    """Runs `steps` steps of `step_s` each, honouring stop requests like the engine does."""
+
+    def __init__(self, steps: int = 5, step_s: float = 0.01) -> None:
+        self.steps, self.step_s = steps, step_s
+        self.order: list[str] = []
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, job, on_step, should_stop):
+        self.order.append(job.source)
+        self.release.wait(10)
+        for step in range(1, self.steps + 1):
+            time.sleep(self.step_s)
+            on_step(step, self.steps)
+            if reason := should_stop():
+                raise GenerationStopped(reason)
+        if job.source == "boom":
+            raise RuntimeError("kaput")
+        if job.source == "known":
+            raise JobFailure("out_of_memory", "the GPU ran out of memory")
+        return [f"{job.source}.png"]
+
+
+def wait_until(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def executor():
+    return SteppingExecutor()
+
+
+@pytest.fixture
+def queue(executor):
+    queue = JobQueue(executor, max_waiting=2)
+    queue.start()
+    yield queue
+    executor.release.set()
+    queue.stop(5)
+
+
+def test_jobs_run_in_order_and_report_progress(queue, executor):
+    jobs = [queue.submit("m", SPEC, source, 60) for source in ("a", "b", "c")]
+    for job in jobs:
+        asyncio.run(job.wait())
+    assert executor.order == ["a", "b", "c"]
+    assert all(job.state is JobState.SUCCEEDED and job.progress == 1.0 for job in jobs)
+    assert jobs[0].images == ["a.png"] and jobs[0].step == 5 and jobs[0].total_steps == 5
+    assert [job.id for job in queue.list()] == [job.id for job in reversed(jobs)]
+
+
+def test_bounded_queue(queue, executor):
+    executor.release.clear()
+    running = queue.submit("m", SPEC, "running", 60)
+    wait_until(lambda: running.state is JobState.RUNNING)
+    queue.submit("m", SPEC, "w1", 60)
+    queue.submit("m", SPEC, "w2", 60)
+    with pytest.raises(QueueFull) as full:
+        queue.submit("m", SPEC, "w3", 60)
+    assert full.value.retry_after_s >= 1
+    assert queue.waiting == 2
+
+
+def test_cancel_queued_and_running(queue, executor):
+    executor.release.clear()
+    running = queue.submit("m", SPEC, "running", 60)
+    waiting = queue.submit("m", SPEC, "waiting", 60)
+    wait_until(lambda: running.state is JobState.RUNNING)
+    queue.cancel(waiting.id)
+    assert waiting.state is JobState.CANCELLED
+    queue.cancel(running.id)
+    executor.release.set()
+    asyncio.run(running.wait())
+    assert running.state is JobState.CANCELLED and running.images == [] and running.step == 1
+    assert executor.order == ["running"]  # the cancelled waiting job never ran
+    assert queue.cancel("job-unknown") is None
+
+
+def test_deadline_in_the_queue_and_while_running(executor):
+    executor.steps, executor.step_s = 50, 0.02
+    queue = JobQueue(executor, max_waiting=5)
+    queue.start()
+    try:
+        slow = queue.submit("m", SPEC, "slow", 0.2)
+        late = queue.submit("m", SPEC, "late", 0.1)
+        asyncio.run(late.wait())
+        asyncio.run(slow.wait())
+        assert slow.state is JobState.FAILED and slow.error_code == "timeout" and slow.step < 50
+        assert late.state is JobState.FAILED and "deadline" in late.error
+        assert executor.order == ["slow"]
+    finally:
+        queue.stop(5)
+
+
+def test_worker_survives_failures(queue):
+    boom = queue.submit("m", SPEC, "boom", 60)
+    known = queue.submit("m", SPEC, "known", 60)
+    fine = queue.submit("m", SPEC, "fine", 60)
+    asyncio.run(fine.wait())
+    assert boom.state is JobState.FAILED and boom.error_code == "internal_error" and "kaput" not in boom.error
+    assert known.error_code == "out_of_memory"
+    assert fine.state is JobState.SUCCEEDED
+
+
+def test_stop_takes_no_new_work_and_finishes_the_running_job(executor):
+    executor.steps, executor.step_s = 10, 0.02
+    queue = JobQueue(executor, max_waiting=5)
+    queue.start()
+    running = queue.submit("m", SPEC, "running", 60)
+    waiting = queue.submit("m", SPEC, "waiting", 60)
+    wait_until(lambda: running.state is JobState.RUNNING)
+    queue.stop(5)
+    assert running.state is JobState.SUCCEEDED
+    assert waiting.state is JobState.QUEUED  # kept, not run, not failed
+    with pytest.raises(QueueFull):
+        queue.submit("m", SPEC, "late", 60)
+
+
+def test_watch_sees_every_state(queue):
+    async def states(job):
+        return [j.state.value async for j in job.watch()]
+
+    job = queue.submit("m", SPEC, "a", 60)
+    seen = asyncio.run(states(job))
+    assert seen[-1] == "succeeded"
