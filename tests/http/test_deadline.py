@@ -12,7 +12,7 @@ from tests.http.test_jobs import SLOW
 
 @pytest.fixture(scope="module")
 def short_deadline_client(tmp_path_factory):
-    yield from start_client(tmp_path_factory.mktemp("deadline"), ALICE_REQUEST_TIMEOUT_S="1")
+    yield from start_client(tmp_path_factory.mktemp("deadline"), ALICE_REQUEST_TIMEOUT_S="3")
 
 
 def test_deadline_stops_a_generation(short_deadline_client):
@@ -22,7 +22,7 @@ def test_deadline_stops_a_generation(short_deadline_client):
     assert response.status_code == 504
     assert response.json()["error"]["code"] == "timeout"
     assert response.headers["x-should-retry"] == "false"
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 20  # the job alone would take far longer
     [job] = client.get("/v1/jobs").json()["data"]
     assert job["state"] == "failed" and job["images"] == [] and job["step"] < 150
     # Nothing keeps running beside the next request: the worker is free at once.
