@@ -6,6 +6,7 @@ the pipeline object is shared between requests, its scheduler holds per-run stat
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,10 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 DEFAULT_SCHEDULER = "dpm++_sde_karras"
+
+# torchsde warns on every DPM++ SDE run when the last timestep exceeds its interval by a
+# float rounding error; it is harmless and would flood the logs.
+warnings.filterwarnings("ignore", message="Should have tb<=t1", category=UserWarning)
 
 
 @dataclass(frozen=True)
