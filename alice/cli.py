@@ -43,12 +43,17 @@ def models_list() -> None:
         typer.echo("no models; run `alice models demo` or `alice models import`")
         return
     rows = [("ID", "TYPE", "SIZE", "CREATED")] + [
-        (f"sd/{m.name}", f"{m.kind}/{m.family}", f"{m.size_bytes / 1e6:.1f} MB", f"{m.created:%Y-%m-%d %H:%M} UTC")
+        (f"sd/{m.name}", _model_type(m), f"{m.size_bytes / 1e6:.1f} MB", f"{m.created:%Y-%m-%d %H:%M} UTC")
         for m in models
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _model_type(model: model_store.StoredModel) -> str:
+    """`sd15` for a pipeline; other kinds (LoRAs, later) say so: `lora/sdxl`."""
+    return model.family if model.kind == model_store.PIPELINE else f"{model.kind}/{model.family}"
 
 
 @models_app.command("import")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from datetime import timezone
 from pathlib import Path
@@ -122,7 +123,7 @@ def test_detect_family_from_configs(tmp_path: Path, demo_folder: Path) -> None:
     assert model_store.detect_family(_write_configs(tmp_path / "v1", "StableDiffusionPipeline", 768)) == "sd15"
 
 
-def test_folder_that_is_not_a_pipeline_is_refused(bentoml_home: Path, tmp_path: Path) -> None:
+def test_folder_that_is_not_a_pipeline_is_refused(bentoml_home: Path, tmp_path: Path, demo_folder: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match="not a diffusers pipeline folder"):
@@ -133,6 +134,13 @@ def test_folder_that_is_not_a_pipeline_is_refused(bentoml_home: Path, tmp_path: 
         model_store.import_pipeline_folder(configs_only, "configs")
     with pytest.raises(ValueError, match="not a diffusers pipeline folder"):
         model_store.import_pipeline_folder(tmp_path / "does-not-exist", "missing")
+    # a complete folder whose weights are corrupt
+    broken = tmp_path / "broken"
+    shutil.copytree(demo_folder, broken)
+    for weights in (broken / "unet").glob("*.safetensors"):
+        weights.write_bytes(b"not weights")
+    with pytest.raises(ValueError, match="does not load as a diffusers pipeline"):
+        model_store.import_pipeline_folder(broken, "broken")
     assert _store_names() == [] and model_store.list_models() == []
 
 

@@ -1,0 +1,57 @@
+"""Whatever a client sends, the answer is a clear 4xx, never a 500, and the server stays healthy."""
+
+from __future__ import annotations
+
+import pytest
+
+CHAT = "/v1/chat/completions"
+JSON = {"content-type": "application/json"}
+
+CASES = [
+    ("/generate", b"{not json"),
+    ("/generate", b"[]"),
+    ("/generate", b'"a string"'),
+    ("/generate", b"null"),
+    ("/generate", b'{"prompt": 5}'),
+    ("/generate", b'{"prompt": "x", "width": 1e400}'),
+    ("/generate", b'{"prompt": "x", "width": 99999999999999999999999999}'),
+    ("/generate", b'{"prompt": "x", "seed": Infinity}'),
+    ("/generate", b'{"prompt": "x", "num_images": -1}'),
+    ("/generate", b'{"prompt": "x", "model": "../../../../etc/passwd"}'),
+    ("/generate", b'{"prompt": "x", "scheduler": null}'),
+    ("/generate", b'{"prompt": "\\u0000\\ud800"}'),
+    (CHAT, b"{}"),
+    (CHAT, b'{"messages": "hello"}'),
+    (CHAT, b'{"messages": [{"role": "user", "content": [1, 2]}]}'),
+    (CHAT, b'{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}'),
+    (CHAT, b'{"messages": [{"role": "user", "content": {"text": "x"}}]}'),
+    (CHAT, b'{"messages": [{"content": "no role"}]}'),
+    (CHAT, b'{"messages": [{"role": "user", "content": "x"}], "metadata": "steps=4"}'),
+    (CHAT, b'{"messages": [{"role": "user", "content": "x"}], "metadata": {"seed": 1.5}}'),
+    (CHAT, b'{"messages": [{"role": "user", "content": "x"}], "metadata": {"width": [64]}}'),
+    (CHAT, b'{"messages": [{"role": "user", "content": "x"}], "metadata": {"size": "9999999x1"}}'),
+    (CHAT, b'{"messages": [{"role": "user", "content": "x"}], "metadata": {"num_images": 1000}}'),
+    (CHAT, b'{"messages": [{"role": "user", "content": "x"}], "model": 42}'),
+    (CHAT, b'{"messages": [{"role": "user", "content": "x"}], "stream": "maybe"}'),
+    (CHAT, b'{"messages": [{"role": "user", "content": "' + b"x" * 5000 + b'"}]}'),
+    (CHAT, b"\xff\xfe\xfd"),
+    ("/v1/images/generations", b'{"prompt": "x", "n": 0}'),
+    ("/v1/images/generations", b'{"prompt": "x", "n": 100}'),
+    ("/v1/images/generations", b'{"prompt": "x", "size": 512}'),
+    ("/v1/images/generations", b'{"size": "64x64"}'),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), CASES, ids=[f"{p}:{b[:40]!r}" for p, b in CASES])
+def test_bad_input_is_a_clear_4xx(client, path, body):
+    response = client.post(path, content=body, headers=JSON)
+    assert 400 <= response.status_code < 500, (response.status_code, response.text)
+    assert response.json()["error"]
+
+
+def test_server_is_healthy_after_the_barrage(client):
+    for path, body in CASES:
+        client.post(path, content=body, headers=JSON)
+    assert client.get("/health").json()["status"] == "ok"
+    ok = client.post("/generate", json={"prompt": "still fine", "width": 64, "height": 64, "steps": 1})
+    assert ok.status_code == 200
