@@ -20,6 +20,7 @@ from enum import Enum
 from typing import Any, AsyncIterator, Callable
 
 from alice.engine.generate import GenerationSpec, GenerationStopped
+from alice.job_store import JobStore
 
 logger = logging.getLogger("alice.jobs")
 
@@ -102,6 +103,29 @@ class Job:
             "parameters": dataclasses.asdict(self.spec),
         }
 
+    def record(self) -> dict[str, Any]:
+        """What is persisted: the public view plus the deadline."""
+        return {**self.public(), "deadline": self.deadline}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Job:
+        return cls(
+            model=record["model"],
+            spec=GenerationSpec(**record["parameters"]),
+            source=record["source"],
+            deadline=record["deadline"],
+            id=record["id"],
+            state=JobState(record["state"]),
+            created=record["created"],
+            started=record["started"],
+            finished=record["finished"],
+            step=record.get("step", 0),
+            total_steps=record.get("total_steps", 0),
+            error=record["error"],
+            error_code=record["error_code"],
+            images=list(record["images"]),
+        )
+
     async def watch(self) -> AsyncIterator[Job]:
         """Yields the job now and after every change, until it has finished."""
         loop = asyncio.get_running_loop()
@@ -134,16 +158,58 @@ class Job:
             notify()
 
 
-Executor = Callable[[Job, Callable[[int, int], None], Callable[[], "str | None"]], list[str]]
-"""Runs a job: (job, on_step, should_stop) -> image names. Raises GenerationStopped or JobFailure."""
+class JobControl:
+    """What an executor may do to the job it runs: report steps and images, ask whether to stop."""
+
+    def __init__(self, queue: JobQueue, job: Job) -> None:
+        self._queue, self._job = queue, job
+
+    def step(self, step: int, total: int) -> None:
+        with self._queue._lock:
+            self._job.step, self._job.total_steps = step, total
+            self._job._notify()
+
+    def should_stop(self) -> str | None:
+        if self._job.cancel_requested:
+            return CANCELLED
+        if time.time() > self._job.deadline:
+            return DEADLINE
+        return None
+
+    def add_image(self, name: str) -> None:
+        """Record a saved image at once, so a crash later still knows to clean it up."""
+        with self._queue._lock:
+            self._job.images.append(name)
+        self._queue._persist(self._job)
+
+
+Executor = Callable[[Job, JobControl], None]
+"""Runs a job through its JobControl. Raises GenerationStopped or JobFailure when it has no result."""
+
+ImagesHook = Callable[[list[str]], None]
+FinishHook = Callable[[Job], None]
 
 
 class JobQueue:
     """A bounded FIFO of jobs and the single worker thread that runs them."""
 
-    def __init__(self, execute: Executor, max_waiting: int, keep_finished: int = 500) -> None:
+    def __init__(
+        self,
+        execute: Executor,
+        max_waiting: int,
+        *,
+        store: JobStore | None = None,
+        discard_images: ImagesHook | None = None,
+        on_finish: FinishHook | None = None,
+        keep_finished: int = 500,
+    ) -> None:
+        """`discard_images` deletes the images of a job that ended without success;
+        `on_finish` sees every job that ends (for metrics)."""
         self._execute = execute
         self._max_waiting = max_waiting
+        self._store = store
+        self._discard_images = discard_images or (lambda names: None)
+        self._on_finish = on_finish or (lambda job: None)
         self._keep_finished = keep_finished
         self._lock = threading.Condition()
         self._waiting: collections.deque[Job] = collections.deque()
@@ -152,6 +218,30 @@ class JobQueue:
         self._accepting = True
         self._thread: threading.Thread | None = None
         self._recent_seconds: collections.deque[float] = collections.deque(maxlen=20)
+        if store:
+            self._restore(store.load_all())
+
+    def _restore(self, records: list[dict[str, Any]]) -> None:
+        """Pick up where the last process stopped: queued jobs wait again (in order);
+        a job that was running died with the process, and its partial images go."""
+        for record in records[-self._keep_finished - self._max_waiting - 1 :]:
+            job = Job.from_record(record)
+            self._jobs[job.id] = job
+            if job.state is JobState.QUEUED:
+                self._waiting.append(job)
+            elif job.state is JobState.RUNNING:
+                self._discard_images(job.images)
+                job.images = []
+                job.state, job.finished = JobState.FAILED, time.time()
+                job.error_code, job.error = "interrupted", "the server stopped while this job ran"
+                self._persist(job)
+                logger.warning("job %s was running when the server stopped; marked failed", job.id)
+        if self._waiting:
+            logger.info("%d queued jobs restored from the last run", len(self._waiting))
+
+    def _persist(self, job: Job) -> None:
+        if self._store:
+            self._store.save(job.record())
 
     # -- the worker ----------------------------------------------------------------
     def start(self, warm_up: Callable[[], None] | None = None) -> None:
@@ -186,23 +276,12 @@ class JobQueue:
                 job.state, job.started = JobState.RUNNING, time.time()
                 self._running = job
                 job._notify()
+            self._persist(job)
             self._run(job)
 
     def _run(self, job: Job) -> None:
-        def on_step(step: int, total: int) -> None:
-            with self._lock:
-                job.step, job.total_steps = step, total
-                job._notify()
-
-        def should_stop() -> str | None:
-            if job.cancel_requested:
-                return CANCELLED
-            if time.time() > job.deadline:
-                return DEADLINE
-            return None
-
         try:
-            images = self._execute(job, on_step, should_stop)
+            self._execute(job, JobControl(self, job))
         except GenerationStopped as stop:
             if stop.reason == CANCELLED:
                 self._finish(job, JobState.CANCELLED, CANCELLED, "the job was cancelled")
@@ -215,24 +294,33 @@ class JobQueue:
             self._finish(job, JobState.FAILED, "internal_error", f"generation failed: {type(exc).__name__}")
         else:
             with self._lock:
-                job.images = images
                 self._recent_seconds.append(time.time() - (job.started or job.created))
             self._finish(job, JobState.SUCCEEDED)
 
     def _finish(self, job: Job, state: JobState, code: str | None = None, error: str | None = None) -> None:
+        discarded: list[str] = []
         with self._lock:
+            if state is not JobState.SUCCEEDED:
+                # A cancelled or failed job hands out no image, not even the ones it finished.
+                discarded, job.images = job.images, []
             job.state, job.finished = state, time.time()
             job.error_code, job.error = code, error
             if self._running is job:
                 self._running = None
             self._forget_old()
+        self._discard_images(discarded)
+        self._persist(job)
+        with self._lock:
             job._notify()
+        self._on_finish(job)
         logger.info("job %s %s%s", job.id, state.value, f" ({code})" if code else "")
 
     def _forget_old(self) -> None:
         finished = [j for j in self._jobs.values() if j.state.finished]
         for job in finished[: max(0, len(finished) - self._keep_finished)]:
             del self._jobs[job.id]
+        if self._store and len(finished) > self._keep_finished:
+            self._store.delete_oldest_finished(self._keep_finished)
 
     # -- the clients' side --------------------------------------------------------
     def submit(self, model: str, spec: GenerationSpec, source: str, timeout_s: float) -> Job:
@@ -246,6 +334,7 @@ class JobQueue:
             self._jobs[job.id] = job
             self._waiting.append(job)
             self._lock.notify_all()
+        self._persist(job)
         logger.info("job %s queued (%s, model %s)", job.id, source, model)
         return job
 

@@ -19,7 +19,9 @@ from alice.engine.generate import GenerationSpec, run_generation
 from alice.engine.pipelines import PipelineCache, choose_placement
 from alice.engine.schedulers import a1111_sampler_name
 from alice.image_store import ImageStore, a1111_parameters
-from alice.jobs import Job, JobFailure, JobQueue
+from alice.job_store import JobStore
+from alice.jobs import Job, JobControl, JobFailure, JobQueue
+from alice.metrics import Summary, prometheus_metrics
 from alice.protocol.generation import MAX_SEED, GenerationSettings
 
 logger = logging.getLogger("alice")
@@ -33,8 +35,15 @@ class Runtime:
         removed = self.images.remove_partial_files()
         if removed:
             logger.warning("removed %d half-written image files left by an earlier run", removed)
-        self.pipelines = PipelineCache(self._locate_model, self.placement)
-        self.jobs = JobQueue(self._execute, max_waiting=settings.queue_size)
+        self.summary = Summary()
+        self.pipelines = PipelineCache(self._locate_model, self.placement, on_load=self.summary.model_loaded)
+        self.jobs = JobQueue(
+            self._execute,
+            max_waiting=settings.queue_size,
+            store=JobStore(settings.data_dir / "jobs.sqlite3"),
+            discard_images=self._discard_images,
+            on_finish=self._job_finished,
+        )
         self.ready = False
         self.load_error: str | None = None
         self._stopping = threading.Event()
@@ -75,7 +84,9 @@ class Runtime:
             scheduler=request.scheduler,
             num_images=request.num_images,
         )
-        return self.jobs.submit(model.name, spec, source, self.settings.request_timeout_s)
+        job = self.jobs.submit(model.name, spec, source, self.settings.request_timeout_s)
+        self._update_gauges()
+        return job
 
     def health(self) -> dict:
         """Facts for `/health`, from memory only: it must answer while a generation runs."""
@@ -115,14 +126,16 @@ class Runtime:
         self.ready = True
         logger.info("default model %s loaded; ready", name)
 
-    def _execute(self, job: Job, on_step, should_stop) -> list[str]:
+    def _execute(self, job: Job, control: JobControl) -> None:
+        self._update_gauges()
         try:
             loaded = self.pipelines.get(job.model)
         except model_store.ModelNotFound as exc:  # deleted between submission and run
             raise JobFailure("model_not_found", str(exc)) from None
         try:
             output = run_generation(
-                loaded.pipe, loaded.base_scheduler_config, job.spec, on_step=on_step, should_stop=should_stop
+                loaded.pipe, loaded.base_scheduler_config, job.spec,
+                on_step=control.step, should_stop=control.should_stop,
             )
         except torch.OutOfMemoryError:
             self.pipelines.release_cached_memory()
@@ -131,8 +144,8 @@ class Runtime:
                 "the GPU ran out of memory; try a smaller size or fewer images, or enable attention slicing",
             ) from None
         spec = job.spec
-        return [
-            self.images.save(
+        for index, image in enumerate(output.images):
+            name = self.images.save(
                 image,
                 a1111_parameters(
                     prompt=spec.prompt,
@@ -146,8 +159,38 @@ class Runtime:
                     model=job.model,
                 ),
             )
-            for index, image in enumerate(output.images)
-        ]
+            control.add_image(name)
+
+    def _discard_images(self, names: list[str]) -> None:
+        for name in names:
+            self.images.delete(name)
+
+    def _job_finished(self, job: Job) -> None:
+        seconds = (job.finished or 0) - (job.started or job.finished or 0)
+        self.summary.job_finished(job.state.value, job.error_code, job.model, len(job.images), job.step, seconds)
+        self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        metrics = prometheus_metrics()
+        metrics.queue_depth.set(self.jobs.waiting)
+        metrics.running.set(1 if self.jobs.running else 0)
+        if self.placement.is_gpu:
+            metrics.gpu_memory_bytes.set(torch.cuda.memory_allocated())
+
+    def metrics_summary(self) -> dict:
+        """The JSON summary behind `GET /v1/metrics`."""
+        gpu = None
+        if self.placement.is_gpu:
+            free, total = torch.cuda.mem_get_info()
+            gpu = {"allocated_bytes": torch.cuda.memory_allocated(), "free_bytes": free, "total_bytes": total}
+        running = self.jobs.running
+        return {
+            **self.summary.snapshot(),
+            "queue": {"waiting": self.jobs.waiting, "running": running.public() if running else None},
+            "loaded_models": self.pipelines.names(),
+            "device": self.placement.device,
+            "gpu_memory": gpu,
+        }
 
     def _sweep_images(self) -> None:
         while True:

@@ -75,8 +75,15 @@ class PipelineCache:
     switch can never overlap a running generation.
     """
 
-    def __init__(self, locate: Callable[[str], Path], placement: DevicePlacement, max_loaded: int = 1) -> None:
+    def __init__(
+        self,
+        locate: Callable[[str], Path],
+        placement: DevicePlacement,
+        max_loaded: int = 1,
+        on_load: Callable[[str, float], None] | None = None,
+    ) -> None:
         self._locate = locate
+        self._on_load = on_load or (lambda name, seconds: None)
         self._placement = placement
         self._max_loaded = max_loaded
         self._loaded: OrderedDict[str, LoadedPipeline] = OrderedDict()
@@ -102,6 +109,7 @@ class PipelineCache:
         pipe = load_pipeline(folder, self._placement)
         loaded = LoadedPipeline(name, pipe, pipe.scheduler.config, time.perf_counter() - started)
         self._loaded[name] = loaded
+        self._on_load(name, loaded.load_seconds)
         return loaded
 
     def release_cached_memory(self) -> None:

@@ -1,33 +1,54 @@
-"""Admin routes for jobs: list, inspect, cancel."""
+"""Admin routes for jobs: submit without waiting, list, poll, cancel; and the metrics summary."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import JSONResponse
 
 from alice.http.errors import ApiError
-from alice.http.handling import get_runtime
+from alice.http.handling import get_runtime, image_urls, read_json_object
 from alice.jobs import Job
+from alice.protocol.native import GenerateRequest
 from alice.runtime import Runtime
 
-router = APIRouter(prefix="/v1/jobs")
+router = APIRouter(prefix="/v1")
 
 
-@router.get("")
-def list_jobs(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
-    return {"object": "list", "data": [job.public() for job in runtime.jobs.list()]}
+def job_view(job: Job, request: Request, runtime: Runtime) -> dict[str, Any]:
+    return {**job.public(), "image_urls": image_urls(request, runtime, job)}
 
 
-@router.get("/{job_id}")
-def get_job(job_id: str, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
-    return _found(runtime.jobs.get(job_id), job_id).public()
+@router.post("/jobs", status_code=202)
+async def submit_job(request: Request, runtime: Runtime = Depends(get_runtime)) -> JSONResponse:
+    """Queue a generation (the body is `/generate`'s) and answer at once; poll `GET /v1/jobs/{id}`."""
+    job = runtime.submit(GenerateRequest.model_validate(await read_json_object(request)), "async")
+    return JSONResponse(job_view(job, request, runtime), status_code=202,
+                        headers={"Location": f"/v1/jobs/{job.id}"})
 
 
-@router.delete("/{job_id}")
-def cancel_job(job_id: str, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+@router.get("/jobs")
+def list_jobs(request: Request, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+    """Every job this server remembers, newest first."""
+    return {"object": "list", "data": [job_view(job, request, runtime) for job in runtime.jobs.list()]}
+
+
+@router.get("/jobs/{job_id}")
+def get_job(job_id: str, request: Request, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+    return job_view(_found(runtime.jobs.get(job_id), job_id), request, runtime)
+
+
+@router.delete("/jobs/{job_id}")
+def cancel_job(job_id: str, request: Request, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
     """Cancels that job only: a queued one at once, a running one at its next step."""
-    return _found(runtime.jobs.cancel(job_id), job_id).public()
+    return job_view(_found(runtime.jobs.cancel(job_id), job_id), request, runtime)
+
+
+@router.get("/metrics")
+def metrics(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+    """A JSON summary for the web page; Prometheus scrapes `/metrics`."""
+    return runtime.metrics_summary()
 
 
 def _found(job: Job | None, job_id: str) -> Job:

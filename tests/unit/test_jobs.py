@@ -23,19 +23,19 @@ class SteppingExecutor:
         self.release = threading.Event()
         self.release.set()
 
-    def __call__(self, job, on_step, should_stop):
+    def __call__(self, job, control):
         self.order.append(job.source)
         self.release.wait(10)
         for step in range(1, self.steps + 1):
             time.sleep(self.step_s)
-            on_step(step, self.steps)
-            if reason := should_stop():
+            control.step(step, self.steps)
+            if reason := control.should_stop():
                 raise GenerationStopped(reason)
+        control.add_image(f"{job.source}.png")
         if job.source == "boom":
             raise RuntimeError("kaput")
         if job.source == "known":
             raise JobFailure("out_of_memory", "the GPU ran out of memory")
-        return [f"{job.source}.png"]
 
 
 def wait_until(predicate, timeout=5.0):
@@ -119,6 +119,7 @@ def test_worker_survives_failures(queue):
     asyncio.run(fine.wait())
     assert boom.state is JobState.FAILED and boom.error_code == "internal_error" and "kaput" not in boom.error
     assert known.error_code == "out_of_memory"
+    assert boom.images == [] and known.images == []  # a failed job hands out nothing
     assert fine.state is JobState.SUCCEEDED
 
 
@@ -143,3 +144,36 @@ def test_watch_sees_every_state(queue):
     job = queue.submit("m", SPEC, "a", 60)
     seen = asyncio.run(states(job))
     assert seen[-1] == "succeeded"
+
+
+def test_records_survive_a_restart(tmp_path, executor):
+    from alice.job_store import JobStore
+
+    discarded: list[str] = []
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    queue = JobQueue(executor, max_waiting=5, store=store)
+    queue.start()
+    done = queue.submit("m", SPEC, "done", 60)
+    asyncio.run(done.wait())
+    queue.stop(5)
+    # Fake what a crash leaves: one job mid-run with an image saved, one still queued.
+    running = done.record() | {"id": "job-running", "state": "running", "images": ["half.png"], "created": 2e9}
+    queued = done.record() | {"id": "job-queued", "state": "queued", "images": [], "created": 2e9 + 1}
+    store.save(running)
+    store.save(queued)
+
+    restarted = JobQueue(executor, max_waiting=5, store=JobStore(tmp_path / "jobs.sqlite3"),
+                         discard_images=discarded.extend)
+    interrupted = restarted.get("job-running")
+    assert interrupted.state is JobState.FAILED and interrupted.error_code == "interrupted"
+    assert interrupted.images == [] and discarded == ["half.png"]
+    assert restarted.get(done.id).state is JobState.SUCCEEDED and restarted.get(done.id).images == ["done.png"]
+    assert restarted.waiting == 1
+    restarted.start()
+    try:
+        wait_until(lambda: restarted.get("job-queued").state.finished)
+        assert restarted.get("job-queued").state is JobState.SUCCEEDED
+    finally:
+        restarted.stop(5)
+    again = {r["id"]: r["state"] for r in JobStore(tmp_path / "jobs.sqlite3").load_all()}
+    assert again == {done.id: "succeeded", "job-running": "failed", "job-queued": "succeeded"}

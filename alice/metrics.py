@@ -1,0 +1,100 @@
+"""`alice_*` Prometheus metrics, exported on BentoML's `/metrics`, and a JSON summary.
+
+No prompt or key ever goes into a label: labels are model names and failure codes.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Metrics:
+    generation_seconds: Any
+    images: Any
+    steps: Any
+    failures: Any
+    queue_depth: Any
+    running: Any
+    model_load_seconds: Any
+    gpu_memory_bytes: Any
+
+
+@functools.cache
+def prometheus_metrics() -> Metrics:
+    """Created on first use, once per process.
+
+    prometheus_client must be imported only after BentoML's worker has set
+    PROMETHEUS_MULTIPROC_DIR, or the values never reach `/metrics`.
+    """
+    from prometheus_client import Counter, Gauge, Histogram
+
+    return Metrics(
+        generation_seconds=Histogram(
+            "alice_generation_duration_seconds", "Time from a job's start to its images being saved.",
+            ["model"], buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
+        ),
+        images=Counter("alice_images_total", "Images generated.", ["model"]),
+        steps=Counter("alice_steps_total", "Denoising steps run.", ["model"]),
+        failures=Counter("alice_job_failures_total", "Jobs that ended without images, by reason.", ["reason"]),
+        queue_depth=Gauge("alice_queue_depth", "Jobs waiting.", multiprocess_mode="livesum"),
+        running=Gauge("alice_jobs_running", "Jobs running (0 or 1 per worker).", multiprocess_mode="livesum"),
+        model_load_seconds=Histogram(
+            "alice_model_load_seconds", "Time to load a model into memory.", ["model"],
+            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120),
+        ),
+        gpu_memory_bytes=Gauge("alice_gpu_memory_bytes", "GPU memory allocated by torch.", multiprocess_mode="livesum"),
+    )
+
+
+@dataclass
+class Summary:
+    """The same facts in memory, for `GET /v1/metrics` and the web page."""
+
+    started: float = field(default_factory=time.time)
+    jobs_by_state: dict[str, int] = field(default_factory=dict)
+    failures_by_reason: dict[str, int] = field(default_factory=dict)
+    images: int = 0
+    steps: int = 0
+    generation_seconds: float = 0.0
+    model_loads: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def job_finished(self, state: str, reason: str | None, model: str, images: int, steps: int, seconds: float) -> None:
+        with self._lock:
+            self.jobs_by_state[state] = self.jobs_by_state.get(state, 0) + 1
+            if reason:
+                self.failures_by_reason[reason] = self.failures_by_reason.get(reason, 0) + 1
+            self.images += images
+            self.steps += steps
+            if images:
+                self.generation_seconds += seconds
+        metrics = prometheus_metrics()
+        metrics.steps.labels(model=model).inc(steps)
+        if images:
+            metrics.images.labels(model=model).inc(images)
+            metrics.generation_seconds.labels(model=model).observe(seconds)
+        elif reason:
+            metrics.failures.labels(reason=reason).inc()
+
+    def model_loaded(self, model: str, seconds: float) -> None:
+        with self._lock:
+            self.model_loads[model] = seconds
+        prometheus_metrics().model_load_seconds.labels(model=model).observe(seconds)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            succeeded = self.jobs_by_state.get("succeeded", 0)
+            return {
+                "uptime_s": round(time.time() - self.started, 1),
+                "jobs": dict(self.jobs_by_state),
+                "failures": dict(self.failures_by_reason),
+                "images_total": self.images,
+                "steps_total": self.steps,
+                "average_job_seconds": round(self.generation_seconds / succeeded, 3) if succeeded else None,
+                "model_load_seconds": dict(self.model_loads),
+            }
