@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,3 +73,70 @@ def forget_service_metrics() -> None:
     for collector, names in list(REGISTRY._collector_to_names.items()):
         if any(name.startswith("bentoml_") for name in names):
             REGISTRY.unregister(collector)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class ServerProcess:
+    """`bentoml serve service:Alice` in its own process group, as an operator runs it."""
+
+    def __init__(self, log: Path, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log
+        self._log = open(log, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", "service:Alice", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=ROOT, env={**os.environ, **env}, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 120) -> ServerProcess:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise AssertionError(f"server not ready:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM, as systemd or Kubernetes stop a service."""
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        """SIGKILL to every process of the server: a crash or a power cut."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(30)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(Exception):
+                self.terminate(30)
+        if self.process.poll() is None:
+            self.kill()
+        self._log.close()
+
+
+@contextlib.contextmanager
+def running_server(log: Path, **env: str) -> Iterator[ServerProcess]:
+    server = ServerProcess(log, **env)
+    try:
+        yield server.wait_ready()
+    finally:
+        server.close()

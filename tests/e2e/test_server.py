@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import bentoml
 import httpx
@@ -18,49 +14,18 @@ import openai
 import pytest
 from PIL import Image
 
-from tests.support import alice_environment, free_port
+from tests.support import alice_environment, running_server
 
 pytestmark = pytest.mark.e2e
 
 API_KEY = "e2e-key"
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("e2e")
-    port = free_port()
-    with alice_environment(tmp, {"ALICE_API_KEYS": API_KEY}):
-        log = open(tmp / "server.log", "wb")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "service:Alice", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_ready(url, process, tmp / "server.log")
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            log.close()
-
-
-def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise AssertionError(f"server not ready:\n{log.read_text()[-4000:]}")
+    with alice_environment(tmp, {"ALICE_API_KEYS": API_KEY}), running_server(tmp / "server.log") as running:
+        yield running.url
 
 
 def test_bentoml_client_generate_with_keyword_arguments(server):
