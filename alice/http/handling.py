@@ -48,9 +48,12 @@ async def wait_for(job: Job, request: Request, runtime: Runtime) -> Job:
         await asyncio.wait({watcher, done}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
-    if not done.done():
-        done.cancel()
-        runtime.jobs.cancel(job.id)
+        if not done.done():
+            # The client hung up, or the server cancelled this request (BentoML's traffic
+            # timeout, bentoml#5642): the job must not run on for nobody.
+            done.cancel()
+            runtime.jobs.cancel(job.id)
+    if job.cancel_requested and not job.state.finished:
         raise ApiError(499, "the client closed the connection", code="client_closed")
     error = job_error(job)
     if error:
