@@ -12,6 +12,7 @@ import threading
 from datetime import timedelta
 
 import torch
+from PIL import Image
 
 from alice import __version__, model_store
 from alice.config import Settings
@@ -19,6 +20,7 @@ from alice.engine.generate import GenerationSpec, run_generation
 from alice.engine.pipelines import PipelineCache, choose_placement
 from alice.engine.schedulers import a1111_sampler_name
 from alice.image_store import ImageStore, a1111_parameters
+from alice.input_images import decode_input_image, keep_input_image
 from alice.job_store import JobStore
 from alice.jobs import Job, JobControl, JobFailure, JobQueue
 from alice.metrics import Summary, prometheus_metrics
@@ -32,6 +34,8 @@ class Runtime:
         self.settings = settings
         self.placement = choose_placement(settings.device, settings.dtype)
         self.images = ImageStore(settings.data_dir / "images")
+        self.inputs = ImageStore(settings.data_dir / "inputs")  # img2img inputs of queued jobs
+        self.inputs.remove_partial_files()
         removed = self.images.remove_partial_files()
         if removed:
             logger.warning("removed %d half-written image files left by an earlier run", removed)
@@ -73,6 +77,9 @@ class Runtime:
             max_pixels=self.settings.max_pixels, max_images=self.settings.max_images_per_request
         )
         model = self.resolve_model(request.model)
+        init_image = None
+        if request.input_image:
+            init_image = keep_input_image(decode_input_image(request.input_image, self.images), self.inputs)
         spec = GenerationSpec(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt,
@@ -83,6 +90,8 @@ class Runtime:
             seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1 - 16),
             scheduler=request.scheduler,
             num_images=request.num_images,
+            init_image=init_image,
+            strength=request.strength,
         )
         job = self.jobs.submit(model.name, spec, source, self.settings.request_timeout_s)
         self._update_gauges()
@@ -132,10 +141,16 @@ class Runtime:
             loaded = self.pipelines.get(job.model)
         except model_store.ModelNotFound as exc:  # deleted between submission and run
             raise JobFailure("model_not_found", str(exc)) from None
+        spec = job.spec
+        init_image = self._input_image(spec.init_image) if spec.init_image else None
         try:
             output = run_generation(
-                loaded.pipe, loaded.base_scheduler_config, job.spec,
-                on_step=control.step, should_stop=control.should_stop,
+                loaded.image_to_image if init_image else loaded.pipe,
+                loaded.base_scheduler_config,
+                spec,
+                init_image=init_image,
+                on_step=control.step,
+                should_stop=control.should_stop,
             )
         except torch.OutOfMemoryError:
             self.pipelines.release_cached_memory()
@@ -143,7 +158,7 @@ class Runtime:
                 "out_of_memory",
                 "the GPU ran out of memory; try a smaller size or fewer images, or enable attention slicing",
             ) from None
-        spec = job.spec
+        extra = {"Denoising strength": str(spec.strength)} if init_image else None
         for index, image in enumerate(output.images):
             name = self.images.save(
                 image,
@@ -157,15 +172,25 @@ class Runtime:
                     width=spec.width,
                     height=spec.height,
                     model=job.model,
+                    extra=extra,
                 ),
             )
             control.add_image(name)
+
+    def _input_image(self, name: str) -> Image.Image:
+        path = self.inputs.path_for(name)
+        if path is None:
+            raise JobFailure("input_missing", "the job's input image is gone")
+        with Image.open(path) as image:
+            return image.convert("RGB")
 
     def _discard_images(self, names: list[str]) -> None:
         for name in names:
             self.images.delete(name)
 
     def _job_finished(self, job: Job) -> None:
+        if job.spec.init_image:
+            self.inputs.delete(job.spec.init_image)
         seconds = (job.finished or 0) - (job.started or job.finished or 0)
         self.summary.job_finished(job.state.value, job.error_code, job.model, len(job.images), job.step, seconds)
         self._update_gauges()
@@ -199,6 +224,7 @@ class Runtime:
                     max_age=timedelta(days=self.settings.image_retention_days),
                     max_total_bytes=int(self.settings.image_retention_gb * 1024**3),
                 )
+                self.inputs.sweep(max_age=timedelta(days=self.settings.image_retention_days), max_total_bytes=None)
             except Exception:  # a failed sweep must not end the sweeping
                 logger.exception("image retention sweep failed")
             if self._stopping.wait(self.settings.retention_sweep_interval_s):

@@ -32,6 +32,8 @@ class GenerationSpec:
     guidance_scale: float = 7.5
     scheduler: str = DEFAULT_SCHEDULER
     num_images: int = 1
+    init_image: str | None = None  # name of the stored input image for img2img
+    strength: float = 0.75  # img2img: how much of the input is redrawn (1 = all)
 
 
 @dataclass(frozen=True)
@@ -53,12 +55,14 @@ def run_generation(
     base_scheduler_config: Any,
     spec: GenerationSpec,
     *,
+    init_image: Image.Image | None = None,
     on_step: StepCallback | None = None,
     should_stop: StopCheck | None = None,
 ) -> GenerationOutput:
     """Draw `spec.num_images` images, one after another: image i uses seed `spec.seed + i` for
     its noise and sampler, so a request for that seed alone gives the same image again
     (a batch would not: batched arithmetic and shared sampler noise differ in the last bits).
+    With `init_image`, `pipe` must be an img2img pipeline; the input is scaled to the size asked.
 
     The caller must own the pipeline for the duration (ALICE runs one generation at a time):
     the scheduler is replaced for every image.
@@ -69,6 +73,11 @@ def run_generation(
         raise GenerationStopped(stop_reason)
     images: list[Image.Image] = []
     done_before = 0  # steps of the images already drawn
+    image_args: dict[str, Any] = {"width": spec.width, "height": spec.height}
+    if init_image is not None:
+        # img2img pipelines take their size from the input image.
+        image_args = {"image": init_image.convert("RGB").resize((spec.width, spec.height), Image.Resampling.LANCZOS),
+                "strength": spec.strength}
 
     def step_end(pipeline: DiffusionPipeline, step: int, timestep: Any, kwargs: dict) -> dict:
         nonlocal stop_reason
@@ -90,8 +99,7 @@ def run_generation(
             result = pipe(
                 prompt=spec.prompt,
                 negative_prompt=spec.negative_prompt or None,
-                width=spec.width,
-                height=spec.height,
+                **image_args,
                 num_inference_steps=spec.steps,
                 guidance_scale=spec.guidance_scale,
                 generator=generator,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from diffusers import AutoPipelineForText2Image, DiffusionPipeline
+from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image, DiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
 
 logger = logging.getLogger("alice.engine")
@@ -66,6 +66,15 @@ class LoadedPipeline:
     pipe: DiffusionPipeline
     base_scheduler_config: Any  # the model's own; each run builds its scheduler from it
     load_seconds: float
+    _image_to_image: DiffusionPipeline | None = None
+
+    @property
+    def image_to_image(self) -> DiffusionPipeline:
+        """The img2img variant, sharing the loaded modules (no second copy of the weights)."""
+        if self._image_to_image is None:
+            self._image_to_image = AutoPipelineForImage2Image.from_pipe(self.pipe)
+            self._image_to_image.set_progress_bar_config(disable=True)
+        return self._image_to_image
 
 
 class PipelineCache:

@@ -14,7 +14,7 @@ from alice.http.urls import base_url, image_url
 from alice.jobs import Job
 from alice.runtime import Runtime
 
-MAX_BODY_BYTES = 1 << 20  # prompts and settings; image uploads go through their own route
+MAX_BODY_BYTES = 32 << 20  # settings, and an img2img input image as base64
 
 
 def get_runtime() -> Runtime:
@@ -83,6 +83,7 @@ def result_metadata(job: Job) -> dict[str, Any]:
         "width": spec.width,
         "height": spec.height,
         "num_images": len(job.images),
+        **({"strength": spec.strength, "img2img": True} if spec.init_image else {}),
         "timings": {
             "queued_s": round(started - job.created, 4),
             "generation_s": round(finished - started, 4),

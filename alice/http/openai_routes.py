@@ -8,12 +8,14 @@ import logging
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
+from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, StreamingResponse
 
 from alice import model_store
 from alice.http.errors import ApiError, job_error
 from alice.http.handling import get_runtime, image_urls, read_json_object, result_metadata, wait_for
-from alice.jobs import Job, JobState
+from alice.input_images import MAX_INPUT_BYTES
+from alice.jobs import Job
 from alice.protocol import openai as oa
 from alice.protocol.generation import GenerationSettings, strip_model_prefix
 from alice.runtime import Runtime
@@ -78,12 +80,41 @@ async def _stream(job: Job, request: Request, runtime: Runtime, completion_id: s
 @router.post("/v1/images/generations")
 async def images_generations(request: Request, runtime: Runtime = Depends(get_runtime)) -> Any:
     images_request = oa.ImagesRequest.model_validate(await read_json_object(request))
-    settings = GenerationSettings.model_validate(oa.images_settings(images_request))
+    return await _images_answer(images_request, oa.images_settings(images_request), request, runtime)
+
+
+@router.post("/v1/images/edits")
+async def images_edits(request: Request, runtime: Runtime = Depends(get_runtime)) -> Any:
+    """img2img as the openai SDK's `client.images.edit(image=..., prompt=...)` sends it (multipart)."""
+    # Starlette spools file parts to disk without a bound: refuse oversized bodies up front.
+    length = request.headers.get("content-length", "")
+    if not length.isdigit() or int(length) > MAX_INPUT_BYTES + (1 << 20):
+        raise ApiError(413, f"the upload must state its Content-Length and be at most "
+                            f"{MAX_INPUT_BYTES // (1024 * 1024)} MB", param="image", code="body_too_large")
+    async with request.form(max_files=2, max_fields=100, max_part_size=MAX_INPUT_BYTES) as form:
+        upload = form.get("image") or form.get("image[]")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(400, "image: a file part named 'image' is required", param="image", code="missing_image")
+        data = await upload.read(MAX_INPUT_BYTES + 1)
+        fields = {key: value for key, value in form.items() if isinstance(value, str)}
+    if len(data) > MAX_INPUT_BYTES:
+        raise ApiError(400, f"image is over {MAX_INPUT_BYTES // (1024 * 1024)} MB", param="image")
+    images_request = oa.ImagesRequest.model_validate(fields)
+    settings = oa.images_settings(images_request)
+    settings["input_image"] = base64.b64encode(data).decode()
+    return await _images_answer(images_request, settings, request, runtime)
+
+
+async def _images_answer(
+    images_request: oa.ImagesRequest, values: dict[str, Any], request: Request, runtime: Runtime
+) -> JSONResponse:
+    settings = GenerationSettings.model_validate(values)
     job = runtime.submit(settings, "images")
     await wait_for(job, request, runtime)
     if images_request.response_format == "b64_json":
         data = [
-            {"b64_json": base64.b64encode(runtime.images.path_for(name).read_bytes()).decode(), "revised_prompt": settings.prompt}
+            {"b64_json": base64.b64encode(runtime.images.path_for(name).read_bytes()).decode(),
+             "revised_prompt": settings.prompt}
             for name in job.images
         ]
     else:

@@ -10,6 +10,7 @@ MAX_PROMPT_CHARS = 4000
 MAX_SIDE = 2048
 MAX_SEED = 2**32 - 1
 MODEL_PREFIX = "sd/"
+MAX_INPUT_IMAGE_CHARS = 28_000_000  # 20 MB of image as base64
 
 
 def strip_model_prefix(model_id: str) -> str:
@@ -43,6 +44,14 @@ class GenerationSettings(BaseModel):
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Seed for repeatable images; none = random.")
     scheduler: str = Field(DEFAULT_SCHEDULER, max_length=40, description="Sampler name, e.g. ddim, euler_a, dpm++_2m_karras.")
     num_images: int = Field(1, ge=1, le=16, description="How many images to draw (seeds seed, seed+1, ...).")
+    input_image: str | None = Field(
+        None,
+        max_length=MAX_INPUT_IMAGE_CHARS,
+        description="img2img: the starting image as base64, a data URI, or the URL of an image this server made.",
+    )
+    strength: float = Field(
+        0.75, gt=0, le=1, allow_inf_nan=False, description="img2img: how much of the input image is redrawn (1 = all)."
+    )
 
     @field_validator("prompt")
     @classmethod

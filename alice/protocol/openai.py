@@ -26,6 +26,8 @@ SETTING_ALIASES = {
     "sampler_name": "scheduler",
     "n": "num_images",
     "batch_size": "num_images",
+    "init_image": "input_image",
+    "denoising_strength": "strength",
 }
 SIZE_PATTERN = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
 
@@ -69,6 +71,9 @@ def normalise_settings(values: dict[str, Any]) -> dict[str, Any]:
         if name == "size" and isinstance(value, str):
             width, height = parse_size(value)
             out["width"], out["height"] = width, height
+        elif name == "input_images" and isinstance(value, list):
+            if value:  # SAM's list form; img2img takes the first
+                out["input_image"] = value[0]
         elif name in GenerationSettings.model_fields:
             out[name] = value
     return out
