@@ -111,7 +111,7 @@ class Job:
     def from_record(cls, record: dict[str, Any]) -> Job:
         return cls(
             model=record["model"],
-            spec=GenerationSpec(**record["parameters"]),
+            spec=GenerationSpec(**{**record["parameters"], "loras": tuple(map(tuple, record["parameters"].get("loras", ())))}),
             source=record["source"],
             deadline=record["deadline"],
             id=record["id"],

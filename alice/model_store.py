@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import bentoml
+from safetensors import safe_open
 from bentoml.exceptions import NotFound
 
 from alice.engine.demo import DEMO_MODEL_NAME, save_demo_pipeline
@@ -29,6 +30,8 @@ logger = logging.getLogger("alice.models")
 
 LABEL = "alice"  # label key that marks a model as ALICE's; its value is the kind
 PIPELINE = "pipeline"
+LORA = "lora"
+LORA_FILE = "lora.safetensors"  # the one file in a stored LoRA's folder
 FAMILIES = ("sd15", "sd2", "sdxl")
 # bentoml's own tag rule (bentoml._internal.tag): 1-63 chars, lowercase alnum at both ends.
 _NAME = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?")
@@ -43,6 +46,14 @@ class ModelNotFound(KeyError):
 
     def __str__(self) -> str:  # KeyError would print the message in quotes
         return str(self.args[0])
+
+
+class LoraNotFound(ModelNotFound):
+    """No LoRA of that name is in the store."""
+
+    def __init__(self, name: str) -> None:
+        KeyError.__init__(self, f"LoRA '{name}' is not in the model store")
+        self.name = name
 
 
 class InvalidModelName(ValueError):
@@ -94,7 +105,39 @@ def import_pipeline_folder(folder: Path, name: str, *, source: str = "local") ->
         raise ValueError(f"{folder} is not a diffusers pipeline folder (it has no model_index.json)")
     _check_loads(folder)
     family = detect_family(folder)
-    labels = {LABEL: PIPELINE, "family": family}
+    return _store_folder(folder, name, kind=PIPELINE, family=family, source=source)
+
+
+def import_lora_file(path: Path, name: str, *, source: str = "local") -> StoredModel:
+    """Store a LoRA `.safetensors` file (kohya/A1111 or diffusers/peft key layout)."""
+    validate_model_name(name)
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            keys = list(weights.keys())
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable .safetensors file ({type(exc).__name__})") from None
+    if not any("lora" in key for key in keys):
+        raise ValueError(f"{path} holds no LoRA weights (no 'lora' tensors)")
+    family = "sdxl" if any(key.startswith(("lora_te2_", "text_encoder_2.")) for key in keys) else "sd15"
+    with tempfile.TemporaryDirectory(prefix="alice-lora-") as scratch:
+        shutil.copyfile(path, Path(scratch) / LORA_FILE)
+        return _store_folder(Path(scratch), name, kind=LORA, family=family, source=source)
+
+
+def get_lora(name: str) -> StoredModel:
+    """A stored LoRA by name; LoraNotFound if there is none (or the name is a pipeline)."""
+    try:
+        model = get_model(name)
+    except ModelNotFound:
+        raise LoraNotFound(name) from None
+    if model.kind != LORA:
+        raise LoraNotFound(name)
+    return model
+
+
+def _store_folder(folder: Path, name: str, *, kind: str, family: str, source: str) -> StoredModel:
+    labels = {LABEL: kind, "family": family}
     staging: str | None = None
     try:
         with bentoml.models.create(name, labels=labels, metadata={"source": source, "family": family}) as model:
@@ -108,7 +151,7 @@ def import_pipeline_folder(folder: Path, name: str, *, source: str = "local") ->
         # this every import would leave a full copy of the weights in the temp dir.
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
-    logger.info("imported %s (%s) as %s", folder, family, model.tag)
+    logger.info("imported %s (%s %s) as %s", folder, kind, family, model.tag)
     return get_model(name)
 
 

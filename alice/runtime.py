@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+from pathlib import Path
 from datetime import timedelta
 
 import torch
@@ -17,6 +18,7 @@ from PIL import Image
 from alice import __version__, model_store
 from alice.config import Settings
 from alice.engine.generate import GenerationSpec, run_generation
+from alice.engine.loras import extract_prompt_loras, loras_applied
 from alice.engine.pipelines import PipelineCache, choose_placement
 from alice.engine.schedulers import a1111_sampler_name
 from alice.image_store import ImageStore, a1111_parameters
@@ -68,8 +70,11 @@ class Runtime:
 
     # -- requests -----------------------------------------------------------------
     def resolve_model(self, name: str | None) -> model_store.StoredModel:
-        """The stored model a request names (or the default); ModelNotFound otherwise."""
-        return model_store.get_model(name or self.settings.default_model)
+        """The stored pipeline a request names (or the default); ModelNotFound otherwise."""
+        model = model_store.get_model(name or self.settings.default_model)
+        if model.kind != model_store.PIPELINE:
+            raise model_store.ModelNotFound(model.name)  # a LoRA is no model to draw with
+        return model
 
     def submit(self, request: GenerationSettings, source: str) -> Job:
         """Check a request against the server's limits and queue it (QueueFull when full)."""
@@ -77,6 +82,10 @@ class Runtime:
             max_pixels=self.settings.max_pixels, max_images=self.settings.max_images_per_request
         )
         model = self.resolve_model(request.model)
+        _, tagged = extract_prompt_loras(request.prompt)
+        loras = tuple(tagged) + tuple((choice.name, choice.scale) for choice in request.loras)
+        for name, _ in loras:
+            model_store.get_lora(name)  # refuse an unknown LoRA now, not after the queue
         init_image = None
         if request.input_image:
             init_image = keep_input_image(decode_input_image(request.input_image, self.images), self.inputs)
@@ -92,6 +101,7 @@ class Runtime:
             num_images=request.num_images,
             init_image=init_image,
             strength=request.strength,
+            loras=loras,
         )
         job = self.jobs.submit(model.name, spec, source, self.settings.request_timeout_s)
         self._update_gauges()
@@ -143,22 +153,26 @@ class Runtime:
             raise JobFailure("model_not_found", str(exc)) from None
         spec = job.spec
         init_image = self._input_image(spec.init_image) if spec.init_image else None
+        pipe = loaded.image_to_image if init_image else loaded.pipe
         try:
-            output = run_generation(
-                loaded.image_to_image if init_image else loaded.pipe,
-                loaded.base_scheduler_config,
-                spec,
-                init_image=init_image,
-                on_step=control.step,
-                should_stop=control.should_stop,
-            )
+            with loras_applied(pipe, self._lora_files(spec.loras)):
+                output = run_generation(
+                    pipe,
+                    loaded.base_scheduler_config,
+                    spec,
+                    init_image=init_image,
+                    on_step=control.step,
+                    should_stop=control.should_stop,
+                )
         except torch.OutOfMemoryError:
             self.pipelines.release_cached_memory()
             raise JobFailure(
                 "out_of_memory",
                 "the GPU ran out of memory; try a smaller size or fewer images, or enable attention slicing",
             ) from None
-        extra = {"Denoising strength": str(spec.strength)} if init_image else None
+        extra = {"Denoising strength": str(spec.strength)} if init_image else {}
+        if spec.loras:
+            extra["LoRAs"] = " ".join(f"{name}:{scale:g}" for name, scale in spec.loras)
         for index, image in enumerate(output.images):
             name = self.images.save(
                 image,
@@ -176,6 +190,12 @@ class Runtime:
                 ),
             )
             control.add_image(name)
+
+    def _lora_files(self, loras: tuple[tuple[str, float], ...]) -> list[tuple[str, Path, float]]:
+        try:
+            return [(name, model_store.get_lora(name).path / model_store.LORA_FILE, scale) for name, scale in loras]
+        except model_store.ModelNotFound as exc:  # deleted while the job waited
+            raise JobFailure("model_not_found", str(exc)) from None
 
     def _input_image(self, name: str) -> Image.Image:
         path = self.inputs.path_for(name)

@@ -10,6 +10,7 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
+from alice.engine.loras import extract_prompt_loras
 from alice.engine.schedulers import DEFAULT_SCHEDULER, build_scheduler
 
 StepCallback = Callable[[int, int], None]
@@ -34,6 +35,7 @@ class GenerationSpec:
     num_images: int = 1
     init_image: str | None = None  # name of the stored input image for img2img
     strength: float = 0.75  # img2img: how much of the input is redrawn (1 = all)
+    loras: tuple[tuple[str, float], ...] = ()  # (name, scale), from settings and <lora:...> tags
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ def run_generation(
     stop_reason: str | None = should_stop() if should_stop else None
     if stop_reason:
         raise GenerationStopped(stop_reason)
+    prompt, _ = extract_prompt_loras(spec.prompt)  # the tags select adapters; CLIP never sees them
     images: list[Image.Image] = []
     done_before = 0  # steps of the images already drawn
     image_args: dict[str, Any] = {"width": spec.width, "height": spec.height}
@@ -97,7 +100,7 @@ def run_generation(
         generator = torch.Generator("cpu").manual_seed(seed)
         with torch.inference_mode():
             result = pipe(
-                prompt=spec.prompt,
+                prompt=prompt,
                 negative_prompt=spec.negative_prompt or None,
                 **image_args,
                 num_inference_steps=spec.steps,

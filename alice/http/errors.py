@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
 from alice.jobs import Job, JobState, QueueFull
-from alice.model_store import InvalidModelName, ModelNotFound
+from alice.model_store import InvalidModelName, LoraNotFound, ModelNotFound
 from alice.protocol.generation import InvalidRequest
 from alice.protocol.openai import error_body
 
@@ -89,6 +89,8 @@ def from_exception(exc: Exception) -> ApiError | None:
         return ApiError(400, str(exc), param=exc.param, code="invalid_value")
     if isinstance(exc, InvalidModelName):
         return ApiError(400, str(exc), param="model", code="invalid_model")
+    if isinstance(exc, LoraNotFound):
+        return ApiError(404, str(exc), param="loras", code="lora_not_found")
     if isinstance(exc, ModelNotFound):
         return ApiError(404, str(exc).strip("'\""), param="model", code="model_not_found")
     if isinstance(exc, QueueFull):

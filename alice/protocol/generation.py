@@ -27,6 +27,11 @@ class InvalidRequest(ValueError):
         self.param = param
 
 
+class LoraChoice(BaseModel):
+    name: str = Field(min_length=1, max_length=63, description="A LoRA stored in ALICE's model store.")
+    scale: float = Field(1.0, ge=-5, le=5, allow_inf_nan=False, description="Strength of the LoRA.")
+
+
 class GenerationSettings(BaseModel):
     """Prompt and knobs of one text-to-image request, as SD users name them."""
 
@@ -51,6 +56,9 @@ class GenerationSettings(BaseModel):
     )
     strength: float = Field(
         0.75, gt=0, le=1, allow_inf_nan=False, description="img2img: how much of the input image is redrawn (1 = all)."
+    )
+    loras: list[LoraChoice] = Field(
+        default_factory=list, max_length=8, description="LoRAs to apply; `<lora:name:scale>` in the prompt works too."
     )
 
     @field_validator("prompt")
