@@ -45,6 +45,16 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
         "auto", description="auto = bf16/fp16 on a GPU, fp32 on the CPU."
     )
+    model_cache_gb: float = Field(
+        0, ge=0, description="Memory for models kept loaded (least recently used unloaded first); 0 = 3/4 of the GPU or 1/2 of RAM."
+    )
+    attention_slicing: bool = Field(False, description="Compute attention in slices: less GPU memory, slightly slower.")
+    vae_tiling: bool = Field(False, description="Decode images in tiles: large images on small cards.")
+    cpu_offload: Literal["none", "model", "sequential"] = Field(
+        "none", description="Keep weights in RAM and move them to the GPU when used (model) or layer by layer (sequential)."
+    )
+    channels_last: bool = Field(True, description="channels_last memory format on CUDA (faster convolutions).")
+    compile_unet: bool = Field(False, description="torch.compile the UNet (slow first image, faster after).")
     max_pixels: int = Field(
         1024 * 1024, ge=64 * 64, le=4096 * 4096, description="Largest width x height a request may ask for."
     )

@@ -19,7 +19,7 @@ from alice import __version__, model_store
 from alice.config import Settings
 from alice.engine.generate import GenerationSpec, run_generation
 from alice.engine.loras import extract_prompt_loras, loras_applied
-from alice.engine.pipelines import PipelineCache, choose_placement
+from alice.engine.pipelines import MemoryOptions, PipelineCache, choose_placement, default_cache_budget
 from alice.engine.schedulers import a1111_sampler_name
 from alice.image_store import ImageStore, a1111_parameters
 from alice.input_images import decode_input_image, keep_input_image
@@ -42,7 +42,17 @@ class Runtime:
         if removed:
             logger.warning("removed %d half-written image files left by an earlier run", removed)
         self.summary = Summary()
-        self.pipelines = PipelineCache(self._locate_model, self.placement, on_load=self.summary.model_loaded)
+        budget = int(settings.model_cache_gb * 1024**3) or default_cache_budget(self.placement)
+        options = MemoryOptions(
+            attention_slicing=settings.attention_slicing,
+            vae_tiling=settings.vae_tiling,
+            cpu_offload=settings.cpu_offload,
+            channels_last=settings.channels_last,
+            compile_unet=settings.compile_unet,
+        )
+        self.pipelines = PipelineCache(
+            self._locate_model, self.placement, budget, options, on_load=self.summary.model_loaded
+        )
         self.jobs = JobQueue(
             self._execute,
             max_waiting=settings.queue_size,
@@ -165,7 +175,7 @@ class Runtime:
                     should_stop=control.should_stop,
                 )
         except torch.OutOfMemoryError:
-            self.pipelines.release_cached_memory()
+            self.pipelines.drop_all_but(job.model)  # free what can be freed; the next request works
             raise JobFailure(
                 "out_of_memory",
                 "the GPU ran out of memory; try a smaller size or fewer images, or enable attention slicing",

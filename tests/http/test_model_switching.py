@@ -13,7 +13,8 @@ from tests.support import alice_environment, forget_service_metrics
 @pytest.fixture(scope="module")
 def client_without_default(tmp_path_factory) -> TestClient:
     tmp = tmp_path_factory.mktemp("switch")
-    with alice_environment(tmp, {"ALICE_DEFAULT_MODEL": "not-stored"}):
+    # A model cache big enough for one demo model (about 5 MB) but not two.
+    with alice_environment(tmp, {"ALICE_DEFAULT_MODEL": "not-stored", "ALICE_MODEL_CACHE_GB": "0.007"}):
         from alice import model_store
         from alice.engine.demo import save_demo_pipeline
         from service import Alice
@@ -47,7 +48,7 @@ def test_other_stored_models_load_on_first_request(client_without_default):
     assert client.get("/health").json()["loaded_models"] == ["second"]
     other = client.post("/generate", json={"prompt": "x", "width": 64, "height": 64, "steps": 2, "seed": 3,
                                            "model": "alice-demo"})
-    # Different weights, same request: different pictures; only one pipeline kept in memory.
+    # Different weights, same request: different pictures; the budget keeps one model in memory.
     assert other.json()["images"][0]["b64_json"] != first.json()["images"][0]["b64_json"]
     assert client.get("/health").json()["loaded_models"] == ["alice-demo"]
     again = client.post("/generate", json={"prompt": "x", "width": 64, "height": 64, "steps": 2, "seed": 3,
