@@ -167,3 +167,44 @@ def write_demo_lora(folder: Path, seed: int = 0) -> Path:
         weight_name="demo_lora.safetensors",
     )
     return folder / "demo_lora.safetensors"
+
+
+def save_tiny_sdxl_pipeline(folder: Path) -> Path:
+    """A tiny SDXL-shaped pipeline (two text encoders, text-time conditioning), as diffusers'
+    own tests build one: it loads and draws through the same code as the real SDXL."""
+    import tempfile as _tempfile
+
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from alice.engine.tokenizer import write_offline_clip_tokenizer
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(
+            block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+            addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
+            cross_attention_dim=64, norm_num_groups=8,
+        )
+        vae = AutoencoderKL(block_out_channels=(32, 32, 32, 32), in_channels=3, out_channels=3,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            latent_channels=4, norm_num_groups=8, sample_size=64)
+        text_config = CLIPTextConfig(bos_token_id=0, eos_token_id=2, hidden_size=32, intermediate_size=37,
+                                     num_attention_heads=4, num_hidden_layers=2, pad_token_id=1, vocab_size=1000,
+                                     hidden_act="gelu", projection_dim=32)
+        text_encoder = CLIPTextModel(text_config)
+        text_encoder_2 = CLIPTextModelWithProjection(text_config)
+    with _tempfile.TemporaryDirectory() as scratch:
+        write_offline_clip_tokenizer(Path(scratch))
+        tokenizer = CLIPTokenizer.from_pretrained(scratch)
+    for encoder in (text_encoder, text_encoder_2):
+        encoder.config.eos_token_id = tokenizer.eos_token_id
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    return folder
