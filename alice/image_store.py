@@ -1,24 +1,62 @@
-"""The folder of generated PNGs: atomic writes, unguessable names, A1111 metadata, retention."""
+"""The folder of generated PNGs: atomic writes, unguessable names, A1111 metadata, retention.
+
+Image URLs (`/images/{name}`) need no key, so a file name is a capability: 128 random
+bits, checked strictly before it ever touches the file system.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import logging
 import os
 import re
 import secrets
+import stat
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import TypedDict
 
 from PIL import Image, PngImagePlugin
 
 logger = logging.getLogger("alice.images")
 
-# 128 random bits: the name is the capability, since image URLs need no key.
-NAME_PATTERN = re.compile(r"^[0-9a-f]{32}\.png$")
+# 32 lowercase hex digits = 128 bits from secrets.token_hex(16); nothing else is a name.
+NAME_PATTERN = re.compile(r"[0-9a-f]{32}\.png")
+# Temp files start with a dot and never match NAME_PATTERN, so they are never served or listed.
 TEMP_PREFIX = ".tmp-"
+
+# AUTOMATIC1111's own pattern for one `Key: value` of the settings line (modules/infotext_utils.py).
+_SETTING = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_SETTING_KEY = re.compile(r"\w[\w \-/]+")
+_NEGATIVE_PREFIX = "Negative prompt:"
+
+
+class A1111Parameters(TypedDict):
+    """What `parse_a1111_parameters` reads back."""
+
+    prompt: str
+    negative_prompt: str
+    settings: dict[str, str]
+
+
+def _quote(value: str) -> str:
+    """Quote a setting like A1111 does, so commas, colons and newlines don't split the line."""
+    if "," not in value and "\n" not in value and ":" not in value:
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+        with contextlib.suppress(ValueError):
+            decoded = json.loads(value)
+            if isinstance(decoded, str):
+                return decoded
+    return value
 
 
 def a1111_parameters(
@@ -34,46 +72,60 @@ def a1111_parameters(
     model: str,
     extra: dict[str, str] | None = None,
 ) -> str:
-    """The `parameters` text AUTOMATIC1111 writes, which SD tools read back."""
+    """The `parameters` text AUTOMATIC1111 writes, which SD tools (and its PNG Info tab) read back."""
     settings = {
         "Steps": str(steps),
         "Sampler": sampler,
+        # A1111 stores cfg_scale as a float and writes str(float): 7 -> "7.0", 7.5 -> "7.5".
         "CFG scale": str(float(guidance_scale)),
         "Seed": str(seed),
         "Size": f"{width}x{height}",
         "Model": model,
-        **(extra or {}),
     }
+    for key, value in (extra or {}).items():
+        # A key A1111's parser can't match would silently corrupt the line; fail where it's written.
+        if not _SETTING_KEY.fullmatch(key):
+            raise ValueError(f"not an A1111 setting name: {key!r}")
+        settings[key] = str(value)
     lines = [prompt]
     if negative_prompt:
-        lines.append(f"Negative prompt: {negative_prompt}")
-    lines.append(", ".join(f"{key}: {value}" for key, value in settings.items()))
+        lines.append(f"{_NEGATIVE_PREFIX} {negative_prompt}")
+    lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in settings.items()))
     return "\n".join(lines)
 
 
-def parse_a1111_parameters(text: str) -> dict[str, object]:
-    """Read A1111 `parameters` text back: prompt, negative_prompt and the settings line."""
-    lines = text.split("\n")
-    settings_line = lines.pop() if lines and re.match(r"^Steps: ", lines[-1]) else ""
-    negative: list[str] = []
+def parse_a1111_parameters(text: str) -> A1111Parameters:
+    """Read A1111 `parameters` text back: prompt, negative prompt and the settings line as a dict.
+
+    Follows A1111's reader: the last line is the settings line when it holds at least three
+    `Key: value` pairs; every line from `Negative prompt:` on is the negative prompt.
+    """
+    *lines, last = text.rstrip("\n").split("\n")
+    if len(_SETTING.findall(last)) < 3:
+        lines.append(last)
+        last = ""
     prompt: list[str] = []
+    negative: list[str] = []
     for line in lines:
-        if line.startswith("Negative prompt: ") or negative:
-            negative.append(line.removeprefix("Negative prompt: "))
+        if not negative and line.startswith(_NEGATIVE_PREFIX):
+            negative.append(line.removeprefix(_NEGATIVE_PREFIX).removeprefix(" "))
+        elif negative:
+            negative.append(line)
         else:
             prompt.append(line)
-    settings = dict(
-        (key.strip(), value.strip())
-        for key, _, value in (part.partition(":") for part in settings_line.split(", "))
-        if key
-    )
+    settings = {key.strip(): _unquote(value.strip()) for key, value in _SETTING.findall(last)}
     return {"prompt": "\n".join(prompt), "negative_prompt": "\n".join(negative), "settings": settings}
 
 
 def encode_png(image: Image.Image, parameters: str) -> bytes:
-    """PNG bytes with a `parameters` text chunk; the same image and text give the same bytes."""
+    """PNG bytes with a `parameters` text chunk; the same image and text give the same bytes.
+
+    Pillow writes no time chunk and copies no EXIF from the source image, so the output depends
+    only on the pixels, the colour profile and the text.
+    """
     info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", parameters)  # iTXt for text latin-1 cannot hold, as A1111 does
+    # tEXt when the text fits latin-1, else iTXt (UTF-8): exactly what A1111's add_text call writes.
+    info.add_text("parameters", parameters)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
@@ -81,109 +133,186 @@ def encode_png(image: Image.Image, parameters: str) -> bytes:
 
 @dataclass(frozen=True)
 class StoredImage:
+    """One image in the store; `parameters` is filled by `list` (the gallery shows it)."""
+
     name: str
     size_bytes: int
-    created: datetime
+    created: datetime  # the file's mtime, UTC
+    parameters: str | None = None
 
 
 class ImageStore:
     """PNG files in one folder, named by 128 random bits and written atomically."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
+        self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
     def save(self, image: Image.Image, parameters: str) -> str:
+        """Encode `image` with its A1111 parameters and store it; returns the new name."""
         return self.save_png(encode_png(image, parameters))
 
     def save_png(self, data: bytes) -> str:
-        """Write to a temp file, fsync, rename: a reader sees the whole file or none."""
+        """Write to a temp file, fsync, rename: a reader sees the whole file or none.
+
+        On any error (a full disk, say) the temp file is removed and the error propagates.
+        """
         name = secrets.token_hex(16) + ".png"
+        # Same folder, so os.replace is a rename within one file system, hence atomic.
         fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.root)
         try:
+            os.fchmod(fd, 0o644)  # mkstemp makes 0600; a front proxy may serve the folder
             with os.fdopen(fd, "wb") as file:
                 file.write(data)
                 file.flush()
-                os.fsync(file.fileno())
-            os.chmod(temp, 0o644)
+                os.fsync(file.fileno())  # the bytes are on disk before the name exists
             os.replace(temp, self.root / name)
         except BaseException:
-            Path(temp).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # never hide the real error behind a cleanup one
+                os.unlink(temp)
             raise
+        self._sync_folder()
         return name
 
     def path_for(self, name: str) -> Path | None:
-        """The file of a valid, existing image name; None for anything else (no traversal)."""
-        if not NAME_PATTERN.fullmatch(name):
+        """The file of a valid, existing image name; None for anything else.
+
+        The name must match the pattern in full, so no separator, dot-dot or percent escape
+        gets through, and the entry must be a regular file (no symlink out of the folder).
+        """
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
             return None
         path = self.root / name
-        return path if path.is_file() else None
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            return None
+        return path if stat.S_ISREG(mode) else None
 
     def read_parameters(self, name: str) -> str | None:
+        """The `parameters` text of an image, or None if the name, file or chunk is missing."""
         path = self.path_for(name)
         if path is None:
             return None
-        with Image.open(path) as image:
-            return image.info.get("parameters")
+        return _read_parameters(path)
 
     def list(self, offset: int = 0, limit: int = 50) -> list[StoredImage]:
-        """Newest first."""
-        return self._all()[offset : offset + limit]
+        """A page of images, newest first (by mtime, then name), with their parameters."""
+        offset, limit = max(offset, 0), max(limit, 0)
+        page = self._all()[offset : offset + limit]
+        return [
+            StoredImage(image.name, image.size_bytes, image.created, _read_parameters(self.root / image.name))
+            for image in page
+        ]
 
     def count(self) -> int:
+        """How many images the folder holds."""
         return len(self._all())
 
+    def total_bytes(self) -> int:
+        """The size of all images together (temp files excluded)."""
+        return sum(image.size_bytes for image in self._all())
+
     def delete(self, name: str) -> bool:
+        """Remove one image; False when the name is invalid or the file is already gone."""
         path = self.path_for(name)
         if path is None:
             return False
-        path.unlink(missing_ok=True)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
         return True
 
-    def total_bytes(self) -> int:
-        return sum(image.size_bytes for image in self._all())
-
     def remove_partial_files(self) -> int:
-        """Delete temp files a crash left behind (they never had a servable name)."""
+        """Delete temp files a crash left behind (they never had a servable name).
+
+        Call at start-up only: a save in flight would lose its temp file.
+        """
         removed = 0
-        for path in self.root.glob(TEMP_PREFIX + "*"):
-            path.unlink(missing_ok=True)
-            removed += 1
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                if not entry.name.startswith(TEMP_PREFIX) or entry.is_dir(follow_symlinks=False):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+        if removed:
+            logger.info("removed %d partial image files", removed)
         return removed
 
     def sweep(
         self, *, max_age: timedelta | None, max_total_bytes: int | None, now: datetime | None = None
     ) -> list[str]:
-        """Retention: delete images older than max_age, then the oldest until under max_total_bytes."""
+        """Retention: delete images older than max_age, then the oldest until within max_total_bytes.
+
+        Returns the names this call removed. A file deleted by someone else meanwhile is skipped;
+        one that can't be deleted is logged and left, so one bad file doesn't stop the sweep.
+        """
         now = now or datetime.now(timezone.utc)
-        oldest_first = list(reversed(self._all()))
-        doomed: list[StoredImage] = []
-        if max_age is not None:
-            doomed = [image for image in oldest_first if now - image.created > max_age]
-        if max_total_bytes is not None:
-            kept = oldest_first[len(doomed) :]
-            total = sum(image.size_bytes for image in kept)
-            for image in kept:
-                if total <= max_total_bytes:
-                    break
-                doomed.append(image)
-                total -= image.size_bytes
-        for image in doomed:
-            (self.root / image.name).unlink(missing_ok=True)
-        if doomed:
-            logger.info("retention removed %d images", len(doomed))
-        return [image.name for image in doomed]
+        if now.tzinfo is None:  # a naive time would not compare with the UTC mtimes
+            now = now.replace(tzinfo=timezone.utc)
+        oldest_first = self._all()[::-1]
+        removed: list[str] = []
+        total = sum(image.size_bytes for image in oldest_first)
+        for image in oldest_first:
+            too_old = max_age is not None and now - image.created > max_age
+            too_big = max_total_bytes is not None and total > max_total_bytes
+            if not (too_old or too_big):
+                break  # oldest first: once one stays, every newer one stays too
+            try:
+                os.unlink(self.root / image.name)
+            except FileNotFoundError:
+                total -= image.size_bytes  # gone anyway, just not by us
+                continue
+            except OSError as error:
+                logger.warning("retention could not remove an image: %s", error.strerror)
+                continue
+            total -= image.size_bytes
+            removed.append(image.name)
+        if removed:
+            # Counts only: names are capabilities and parameters hold prompts.
+            logger.info("retention removed %d images, %d bytes left", len(removed), total)
+        return removed
 
     def _all(self) -> list[StoredImage]:
+        """Every image, newest first; entries vanishing during the scan are skipped."""
         images = []
-        for entry in os.scandir(self.root):
-            if not NAME_PATTERN.fullmatch(entry.name):
-                continue
-            try:
-                stat = entry.stat()
-            except FileNotFoundError:  # deleted meanwhile
-                continue
-            created = datetime.fromtimestamp(stat.st_mtime, timezone.utc)
-            images.append(StoredImage(entry.name, stat.st_size, created))
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                if not NAME_PATTERN.fullmatch(entry.name):
+                    continue
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:  # deleted meanwhile
+                    continue
+                if not stat.S_ISREG(info.st_mode):
+                    continue
+                created = datetime.fromtimestamp(info.st_mtime, timezone.utc)
+                images.append(StoredImage(entry.name, info.st_size, created))
         images.sort(key=lambda image: (image.created, image.name), reverse=True)
         return images
+
+    def _sync_folder(self) -> None:
+        """Make the rename itself durable; best effort, since the file's bytes already are."""
+        try:
+            fd = os.open(self.root, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(fd)
+        except OSError:  # some file systems refuse fsync on a directory
+            pass
+        finally:
+            os.close(fd)
+
+
+def _read_parameters(path: Path) -> str | None:
+    """The `parameters` chunk of a PNG; None for a missing, vanished or unreadable file."""
+    try:
+        # Only the chunks before the pixel data are parsed; the image is never decoded.
+        with Image.open(path, formats=["PNG"]) as image:
+            value = image.info.get("parameters")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+    return str(value) if isinstance(value, str) else None
