@@ -17,6 +17,7 @@ from PIL import Image
 
 from alice import __version__, model_store
 from alice.config import Settings
+from alice.downloads.manager import DownloadManager
 from alice.engine.generate import GenerationSpec, run_generation
 from alice.engine.loras import extract_prompt_loras, loras_applied
 from alice.engine.pipelines import MemoryOptions, PipelineCache, choose_placement, default_cache_budget
@@ -60,6 +61,11 @@ class Runtime:
             discard_images=self._discard_images,
             on_finish=self._job_finished,
         )
+        self.downloads = DownloadManager(
+            settings.data_dir / "downloads",
+            settings.civitai_url,
+            settings.civitai_api_key.get_secret_value() if settings.civitai_api_key else None,
+        )
         self.ready = False
         self.load_error: str | None = None
         self._stopping = threading.Event()
@@ -69,6 +75,7 @@ class Runtime:
         """Start the worker (which loads the default model first) and the retention sweep."""
         logger.info("ALICE %s starting on %s (%s)", __version__, self.placement.device, self.placement.dtype)
         self.jobs.start(warm_up=self._load_default_model)
+        self.downloads.start()
         self._sweeper.start()
         return self
 
@@ -76,6 +83,7 @@ class Runtime:
         """Stop taking work and let the running job finish, bounded by `timeout`."""
         logger.info("shutting down: finishing the running job, keeping queued ones")
         self._stopping.set()
+        self.downloads.stop()
         self.jobs.stop(timeout)
 
     # -- requests -----------------------------------------------------------------

@@ -15,9 +15,11 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import FileResponse, JSONResponse, Response
 
-from alice.http import jobs_routes, openai_routes
+from alice.http import jobs_routes, model_routes, openai_routes
 from alice.http.errors import ApiError, from_exception
 from alice.http.handling import get_runtime
+from alice.downloads.civitai import CivitAIError
+from alice.downloads.huggingface import HubError
 from alice.jobs import QueueFull
 from alice.model_store import InvalidModelName, ModelNotFound
 from alice.protocol.generation import InvalidRequest
@@ -26,6 +28,8 @@ from alice.runtime import Runtime
 logger = logging.getLogger("alice.http")
 
 http_app = FastAPI(title="ALICE", docs_url=None, redoc_url=None, openapi_url=None)
+# Before the OpenAI routes: GET /v1/models/{id:path} would otherwise swallow /v1/models/download/status.
+http_app.include_router(model_routes.router)
 http_app.include_router(openai_routes.router)
 http_app.include_router(jobs_routes.router)
 
@@ -55,7 +59,8 @@ async def _known_error(request: Request, exc: Exception) -> JSONResponse:
     return error.openai_response()
 
 
-for _type in (ApiError, ValidationError, InvalidRequest, InvalidModelName, ModelNotFound, QueueFull):
+for _type in (ApiError, ValidationError, InvalidRequest, InvalidModelName, ModelNotFound, QueueFull,
+              CivitAIError, HubError):
     http_app.add_exception_handler(_type, _known_error)
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
+from alice.downloads.civitai import CivitAIError
+from alice.downloads.huggingface import HubError
 from alice.jobs import Job, JobState, QueueFull
 from alice.model_store import InvalidModelName, LoraNotFound, ModelNotFound
 from alice.protocol.generation import InvalidRequest
@@ -24,6 +26,7 @@ ERROR_TYPES = {
     409: "cancelled",
     500: "server_error",
     503: "server_overloaded",
+    502: "upstream_error",
     504: "timeout_error",
 }
 
@@ -93,6 +96,8 @@ def from_exception(exc: Exception) -> ApiError | None:
         return ApiError(404, str(exc), param="loras", code="lora_not_found")
     if isinstance(exc, ModelNotFound):
         return ApiError(404, str(exc).strip("'\""), param="model", code="model_not_found")
+    if isinstance(exc, (CivitAIError, HubError)):
+        return ApiError(502, str(exc), code="upstream_error")
     if isinstance(exc, QueueFull):
         return ApiError(503, str(exc), code="queue_full", retry_after_s=exc.retry_after_s)
     return None

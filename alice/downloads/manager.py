@@ -1,0 +1,283 @@
+"""The download queue: one download at a time in its own thread, then an import into the store.
+
+Each task works in `ALICE_DATA_DIR/downloads/<task id>/`; partial files stay there between
+tries so an interrupted download resumes, and the folder goes once the task ends. Tasks are
+written to `tasks.json`, so unfinished ones resume after a restart. Nothing reaches the model
+store until every file is complete and verified, so a failed or cancelled download leaves
+no half model behind.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import re
+import secrets
+import shutil
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+
+from alice import model_store
+from alice.downloads import huggingface
+from alice.downloads.civitai import CivitAI, CivitAIError, RemoteFile
+from alice.downloads.fetch import DownloadCancelled, DownloadFailed, fetch_file
+
+logger = logging.getLogger("alice.downloads")
+
+ACTIVE = ("queued", "downloading", "importing")
+
+
+@dataclass
+class DownloadTask:
+    source: str  # civitai | huggingface | url
+    request: dict[str, Any]  # what was asked, to run (or resume) the task
+    name: str  # the model name it will have in the store
+    id: str = field(default_factory=lambda: "dl-" + secrets.token_hex(8))
+    status: str = "queued"
+    totalSize: int | None = None
+    downloadedSize: int = 0
+    speed: float = 0.0  # bytes per second, recent
+    error: str | None = None
+    created: float = field(default_factory=time.time)
+    finished: float | None = None
+    model: str | None = None  # the stored model's id once imported
+
+    @property
+    def progress(self) -> float:
+        if self.status == "completed":
+            return 1.0
+        return min(1.0, self.downloadedSize / self.totalSize) if self.totalSize else 0.0
+
+    def public(self) -> dict[str, Any]:
+        view = asdict(self)
+        view.pop("request")
+        return {**view, "progress": round(self.progress, 4), "object": "download"}
+
+
+def model_name_from(text: str) -> str:
+    """A store name from a repo id, file name or CivitAI title: lowercase, safe, at most 63."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._")[:63].strip("-._")
+    return name or "model"
+
+
+class DownloadManager:
+    def __init__(self, folder: Path, civitai_url: str, civitai_token: str | None) -> None:
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._client = httpx.Client(timeout=httpx.Timeout(30, read=120), follow_redirects=True)
+        self.civitai = CivitAI(civitai_url, civitai_token, self._client)
+        self._lock = threading.Condition()
+        self._tasks: dict[str, DownloadTask] = {}
+        self._waiting: collections.deque[DownloadTask] = collections.deque()
+        self._cancelled: set[str] = set()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._restore()
+
+    # -- asking ---------------------------------------------------------------------
+    def civitai_download(self, model_id: int, version_id: int | None, file_id: int | None, model_type: str) -> DownloadTask:
+        request = {"modelId": model_id, "versionId": version_id, "fileId": file_id, "modelType": model_type}
+        return self._add(DownloadTask("civitai", request, model_name_from(f"civitai-{model_id}")))
+
+    def huggingface_download(self, repo_id: str, filename: str | None, revision: str) -> DownloadTask:
+        request = {"modelId": repo_id, "filename": filename, "revision": revision}
+        stem = Path(filename).stem if filename else repo_id.split("/")[-1]
+        return self._add(DownloadTask("huggingface", request, model_name_from(stem)))
+
+    def url_download(self, url: str, filename: str | None, is_lora: bool) -> DownloadTask:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("url must start with http:// or https://")
+        filename = filename or Path(url.split("?", 1)[0]).name or "model.safetensors"
+        request = {"url": url, "filename": filename, "isLora": is_lora}
+        return self._add(DownloadTask("url", request, model_name_from(Path(filename).stem)))
+
+    def list(self) -> list[DownloadTask]:
+        with self._lock:
+            return sorted(self._tasks.values(), key=lambda t: t.created, reverse=True)
+
+    def get(self, task_id: str) -> DownloadTask | None:
+        return self._tasks.get(task_id)
+
+    def cancel(self, task_id: str) -> DownloadTask | None:
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None or task.status not in ACTIVE:
+                return task
+            self._cancelled.add(task_id)
+            if task in self._waiting:
+                self._waiting.remove(task)
+                self._end(task, "cancelled")
+        return task
+
+    # -- the worker -----------------------------------------------------------------
+    def start(self) -> DownloadManager:
+        self._thread = threading.Thread(target=self._work, name="alice-downloads", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        if self._thread:
+            self._thread.join(timeout)
+        self._client.close()
+
+    def run_now(self, task: DownloadTask) -> DownloadTask:
+        """Run one task in this thread (the CLI's way), returning it finished."""
+        with self._lock:
+            if task in self._waiting:
+                self._waiting.remove(task)
+        self._run(task)
+        return task
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._waiting and not self._stopping:
+                    self._lock.wait()
+                if self._stopping:
+                    return
+                task = self._waiting.popleft()
+            self._run(task)
+
+    def _run(self, task: DownloadTask) -> None:
+        workdir = self.folder / task.id
+        try:
+            self._set(task, status="downloading")
+            path, is_lora, is_pipeline = self._download(task, workdir)
+            self._set(task, status="importing")
+            stored = self._import(path, task.name, is_lora=is_lora, is_pipeline=is_pipeline, source=task.source)
+            self._set(task, model="sd/" + stored.name)
+            self._end(task, "completed")
+            shutil.rmtree(workdir, ignore_errors=True)
+        except DownloadCancelled:
+            self._end(task, "cancelled")
+            shutil.rmtree(workdir, ignore_errors=True)
+        except (DownloadFailed, CivitAIError, huggingface.HubError, ValueError, OSError) as exc:
+            self._end(task, "failed", str(exc))
+            # A checksum failure deleted its file; other partial files stay for a retry.
+        except Exception as exc:  # the queue must survive any one task
+            logger.exception("download %s failed", task.id)
+            self._end(task, "failed", f"{type(exc).__name__}: {exc}")
+
+    def _download(self, task: DownloadTask, workdir: Path) -> tuple[Path, bool, bool]:
+        """Fetch every file of the task into workdir; (path to import, is LoRA, is pipeline)."""
+        request = task.request
+        if task.source == "civitai":
+            remote = self.civitai.file_for(request["modelId"], request.get("versionId"), request.get("fileId"),
+                                           request.get("modelType", "Checkpoint"))
+            self._set(task, name=model_name_from(remote.suggested_name))
+            return self._fetch_remote(task, remote, workdir, self.civitai.headers), remote.is_lora, False
+        if task.source == "url":
+            remote = RemoteFile(request["url"], request["filename"], None, None, request["isLora"], task.name)
+            return self._fetch_remote(task, remote, workdir, {}), remote.is_lora, False
+        plan = huggingface.plan(request["modelId"], request.get("filename"), request.get("revision") or "main")
+        headers = {"Authorization": f"Bearer {huggingface.token()}"} if huggingface.token() else {}
+        self._check_disk(sum(f.size or 0 for f in plan.files))
+        self._set(task, totalSize=sum(f.size or 0 for f in plan.files) or None)
+        done_before = 0
+        for f in plan.files:
+            target = workdir / huggingface.plain_name(f.path)
+            fetch_file(
+                self._client, huggingface.file_url(plan.repo_id, plan.commit, f.path), target,
+                headers=headers, sha256=huggingface.file_sha256(f),
+                progress=self._reporter(task, done_before), cancelled=lambda: task.id in self._cancelled,
+            )
+            done_before += f.size or target.stat().st_size
+        if plan.is_pipeline:
+            return workdir, False, True
+        path = workdir / huggingface.plain_name(plan.files[0].path)
+        return path, _looks_like_lora(path), False
+
+    def _fetch_remote(self, task: DownloadTask, remote: RemoteFile, workdir: Path, headers: dict[str, str]) -> Path:
+        if remote.size_bytes:
+            self._check_disk(remote.size_bytes)
+            self._set(task, totalSize=remote.size_bytes)
+        filename = Path(remote.filename).name or "model.safetensors"
+        return fetch_file(
+            self._client, remote.url, workdir / filename, headers=headers, sha256=remote.sha256,
+            progress=self._reporter(task, 0), cancelled=lambda: task.id in self._cancelled,
+        )
+
+    def _import(self, path: Path, name: str, *, is_lora: bool, is_pipeline: bool, source: str) -> model_store.StoredModel:
+        if is_pipeline:
+            return model_store.import_pipeline_folder(path, name, source=source)
+        if is_lora:
+            return model_store.import_lora_file(path, name, source=source)
+        return model_store.import_checkpoint_file(path, name, source=source)
+
+    def _reporter(self, task: DownloadTask, done_before: int) -> Callable[[int, int | None], None]:
+        started, first = time.monotonic(), None
+
+        def report(done: int, total: int | None) -> None:
+            nonlocal first
+            first = done if first is None else first
+            elapsed = time.monotonic() - started
+            task.downloadedSize = done_before + done
+            if total and not task.totalSize:
+                task.totalSize = total
+            task.speed = round((done - first) / elapsed, 1) if elapsed > 0 else 0.0
+
+        return report
+
+    def _check_disk(self, needed: int) -> None:
+        # The file, and the store's copy of it made by the import.
+        free = shutil.disk_usage(self.folder).free
+        if needed * 2 > free:
+            raise DownloadFailed(
+                f"not enough disk space: {needed * 2 / 1e9:.1f} GB needed (download and import), {free / 1e9:.1f} GB free"
+            )
+
+    # -- bookkeeping ----------------------------------------------------------------
+    def _add(self, task: DownloadTask) -> DownloadTask:
+        with self._lock:
+            self._tasks[task.id] = task
+            self._waiting.append(task)
+            self._lock.notify_all()
+        self._save()
+        logger.info("download %s queued (%s)", task.id, task.source)
+        return task
+
+    def _set(self, task: DownloadTask, **changes: Any) -> None:
+        for key, value in changes.items():
+            setattr(task, key, value)
+        self._save()
+
+    def _end(self, task: DownloadTask, status: str, error: str | None = None) -> None:
+        task.status, task.error, task.finished = status, error, time.time()
+        self._cancelled.discard(task.id)
+        self._save()
+        logger.info("download %s %s%s", task.id, status, f": {error}" if error else "")
+
+    def _save(self) -> None:
+        # Under the lock: the worker and request threads both save, through one temp file.
+        with self._lock:
+            records = [asdict(t) for t in self._tasks.values()]
+            temp = self.folder / "tasks.json.tmp"
+            temp.write_text(json.dumps(records))
+            temp.replace(self.folder / "tasks.json")
+
+    def _restore(self) -> None:
+        path = self.folder / "tasks.json"
+        if not path.exists():
+            return
+        for record in json.loads(path.read_text()):
+            task = DownloadTask(**record)
+            if task.status in ACTIVE:
+                task.status = "queued"  # resumes from its partial files
+                self._waiting.append(task)
+            self._tasks[task.id] = task
+
+
+def _looks_like_lora(path: Path) -> bool:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as weights:
+        return any("lora" in key for key in weights.keys())

@@ -1,0 +1,91 @@
+"""Model-manager admin routes: search, download, status, cancel, delete (api-contract.md section 8)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse
+
+from alice import model_store
+from alice.downloads import huggingface
+from alice.downloads.manager import DownloadTask
+from alice.http.errors import ApiError
+from alice.http.handling import get_runtime, read_json_object
+from alice.protocol import models as mp
+from alice.protocol.generation import strip_model_prefix
+from alice.runtime import Runtime
+
+router = APIRouter(prefix="/v1/models")
+
+
+@router.post("/search/civitai")
+async def search_civitai(request: Request, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+    query = mp.CivitAISearch.model_validate(await read_json_object(request))
+    items = await run_in_threadpool(
+        runtime.downloads.civitai.search, query.query, list(query.types), query.sort, query.nsfw, query.limit, query.page
+    )
+    return {"object": "list", "data": items}
+
+
+@router.post("/search/huggingface")
+async def search_huggingface(request: Request) -> dict[str, Any]:
+    query = mp.HuggingFaceSearch.model_validate(await read_json_object(request))
+    return {"object": "list", "data": await run_in_threadpool(huggingface.search, query.query, query.limit, query.sort)}
+
+
+@router.post("/download/civitai", status_code=202)
+async def download_civitai(request: Request, runtime: Runtime = Depends(get_runtime)) -> JSONResponse:
+    body = mp.CivitAIDownload.model_validate(await read_json_object(request))
+    return _accepted(runtime.downloads.civitai_download(body.modelId, body.versionId, body.fileId, body.modelType))
+
+
+@router.post("/download/huggingface", status_code=202)
+async def download_huggingface(request: Request, runtime: Runtime = Depends(get_runtime)) -> JSONResponse:
+    body = mp.HuggingFaceDownload.model_validate(await read_json_object(request))
+    return _accepted(runtime.downloads.huggingface_download(body.modelId, body.filename, body.revision))
+
+
+@router.post("/download/url", status_code=202)
+async def download_url(request: Request, runtime: Runtime = Depends(get_runtime)) -> JSONResponse:
+    body = mp.UrlDownload.model_validate(await read_json_object(request))
+    return _accepted(runtime.downloads.url_download(body.url, body.filename, body.isLora))
+
+
+@router.get("/download/status")
+def download_status(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+    return {"object": "list", "data": [task.public() for task in runtime.downloads.list()]}
+
+
+@router.get("/download/status/{task_id}")
+def download_task(task_id: str, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+    return _found(runtime.downloads.get(task_id), task_id).public()
+
+
+@router.delete("/download/{task_id}")
+def cancel_download(task_id: str, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+    return _found(runtime.downloads.cancel(task_id), task_id).public()
+
+
+@router.delete("/{model_id:path}")
+def delete_model(model_id: str, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+    """Remove a model (every version) from the store. A copy already in memory is dropped
+    when the cache next needs room; requests for it fail from now on."""
+    name = strip_model_prefix(model_id)
+    if name == runtime.settings.default_model:
+        raise ApiError(409, f"'{name}' is the default model (ALICE_DEFAULT_MODEL); it cannot be deleted",
+                       param="model", code="default_model")
+    model_store.delete_model(name)
+    return {"id": "sd/" + name, "object": "model", "deleted": True}
+
+
+def _accepted(task: DownloadTask) -> JSONResponse:
+    return JSONResponse(task.public(), status_code=202,
+                        headers={"Location": f"/v1/models/download/status/{task.id}"})
+
+
+def _found(task: DownloadTask | None, task_id: str) -> DownloadTask:
+    if task is None:
+        raise ApiError(404, f"no download '{task_id}'", param="id", code="download_not_found")
+    return task
