@@ -8,6 +8,7 @@ import io
 import pytest
 from PIL import Image
 
+from alice.image_store import parse_a1111_parameters
 from tests.http.conftest import start_client
 from tests.support import write_demo_lora
 
@@ -41,7 +42,7 @@ def test_lora_by_settings_and_by_prompt_tag_and_clean_afterwards(lora_client):
     assert draw(lora_client) == plain
     response = lora_client.post("/generate", json={"prompt": "a boat", **SMALL, "loras": [{"name": "inky"}]})
     parameters = Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0]["b64_json"]))).info["parameters"]
-    assert "LoRAs: inky:1" in parameters
+    assert parse_a1111_parameters(parameters)["settings"]["LoRAs"] == "inky:1"
 
 
 def test_lora_through_sam_settings(lora_client):
