@@ -1,0 +1,38 @@
+"""The model manager from a terminal: the same DownloadManager, with a progress bar."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from tqdm import tqdm
+
+from alice.config import Settings
+from alice.downloads.manager import DownloadManager, DownloadTask
+
+
+def manager_for(settings: Settings) -> DownloadManager:
+    token = settings.civitai_api_key.get_secret_value() if settings.civitai_api_key else None
+    # Its own folder: a server running beside the CLI keeps its own task list.
+    return DownloadManager(settings.data_dir / "downloads-cli", settings.civitai_url, token)
+
+
+def run_with_progress(manager: DownloadManager, task: DownloadTask) -> DownloadTask:
+    """Run the task in a thread and draw its progress until it ends (Ctrl-C cancels it)."""
+    worker = threading.Thread(target=manager.run_now, args=(task,), daemon=True)
+    worker.start()
+    with tqdm(total=None, unit="B", unit_scale=True, unit_divisor=1024, desc=task.name) as bar:
+        try:
+            while worker.is_alive():
+                if task.totalSize and bar.total != task.totalSize:
+                    bar.total = task.totalSize
+                bar.n = task.downloadedSize
+                bar.set_postfix_str(task.status)
+                bar.refresh()
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            manager.cancel(task.id)
+            worker.join()
+        bar.n = task.downloadedSize
+        bar.set_postfix_str(task.status)
+    return task
