@@ -25,6 +25,7 @@ from bentoml.exceptions import NotFound
 
 from alice.engine.demo import DEMO_MODEL_NAME, save_demo_pipeline
 from alice.engine.pipelines import choose_placement, load_pipeline
+from alice.engine.single_file import convert_single_file, detect_checkpoint_family
 
 logger = logging.getLogger("alice.models")
 
@@ -106,6 +107,20 @@ def import_pipeline_folder(folder: Path, name: str, *, source: str = "local") ->
     _check_loads(folder)
     family = detect_family(folder)
     return _store_folder(folder, name, kind=PIPELINE, family=family, source=source)
+
+
+def import_checkpoint_file(path: Path, name: str, *, source: str = "local") -> StoredModel:
+    """Convert a single-file `.safetensors` checkpoint (SD 1.x, 2.x or SDXL, told apart by its
+    weights) into a diffusers folder offline, then import that like any pipeline folder."""
+    validate_model_name(name)
+    path = Path(path)
+    family = detect_checkpoint_family(path)  # ValueError for a LoRA or anything else
+    with tempfile.TemporaryDirectory(prefix="alice-convert-") as scratch:
+        try:
+            convert_single_file(path, Path(scratch), family)
+        except Exception as exc:  # shapes that do not fit the family, truncated files, ...
+            raise ValueError(f"{path} does not convert as an {family} checkpoint: {type(exc).__name__}: {exc}") from exc
+        return import_pipeline_folder(Path(scratch), name, source=source)
 
 
 def import_lora_file(path: Path, name: str, *, source: str = "local") -> StoredModel:
