@@ -58,12 +58,20 @@ def _model_type(model: model_store.StoredModel) -> str:
 
 @models_app.command("import")
 def models_import(
-    path: Path = typer.Argument(..., help="A diffusers pipeline folder (model_index.json and components)."),
+    path: Path = typer.Argument(
+        ..., help="A diffusers pipeline folder, or a single-file .safetensors checkpoint (SD 1.x, 2.x, SDXL)."
+    ),
     name: str = typer.Option(..., "--name", help="The model's id in ALICE (lowercase letters, digits, . _ -)."),
+    lora: bool = typer.Option(False, "--lora", help="The file is a LoRA, not a checkpoint."),
 ) -> None:
-    """Import a diffusers folder into the model store, after checking it loads."""
+    """Import a diffusers folder, a single-file checkpoint (converted offline) or a LoRA into the model store."""
     try:
-        model = model_store.import_pipeline_folder(path, name)
+        if lora:
+            model = model_store.import_lora_file(path, name)
+        elif path.is_file():
+            model = model_store.import_checkpoint_file(path, name)
+        else:
+            model = model_store.import_pipeline_folder(path, name)
     except ValueError as exc:  # InvalidModelName is one too
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -76,6 +84,104 @@ def models_delete(name: str = typer.Argument(..., help="The model's id, with or 
     try:
         model_store.delete_model(name.removeprefix("sd/"))
     except (model_store.ModelNotFound, model_store.InvalidModelName) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+search_app = typer.Typer(help="Search Hugging Face or CivitAI.", no_args_is_help=True)
+download_app = typer.Typer(help="Download a model and import it into the store, with a progress bar.",
+                           no_args_is_help=True)
+models_app.add_typer(search_app, name="search")
+models_app.add_typer(download_app, name="download")
+
+
+@search_app.command("huggingface")
+def search_huggingface(query: str = typer.Argument(""), limit: int = typer.Option(20, min=1, max=100)) -> None:
+    """Text-to-image diffusers repos, most downloaded first."""
+    from alice.downloads import huggingface
+
+    for model in _or_exit(lambda: huggingface.search(query, limit, "downloads")):
+        typer.echo(f"{model['id']}  downloads={model['downloads']}  likes={model['likes']}")
+
+
+@search_app.command("civitai")
+def search_civitai(
+    query: str = typer.Argument(""),
+    types: list[str] = typer.Option([], "--type", help="Checkpoint or LORA; repeat for both."),
+    limit: int = typer.Option(20, min=1, max=100),
+    nsfw: bool = typer.Option(False, "--nsfw"),
+) -> None:
+    """CivitAI models (browse when no query is given)."""
+    from alice.downloads.console import manager_for
+
+    manager = manager_for(_settings())
+    for model in _or_exit(lambda: manager.civitai.search(query, types, "Highest Rated", nsfw, limit, 1)):
+        versions = ", ".join(f"{v['id']} ({v['baseModel']})" for v in model["versions"][:3])
+        typer.echo(f"{model['id']}  {model['type']}  {model['name']}  versions: {versions}")
+
+
+@download_app.command("huggingface")
+def download_huggingface(
+    repo: str = typer.Argument(..., help="owner/name"),
+    filename: str | None = typer.Option(None, help="One .safetensors file of the repo instead of the pipeline."),
+    revision: str = typer.Option("main"),
+) -> None:
+    """A diffusers repo (configs and safetensors weights, fp16 where offered) or one file of it."""
+    _download(lambda manager: manager.huggingface_download(repo, filename, revision))
+
+
+@download_app.command("civitai")
+def download_civitai(
+    model_id: int = typer.Argument(...),
+    version: int | None = typer.Option(None, help="Model version id (default: the newest)."),
+    file: int | None = typer.Option(None, help="File id (default: the version's primary safetensors)."),
+    lora: bool = typer.Option(False, "--lora", help="It is a LoRA."),
+) -> None:
+    """A CivitAI model version's file (checkpoint or LoRA); CIVITAI_API_KEY is sent if set."""
+    _download(lambda manager: manager.civitai_download(model_id, version, file, "LORA" if lora else "Checkpoint"))
+
+
+@download_app.command("url")
+def download_url(
+    url: str = typer.Argument(...),
+    filename: str | None = typer.Option(None),
+    lora: bool = typer.Option(False, "--lora"),
+) -> None:
+    """Any direct .safetensors URL."""
+    _download(lambda manager: manager.url_download(url, filename, lora))
+
+
+def _download(make_task) -> None:
+    from alice.downloads.console import manager_for, run_with_progress
+
+    manager = manager_for(_settings())
+    try:
+        task = run_with_progress(manager, _or_exit(lambda: make_task(manager)))
+    finally:
+        manager.stop()
+    if task.status != "completed":
+        typer.echo(f"error: download {task.status}: {task.error or ''}", err=True)
+        raise typer.Exit(1)
+    typer.echo(task.model)
+
+
+def _settings():
+    from alice.config import ConfigError, load_settings
+
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _or_exit(call):
+    from alice.downloads.civitai import CivitAIError
+    from alice.downloads.huggingface import HubError
+
+    try:
+        return call()
+    except (CivitAIError, HubError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
 

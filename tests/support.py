@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 from bentoml._internal.configuration.containers import BentoMLContainer
 from bentoml._internal.models import ModelStore
 
@@ -110,26 +111,42 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")[-6000:]
 
     def terminate(self, timeout: float = 60) -> int:
-        """SIGTERM, as systemd or Kubernetes stop a service."""
-        os.killpg(self.process.pid, signal.SIGTERM)
+        """SIGTERM to every process of the server, as systemd (KillMode=control-group) and
+        Kubernetes stop a service."""
+        processes = self._processes()
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                process.send_signal(signal.SIGTERM)
         try:
-            return self.process.wait(timeout)
+            code = self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             raise
+        psutil.wait_procs(processes, timeout=timeout)
+        return code
 
     def kill(self) -> None:
         """SIGKILL to every process of the server: a crash or a power cut."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        processes = self._processes()
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        psutil.wait_procs(processes, timeout=30)
         self.process.wait(30)
+
+    def _processes(self) -> list[psutil.Process]:
+        """The server and all it started: BentoML's workers do not always share its process group."""
+        try:
+            root = psutil.Process(self.process.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
 
     def close(self) -> None:
         if self.process.poll() is None:
             with contextlib.suppress(Exception):
                 self.terminate(30)
-        if self.process.poll() is None:
-            self.kill()
+        self.kill()  # whatever is left, workers included
         self._log.close()
 
 
@@ -208,3 +225,86 @@ def save_tiny_sdxl_pipeline(folder: Path) -> Path:
                                      tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
     pipe.save_pretrained(str(folder), safe_serialization=True)
     return folder
+
+
+def write_original_checkpoint(pipe, path: Path, metadata: dict[str, str] | None = None) -> Path:
+    """Save an SD-1.x-shaped diffusers pipeline as one `.safetensors` file in the original
+    (CompVis / A1111 / CivitAI) key layout, the reverse of diffusers' single-file conversion."""
+    from safetensors.torch import save_file
+
+    state = original_layout_state_dict(pipe)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({key: tensor.contiguous() for key, tensor in state.items()}, str(path), metadata=metadata)
+    return path
+
+
+def original_layout_state_dict(pipe) -> dict:
+    """The UNet, VAE and (CLIP ViT-L style) text encoder of a pipeline under their original names."""
+    unet = pipe.unet
+    per_level = unet.config.layers_per_block
+    resnet_names = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj", "emb_layers.1"),
+                    ("norm2", "out_layers.0"), ("conv2", "out_layers.3"), ("conv_shortcut", "skip_connection")]
+    unet_fixed = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+                  "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",  # SDXL
+                  "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+
+    def resnet(rest: str) -> str:
+        for new, old in resnet_names:
+            rest = rest.replace(new, old)
+        return rest
+
+    def unet_key(key: str) -> str:
+        parts = key.split(".")
+        for module, original in unet_fixed.items():
+            if key.startswith(module + "."):
+                return original + key.removeprefix(module)
+        if parts[0] == "mid_block":
+            index = {"resnets.0": 0, "attentions.0": 1, "resnets.1": 2}[".".join(parts[1:3])]
+            tail = ".".join(parts[3:])
+            return f"middle_block.{index}.{resnet(tail) if parts[1] == 'resnets' else tail}"
+        level, kind, layer, tail = int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
+        if parts[0] == "down_blocks":
+            if kind == "downsamplers":  # downsamplers.0.conv.* -> input_blocks.N.0.op.*
+                return f"input_blocks.{(level + 1) * (per_level + 1)}.0.op.{tail.removeprefix('conv.')}"
+            block = 1 + level * (per_level + 1) + layer
+            return f"input_blocks.{block}.0.{resnet(tail)}" if kind == "resnets" else f"input_blocks.{block}.1.{tail}"
+        if kind == "upsamplers":  # after the level's last resnet (and its attention, if any)
+            has_attention = hasattr(unet.up_blocks[level], "attentions")
+            return f"output_blocks.{level * (per_level + 1) + per_level}.{2 if has_attention else 1}.{tail}"
+        block = level * (per_level + 1) + layer
+        return f"output_blocks.{block}.0.{resnet(tail)}" if kind == "resnets" else f"output_blocks.{block}.1.{tail}"
+
+    levels = len(pipe.vae.config.block_out_channels)
+    vae_attention = [("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out")]
+
+    def vae_key(key: str, tensor):
+        coder, rest = key.split(".", 1)
+        rest = rest.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
+        parts = rest.split(".")
+        if parts[0] == "down_blocks":  # encoder.down_blocks.i.resnets.j -> encoder.down.i.block.j
+            rest = f"down.{parts[1]}." + ".".join(parts[2:]).replace("resnets", "block").replace(
+                "downsamplers.0", "downsample")
+        elif parts[0] == "up_blocks":  # decoder levels are numbered from the bottom in the original
+            rest = f"up.{levels - 1 - int(parts[1])}." + ".".join(parts[2:]).replace("resnets", "block").replace(
+                "upsamplers.0", "upsample")
+        elif parts[0] == "mid_block" and parts[1] == "resnets":
+            rest = f"mid.block_{int(parts[2]) + 1}." + ".".join(parts[3:])
+        elif parts[0] == "mid_block":  # attention: linear layers were 1x1 convolutions
+            tail = ".".join(parts[3:])
+            for new, old in vae_attention:
+                tail = tail.replace(new, old)
+            rest = f"mid.attn_1.{tail}"
+            if tensor.ndim == 2:
+                tensor = tensor[:, :, None, None]
+        return (f"{coder}.{rest}" if coder in ("encoder", "decoder") else key), tensor
+
+    state = {}
+    for key, tensor in unet.state_dict().items():
+        state[f"model.diffusion_model.{unet_key(key)}"] = tensor
+    for key, tensor in pipe.vae.state_dict().items():
+        new_key, new_tensor = vae_key(key, tensor)
+        state[f"first_stage_model.{new_key}"] = new_tensor
+    for key, tensor in pipe.text_encoder.state_dict().items():
+        # transformers 5's CLIPTextModel has no `text_model.` level; the original layout does
+        state[f"cond_stage_model.transformer.text_model.{key.removeprefix('text_model.')}"] = tensor
+    return state

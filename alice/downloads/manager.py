@@ -228,11 +228,12 @@ class DownloadManager:
         return report
 
     def _check_disk(self, needed: int) -> None:
-        # The file, and the store's copy of it made by the import.
+        # The download, a single file's converted folder, and the store's copy of it.
         free = shutil.disk_usage(self.folder).free
-        if needed * 2 > free:
+        if needed * 3 > free:
             raise DownloadFailed(
-                f"not enough disk space: {needed * 2 / 1e9:.1f} GB needed (download and import), {free / 1e9:.1f} GB free"
+                f"not enough disk space: {needed * 3 / 1e9:.1f} GB needed (download, conversion, import), "
+                f"{free / 1e9:.1f} GB free"
             )
 
     # -- bookkeeping ----------------------------------------------------------------
