@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 3000
 
-.PHONY: serve test demo-model venv bench clean
+.PHONY: serve test demo-model venv browser clean
 
 venv: $(VENV)/.installed
 
@@ -23,8 +23,12 @@ demo-model: venv
 serve: demo-model
 	$(BIN)/bentoml serve service:Alice --host $(HOST) --port $(PORT)
 
-test: venv
+test: venv browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The web page's tests drive Debian's Chromium (never a downloaded browser); CI runs as root.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-output
