@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 3000
 
-.PHONY: serve test demo-model venv browser clean
+.PHONY: serve test demo-model venv browser bento image clean
 
 venv: $(VENV)/.installed
 
@@ -29,6 +29,13 @@ test: venv browser
 # The web page's tests drive Debian's Chromium (never a downloaded browser); CI runs as root.
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+bento: demo-model
+	$(BIN)/bentoml build
+
+# bentoml#5566: containerize must run from a folder above its temporary build context.
+image: bento
+	cd / && $(CURDIR)/$(BIN)/bentoml containerize alice:latest -t alice:latest
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-output
