@@ -16,8 +16,8 @@ logger = logging.getLogger("alice.auth")
 
 # Open by contract: SAM polls /health and fetches image URLs with no key, probes and
 # Prometheus scrape without one. Image names are unguessable capability URLs.
-OPEN_PATHS = frozenset({"/health", "/livez", "/readyz", "/healthz", "/metrics"})
-OPEN_PREFIXES = ("/images/",)
+OPEN_PATHS = frozenset({"/health", "/livez", "/readyz", "/healthz", "/metrics", "/web"})
+OPEN_PREFIXES = ("/images/", "/web/")  # the web page's own files; it sends the key on its API calls
 
 
 def is_open(path: str) -> bool:

@@ -1,0 +1,246 @@
+"""The web page: its static files under `/web/`, and the admin JSON it needs that no other route gives.
+
+The page's own HTML, JS and CSS load without a key (see auth.OPEN_PREFIXES); everything it
+shows comes from API routes behind the key, which the page sends as `Authorization: Bearer`.
+"""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.responses import FileResponse, RedirectResponse, Response
+
+from alice import __version__, model_store
+from alice.config import Settings, env_name
+from alice.engine.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES, SCHEDULERS
+from alice.http.errors import ApiError
+from alice.http.handling import get_runtime
+from alice.image_store import StoredImage, parse_a1111_parameters
+from alice.protocol.generation import MAX_PROMPT_CHARS, MAX_SEED, MAX_SIDE, GenerationSettings
+from alice.runtime import Runtime
+
+router = APIRouter()
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+# Only these kinds of file are served; anything else under alice/web is a 404.
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".json": "application/json",
+    ".webmanifest": "application/manifest+json",
+}
+
+# The page needs nothing from elsewhere and runs no inline script: a strict policy means an
+# injected tag could neither run nor load anything even if some text slipped into the DOM as HTML.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; manifest-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+STATIC_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-cache",  # revalidate: a new ALICE version's page shows at once
+}
+
+GALLERY_PAGE_MAX = 200
+
+
+# -- the page's files ------------------------------------------------------------------------
+
+@router.api_route("/web", methods=["GET", "HEAD"], include_in_schema=False)
+def web_root() -> Response:
+    return RedirectResponse("web/", status_code=308)  # relative: still right behind a path prefix
+
+
+@router.api_route("/web/", methods=["GET", "HEAD"], include_in_schema=False)
+def web_index() -> Response:
+    return _static("index.html")
+
+
+@router.api_route("/web/{path:path}", methods=["GET", "HEAD"], include_in_schema=False)
+def web_file(path: str) -> Response:
+    return _static(path)
+
+
+def _static(path: str) -> Response:
+    file = static_file(path)
+    if file is None:
+        raise ApiError(404, "no such file", code="not_found")
+    return FileResponse(file, media_type=CONTENT_TYPES[file.suffix], headers=STATIC_HEADERS)
+
+
+def static_file(path: str) -> Path | None:
+    """The file under WEB_DIR a request path names, or None.
+
+    No empty, dot-led (`..`, hidden) or backslashed segment, only known file types, a regular
+    file (not a link) that resolves inside the folder.
+    """
+    parts = path.split("/")
+    if not path or any(not part or part.startswith(".") or "\\" in part or "\0" in part for part in parts):
+        return None
+    candidate = WEB_DIR.joinpath(*parts)
+    if candidate.suffix not in CONTENT_TYPES:
+        return None
+    try:
+        if not candidate.resolve().is_relative_to(WEB_DIR) or not stat.S_ISREG(candidate.lstat().st_mode):
+            return None
+    except (OSError, ValueError):
+        return None
+    return candidate
+
+
+# -- gallery ----------------------------------------------------------------------------------
+
+# A1111 writes the sampler's display name; several of ours share one, the later (explicit) name wins.
+_SCHEDULER_BY_SAMPLER = {spec.a1111_name: name for name, spec in SCHEDULERS.items()}
+
+
+def gallery_item(image: StoredImage) -> dict[str, Any]:
+    """One stored image with its A1111 parameters read back, and as `/generate` settings."""
+    parsed = parse_a1111_parameters(image.parameters) if image.parameters else None
+    return {
+        "name": image.name,
+        "url": f"/images/{image.name}",
+        "size_bytes": image.size_bytes,
+        "created": image.created.timestamp(),
+        "parameters_text": image.parameters,
+        "parameters": parsed,
+        "generation": _generation_settings(parsed) if parsed else None,
+    }
+
+
+def _generation_settings(parsed: dict[str, Any]) -> dict[str, Any]:
+    """What to send to `/generate` to draw this image again (as far as the text tells)."""
+    settings: dict[str, str] = parsed["settings"]
+    out: dict[str, Any] = {"prompt": parsed["prompt"], "negative_prompt": parsed["negative_prompt"]}
+
+    def number(key: str, kind: type) -> Any:
+        try:
+            return kind(settings[key])
+        except (KeyError, ValueError):
+            return None
+
+    for field, key, kind in (("steps", "Steps", int), ("guidance_scale", "CFG scale", float),
+                             ("seed", "Seed", int), ("strength", "Denoising strength", float)):
+        value = number(key, kind)
+        if value is not None:
+            out[field] = value
+    width, _, height = settings.get("Size", "").partition("x")
+    if width.isdigit() and height.isdigit():
+        out["width"], out["height"] = int(width), int(height)
+    if settings.get("Sampler") in _SCHEDULER_BY_SAMPLER:
+        out["scheduler"] = _SCHEDULER_BY_SAMPLER[settings["Sampler"]]
+    if settings.get("Model"):
+        out["model"] = settings["Model"]
+    loras = []
+    for part in settings.get("LoRAs", "").split():
+        name, _, scale = part.rpartition(":")
+        try:
+            loras.append({"name": name, "scale": float(scale)})
+        except ValueError:
+            continue
+    if loras:
+        out["loras"] = loras
+    return out
+
+
+@router.get("/v1/gallery")
+def gallery(
+    offset: int = Query(0, ge=0),
+    limit: int = Query(24, ge=1, le=GALLERY_PAGE_MAX),
+    runtime: Runtime = Depends(get_runtime),
+) -> dict[str, Any]:
+    """Stored images, newest first, with their parameters; `total` for paging."""
+    images = runtime.images.list(offset, limit)
+    return {
+        "object": "list",
+        "data": [gallery_item(image) for image in images],
+        "total": runtime.images.count(),
+        "offset": offset,
+        "limit": limit,
+    }
+
+
+@router.delete("/v1/gallery/{name}")
+def delete_image(name: str, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+    if not runtime.images.delete(name):
+        raise ApiError(404, "no such image (it may have expired)", param="name", code="image_not_found")
+    return {"name": name, "object": "image", "deleted": True}
+
+
+# -- model store (pipelines and LoRAs) ---------------------------------------------------------
+
+@router.get("/v1/store/models")
+def stored_models(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+    """Everything in ALICE's part of the model store, LoRAs too (`/v1/models` lists pipelines only)."""
+    loaded = set(runtime.pipelines.names())
+    default = runtime.settings.default_model
+    data = [
+        {
+            "id": "sd/" + m.name,
+            "name": m.name,
+            "kind": m.kind,
+            "type": m.family,
+            "size_bytes": m.size_bytes,
+            "created": m.created.timestamp(),
+            "source": m.source,
+            "loaded": m.name in loaded,
+            "default": m.name == default,
+        }
+        for m in model_store.list_models()
+    ]
+    return {"object": "list", "data": data}
+
+
+# -- settings -----------------------------------------------------------------------------------
+
+@router.get("/v1/settings")
+def settings(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+    """The effective configuration (secrets masked), and what a request may ask for."""
+    current = runtime.settings
+    fields = GenerationSettings.model_fields
+    return {
+        "version": __version__,
+        "settings": current.public_view(),
+        "descriptions": {
+            name: {"env": env_name(name), "description": field.description or ""}
+            for name, field in Settings.model_fields.items()
+        },
+        "schedulers": SCHEDULER_NAMES,
+        "default_scheduler": DEFAULT_SCHEDULER,
+        "defaults": {
+            name: fields[name].default
+            for name in ("width", "height", "steps", "guidance_scale", "num_images", "strength")
+        } | {"scheduler": DEFAULT_SCHEDULER, "model": current.default_model},
+        "limits": {
+            "max_pixels": current.max_pixels,
+            "max_images_per_request": current.max_images_per_request,
+            "max_side": MAX_SIDE,
+            "min_side": _bound("width", "ge"),
+            "side_multiple": _bound("width", "multiple_of"),
+            "max_steps": _bound("steps", "le"),
+            "max_guidance_scale": _bound("guidance_scale", "le"),
+            "max_prompt_chars": MAX_PROMPT_CHARS,
+            "max_seed": MAX_SEED,
+            "max_loras": _bound("loras", "max_length"),
+        },
+    }
+
+
+def _bound(field: str, kind: str) -> Any:
+    """A limit of a generation setting as its schema states it (ge, le, multiple_of, max_length)."""
+    for constraint in GenerationSettings.model_fields[field].metadata:
+        value = getattr(constraint, kind, None)
+        if value is not None:
+            return value
+    return None

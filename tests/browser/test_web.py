@@ -1,0 +1,446 @@
+"""The web page in headless Chromium against the real server (`bentoml serve`) on the demo model.
+
+The server has an API key, so the page's key prompt is part of every test. Screenshots of
+each page go to test-output/screenshots/ (desktop and phone size).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.downloads.fake_sources import FakeSources, start
+from alice.image_store import ImageStore, a1111_parameters
+from tests.support import ROOT, ServerProcess, alice_environment, write_demo_lora
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
+
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright  # noqa: E402
+
+API_KEY = "browser-test-key-3f9a"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+SHOTS = ROOT / "test-output" / "screenshots"
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+HOSTILE = "<img src=x onerror=alert(1)><b>bold</b>"
+QUICK = {"width": 64, "height": 64, "steps": 3}
+# Long enough to still run while the page is looked at; cancelled by the tests.
+SLOW = {"width": 256, "height": 256, "steps": 150, "scheduler": "euler"}
+PAGES = ["dashboard", "generate", "gallery", "models", "queue", "settings"]
+
+expect.set_options(timeout=30_000)
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[ServerProcess]:
+    """`bentoml serve` with a key, and stand-ins for Hugging Face and CivitAI so the Models page
+    searches and downloads offline."""
+    tmp = tmp_path_factory.mktemp("web")
+    sources = FakeSources()
+    http = start(sources)
+    sources.hf_repos["alice-tests/tiny-sd"] = tmp / "tiny-sd"  # listed by search only, never fetched
+    (tmp / "tiny-sd").mkdir()
+    env = {"ALICE_API_KEYS": API_KEY, "HF_ENDPOINT": sources.url, "ALICE_CIVITAI_URL": sources.url,
+           "ALICE_MAX_IMAGES_PER_REQUEST": "16"}  # the gallery test makes a page and a bit in one request
+    with alice_environment(tmp, env) as root:
+        server = ServerProcess(root / "server.log")
+        try:
+            # Made while the server starts: the LoRA CivitAI "serves".
+            sources.add_civitai_file(101, 1001, "Inky Style", "LORA", write_demo_lora(tmp / "lora"))
+            server.data_dir = root / "data"  # type: ignore[attr-defined]
+            yield server.wait_ready()
+        finally:
+            server.close()
+            http.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+class Watch:
+    """What the page did that it must not: dialogs (alert), script errors, the key in a URL."""
+
+    def __init__(self, page: Page) -> None:
+        self.dialogs: list[str] = []
+        self.errors: list[str] = []
+        self.urls: list[str] = []
+        self.api_headers: list[dict[str, str]] = []
+        page.on("dialog", self._dialog)
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+        page.on("request", self._request)
+
+    def _dialog(self, dialog) -> None:
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    def _request(self, request) -> None:
+        self.urls.append(request.url)
+        if "/v1/" in request.url:
+            self.api_headers.append(request.headers)
+
+    def check(self) -> None:
+        assert self.dialogs == [], f"the page opened dialogs: {self.dialogs}"
+        assert self.errors == [], f"script errors: {self.errors}"
+        assert not [url for url in self.urls if API_KEY in url], "the API key appeared in a URL"
+
+
+def keyed_context(browser: Browser, server: ServerProcess, **options) -> BrowserContext:
+    """A fresh browser profile that already holds the key (as after the first visit)."""
+    context = browser.new_context(base_url=server.url, **{"viewport": {"width": 1280, "height": 900}, **options})
+    context.add_init_script(f"localStorage.setItem('alice.apiKey', {json.dumps(API_KEY)})")
+    return context
+
+
+@pytest.fixture
+def page(browser, server) -> Iterator[Page]:
+    context = keyed_context(browser, server)
+    page = context.new_page()
+    page.watch = Watch(page)  # type: ignore[attr-defined]
+    yield page
+    page.watch.check()  # type: ignore[attr-defined]
+    context.close()
+
+
+def shot(page: Page, name: str) -> None:
+    page.wait_for_timeout(150)  # let the last progress-bar transition settle
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def api(server: ServerProcess, method: str, path: str, **kwargs) -> httpx.Response:
+    return httpx.request(method, server.url + path, headers=AUTH, timeout=120, **kwargs)
+
+
+def wait_job(server: ServerProcess, job_id: str, states: set[str], timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = api(server, "GET", f"/v1/jobs/{job_id}").json()
+        if job["state"] in states:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} never reached {states}: {job}")
+
+
+def fill_generate(page: Page, prompt: str, *, seed: int | None = None, negative: str = "", **settings) -> None:
+    values = {**QUICK, **settings}
+    page.fill("#gen-prompt", prompt)
+    page.fill("#gen-negative", negative)
+    page.fill("#gen-width", str(values["width"]))
+    page.fill("#gen-height", str(values["height"]))
+    page.fill("#gen-steps", str(values["steps"]))
+    page.fill("#gen-seed", "" if seed is None else str(seed))
+    if "scheduler" in values:
+        page.select_option("#gen-scheduler", values["scheduler"])
+
+
+def loaded_images(page: Page, selector: str) -> int:
+    return page.evaluate(
+        "s => Array.from(document.querySelectorAll(s)).filter(i => i.complete && i.naturalWidth > 0).length", selector
+    )
+
+
+# -- tests -------------------------------------------------------------------------------------
+
+def test_key_prompt_then_generate_and_see_the_image_with_its_parameters(browser, server, tmp_path):
+    profile = tmp_path / "profile"
+    playwright_browser_type = browser.browser_type  # a persistent profile: the key must survive a restart
+    context = playwright_browser_type.launch_persistent_context(
+        str(profile), executable_path=str(CHROMIUM), args=LAUNCH_ARGS, headless=True,
+        base_url=server.url, viewport={"width": 1280, "height": 900},
+    )
+    page = context.new_page()
+    watch = Watch(page)
+    page.goto("/web")  # the bare path redirects to the page
+    expect(page).to_have_url(f"{server.url}/web/")
+
+    # No key stored: the first API call answers 401 and the page asks for the key.
+    expect(page.locator("#key-input")).to_be_visible()
+    page.fill("#key-input", "not-the-key")
+    page.click("#key-save")
+    expect(page.locator("#key-error")).to_contain_text("not accepted")
+    page.fill("#key-input", API_KEY)
+    page.click("#key-save")
+    expect(page.locator("#key-input")).to_have_count(0)
+    expect(page.locator("#dash-server")).to_contain_text("ok")
+    assert page.evaluate("localStorage.getItem('alice.apiKey')") == API_KEY
+
+    page.click("#nav a[data-page=generate]")
+    expect(page.locator("#gen-model")).to_have_value("alice-demo")
+    expect(page.locator("#gen-scheduler option")).not_to_have_count(0)
+    fill_generate(page, "a lighthouse at dusk", seed=1234, negative="fog", steps=4, scheduler="euler_a")
+    page.click("#gen-submit")
+    # The progress bar shows while the job is queued and running, and ends full.
+    expect(page.locator("#gen-progress")).to_be_visible()
+    expect(page.locator("#gen-progress-text")).to_contain_text("Done", timeout=60_000)
+    expect(page.locator("#gen-progress-bar")).to_have_attribute("aria-valuenow", "100")
+    image = page.locator("#gen-result .result-images img")
+    expect(image).to_have_count(1)
+    page.wait_for_function("() => { const i = document.querySelector('#gen-result img'); return i.complete && i.naturalWidth === 64; }")
+    params = page.locator("#gen-params")
+    for text in ("a lighthouse at dusk", "fog", "alice-demo", "64x64", "euler_a", "1234"):
+        expect(params).to_contain_text(text)
+    name = image.get_attribute("src").rsplit("/", 1)[1]
+    assert httpx.get(f"{server.url}/images/{name}").headers["content-type"] == "image/png"
+    shot(page, "generate")
+
+    # "Reuse these settings" puts them back after the form was changed.
+    page.fill("#gen-prompt", "something else")
+    page.fill("#gen-seed", "")
+    page.select_option("#gen-scheduler", "ddim")
+    page.click("#gen-reuse")
+    expect(page.locator("#gen-prompt")).to_have_value("a lighthouse at dusk")
+    expect(page.locator("#gen-seed")).to_have_value("1234")
+    expect(page.locator("#gen-scheduler")).to_have_value("euler_a")
+
+    # img2img: an uploaded picture is the starting image.
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(picture, format="PNG")
+    page.set_input_files("#gen-image", files=[{"name": "red.png", "mimeType": "image/png", "buffer": picture.getvalue()}])
+    expect(page.locator("#gen-image-thumb")).to_be_visible()
+    page.fill("#gen-strength", "0.5")
+    page.click("#gen-submit")
+    expect(page.locator("#gen-progress-text")).to_contain_text("Done", timeout=60_000)
+    expect(page.locator("#gen-params")).to_contain_text("Strength0.5")
+
+    # Every API call carried the key in the Authorization header; no URL ever held it.
+    keyed = [h for h in watch.api_headers if h.get("authorization") == f"Bearer {API_KEY}"]
+    assert keyed and all("authorization" in h for h in watch.api_headers[-len(keyed):])
+    watch.check()
+    context.close()
+
+    # The key is kept in the browser profile: a new visit asks for nothing.
+    context = playwright_browser_type.launch_persistent_context(
+        str(profile), executable_path=str(CHROMIUM), args=LAUNCH_ARGS, headless=True,
+        base_url=server.url, viewport={"width": 1280, "height": 900},
+    )
+    page = context.new_page()
+    watch = Watch(page)
+    page.goto("/web/#/dashboard")
+    expect(page.locator("#dash-jobs")).to_contain_text("Succeeded")
+    expect(page.locator(f"#dash-recent img[src$='{name}']")).to_be_visible()
+    assert page.locator("#key-input").count() == 0
+    watch.check()
+    context.close()
+
+
+def test_cancel_a_queued_job_from_the_queue_page(page, server):
+    first = api(server, "POST", "/v1/jobs", json={**SLOW, "prompt": "first slow job"}).json()
+    second = api(server, "POST", "/v1/jobs", json={**SLOW, "prompt": "second slow job"}).json()
+    try:
+        wait_job(server, first["id"], {"running"})
+        # The dashboard shows the running job with live progress.
+        page.goto("/web/#/dashboard")
+        expect(page.locator("#dash-queue")).to_contain_text("first slow job")
+        expect(page.locator("#dash-queue")).to_contain_text("1 waiting")
+        page.wait_for_function("() => Number(document.querySelector('#dash-queue .bar').getAttribute('aria-valuenow')) >= 1")
+        shot(page, "dashboard")
+
+        page.click("#nav a[data-page=queue]")
+        queued = page.locator("#queue-active .job-item", has_text="second slow job")
+        running = page.locator("#queue-active .job-item", has_text="first slow job")
+        expect(queued.locator(".job-state")).to_have_text("queued")
+        expect(running.locator(".job-state")).to_have_text("running")
+        expect(running.locator(".bar")).to_be_visible()
+        shot(page, "queue")
+        queued.locator(".job-cancel").click()
+        page.click("#confirm-ok")
+        done = page.locator("#queue-done .job-item", has_text="second slow job")
+        expect(done.locator(".job-state")).to_have_text("cancelled")
+        expect(running.locator(".job-state")).to_have_text("running")
+        assert api(server, "GET", f"/v1/jobs/{second['id']}").json()["state"] == "cancelled"
+        assert api(server, "GET", f"/v1/jobs/{first['id']}").json()["state"] == "running"
+        expect(page.locator("#queue-active .job-item")).to_have_count(1)
+    finally:
+        for job in (second, first):
+            api(server, "DELETE", f"/v1/jobs/{job['id']}")
+        wait_job(server, first["id"], {"cancelled", "failed", "succeeded"})
+
+
+def test_a_prompt_with_html_in_it_is_shown_as_text_everywhere(page, server):
+    page.goto("/web/#/generate")
+    expect(page.locator("#gen-model")).to_have_value("alice-demo")
+    fill_generate(page, HOSTILE, negative="<script>alert(2)</script>", steps=2)
+    page.click("#gen-submit")
+    expect(page.locator("#gen-params")).to_be_visible(timeout=60_000)
+
+    def no_markup_ran() -> None:
+        # No element came out of the prompt: no <b>, no img with src=x, no inline script.
+        assert page.evaluate("""() => document.querySelectorAll('b, img[src="x"], script:not([src])').length""") == 0
+
+    prompt = page.locator("#gen-params dd").first
+    expect(prompt).to_have_text(HOSTILE)
+    expect(page.locator("#gen-params")).to_contain_text("<script>alert(2)</script>")
+    no_markup_ran()
+
+    page.click("#nav a[data-page=queue]")
+    expect(page.locator("#queue-done .job-prompt").first).to_have_text(HOSTILE)
+    no_markup_ran()
+
+    page.click("#nav a[data-page=gallery]")
+    card = page.locator(".gallery-card").first
+    expect(card.locator(".prompt")).to_have_text(HOSTILE)
+    card.locator(".picture").click()
+    expect(page.locator("#detail-params dd").first).to_have_text(HOSTILE)
+    no_markup_ran()
+    page.keyboard.press("Escape")
+
+    page.click("#nav a[data-page=dashboard]")
+    expect(page.locator("#dash-recent a").first).to_have_attribute("title", HOSTILE)
+    page.wait_for_timeout(500)  # time for an onerror handler to have fired, had one been created
+    no_markup_ran()
+    assert page.watch.dialogs == []  # type: ignore[attr-defined]
+
+
+def test_gallery_pages_shows_parameters_and_deletes(page, server):
+    # A page and a bit of images, stored as the server stores them (drawing them would take a while).
+    store = ImageStore(server.data_dir / "images")
+    for index in range(13):
+        time.sleep(0.01)  # distinct modification times: newest first is well defined
+        store.save(Image.new("RGB", (64, 64), (index * 19, 90, 200 - index * 15)), a1111_parameters(
+            prompt=f"gallery image {index}", negative_prompt="", steps=20, sampler="Euler a", guidance_scale=7,
+            seed=300 + index, width=64, height=64, model="alice-demo"))
+    total = api(server, "GET", "/v1/gallery?limit=1").json()["total"]
+    assert total > 12
+
+    page.goto("/web/#/gallery")
+    page.select_option("#gal-size", "12")
+    cards = page.locator(".gallery-card")
+    expect(cards).to_have_count(12)
+    expect(page.locator("#gal-count")).to_have_text(f"{total} images")
+    pages = -(-total // 12)
+    expect(page.locator("#gal-page")).to_have_text(f"Page 1 of {pages}")
+    newest = cards.first
+    expect(newest.locator(".prompt")).to_have_text("gallery image 12")
+    expect(newest.locator(".meta").first).to_contain_text("64x64")
+    page.wait_for_function("() => Array.from(document.querySelectorAll('.gallery-card img')).every(i => i.complete && i.naturalWidth > 0)")
+    shot(page, "gallery")
+
+    first_page = cards.evaluate_all("cards => cards.map(c => c.dataset.name)")
+    page.click("#gal-next")
+    expect(page.locator("#gal-page")).to_have_text(f"Page 2 of {pages}")
+    expect(cards).to_have_count(min(12, total - 12))
+    second_page = cards.evaluate_all("cards => cards.map(c => c.dataset.name)")
+    assert not set(first_page) & set(second_page)
+    page.click("#gal-prev")
+    expect(page.locator("#gal-page")).to_have_text(f"Page 1 of {pages}")
+    expect(cards.first).to_have_attribute("data-name", first_page[0])
+
+    # Details: the image's parameters as stored in the PNG.
+    cards.first.locator(".picture").click()
+    detail = page.locator("#detail-params")
+    for text in ("gallery image 12", "Seed312", "SamplerEuler a", "CFG scale7.0", "Size64x64"):
+        expect(detail).to_contain_text(text)
+    shot(page, "gallery-detail")
+    page.keyboard.press("Escape")
+    expect(detail).to_have_count(0)
+
+    # Delete the newest image: it leaves the page and the server.
+    name = cards.first.get_attribute("data-name")
+    cards.first.get_by_role("button", name="Delete").click()
+    page.click("#confirm-ok")
+    expect(page.locator(f".gallery-card[data-name='{name}']")).to_have_count(0)
+    expect(page.locator("#gal-count")).to_have_text(f"{total - 1} images")
+    assert httpx.get(f"{server.url}/images/{name}").status_code == 404
+
+    # "Reuse" reads the settings back from the PNG into the Generate form.
+    cards.first.get_by_role("button", name="Reuse").click()
+    expect(page.locator("#gen-prompt")).to_have_value("gallery image 11")
+    expect(page.locator("#gen-seed")).to_have_value("311")
+    expect(page.locator("#gen-steps")).to_have_value("20")
+    expect(page.locator("#gen-scheduler")).to_have_value("euler_a")
+
+
+def test_models_page_lists_searches_downloads_and_deletes(page, server):
+    page.goto("/web/#/models")
+    demo = page.locator("#models-list .model-item[data-name='alice-demo']")
+    expect(demo).to_contain_text("default")
+    expect(demo).to_contain_text("loaded")
+    expect(demo.get_by_role("button", name="Delete")).to_be_disabled()
+    expect(page.locator("#downloads-msg")).to_contain_text("No downloads yet")
+
+    page.fill("#search-query", "tiny")
+    page.click("#search-submit")
+    expect(page.locator("#search-results .search-item")).to_have_text([re.compile("alice-tests/tiny-sd")])
+
+    page.select_option("#search-source", "civitai")
+    page.select_option("#search-type", "LORA")
+    page.fill("#search-query", "inky")
+    page.click("#search-submit")
+    result = page.locator("#search-results .search-item", has_text="Inky Style")
+    expect(result).to_be_visible()
+    result.get_by_role("button", name="Download").click()
+    task = page.locator("#downloads-list .download-item", has_text="inky-style")
+    expect(task.locator(".badge").last).to_have_text("completed")
+    expect(task.locator(".bar")).to_have_attribute("aria-valuenow", "100")
+    lora = page.locator("#models-list .model-item[data-name='inky-style']")
+    expect(lora).to_contain_text("LoRA")
+    shot(page, "models")
+
+    # "Use" puts the LoRA into the Generate form.
+    lora.get_by_role("button", name="Use").click()
+    expect(page.locator("#gen-loras select")).to_have_value("inky-style")
+
+    page.click("#nav a[data-page=models]")
+    lora.get_by_role("button", name="Delete").click()
+    page.click("#confirm-ok")
+    expect(lora).to_have_count(0)
+    assert "inky-style" not in {m["name"] for m in api(server, "GET", "/v1/store/models").json()["data"]}
+
+
+def test_settings_page_masks_secrets_and_keeps_user_defaults(page, server):
+    page.goto("/web/#/settings")
+    expect(page.locator(".setting[data-name=api_keys] .value")).to_have_text("**** (1 key)")
+    expect(page.locator(".setting[data-name=default_model] .value")).to_have_text("alice-demo")
+    expect(page.locator(".setting[data-name=queue_size] .env")).to_have_text("ALICE_QUEUE_SIZE")
+    expect(page.locator("#limits-list")).to_contain_text("1048576")
+    expect(page.locator("#key-state")).to_contain_text("A key is stored")
+    assert API_KEY not in page.content()
+
+    page.fill("#def-steps", "7")
+    page.fill("#def-negative", "watermark")
+    page.click("#defaults-form button[type=submit]")
+    expect(page.locator("#def-msg")).to_contain_text("Saved")
+    shot(page, "settings")
+    page.click("#nav a[data-page=generate]")
+    expect(page.locator("#gen-steps")).to_have_value("7")
+    expect(page.locator("#gen-negative")).to_have_value("watermark")
+
+
+def test_every_page_fits_a_phone_screen(browser, server):
+    # Something on every page: an image in the gallery, a finished job in the queue.
+    assert api(server, "POST", "/generate", json={**QUICK, "steps": 2, "prompt": "a phone-sized test of "
+                                                   "a long prompt that must wrap instead of widening the page"}).status_code == 200
+    context = keyed_context(browser, server, viewport={"width": 390, "height": 844}, device_scale_factor=2,
+                            is_mobile=True, has_touch=True)
+    page = context.new_page()
+    watch = Watch(page)
+    ready = {
+        "dashboard": "#dash-jobs dt", "generate": "#gen-scheduler option", "gallery": ".gallery-card",
+        "models": "#models-list .model-item", "queue": "#queue-done .job-item", "settings": ".setting",
+    }
+    for name in PAGES:
+        page.goto(f"/web/#/{name}")
+        page.locator(ready[name]).first.wait_for(state="attached")
+        widths = page.evaluate("() => [document.documentElement.scrollWidth, document.body.scrollWidth, window.innerWidth]")
+        assert max(widths[:2]) <= widths[2] == 390, f"{name} scrolls sideways on a phone: {widths}"
+        shot(page, f"phone-{name}")
+    watch.check()
+    context.close()
