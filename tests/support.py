@@ -18,21 +18,27 @@ from bentoml._internal.models import ModelStore
 
 
 @contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the block (and its subprocesses), then put back what was there."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
 def private_bentoml_home(home: Path) -> Iterator[Path]:
     """Point BentoML's model store at `home`, in this process and for subprocesses."""
     (home / "models").mkdir(parents=True, exist_ok=True)
-    old = os.environ.get("BENTOML_HOME")
-    os.environ["BENTOML_HOME"] = str(home)
-    try:
-        with BentoMLContainer.bentoml_home.patch(str(home)), BentoMLContainer.model_store.patch(
-            ModelStore(str(home / "models"))
-        ):
-            yield home
-    finally:
-        if old is None:
-            os.environ.pop("BENTOML_HOME", None)
-        else:
-            os.environ["BENTOML_HOME"] = old
+    with environment({"BENTOML_HOME": str(home)}), BentoMLContainer.bentoml_home.patch(str(home)), \
+            BentoMLContainer.model_store.patch(ModelStore(str(home / "models"))):
+        yield home
 
 
 @contextlib.contextmanager
@@ -40,19 +46,9 @@ def alice_environment(tmp: Path, env: dict[str, str]) -> Iterator[Path]:
     """A private store holding the demo model, a private data folder, and extra ALICE_* settings."""
     from alice import model_store
 
-    settings = {"ALICE_DATA_DIR": str(tmp / "data"), **env}
-    saved = {key: os.environ.get(key) for key in settings}
-    os.environ.update(settings)
-    try:
-        with private_bentoml_home(tmp / "bentoml"):
-            model_store.ensure_demo_model()
-            yield tmp
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with environment({"ALICE_DATA_DIR": str(tmp / "data"), **env}), private_bentoml_home(tmp / "bentoml"):
+        model_store.ensure_demo_model()
+        yield tmp
 
 
 def free_port() -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support import private_bentoml_home
+from tests.support import environment, private_bentoml_home
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -64,7 +64,7 @@ def image_build(tmp_path_factory: pytest.TempPathFactory) -> ImageBuild:
     with contextlib.ExitStack() as stack:
         stack.enter_context(private_bentoml_home(home))
         stack.enter_context(BentoMLContainer.tmp_bento_store_dir.patch(str(home / "tmp")))
-        stack.enter_context(_environment(OFFLINE))
+        stack.enter_context(environment(OFFLINE))
         stack.enter_context(_temp_folder(scratch))
         model = model_store.ensure_demo_model()
         # As `bentoml build` from the repository root: the bentofile's paths are relative to it.
@@ -86,20 +86,6 @@ def image_build(tmp_path_factory: pytest.TempPathFactory) -> ImageBuild:
         bento_tag=str(bento.tag),
         model_tag=model.tag,
     )
-
-
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @contextlib.contextmanager
