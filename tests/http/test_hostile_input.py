@@ -55,3 +55,13 @@ def test_server_is_healthy_after_the_barrage(client):
     assert client.get("/health").json()["status"] == "ok"
     ok = client.post("/generate", json={"prompt": "still fine", "width": 64, "height": 64, "steps": 1})
     assert ok.status_code == 200
+
+
+def test_oversized_bodies_and_uploads_are_refused(client):
+    huge = b"x" * (33 << 20)
+    response = client.post("/v1/chat/completions", content=huge, headers=JSON)
+    assert response.status_code == 413 and response.json()["error"]["code"] == "body_too_large"
+    response = client.post("/v1/images/edits", files={"image": ("big.png", b"\x89PNG" + b"0" * (22 << 20))},
+                           data={"prompt": "x"})
+    assert response.status_code == 413 and response.json()["error"]["param"] == "image"
+    assert client.get("/health").json()["status"] == "ok"
