@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import dataclasses
 import logging
 import secrets
@@ -215,6 +216,7 @@ class JobQueue:
         self._waiting: collections.deque[Job] = collections.deque()
         self._jobs: dict[str, Job] = {}  # insertion order = submission order
         self._running: Job | None = None
+        self._chores: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future]] = collections.deque()
         self._accepting = True
         self._thread: threading.Thread | None = None
         self._recent_seconds: collections.deque[float] = collections.deque(maxlen=20)
@@ -265,19 +267,43 @@ class JobQueue:
                 logger.exception("warm-up failed")
         while True:
             with self._lock:
-                while self._accepting and not self._waiting:
+                while self._accepting and not self._waiting and not self._chores:
                     self._lock.wait()
                 if not self._accepting:
                     return
-                job = self._waiting.popleft()
-                if time.time() > job.deadline:
-                    self._finish(job, JobState.FAILED, DEADLINE, f"the job waited past its deadline ({DEADLINE})")
-                    continue
-                job.state, job.started = JobState.RUNNING, time.time()
-                self._running = job
-                job._notify()
+                if self._chores:
+                    chore = self._chores.popleft()
+                else:
+                    chore, job = None, self._waiting.popleft()
+                    if time.time() > job.deadline:
+                        self._finish(job, JobState.FAILED, DEADLINE, f"the job waited past its deadline ({DEADLINE})")
+                        continue
+                    job.state, job.started = JobState.RUNNING, time.time()
+                    self._running = job
+                    job._notify()
+            if chore:
+                self._do_chore(*chore)
+                continue
             self._persist(job)
             self._run(job)
+
+    def run_on_worker(self, chore: Callable[[], Any]) -> concurrent.futures.Future:
+        """Run `chore` on the worker thread before the next queued job (loading or unloading
+        a model), so it can never overlap a generation."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            if not self._accepting:
+                raise QueueFull(len(self._waiting), self._retry_after_s())
+            self._chores.append((chore, future))
+            self._lock.notify_all()
+        return future
+
+    @staticmethod
+    def _do_chore(chore: Callable[[], Any], future: concurrent.futures.Future) -> None:
+        try:
+            future.set_result(chore())
+        except Exception as exc:  # handed to whoever waits on it
+            future.set_exception(exc)
 
     def _run(self, job: Job) -> None:
         try:

@@ -6,6 +6,7 @@ native API call into it. Nothing here knows about HTTP.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import secrets
 import threading
@@ -93,6 +94,15 @@ class Runtime:
         if model.kind != model_store.PIPELINE:
             raise model_store.ModelNotFound(model.name)  # a LoRA is no model to draw with
         return model
+
+    def load_model(self, name: str) -> concurrent.futures.Future:
+        """Load a stored model into memory on the worker, between jobs."""
+        model = self.resolve_model(name)
+        return self.jobs.run_on_worker(lambda: self.pipelines.get(model.name) and None)
+
+    def unload_model(self, name: str) -> concurrent.futures.Future:
+        """Drop a model from memory on the worker, between jobs; it loads again when next asked for."""
+        return self.jobs.run_on_worker(lambda: self.pipelines.drop(name))
 
     def submit(self, request: GenerationSettings, source: str) -> Job:
         """Check a request against the server's limits and queue it (QueueFull when full)."""

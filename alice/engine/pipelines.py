@@ -172,6 +172,13 @@ class PipelineCache:
         self._on_load(name, loaded.load_seconds)
         return loaded
 
+    def drop(self, name: str) -> bool:
+        """Unload one model; False if it was not loaded."""
+        if self._loaded.pop(name, None) is None:
+            return False
+        self.release_cached_memory()
+        return True
+
     def drop_all_but(self, name: str | None) -> None:
         """Unload every other model (after running out of memory)."""
         for other in [n for n in self._loaded if n != name]:

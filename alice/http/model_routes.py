@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -66,6 +67,23 @@ def download_task(task_id: str, runtime: Runtime = Depends(get_runtime)) -> dict
 @router.delete("/download/{task_id}")
 def cancel_download(task_id: str, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
     return _found(runtime.downloads.cancel(task_id), task_id).public()
+
+
+@router.post("/{model_id:path}/load")
+async def load_model(model_id: str, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+    """Load a model into memory now (between generations), so its first request is fast."""
+    name = strip_model_prefix(model_id)
+    await asyncio.wrap_future(runtime.load_model(name))
+    return {"id": "sd/" + name, "object": "model", "loaded": True, "loaded_models": runtime.pipelines.names()}
+
+
+@router.post("/{model_id:path}/unload")
+async def unload_model(model_id: str, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+    """Free a model's memory (between generations); it loads again when next asked for."""
+    name = strip_model_prefix(model_id)
+    was_loaded = await asyncio.wrap_future(runtime.unload_model(name))
+    return {"id": "sd/" + name, "object": "model", "loaded": False, "was_loaded": was_loaded,
+            "loaded_models": runtime.pipelines.names()}
 
 
 @router.delete("/{model_id:path}")

@@ -924,6 +924,10 @@
         el("div", { class: "side" },
           el("button", { type: "button", class: "small", text: "Use",
             onclick: () => useModel(model) }),
+          model.kind === "lora" ? null : el("button", { type: "button", class: "small",
+            text: model.loaded ? "Unload" : "Load",
+            title: model.loaded ? "Free its memory; it loads again when next used" : "Load it into memory now",
+            onclick: () => loadOrUnload(model) }),
           el("button", { type: "button", class: "small danger", text: "Delete", disabled: Boolean(model.default),
             title: model.default ? "The default model (ALICE_DEFAULT_MODEL) cannot be deleted" : "Remove from the store",
             onclick: () => deleteModel(model) })));
@@ -936,6 +940,18 @@
       ? () => addLoraRow(model.name)
       : () => { $("gen-model").value = model.name; };
     location.hash = "#/generate";
+  }
+
+  async function loadOrUnload(model) {
+    const action = model.loaded ? "unload" : "load";
+    try {
+      await api(`/v1/models/${encodeURIComponent(model.name)}/${action}`, { method: "POST" });
+      toast(`${model.name} ${action}ed.`);
+    } catch (err) {
+      toast(managerError(err), true);
+    }
+    models.storeKey = "";
+    renderStore(await loadStore());
   }
 
   async function deleteModel(model) {

@@ -376,6 +376,14 @@ def test_models_page_lists_searches_downloads_and_deletes(page, server):
     expect(demo.get_by_role("button", name="Delete")).to_be_disabled()
     expect(page.locator("#downloads-msg")).to_contain_text("No downloads yet")
 
+    # Unload frees the model's memory; Load brings it back, both on the server's worker.
+    demo.get_by_role("button", name="Unload").click()
+    expect(demo.get_by_role("button", name="Load")).to_be_visible()
+    assert api(server, "GET", "/health").json()["loaded_models"] == []
+    demo.get_by_role("button", name="Load").click()
+    expect(demo.get_by_role("button", name="Unload")).to_be_visible()
+    assert api(server, "GET", "/health").json()["loaded_models"] == ["alice-demo"]
+
     page.fill("#search-query", "tiny")
     page.click("#search-submit")
     expect(page.locator("#search-results .search-item")).to_have_text([re.compile("alice-tests/tiny-sd")])
