@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from typing import Any
 
@@ -59,6 +60,11 @@ async def wait_for(job: Job, request: Request, runtime: Runtime) -> Job:
     if error:
         raise error
     return job
+
+
+def image_b64(runtime: Runtime, name: str) -> str:
+    """A stored PNG as base64: the very bytes its URL serves."""
+    return base64.b64encode(runtime.images.path_for(name).read_bytes()).decode()
 
 
 def image_urls(request: Request, runtime: Runtime, job: Job) -> list[str]:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import base64
-
 import bentoml
 from starlette.responses import JSONResponse
 
 from alice.http.errors import from_exception
-from alice.http.handling import image_urls, result_metadata, wait_for
+from alice.http.handling import image_b64, image_urls, result_metadata, wait_for
 from alice.protocol.native import GeneratedImage, GenerateRequest, GenerateResponse, Timings
 from alice.runtime import Runtime
 
@@ -32,7 +30,7 @@ async def generate(runtime: Runtime, ctx: bentoml.Context, request: GenerateRequ
             name=name,
             url=url,
             seed=job.spec.seed + index,
-            b64_json=base64.b64encode(runtime.images.path_for(name).read_bytes()).decode(),
+            b64_json=image_b64(runtime, name),
         )
         for index, (name, url) in enumerate(zip(job.images, urls))
     ]

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 
 from alice import model_store
 from alice.http.errors import ApiError, job_error
-from alice.http.handling import get_runtime, image_urls, read_json_object, result_metadata, wait_for
+from alice.http.handling import get_runtime, image_b64, image_urls, read_json_object, result_metadata, wait_for
 from alice.input_images import MAX_INPUT_BYTES
 from alice.jobs import Job
 from alice.protocol import openai as oa
@@ -113,7 +113,7 @@ async def _images_answer(
     await wait_for(job, request, runtime)
     if images_request.response_format == "b64_json":
         data = [
-            {"b64_json": base64.b64encode(runtime.images.path_for(name).read_bytes()).decode(),
+            {"b64_json": image_b64(runtime, name),
              "revised_prompt": settings.prompt}
             for name in job.images
         ]

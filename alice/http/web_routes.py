@@ -10,7 +10,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from starlette.responses import FileResponse, RedirectResponse, Response
 
 from alice import __version__, model_store
