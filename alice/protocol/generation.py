@@ -42,8 +42,16 @@ class GenerationSettings(BaseModel):
     model: str | None = Field(
         None, max_length=200, description="Stored model name, with or without the `sd/` prefix; none = the default."
     )
-    width: int = Field(512, ge=64, le=MAX_SIDE, multiple_of=8, description="Image width in pixels, a multiple of 8.")
-    height: int = Field(512, ge=64, le=MAX_SIDE, multiple_of=8, description="Image height in pixels, a multiple of 8.")
+    # None = the model's native size (512 for SD 1.5, 768 for SD 2.x, 1024 for SDXL, 64 for the
+    # demo), as diffusers chooses it: a model drawn far from its training size draws badly.
+    width: int | None = Field(
+        None, ge=64, le=MAX_SIDE, multiple_of=8,
+        description="Image width in pixels, a multiple of 8; none = the model's native size.",
+    )
+    height: int | None = Field(
+        None, ge=64, le=MAX_SIDE, multiple_of=8,
+        description="Image height in pixels, a multiple of 8; none = the model's native size.",
+    )
     steps: int = Field(25, ge=1, le=150, description="Denoising steps.")
     guidance_scale: float = Field(7.5, ge=0, le=30, allow_inf_nan=False, description="Classifier-free guidance (CFG).")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Seed for repeatable images; none = random.")
@@ -79,7 +87,8 @@ class GenerationSettings(BaseModel):
         return strip_model_prefix(value) or None if value is not None else None
 
     def check_limits(self, *, max_pixels: int, max_images: int) -> None:
-        """Limits that come from the operator's configuration, not the schema."""
+        """Limits that come from the operator's configuration, not the schema (sizes chosen)."""
+        assert self.width is not None and self.height is not None, "choose the size first"
         if self.width * self.height > max_pixels:
             raise InvalidRequest(
                 "width",

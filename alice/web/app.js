@@ -340,7 +340,7 @@
 
   function effectiveDefaults() {
     const server = (serverSettings && serverSettings.defaults) || {
-      width: 512, height: 512, steps: 25, guidance_scale: 7.5, num_images: 1, strength: 0.75,
+      width: null, height: null, steps: 25, guidance_scale: 7.5, num_images: 1, strength: 0.75,
       scheduler: "dpm++_sde_karras", model: "",
     };
     return { negative_prompt: "", ...server, ...userDefaults() };
@@ -565,8 +565,9 @@
       set("gen-seed", values.seed);
     }
     set("gen-negative", values.negative_prompt);
-    set("gen-width", values.width);
-    set("gen-height", values.height);
+    // No size = the model's native size, chosen by the server: leave the field empty.
+    $("gen-width").value = values.width ? String(values.width) : "";
+    $("gen-height").value = values.height ? String(values.height) : "";
     set("gen-steps", values.steps);
     set("gen-guidance", values.guidance_scale);
     set("gen-count", values.num_images);
@@ -583,12 +584,13 @@
 
   function readForm() {
     const number = (id) => Number($(id).value);
+    const optional = (id) => ($(id).value.trim() === "" ? undefined : Number($(id).value));
     const body = {
       prompt: $("gen-prompt").value,
       negative_prompt: $("gen-negative").value,
       model: $("gen-model").value || undefined,
-      width: number("gen-width"),
-      height: number("gen-height"),
+      width: optional("gen-width"),
+      height: optional("gen-height"),
       steps: number("gen-steps"),
       guidance_scale: number("gen-guidance"),
       scheduler: $("gen-scheduler").value || undefined,
@@ -611,11 +613,12 @@
     if (!body.prompt.trim()) return "Write a prompt first.";
     const limits = (serverSettings && serverSettings.limits) || {};
     for (const side of ["width", "height"]) {
+      if (body[side] === undefined) continue; // the model's native size
       if (!Number.isInteger(body[side]) || body[side] < 64 || body[side] % 8) {
         return `${side[0].toUpperCase() + side.slice(1)} must be a multiple of 8, at least 64.`;
       }
     }
-    if (limits.max_pixels && body.width * body.height > limits.max_pixels) {
+    if (limits.max_pixels && body.width && body.height && body.width * body.height > limits.max_pixels) {
       return `${body.width}x${body.height} is more pixels than this server allows (${limits.max_pixels}).`;
     }
     return "";
@@ -1186,8 +1189,8 @@
       const defaults = effectiveDefaults();
       fillSelect($("def-model"), modelOptions(), defaults.model);
       fillSelect($("def-scheduler"), schedulerOptions(), defaults.scheduler);
-      $("def-width").value = defaults.width;
-      $("def-height").value = defaults.height;
+      $("def-width").value = defaults.width || "";
+      $("def-height").value = defaults.height || "";
       $("def-count").value = defaults.num_images;
       $("def-steps").value = defaults.steps;
       $("def-guidance").value = defaults.guidance_scale;
@@ -1236,8 +1239,8 @@
     event.preventDefault();
     const values = {
       model: $("def-model").value,
-      width: Number($("def-width").value),
-      height: Number($("def-height").value),
+      width: Number($("def-width").value) || null,
+      height: Number($("def-height").value) || null,
       num_images: Number($("def-count").value),
       steps: Number($("def-steps").value),
       guidance_scale: Number($("def-guidance").value),

@@ -143,8 +143,8 @@ def fill_generate(page: Page, prompt: str, *, seed: int | None = None, negative:
     values = {**QUICK, **settings}
     page.fill("#gen-prompt", prompt)
     page.fill("#gen-negative", negative)
-    page.fill("#gen-width", str(values["width"]))
-    page.fill("#gen-height", str(values["height"]))
+    page.fill("#gen-width", "" if values["width"] is None else str(values["width"]))  # None: the model's size
+    page.fill("#gen-height", "" if values["height"] is None else str(values["height"]))
     page.fill("#gen-steps", str(values["steps"]))
     page.fill("#gen-seed", "" if seed is None else str(seed))
     if "scheduler" in values:
@@ -185,7 +185,9 @@ def test_key_prompt_then_generate_and_see_the_image_with_its_parameters(browser,
     page.click("#nav a[data-page=generate]")
     expect(page.locator("#gen-model")).to_have_value("alice-demo")
     expect(page.locator("#gen-scheduler option")).not_to_have_count(0)
-    fill_generate(page, "a lighthouse at dusk", seed=1234, negative="fog", steps=4, scheduler="euler_a")
+    expect(page.locator("#gen-width")).to_have_value("")  # no size chosen: the model's native size
+    fill_generate(page, "a lighthouse at dusk", seed=1234, negative="fog", steps=4, scheduler="euler_a",
+                  width=None, height=None)
     page.click("#gen-submit")
     # The progress bar shows while the job is queued and running, and ends full.
     expect(page.locator("#gen-progress")).to_be_visible()

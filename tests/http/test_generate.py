@@ -37,6 +37,17 @@ def test_generates_png_of_the_asked_size_with_metadata(client):
     assert "Size: 96x64, Model: alice-demo" in text
 
 
+def test_no_size_means_the_model_native_size(client):
+    """Like diffusers: a model drawn far from its training size draws badly (the demo's is 64)."""
+    response = client.post("/generate", json={"prompt": "a red circle on a blue background", "steps": 2, "seed": 1})
+    assert response.status_code == 200, response.text
+    png = base64.b64decode(response.json()["images"][0]["b64_json"])
+    assert Image.open(io.BytesIO(png)).size == (64, 64)
+    only_width = generate(client, width=128, height=None)
+    assert only_width.status_code == 200, only_width.text
+    assert Image.open(io.BytesIO(base64.b64decode(only_width.json()["images"][0]["b64_json"]))).size == (128, 64)
+
+
 def test_same_seed_same_bytes_other_seed_other_image(client):
     first = generate(client, seed=123).json()["images"][0]["b64_json"]
     again = generate(client, seed=123).json()["images"][0]["b64_json"]

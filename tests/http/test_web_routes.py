@@ -104,7 +104,7 @@ def test_settings_are_masked_and_describe_the_limits(keyed_client):
     assert info["descriptions"]["queue_size"]["env"] == "ALICE_QUEUE_SIZE"
     assert "euler_a" in info["schedulers"] and info["default_scheduler"] in info["schedulers"]
     assert info["limits"]["max_pixels"] == 1024 * 1024 and info["limits"]["max_steps"] == 150
-    assert info["defaults"]["model"] == "alice-demo" and info["defaults"]["width"] == 512
+    assert info["defaults"]["model"] == "alice-demo" and info["defaults"]["width"] is None  # the model's native size
 
 
 def test_store_lists_every_model_with_its_state(keyed_client):
