@@ -8,6 +8,7 @@ new bentoml version and the newest one is the one served.
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ import bentoml
 from safetensors import safe_open
 from bentoml.exceptions import NotFound
 
-from alice.engine.demo import DEMO_MODEL_NAME, save_demo_pipeline
+from alice.engine.demo import DEMO_MODEL_DIR, DEMO_MODEL_NAME
 from alice.engine.pipelines import choose_placement, load_pipeline
 from alice.engine.single_file import convert_single_file, detect_checkpoint_family
 
@@ -73,6 +74,7 @@ class StoredModel:
     size_bytes: int
     created: datetime  # UTC
     source: str = ""  # where it came from: local, demo, a hub repo id
+    native_size: int = 512  # the side it was trained at: 512 SD 1.5, 768 SD 2.x, 1024 SDXL
 
 
 def validate_model_name(name: str) -> str:
@@ -209,14 +211,25 @@ def delete_model(name: str) -> None:
 
 
 def ensure_demo_model() -> StoredModel:
-    """The demo model, built offline and stored the first time; the stored one afterwards."""
+    """The shipped demo model in the store: imported the first time, and again (as a new
+    version) when the shipped weights have changed since, so a retrained demo is served."""
+    source = f"demo:{_demo_fingerprint()}"
     try:
-        return get_model(DEMO_MODEL_NAME)
+        stored = get_model(DEMO_MODEL_NAME)
+        if stored.source == source:
+            return stored
     except ModelNotFound:
         pass
-    with tempfile.TemporaryDirectory(prefix="alice-demo-") as scratch:
-        save_demo_pipeline(Path(scratch))
-        return import_pipeline_folder(Path(scratch), DEMO_MODEL_NAME, source="demo")
+    return import_pipeline_folder(DEMO_MODEL_DIR, DEMO_MODEL_NAME, source=source)
+
+
+def _demo_fingerprint() -> str:
+    """A short digest of the shipped demo's files, names and contents."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in DEMO_MODEL_DIR.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(DEMO_MODEL_DIR)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _check_loads(folder: Path) -> None:
@@ -262,7 +275,18 @@ def _stored(model: bentoml.Model) -> StoredModel:
         size_bytes=sum(f.stat().st_size for f in path.rglob("*") if f.is_file()),
         created=created.astimezone(timezone.utc),
         source=str(model.info.metadata.get("source", "")),
+        native_size=native_size(path),
     )
+
+
+def native_size(folder: Path) -> int:
+    """The image side a pipeline folder was trained for, as diffusers derives its default:
+    the UNet's latent sample size times the VAE's downscale (2 per block after the first)."""
+    sample = _read_json(folder / "unet" / "config.json").get("sample_size")
+    blocks = _read_json(folder / "vae" / "config.json").get("block_out_channels") or [0] * 4
+    if isinstance(sample, list):  # some configs give [height, width]
+        sample = sample[0]
+    return int(sample) * 2 ** (len(blocks) - 1) if isinstance(sample, int) and sample > 0 else 512
 
 
 def _read_json(path: Path) -> dict[str, Any]:

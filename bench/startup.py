@@ -13,14 +13,14 @@ from pathlib import Path
 import httpx
 
 from alice import model_store
-from alice.engine.demo import save_demo_pipeline
+from alice.engine.demo import save_untrained_demo
 from tests.support import ServerProcess, alice_environment
 
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as scratch, alice_environment(Path(scratch), {}):
         tmp = Path(scratch)
-        save_demo_pipeline(tmp / "second", seed=1)
+        save_untrained_demo(tmp / "second", seed=1)
         model_store.import_pipeline_folder(tmp / "second", "second")
         starts = []
         for _ in range(3):

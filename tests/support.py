@@ -163,9 +163,9 @@ def write_demo_lora(folder: Path, seed: int = 0) -> Path:
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig, get_peft_model_state_dict
 
-    from alice.engine.demo import build_demo_pipeline
+    from alice.engine.demo import build_demo_architecture
 
-    unet = build_demo_pipeline().unet
+    unet = build_demo_architecture().unet
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
                                 target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     generator = torch.Generator().manual_seed(seed)

@@ -1,18 +1,22 @@
 """A CLIP BPE tokenizer whose vocabulary is written by code, for the offline demo model.
 
 Byte-level BPE covers every UTF-8 string with its 256 byte symbols, so accents, CJK and
-emoji never become unknown tokens; a few merges keep common English short.
+emoji never become unknown tokens. Merges are learned, the way BPE learns them, from a
+short word list, so each listed word is one token: the demo model's words (colours, shapes,
+places) then each get an embedding of their own.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 from transformers import CLIPTokenizer
 
-# A handful of merges for frequent words; any text still tokenizes without them.
-_MERGES = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("an", "d</w>"), ("i", "n"), ("o", "n</w>")]
+# Frequent English words that are single tokens in every version of this tokenizer.
+COMMON_WORDS = ("a", "the", "and", "in", "on", "of")
 _SPECIAL = ["<|startoftext|>", "<|endoftext|>"]
 
 
@@ -28,21 +32,53 @@ def _bytes_to_unicode() -> list[str]:
     return [chr(mapping[byte]) for byte in range(256)]
 
 
-def _vocabulary() -> dict[str, int]:
+def learn_merges(words: Iterable[str]) -> list[tuple[str, str]]:
+    """BPE training on a word list until every word is one symbol.
+
+    Merging the most frequent adjacent pair first (ties by first appearance, so the result
+    is the same every time) gives merges that the tokenizer, applying them by rank, replays
+    exactly: each word ends as a single token, whatever other words share its letters.
+    """
+    byte_symbols = _bytes_to_unicode()
+    spelled = []
+    for word in dict.fromkeys(w.lower() for w in words):
+        symbols = [byte_symbols[b] for b in word.encode("utf-8")]
+        symbols[-1] += "</w>"
+        spelled.append(symbols)
+    merges: list[tuple[str, str]] = []
+    while True:
+        pairs = Counter(pair for symbols in spelled for pair in zip(symbols, symbols[1:]))
+        if not pairs:
+            return merges
+        best = max(pairs, key=lambda pair: pairs[pair])  # max keeps the first of equal counts
+        merges.append(best)
+        for symbols in spelled:
+            i = 0
+            while i < len(symbols) - 1:
+                if (symbols[i], symbols[i + 1]) == best:
+                    symbols[i : i + 2] = [symbols[i] + symbols[i + 1]]
+                i += 1
+
+
+def _vocabulary(merges: list[tuple[str, str]]) -> dict[str, int]:
     symbols = _bytes_to_unicode()
-    tokens = [*symbols, *(symbol + "</w>" for symbol in symbols), *("".join(pair) for pair in _MERGES), *_SPECIAL]
+    tokens = [*symbols, *(symbol + "</w>" for symbol in symbols), *("".join(pair) for pair in merges), *_SPECIAL]
     return {token: index for index, token in enumerate(dict.fromkeys(tokens))}
 
 
-def write_offline_clip_tokenizer(directory: Path, model_max_length: int = 77) -> None:
+def write_offline_clip_tokenizer(
+    directory: Path, model_max_length: int = 77, whole_words: Iterable[str] = COMMON_WORDS
+) -> None:
     """Write tokenizer files loadable by `CLIPTokenizer.from_pretrained(directory)`.
 
-    The classic vocab.json/merges.txt pair is written too: tools that convert original
-    checkpoints and older loaders read those, transformers 5 reads tokenizer.json.
+    `whole_words` each become a single token. The classic vocab.json/merges.txt pair is
+    written too: tools that convert original checkpoints and older loaders read those,
+    transformers 5 reads tokenizer.json.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "vocab.json").write_text(json.dumps(_vocabulary(), ensure_ascii=False), encoding="utf-8")
-    merges = "".join(f"{left} {right}\n" for left, right in _MERGES)
-    (directory / "merges.txt").write_text("#version: 0.2\n" + merges, encoding="utf-8")
+    merges = learn_merges(whole_words)
+    (directory / "vocab.json").write_text(json.dumps(_vocabulary(merges), ensure_ascii=False), encoding="utf-8")
+    lines = "".join(f"{left} {right}\n" for left, right in merges)
+    (directory / "merges.txt").write_text("#version: 0.2\n" + lines, encoding="utf-8")
     tokenizer = CLIPTokenizer.from_pretrained(str(directory), model_max_length=model_max_length)
     tokenizer.save_pretrained(str(directory))

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from alice.engine.demo import save_demo_pipeline
+from alice.engine.demo import save_untrained_demo
 from tests.downloads.fake_sources import FakeSources, start
 from tests.support import write_demo_lora
 
@@ -18,7 +18,7 @@ def sources(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli-sources")
     sources = FakeSources()
     server = start(sources)
-    save_demo_pipeline(tmp / "tiny-sd", seed=5)
+    save_untrained_demo(tmp / "tiny-sd", seed=5)
     sources.hf_repos["alice-tests/tiny-sd"] = tmp / "tiny-sd"
     sources.add_civitai_file(201, 2001, "Cli Lora", "LORA", write_demo_lora(tmp / "lora"))
     yield sources

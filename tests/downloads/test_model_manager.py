@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from alice.engine.demo import save_demo_pipeline
+from alice.engine.demo import save_untrained_demo
 from tests.downloads.fake_sources import FakeSources, start
 from tests.http.conftest import start_client
 from tests.support import write_demo_lora
@@ -19,7 +19,7 @@ def sources(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sources")
     sources = FakeSources()
     server = start(sources)
-    save_demo_pipeline(tmp / "tiny-sd", seed=4)
+    save_untrained_demo(tmp / "tiny-sd", seed=4)
     sources.hf_repos["alice-tests/tiny-sd"] = tmp / "tiny-sd"
     lora = write_demo_lora(tmp / "lora")
     sources.add_civitai_file(101, 1001, "Inky Style", "LORA", lora)

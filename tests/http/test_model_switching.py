@@ -16,10 +16,10 @@ def client_without_default(tmp_path_factory) -> TestClient:
     # A model cache big enough for one demo model (about 5 MB) but not two.
     with alice_environment(tmp, {"ALICE_DEFAULT_MODEL": "not-stored", "ALICE_MODEL_CACHE_GB": "0.007"}):
         from alice import model_store
-        from alice.engine.demo import save_demo_pipeline
+        from alice.engine.demo import save_untrained_demo
         from service import Alice
 
-        save_demo_pipeline(tmp / "second", seed=1)
+        save_untrained_demo(tmp / "second", seed=1)
         model_store.import_pipeline_folder(tmp / "second", "second")
         forget_service_metrics()
         with TestClient(Alice.to_asgi()) as client:

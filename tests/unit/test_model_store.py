@@ -33,7 +33,7 @@ def test_import_get_list(bentoml_home: Path, demo_folder: Path) -> None:
     assert stored.family == "sd15" and stored.kind == "pipeline" and stored.source == "test"
     assert stored.path.is_relative_to(bentoml_home / "models")
     assert (stored.path / "unet" / "diffusion_pytorch_model.safetensors").is_file()
-    assert 4e6 < stored.size_bytes < 8e6
+    assert 5e6 < stored.size_bytes < 15e6  # the demo's fp16 weights
     assert stored.created.tzinfo is not None and stored.created.utcoffset() == timezone.utc.utcoffset(None)
     assert model_store.get_model("tiny") == stored
     assert model_store.list_models() == [stored]
@@ -146,6 +146,31 @@ def test_folder_that_is_not_a_pipeline_is_refused(bentoml_home: Path, tmp_path: 
 
 def test_ensure_demo_model_is_idempotent(bentoml_home: Path) -> None:
     demo = model_store.ensure_demo_model()
-    assert demo.name == DEMO_MODEL_NAME and demo.source == "demo" and demo.family == "sd15"
+    assert demo.name == DEMO_MODEL_NAME and demo.source.startswith("demo:") and demo.family == "sd15"
     assert model_store.ensure_demo_model() == demo
     assert len(bentoml.models.list(DEMO_MODEL_NAME)) == 1
+
+
+def test_retrained_demo_weights_are_stored_as_a_new_version(bentoml_home: Path, tmp_path: Path, monkeypatch) -> None:
+    first = model_store.ensure_demo_model()
+    retrained = tmp_path / "demo_model"
+    shutil.copytree(model_store.DEMO_MODEL_DIR, retrained)
+    (retrained / "training.json").write_text('{"retrained": true}')
+    monkeypatch.setattr(model_store, "DEMO_MODEL_DIR", retrained)
+    second = model_store.ensure_demo_model()
+    assert second.tag != first.tag and second.source != first.source
+    assert model_store.get_model(DEMO_MODEL_NAME) == second  # the newest is served
+    assert (second.path / "training.json").read_text() == '{"retrained": true}'
+    assert model_store.ensure_demo_model() == second
+
+
+@pytest.mark.parametrize(("folder", "side"), [("sd15", 512), ("sd2", 768), ("sdxl", 1024)])
+def test_native_size_is_what_each_family_was_trained_at(folder: str, side: int) -> None:
+    assert model_store.native_size(Path(model_store.__file__).parent / "configs" / folder) == side
+
+
+def test_the_demo_is_native_at_64_and_its_stored_record_says_so(bentoml_home: Path) -> None:
+    from alice.engine.demo import DEMO_MODEL_DIR
+
+    assert model_store.native_size(DEMO_MODEL_DIR) == 64
+    assert model_store.ensure_demo_model().native_size == 64

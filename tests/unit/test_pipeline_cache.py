@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from alice.engine.demo import save_demo_pipeline
+from alice.engine.demo import save_untrained_demo
 from alice.engine.pipelines import PipelineCache, choose_placement, pipeline_bytes
 
 
@@ -12,7 +12,7 @@ from alice.engine.pipelines import PipelineCache, choose_placement, pipeline_byt
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     for seed, name in enumerate(("a", "b", "c")):
-        save_demo_pipeline(root / name, seed=seed)
+        save_untrained_demo(root / name, seed=seed)
     return root
 
 

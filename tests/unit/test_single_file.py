@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from alice import model_store
 from alice.cli import app
-from alice.engine.demo import build_demo_pipeline, save_demo_pipeline
+from alice.engine.demo import build_demo_architecture, save_untrained_demo
 from alice.engine.pipelines import choose_placement, load_pipeline
 from alice.engine.single_file import CONFIGS, convert_single_file, detect_checkpoint_family
 from tests.support import write_original_checkpoint
@@ -51,8 +51,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     checkpoint, and a config-only folder with the demo's (tiny) shapes in place of SD 1.5's."""
     root = tmp_path_factory.mktemp("single-file")
     folder = root / "demo"
-    save_demo_pipeline(folder)
-    checkpoint = write_original_checkpoint(build_demo_pipeline(), root / "my-model.safetensors")
+    save_untrained_demo(folder)
+    checkpoint = write_original_checkpoint(build_demo_architecture(), root / "my-model.safetensors")
     configs = root / "configs"
     shutil.copytree(folder, configs / "sd15", ignore=shutil.ignore_patterns("*.safetensors"))
     return {"folder": folder, "checkpoint": checkpoint, "configs": configs}
@@ -82,7 +82,7 @@ def test_checkpoint_converts_offline_and_draws_like_the_folder(demo, tmp_path: P
         assert list((out / component).glob("*.safetensors")), component
     assert not list(out.rglob("*.bin"))
     # every weight came through unchanged ...
-    original, converted = build_demo_pipeline(), load_pipeline(out, choose_placement("cpu"))
+    original, converted = build_demo_architecture(), load_pipeline(out, choose_placement("cpu"))
     for component in ("unet", "vae", "text_encoder"):
         expected, got = getattr(original, component).state_dict(), getattr(converted, component).state_dict()
         assert expected.keys() == got.keys()
@@ -92,7 +92,7 @@ def test_checkpoint_converts_offline_and_draws_like_the_folder(demo, tmp_path: P
 
 
 def test_half_precision_file_stays_half(tmp_path: Path, demo) -> None:
-    checkpoint = write_original_checkpoint(build_demo_pipeline().to(torch.float16), tmp_path / "fp16.safetensors")
+    checkpoint = write_original_checkpoint(build_demo_architecture().to(torch.float16), tmp_path / "fp16.safetensors")
     out = tmp_path / "out"
     convert_single_file(checkpoint, out, "sd15", config_dir=demo["configs"] / "sd15")
     from safetensors import safe_open
@@ -104,7 +104,7 @@ def test_half_precision_file_stays_half(tmp_path: Path, demo) -> None:
 @pytest.mark.parametrize(("written", "expected"), [("v", "v_prediction"), ("epsilon", "epsilon")])
 def test_prediction_type_from_modelspec_metadata(tmp_path: Path, demo, written: str, expected: str) -> None:
     checkpoint = write_original_checkpoint(
-        build_demo_pipeline(), tmp_path / "m.safetensors", metadata={"modelspec.prediction_type": written}
+        build_demo_architecture(), tmp_path / "m.safetensors", metadata={"modelspec.prediction_type": written}
     )
     convert_single_file(checkpoint, tmp_path / "out", "sd15", config_dir=demo["configs"] / "sd15")
     scheduler = json.loads((tmp_path / "out" / "scheduler" / "scheduler_config.json").read_text())

@@ -1,0 +1,1 @@
+"""Training and judging the demo model: procedural shapes, a small trainer, a pixel judge."""

@@ -1,0 +1,94 @@
+"""The demo model's data, judge and trainer: the data set is what its captions say, the judge
+reads pictures right, held-out combinations stay out of training, and training runs end to end."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from alice.demo_training.judge import judge
+from alice.demo_training.shapes import (
+    COLOURS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    Scene,
+    colour_combinations,
+    draw,
+    evaluation_scenes,
+    held_out_combinations,
+    training_scenes,
+)
+from alice.demo_training.train import TrainingPlan, train_demo
+from alice.engine.pipelines import choose_placement, load_pipeline
+
+
+def test_captions_read_like_a_person_wrote_them() -> None:
+    scene = Scene("red", "circle", "blue", "small", "top left")
+    assert scene.caption() == "a small red circle on a blue background, top left"
+    assert Scene("red", "circle", "blue").caption(1) == "red circle on blue"
+    assert Scene("green", "square", "white", "large", "bottom right").caption(2) == (
+        "a large green square in the bottom right corner on a white background"
+    )
+
+
+def test_held_out_combinations_are_balanced_and_never_trained_on() -> None:
+    held_out = held_out_combinations()
+    assert len(held_out) == len(set(held_out)) == 24
+    for colour in COLOURS:
+        assert sum(c == colour for c, _, _ in held_out) == 3
+        assert sum(b == colour for _, _, b in held_out) == 3
+    assert all(sum(s == shape for _, s, _ in held_out) == 8 for shape in SHAPES)
+    scenes, captions, pixels = training_scenes(600, seed=0)
+    assert pixels.shape == (600, 64, 64, 3) and pixels.dtype == np.uint8
+    assert not {(s.colour, s.shape, s.background) for s in scenes} & set(held_out)
+    assert all(s.colour in caption and s.shape in caption for s, caption in zip(scenes, captions))
+    assert {(s.colour, s.shape, s.background) for s in evaluation_scenes()} == set(held_out)
+
+
+def test_training_data_is_the_same_for_the_same_seed() -> None:
+    first, again, other = training_scenes(50, seed=3), training_scenes(50, seed=3), training_scenes(50, seed=4)
+    assert first[1] == again[1] and np.array_equal(first[2], again[2])
+    assert first[1] != other[1]
+
+
+def test_the_judge_reads_every_drawn_scene_right() -> None:
+    rng = random.Random(0)
+    for colour, shape, background in colour_combinations():
+        scene = Scene(colour, shape, background, rng.choice(list(SIZES)), rng.choice(list(POSITIONS)))
+        verdict = judge(draw(scene, rng), scene)
+        assert verdict.colours_right(scene) and verdict.shape == shape and verdict.place_right(scene), (scene, verdict)
+
+
+def test_the_judge_is_not_fooled() -> None:
+    asked = Scene("red", "circle", "blue", "", "top left")
+    # the right colours in the wrong corner: colours found nowhere near, place wrong
+    elsewhere = judge(draw(Scene("red", "circle", "blue", "", "bottom right")), asked)
+    assert elsewhere.shape_colour is None and not elsewhere.place_right(asked)
+    swapped = judge(draw(Scene("blue", "circle", "red", "", "top left")), asked)
+    assert not swapped.colours_right(asked)
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    assert not judge(noise, asked).colours_right(asked)
+    flat = Image.new("RGB", (64, 64), COLOURS["blue"])
+    assert judge(flat, asked).shape_colour is None
+    # a larger picture is judged at 64 px
+    big = draw(asked).resize((256, 256), Image.Resampling.NEAREST)
+    assert judge(big, asked).colours_right(asked)
+
+
+def test_training_runs_end_to_end_and_saves_a_loadable_pipeline(tmp_path: Path) -> None:
+    """A few steps of the real recipe: what `alice models train-demo` runs, shortened."""
+    report = train_demo(tmp_path / "out", TrainingPlan(images=128, vae_steps=2, unet_steps=2, vae_batch=8, unet_batch=8),
+                        progress=False)
+    assert json.loads((tmp_path / "out" / "training.json").read_text())["plan"]["unet_steps"] == 2
+    assert report["autoencoder_psnr_db"] > 0 and report["denoiser_loss"] > 0
+    pipe = load_pipeline(tmp_path / "out", choose_placement("cpu"))
+    assert pipe.vae.config.scaling_factor != 0.18215  # measured from its own latents
+    image = pipe("a red circle on a blue background", num_inference_steps=2, width=64, height=64,
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64)
