@@ -82,8 +82,11 @@ def encode_latents(vae, pixels: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_captions(pipe: StableDiffusionPipeline, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The frozen text encoder's output for each distinct caption, and each picture's index into it.
+def encode_captions(
+    pipe: StableDiffusionPipeline, captions: list[str]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The frozen text encoder's output for each distinct caption, each picture's index into it,
+    and the output for the empty caption (the unconditional input of guidance).
 
     Tokenized exactly as the pipeline tokenizes a prompt, so training sees what sampling sees.
     """
