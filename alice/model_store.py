@@ -74,7 +74,12 @@ class StoredModel:
     size_bytes: int
     created: datetime  # UTC
     source: str = ""  # where it came from: local, demo, a hub repo id
-    native_size: int = 512  # the side it was trained at: 512 SD 1.5, 768 SD 2.x, 1024 SDXL
+
+    @property
+    def native_size(self) -> int:
+        """The side it was trained at (512 SD 1.5, 768 SD 2.x, 1024 SDXL), read when asked:
+        only a request without a size needs it."""
+        return native_size(self.path)
 
 
 def validate_model_name(name: str) -> str:
@@ -275,7 +280,6 @@ def _stored(model: bentoml.Model) -> StoredModel:
         size_bytes=sum(f.stat().st_size for f in path.rglob("*") if f.is_file()),
         created=created.astimezone(timezone.utc),
         source=str(model.info.metadata.get("source", "")),
-        native_size=native_size(path),
     )
 
 

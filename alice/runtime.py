@@ -107,8 +107,9 @@ class Runtime:
     def submit(self, request: GenerationSettings, source: str) -> Job:
         """Check a request against the server's limits and queue it (QueueFull when full)."""
         model = self.resolve_model(request.model)
-        native = model.native_size
-        request = request.model_copy(update={"width": request.width or native, "height": request.height or native})
+        if request.width is None or request.height is None:
+            native = model.native_size
+            request = request.model_copy(update={"width": request.width or native, "height": request.height or native})
         request.check_limits(
             max_pixels=self.settings.max_pixels, max_images=self.settings.max_images_per_request
         )

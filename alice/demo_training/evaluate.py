@@ -23,35 +23,27 @@ from alice.engine.schedulers import DEFAULT_SCHEDULER
 class Evaluation:
     results: list[tuple[Scene, str, Verdict]] = field(default_factory=list)  # scene, prompt, verdict
 
-    def share(self, test) -> float:
-        return sum(test(scene, verdict) for scene, _, verdict in self.results) / max(len(self.results), 1)
-
-    @property
-    def shape_colour(self) -> float:
-        return self.share(lambda scene, verdict: verdict.shape_colour == scene.colour)
-
-    @property
-    def background(self) -> float:
-        return self.share(lambda scene, verdict: verdict.background == scene.background)
-
-    @property
-    def both_colours(self) -> float:
-        return self.share(lambda scene, verdict: verdict.colours_right(scene))
-
-    @property
-    def shape(self) -> float:
-        return self.share(lambda scene, verdict: verdict.shape == scene.shape)
-
-    @property
-    def place(self) -> float:
-        return self.share(lambda scene, verdict: verdict.place_right(scene))
+    def shares(self) -> dict[str, float]:
+        """The share of pictures that pass each check, by the check's name."""
+        count = max(len(self.results), 1)
+        return {
+            name: sum(check(scene, verdict) for scene, _, verdict in self.results) / count
+            for name, check in CHECKS.items()
+        }
 
     def summary(self) -> str:
-        return (
-            f"{len(self.results)} held-out prompts: shape colour {self.shape_colour:.1%}, "
-            f"background {self.background:.1%}, both colours {self.both_colours:.1%}, "
-            f"shape {self.shape:.1%}, place {self.place:.1%}"
-        )
+        shares = ", ".join(f"{name} {share:.1%}" for name, share in self.shares().items())
+        return f"{len(self.results)} held-out prompts: {shares}"
+
+
+# What is judged right, in the order the summary reports it.
+CHECKS = {
+    "shape colour": lambda scene, verdict: verdict.shape_colour == scene.colour,
+    "background": lambda scene, verdict: verdict.background == scene.background,
+    "both colours": lambda scene, verdict: verdict.colours_right(scene),
+    "shape": lambda scene, verdict: verdict.shape == scene.shape,
+    "place": lambda scene, verdict: verdict.place_right(scene),
+}
 
 
 def evaluate(

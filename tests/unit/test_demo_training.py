@@ -92,3 +92,16 @@ def test_training_runs_end_to_end_and_saves_a_loadable_pipeline(tmp_path: Path) 
     image = pipe("a red circle on a blue background", num_inference_steps=2, width=64, height=64,
                  generator=torch.Generator().manual_seed(0)).images[0]
     assert image.size == (64, 64)
+
+
+def test_the_evaluation_counts_each_check_over_all_pictures() -> None:
+    from alice.demo_training.evaluate import Evaluation
+
+    right = Scene("red", "circle", "blue")
+    wrong_background = Scene("red", "circle", "green")
+    picture = draw(right)
+    evaluation = Evaluation([(right, right.caption(), judge(picture, right)),
+                             (wrong_background, wrong_background.caption(), judge(picture, wrong_background))])
+    shares = evaluation.shares()
+    assert shares["shape colour"] == 1.0 and shares["background"] == 0.5 and shares["both colours"] == 0.5
+    assert evaluation.summary().startswith("2 held-out prompts: shape colour 100.0%, background 50.0%")
