@@ -4,6 +4,9 @@ One thread owns the GPU, so two generations never overlap and a model switch nev
 happens under a running one. Requests arrive on the event loop, put a job here and
 await it, which keeps the loop free for `/health` and lets queued work be listed and
 cancelled (BentoML's own thread limiter hides what waits in it).
+
+A job's last part, saving its images (PNG encoding, fsync), needs no GPU: it runs on a
+second thread while the worker starts the next job, so the GPU does not wait for the disk.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ class Job:
     state: JobState = JobState.QUEUED
     created: float = field(default_factory=time.time)
     started: float | None = None
+    generated: float | None = None  # the generation ended; its images were saved after
     finished: float | None = None
     step: int = 0
     total_steps: int = 0
@@ -95,6 +99,7 @@ class Job:
             "total_steps": self.total_steps,
             "created": self.created,
             "started": self.started,
+            "generated": self.generated,
             "finished": self.finished,
             "error": self.error,
             "error_code": self.error_code,
@@ -119,6 +124,7 @@ class Job:
             state=JobState(record["state"]),
             created=record["created"],
             started=record["started"],
+            generated=record.get("generated"),
             finished=record["finished"],
             step=record.get("step", 0),
             total_steps=record.get("total_steps", 0),
@@ -184,8 +190,14 @@ class JobControl:
         self._queue._persist(self._job)
 
 
-Executor = Callable[[Job, JobControl], None]
-"""Runs a job through its JobControl. Raises GenerationStopped or JobFailure when it has no result."""
+FinishUp = Callable[[], None]
+"""The rest of a job after its generation (saving the images); runs beside the next job."""
+
+Executor = Callable[[Job, JobControl], "FinishUp | None"]
+"""Runs a job's generation through its JobControl and returns what is left to do, if anything.
+Either part raises GenerationStopped or JobFailure when the job has no result."""
+
+_FAILED = object()  # what _attempt returns when the job has ended without a result
 
 ImagesHook = Callable[[list[str]], None]
 FinishHook = Callable[[Job], None]
@@ -220,6 +232,8 @@ class JobQueue:
         self._accepting = True
         self._thread: threading.Thread | None = None
         self._recent_seconds: collections.deque[float] = collections.deque(maxlen=20)
+        self._finisher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="alice-finisher")
+        self._finishing: concurrent.futures.Future | None = None  # the last job handed to the finisher
         if store:
             self._restore(store.load_all())
 
@@ -253,11 +267,15 @@ class JobQueue:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Take no new work, let the running job finish (up to `timeout`), leave queued ones queued."""
+        deadline = time.monotonic() + timeout
         with self._lock:
             self._accepting = False
             self._lock.notify_all()
         if self._thread:
             self._thread.join(timeout)
+        if self._finishing:
+            concurrent.futures.wait([self._finishing], max(0.0, deadline - time.monotonic()))
+        self._finisher.shutdown(wait=False)
 
     def _work(self, warm_up: Callable[[], None] | None) -> None:
         if warm_up:
@@ -306,8 +324,34 @@ class JobQueue:
             future.set_exception(exc)
 
     def _run(self, job: Job) -> None:
+        finish_up = self._attempt(job, lambda: self._execute(job, JobControl(self, job)))
+        if finish_up is _FAILED:
+            return
+        with self._lock:
+            job.generated = time.time()
+            self._recent_seconds.append(job.generated - (job.started or job.created))
+            self._running = None
+        if self._finishing:
+            # At most one finished generation waits for its images to be saved (memory stays bounded).
+            concurrent.futures.wait([self._finishing])
+        self._finishing = self._finisher.submit(self._complete, job, finish_up)
+
+    def _complete(self, job: Job, finish_up: FinishUp | None) -> None:
+        """On the finisher thread: save the job's images, then mark it succeeded (or what it became)."""
         try:
-            self._execute(job, JobControl(self, job))
+            if finish_up and self._attempt(job, finish_up) is _FAILED:
+                return
+            if job.cancel_requested:  # cancelled after its last step: still no image for anyone
+                self._finish(job, JobState.CANCELLED, CANCELLED, "the job was cancelled")
+            else:
+                self._finish(job, JobState.SUCCEEDED)
+        except Exception:  # a future would keep it silently
+            logger.exception("finishing job %s failed", job.id)
+
+    def _attempt(self, job: Job, work: Callable[[], Any]) -> Any:
+        """Run one part of a job; if it fails, end the job with the reason and return _FAILED."""
+        try:
+            return work()
         except GenerationStopped as stop:
             if stop.reason == CANCELLED:
                 self._finish(job, JobState.CANCELLED, CANCELLED, "the job was cancelled")
@@ -318,10 +362,7 @@ class JobQueue:
         except Exception as exc:  # never let one bad job kill the worker
             logger.exception("job %s failed", job.id)
             self._finish(job, JobState.FAILED, "internal_error", f"generation failed: {type(exc).__name__}")
-        else:
-            with self._lock:
-                self._recent_seconds.append(time.time() - (job.started or job.created))
-            self._finish(job, JobState.SUCCEEDED)
+        return _FAILED
 
     def _finish(self, job: Job, state: JobState, code: str | None = None, error: str | None = None) -> None:
         discarded: list[str] = []

@@ -26,7 +26,7 @@ from alice.engine.schedulers import a1111_sampler_name
 from alice.image_store import ImageStore, a1111_parameters
 from alice.input_images import decode_input_image, keep_input_image
 from alice.job_store import JobStore
-from alice.jobs import Job, JobControl, JobFailure, JobQueue
+from alice.jobs import FinishUp, Job, JobControl, JobFailure, JobQueue
 from alice.metrics import Summary, prometheus_metrics
 from alice.protocol.generation import MAX_SEED, GenerationSettings
 
@@ -176,7 +176,9 @@ class Runtime:
         self.ready = True
         logger.info("default model %s loaded; ready", name)
 
-    def _execute(self, job: Job, control: JobControl) -> None:
+    def _execute(self, job: Job, control: JobControl) -> FinishUp:
+        """Generate on the worker; return the saving of the images, which the queue runs on its
+        finisher thread while the next job generates."""
         self._update_gauges()
         try:
             loaded = self.pipelines.get(job.model)
@@ -204,10 +206,10 @@ class Runtime:
         extra = {"Denoising strength": str(spec.strength)} if init_image else {}
         if spec.loras:
             extra["LoRAs"] = " ".join(f"{name}:{scale:g}" for name, scale in spec.loras)
-        for index, image in enumerate(output.images):
-            name = self.images.save(
-                image,
-                a1111_parameters(
+
+        def save_images() -> None:  # on the finisher thread, while the next job generates
+            for index, image in enumerate(output.images):
+                parameters = a1111_parameters(
                     prompt=spec.prompt,
                     negative_prompt=spec.negative_prompt,
                     steps=spec.steps,
@@ -218,9 +220,10 @@ class Runtime:
                     height=spec.height,
                     model=job.model,
                     extra=extra,
-                ),
-            )
-            control.add_image(name)
+                )
+                control.add_image(self.images.save(image, parameters))
+
+        return save_images
 
     def _lora_files(self, loras: tuple[tuple[str, float], ...]) -> list[tuple[str, Path, float]]:
         try:

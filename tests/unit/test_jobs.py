@@ -15,13 +15,16 @@ SPEC = GenerationSpec(prompt="p", seed=0)
 
 
 class SteppingExecutor:
-    """Runs `steps` steps of `step_s` each, honouring stop requests like the engine does."""
+    """Runs `steps` steps of `step_s` each, honouring stop requests like the engine does, then
+    hands back the saving of its image, as the runtime does."""
 
     def __init__(self, steps: int = 5, step_s: float = 0.01) -> None:
         self.steps, self.step_s = steps, step_s
         self.order: list[str] = []
-        self.release = threading.Event()
+        self.release = threading.Event()  # cleared: generations wait before their first step
         self.release.set()
+        self.saving = threading.Event()  # cleared: saves wait
+        self.saving.set()
 
     def __call__(self, job, control):
         self.order.append(job.source)
@@ -31,11 +34,18 @@ class SteppingExecutor:
             control.step(step, self.steps)
             if reason := control.should_stop():
                 raise GenerationStopped(reason)
-        control.add_image(f"{job.source}.png")
-        if job.source == "boom":
-            raise RuntimeError("kaput")
-        if job.source == "known":
+        if job.source in ("boom", "known"):
+            control.add_image(f"{job.source}.png")  # saved before it failed: must not be handed out
+            if job.source == "boom":
+                raise RuntimeError("kaput")
             raise JobFailure("out_of_memory", "the GPU ran out of memory")
+        return lambda: self.save(job, control)
+
+    def save(self, job, control):
+        self.saving.wait(10)
+        control.add_image(f"{job.source}.png")
+        if job.source == "disk full":
+            raise OSError("No space left on device")
 
 
 def wait_until(predicate, timeout=5.0):
@@ -121,6 +131,54 @@ def test_worker_survives_failures(queue):
     assert known.error_code == "out_of_memory"
     assert boom.images == [] and known.images == []  # a failed job hands out nothing
     assert fine.state is JobState.SUCCEEDED
+
+
+def test_the_next_generation_starts_while_the_last_images_are_saved(queue, executor):
+    executor.saving.clear()
+    first = queue.submit("m", SPEC, "first", 60)
+    second = queue.submit("m", SPEC, "second", 60)
+    third = queue.submit("m", SPEC, "third", 60)
+    wait_until(lambda: second.state is JobState.RUNNING and second.step == 5)
+    assert first.state is JobState.RUNNING and first.images == []  # still saving
+    time.sleep(0.1)
+    # Only one job's images may wait to be saved, so the third does not start yet.
+    assert executor.order == ["first", "second"] and third.state is JobState.QUEUED
+    executor.saving.set()
+    for job in (first, second, third):
+        asyncio.run(job.wait())
+        assert job.state is JobState.SUCCEEDED and job.images == [f"{job.source}.png"]
+    assert executor.order == ["first", "second", "third"]
+    assert first.started < first.generated <= second.started < second.generated <= first.finished
+
+
+def test_a_failed_save_fails_its_job_and_nothing_else(queue):
+    broken = queue.submit("m", SPEC, "disk full", 60)
+    fine = queue.submit("m", SPEC, "fine", 60)
+    asyncio.run(fine.wait())
+    asyncio.run(broken.wait())
+    assert broken.state is JobState.FAILED and broken.error_code == "internal_error" and broken.images == []
+    assert fine.state is JobState.SUCCEEDED and fine.images == ["fine.png"]
+
+
+def test_a_job_cancelled_while_saving_hands_out_no_image(queue, executor):
+    executor.saving.clear()
+    job = queue.submit("m", SPEC, "late", 60)
+    wait_until(lambda: job.step == 5 and queue.running is None)
+    queue.cancel(job.id)
+    executor.saving.set()
+    asyncio.run(job.wait())
+    assert job.state is JobState.CANCELLED and job.images == []
+
+
+def test_stop_waits_for_the_images_being_saved(executor):
+    executor.saving.clear()
+    queue = JobQueue(executor, max_waiting=5)
+    queue.start()
+    job = queue.submit("m", SPEC, "last", 60)
+    wait_until(lambda: job.step == 5 and queue.running is None)
+    threading.Timer(0.2, executor.saving.set).start()
+    queue.stop(5)
+    assert job.state is JobState.SUCCEEDED and job.images == ["last.png"]
 
 
 def test_stop_takes_no_new_work_and_finishes_the_running_job(executor):
