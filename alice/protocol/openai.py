@@ -1,12 +1,15 @@
 """OpenAI-shaped requests and answers, as SAM and the `openai` SDK send and decode them.
 
-Unknown fields are ignored, never an error: clients send more than we use.
+Unknown fields are ignored, never an error: clients send more than we use. Each ignored
+name is logged once, so a client's typo (`step` for `steps`) does not fall back to a default unseen.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
+import threading
 import time
 from typing import Any, Literal
 
@@ -30,6 +33,43 @@ SETTING_ALIASES = {
     "denoising_strength": "strength",
 }
 SIZE_PATTERN = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
+
+logger = logging.getLogger("alice.protocol")
+
+
+class IgnoredNames:
+    """Logs each ignored setting name once per process, at INFO, never its value.
+
+    Names come from strangers: at most `limit` are remembered, and each is cut to a short
+    form of safe characters, so neither memory nor the log grows with what clients send.
+    """
+
+    UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+    MAX_CHARS = 40
+
+    def __init__(self, limit: int = 100) -> None:
+        self.limit = limit
+        self.seen: set[str] = set()
+        self._full_logged = False
+        self._lock = threading.Lock()
+
+    def note(self, name: str, where: str) -> None:
+        shown = self.UNSAFE.sub("?", name[: self.MAX_CHARS]) + ("..." if len(name) > self.MAX_CHARS else "")
+        with self._lock:
+            if shown in self.seen:
+                return
+            if len(self.seen) >= self.limit:
+                if not self._full_logged:
+                    self._full_logged = True
+                    logger.info("more than %d distinct unknown settings ignored; no longer logging new ones",
+                                self.limit)
+                return
+            self.seen.add(shown)
+        logger.info("ignored unknown setting %r in %s (not a generation setting; logged once per name)",
+                    shown, where)
+
+
+IGNORED = IgnoredNames()
 
 
 class OpenAIModel(BaseModel):
@@ -62,8 +102,9 @@ def _snake(key: str) -> str:
     return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", key).lower()
 
 
-def normalise_settings(values: dict[str, Any]) -> dict[str, Any]:
-    """Map camelCase, aliases and `size: "WxH"` onto GenerationSettings' field names."""
+def normalise_settings(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Map camelCase, aliases and `size: "WxH"` onto GenerationSettings' field names;
+    other names are dropped (and logged once: see IgnoredNames)."""
     out: dict[str, Any] = {}
     for key, value in values.items():
         name = _snake(str(key))
@@ -76,6 +117,8 @@ def normalise_settings(values: dict[str, Any]) -> dict[str, Any]:
                 out["input_image"] = value[0]
         elif name in GenerationSettings.model_fields:
             out[name] = value
+        else:
+            IGNORED.note(str(key), where)
     return out
 
 
@@ -102,12 +145,11 @@ def prompt_from_messages(messages: list[ChatMessage]) -> str:
 
 def chat_settings(request: ChatCompletionRequest) -> dict[str, Any]:
     """The generation settings of a chat request, merged from every place clients put them."""
-    extras = dict(request.model_extra or {})
-    merged = normalise_settings(extras)
+    merged = normalise_settings(dict(request.model_extra or {}), "the request body")
     for source in SETTINGS_SOURCES:
         values = getattr(request, source)
         if values:
-            merged.update(normalise_settings(values))
+            merged.update(normalise_settings(values, source))
     merged["prompt"] = prompt_from_messages(request.messages)
     if request.model is not None:
         merged["model"] = request.model
@@ -115,7 +157,7 @@ def chat_settings(request: ChatCompletionRequest) -> dict[str, Any]:
 
 
 def images_settings(request: ImagesRequest) -> dict[str, Any]:
-    merged = normalise_settings(dict(request.model_extra or {}))
+    merged = normalise_settings(dict(request.model_extra or {}), "the request body")
     if request.size:
         merged["width"], merged["height"] = parse_size(request.size)
     merged.update(prompt=request.prompt, num_images=request.n)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from alice.protocol.generation import GenerationSettings, InvalidRequest
@@ -57,3 +59,39 @@ def test_limits_from_the_configuration():
         settings.check_limits(max_pixels=1024 * 1023, max_images=3)
     with pytest.raises(InvalidRequest, match="ALICE_MAX_IMAGES_PER_REQUEST"):
         settings.check_limits(max_pixels=1024 * 1024, max_images=2)
+
+
+@pytest.fixture
+def ignored_log(caplog, monkeypatch):
+    """A fresh memory of ignored names, and the `alice.protocol` INFO records."""
+    from alice.protocol import openai
+
+    monkeypatch.setattr(openai, "IGNORED", openai.IgnoredNames(limit=5))
+    # configure_logging (run by any in-process server earlier in the session) stops propagation.
+    monkeypatch.setattr(logging.getLogger("alice"), "propagate", True)
+    with caplog.at_level(logging.INFO, logger="alice.protocol"):
+        yield caplog
+
+
+def test_each_ignored_setting_is_logged_once_by_name_never_its_value(ignored_log):
+    chat(stepz=9, metadata={"guidance": "SECRET-VALUE", "steps": 3}, samConfig={"guidance": 1},
+         sam_config={"sampler_nmae": "euler"})
+    images_settings(ImagesRequest(prompt="x", stepz=4, quality="hd"))
+    names = [record.args[0] for record in ignored_log.records]
+    assert names == ["stepz", "guidance", "sampler_nmae", "quality"]
+    assert all(record.levelno == logging.INFO for record in ignored_log.records)
+    assert "in metadata" in ignored_log.records[1].getMessage()
+    assert "SECRET-VALUE" not in ignored_log.text
+
+
+def test_ignored_names_are_cut_short_made_safe_and_bounded(ignored_log):
+    chat(metadata={"x" * 5000: 1, "evil\nFAKE LOG LINE": 1})
+    chat(metadata={f"name{i}": 1 for i in range(1000)})
+    lines = ignored_log.text.splitlines()
+    assert all(len(line) < 300 for line in lines) and not any(line.startswith("FAKE") for line in lines)
+    assert "'evil?FAKE?LOG?LINE'" in ignored_log.text
+    assert len(ignored_log.records) == 6  # five names, then one "no longer logging"
+    assert "no longer logging" in ignored_log.records[-1].getMessage()
+    from alice.protocol import openai
+
+    assert len(openai.IGNORED.seen) == 5 and max(map(len, openai.IGNORED.seen)) <= 43
