@@ -88,20 +88,51 @@ class ServerProcess:
             cwd=ROOT, env={**os.environ, **env}, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
-    def wait_ready(self, timeout: float = 120) -> ServerProcess:
+    def wait_ready(self, stalled_after: float = 90, limit: float = 900) -> ServerProcess:
+        """Wait for `/readyz`, for as long as the server keeps making progress.
+
+        A cold start takes about 10 s on a quiet machine and over 130 s on a loaded one, so
+        a fixed timeout either fails busy machines or waits for nothing on broken servers.
+        The wait goes on while the server's processes keep using CPU; it gives up when they
+        have used none for `stalled_after` seconds, or after `limit` in all. On giving up it
+        stops the server, so a failed start never leaves processes behind, and says why.
+        """
         import httpx
 
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        raise AssertionError(f"server not ready:\n{self.log()}")
+        started = time.monotonic()
+        last_progress, cpu_seen = started, -1.0
+        try:
+            while True:
+                if self.process.poll() is not None:
+                    raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log()}")
+                try:
+                    if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
+                        return self
+                except httpx.HTTPError:
+                    pass
+                now = time.monotonic()
+                cpu = self._cpu_seconds()
+                if cpu > cpu_seen + 0.05:
+                    last_progress, cpu_seen = now, cpu
+                if now - last_progress > stalled_after or now - started > limit:
+                    why = (f"its processes used no CPU for {now - last_progress:.0f} s"
+                           if now - last_progress > stalled_after else f"still starting after {limit:.0f} s")
+                    raise AssertionError(
+                        f"server not ready after {now - started:.0f} s ({why}; {cpu:.1f} s of CPU used; "
+                        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores):\n{self.log()}"
+                    )
+                time.sleep(0.25)
+        except BaseException:
+            self.close()
+            raise
+
+    def _cpu_seconds(self) -> float:
+        total = 0.0
+        for process in self._processes():
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                total += times.user + times.system
+        return total
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]

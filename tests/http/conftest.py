@@ -26,13 +26,18 @@ def start_client(tmp: Path, **env: str) -> Iterator[TestClient]:
             yield client
 
 
-def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
+def wait_ready(client: TestClient, timeout: float = 300.0) -> None:
+    """Wait for the default model; a load takes well under a second on a quiet machine, so
+    the generous bound only matters on a loaded one. A load that failed ends the wait at once."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if client.get("/readyz").status_code == 200:
             return
+        health = client.get("/health").json()
+        if health.get("status") == "error":
+            raise AssertionError(f"the default model failed to load: {health}")
         time.sleep(0.05)
-    raise AssertionError(f"not ready: {client.get('/health').json()}")
+    raise AssertionError(f"not ready after {timeout:.0f} s: {client.get('/health').json()}")
 
 
 @pytest.fixture(scope="module")
