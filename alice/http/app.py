@@ -13,7 +13,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
 from alice.http import jobs_routes, model_routes, openai_routes, web_routes
 from alice.http.errors import ApiError, from_exception
@@ -41,7 +41,10 @@ def health(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
     return runtime.health()
 
 
-@http_app.api_route("/images/{name}", methods=["GET", "HEAD"])
+# Two routes, not api_route(methods=[GET, HEAD]): FastAPI gives both methods one operation id
+# and warns of the duplicate when it builds the OpenAPI document BentoML serves at /docs.json.
+@http_app.head("/images/{name}", operation_id="image_head")
+@http_app.get("/images/{name}", operation_id="image")
 def image(name: str, runtime: Runtime = Depends(get_runtime)) -> Response:
     path = runtime.images.path_for(name)
     if path is None:
@@ -52,6 +55,18 @@ def image(name: str, runtime: Runtime = Depends(get_runtime)) -> Response:
         media_type="image/png",
         headers={"Cache-Control": "public, max-age=31536000, immutable", "X-Content-Type-Options": "nosniff"},
     )
+
+
+# For people and tools coming from the original ALICE (a FastAPI app with its own docs pages).
+# BentoML serves the Swagger UI at `/`, over its OpenAPI document at `/docs.json`.
+@http_app.get("/docs", include_in_schema=False)
+def docs_page() -> RedirectResponse:
+    return RedirectResponse("/")
+
+
+@http_app.get("/openapi.json", include_in_schema=False)
+def openapi_document() -> RedirectResponse:
+    return RedirectResponse("/docs.json")
 
 
 async def _known_error(request: Request, exc: Exception) -> JSONResponse:

@@ -69,6 +69,13 @@ def cancel_download(task_id: str, runtime: Runtime = Depends(get_runtime)) -> di
     return _found(runtime.downloads.cancel(task_id), task_id).public()
 
 
+@router.post("/refresh")
+def refresh() -> dict[str, Any]:
+    """The original ALICE's rescan of its model folder. The store is read on every request here,
+    so this only counts what `/v1/models` lists now."""
+    return {"status": "ok", "models_found": sum(m.kind == model_store.PIPELINE for m in model_store.list_models())}
+
+
 @router.post("/{model_id:path}/load")
 async def load_model(model_id: str, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
     """Load a model into memory now (between generations), so its first request is fast."""
