@@ -60,20 +60,39 @@ class ApiKeyMiddleware:
         await error.openai_response()(scope, receive, send)
 
 
-def warn_if_open_beyond_loopback(keys: list[str]) -> None:
-    """No key is fine on one's own machine; on a network anyone could use the GPU, so say so."""
-    from bentoml._internal.configuration.containers import BentoMLContainer  # the --host it serves on
+def warn_if_open_beyond_loopback(keys: list[str], addresses: list[str] | None = None) -> None:
+    """No key is fine on one's own machine; on a network anyone could use the GPU, so say so.
 
-    host = str(BentoMLContainer.http.host.get())
+    `addresses` defaults to those this process really listens on: a BentoML worker inherits
+    its listening socket, and BentoML's configured host stays 0.0.0.0 whatever `--host` says.
+    """
     if keys:
         logger.info("API keys required (%d configured)", len(keys))
         return
-    try:
-        loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if not loopback:
+    exposed = [address for address in (listening_addresses() if addresses is None else addresses)
+               if not is_loopback(address)]
+    if exposed:
         logger.warning(
             "no API key is configured and the server listens on %s: anyone who can reach it can use it; "
-            "set ALICE_API_KEYS", host,
+            "set ALICE_API_KEYS", ", ".join(sorted(set(exposed))),
         )
+
+
+def listening_addresses() -> list[str]:
+    """The IP addresses this process accepts connections on; BentoML's configured host if none."""
+    import psutil
+
+    listening = [connection.laddr.ip for connection in psutil.Process().net_connections(kind="inet")
+                 if connection.status == psutil.CONN_LISTEN]
+    if listening:
+        return listening
+    from bentoml._internal.configuration.containers import BentoMLContainer  # where it would listen
+
+    return [str(BentoMLContainer.http.host.get())]
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
