@@ -10,6 +10,7 @@ from tests.deploy.conftest import DEPLOY, ROOT, known_env_names
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 GUIDE = ROOT / "docs" / "deploy.md"
+API = ROOT / "docs" / "api.md"
 
 
 def section(text: str, heading: str) -> str:
@@ -62,7 +63,7 @@ def test_the_readme_has_sam_setup_and_troubleshooting() -> None:
 
 
 def test_relative_links_in_the_docs_resolve() -> None:
-    for document in (ROOT / "README.md", GUIDE):
+    for document in (ROOT / "README.md", GUIDE, API):
         text = document.read_text(encoding="utf-8")
         for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
             assert (document.parent / target).exists(), f"{document.name} links to missing {target}"
@@ -75,3 +76,43 @@ def test_the_guide_covers_every_deployment_file() -> None:
             name = path.relative_to(ROOT).as_posix()
             assert name in guide or path.name in guide, f"docs/deploy.md does not mention {name}"
     assert "bentoml#5566" in guide and "R580" in guide
+
+
+def served_routes() -> set[tuple[str, str]]:
+    """(method, path) of every route the service answers: BentoML's own, then the mounted app's.
+    Path parameters become `{}`, so `{model_id:path}` and a doc's `{id}` compare equal."""
+    from starlette.routing import Mount, Route
+
+    from alice.http.app import http_app
+    from service import Alice
+    from tests.http.test_every_route_needs_a_key import app_routes
+
+    routes: set[tuple[str, str]] = set()
+    for route in Alice.to_asgi().routes:
+        if isinstance(route, Route):
+            routes |= {(method, route.path) for method in route.methods or {"GET"} if method != "HEAD"}
+        elif isinstance(route, Mount) and route.app is not http_app:  # BentoML's static files
+            routes.add(("GET", route.path + "/{path}"))
+    routes |= set(app_routes(http_app.routes))
+    routes |= {(method, route.path) for route in http_app.routes for method in getattr(route, "methods", ())}
+    return {(method, re.sub(r"\{[^}]*\}", "{}", path)) for method, path in routes}
+
+
+def documented_routes() -> set[tuple[str, str]]:
+    text = API.read_text(encoding="utf-8")
+    return {(method, re.sub(r"\{[^}]*\}", "{}", path))
+            for method, path in re.findall(r"`(GET|HEAD|POST|PUT|PATCH|DELETE) (/[^`\s?]*)[^`]*`", text)}
+
+
+def test_the_api_reference_lists_every_route_the_app_serves() -> None:
+    served, documented = served_routes(), documented_routes()
+    missing = {route for route in served if route[0] != "HEAD"} - documented
+    assert not missing, f"docs/api.md does not list {sorted(missing)}"
+    stale = documented - served
+    assert not stale, f"docs/api.md lists routes the app does not serve: {sorted(stale)}"
+
+
+def test_the_readme_links_the_api_reference_and_nothing_outside_the_repository() -> None:
+    assert "(docs/api.md)" in README
+    for document in (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))):
+        assert "../shared" not in document.read_text(encoding="utf-8"), document.name
