@@ -8,12 +8,15 @@ from __future__ import annotations
 import bentoml
 
 from alice.config import load_settings
-from alice.http import native
+from alice.http import native, route_labels
 from alice.http.app import http_app
 from alice.http.auth import ApiKeyMiddleware, warn_if_open_beyond_loopback
 from alice.logs import configure_logging
 from alice.protocol.native import GenerateRequest, GenerateResponse
 from alice.runtime import Runtime
+
+# Before BentoML builds the app: its request metrics and access log name routes, not raw paths.
+route_labels.install()
 
 
 @bentoml.service(
