@@ -8,12 +8,13 @@ setting, its environment variable and what is allowed.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, IPvAnyNetwork, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "ALICE_"
@@ -73,6 +74,24 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("civitai_api_key", "CIVITAI_API_KEY"),
         description="CivitAI token (env CIVITAI_API_KEY).",
     )
+    download_allowed_networks: Annotated[list[IPvAnyNetwork], NoDecode] = Field(
+        default_factory=list,
+        description="Non-public networks downloads may reach, e.g. a NAS: 192.168.1.0/24 (comma-separated CIDRs); "
+        "by default loopback, LAN, link-local and other non-public addresses are refused.",
+    )
+    download_max_gb: float = Field(16, gt=0, description="Largest download (a file, or a repo's files together).")
+    download_disk_reserve_gb: float = Field(
+        2, ge=0, description="Free disk a download must leave (beyond room for its conversion and import)."
+    )
+
+    @field_validator("download_allowed_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [network.strip() for network in value.split(",") if network.strip()]
+        if isinstance(value, list):  # 192.168.1.5/24 means its network, as in `ip addr`
+            return [_network_or_text(network) for network in value]
+        return value
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -113,6 +132,13 @@ class Settings(BaseSettings):
         view["api_keys"] = ["****"] * len(self.api_keys)
         view["civitai_api_key"] = "****" if self.civitai_api_key else None
         return view
+
+
+def _network_or_text(value: Any) -> Any:
+    try:
+        return ipaddress.ip_network(str(value), strict=False)
+    except ValueError:
+        return value  # refused by the field's type, with its message
 
 
 def env_name(field: str) -> str:

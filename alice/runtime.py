@@ -62,11 +62,7 @@ class Runtime:
             discard_images=self._discard_images,
             on_finish=self._job_finished,
         )
-        self.downloads = DownloadManager(
-            settings.data_dir / "downloads",
-            settings.civitai_url,
-            settings.civitai_api_key.get_secret_value() if settings.civitai_api_key else None,
-        )
+        self.downloads = DownloadManager.for_settings(settings, settings.data_dir / "downloads")
         self.ready = False
         self.load_error: str | None = None
         self._stopping = threading.Event()

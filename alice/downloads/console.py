@@ -12,9 +12,8 @@ from alice.downloads.manager import DownloadManager, DownloadTask
 
 
 def manager_for(settings: Settings) -> DownloadManager:
-    token = settings.civitai_api_key.get_secret_value() if settings.civitai_api_key else None
     # Its own folder: a server running beside the CLI keeps its own task list.
-    return DownloadManager(settings.data_dir / "downloads-cli", settings.civitai_url, token)
+    return DownloadManager.for_settings(settings, settings.data_dir / "downloads-cli")
 
 
 def run_with_progress(manager: DownloadManager, task: DownloadTask) -> DownloadTask:

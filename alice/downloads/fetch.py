@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from alice.downloads.addresses import AddressRefused
+
 CHUNK = 1 << 20
+UNREACHABLE = "the address is not allowed, or it did not answer"
 
 
 class DownloadCancelled(Exception):
@@ -21,7 +27,8 @@ class DownloadFailed(Exception):
 
 
 FileProgress = Callable[[int, "int | None"], None]
-"""Told (bytes of this file on disk, its full size if known) as the download goes."""
+"""Told (bytes of this file on disk, its full size if known) before each write; it may raise
+DownloadFailed to stop the download (a size cap, the disk reserve)."""
 
 
 def fetch_file(
@@ -38,7 +45,9 @@ def fetch_file(
     """Download `url` to `destination`, resuming from `destination.part` if an earlier try left one.
 
     A dropped connection is retried from where it stopped (HTTP Range), up to `attempts`
-    times; a wrong SHA-256 deletes the file and fails.
+    times; a wrong SHA-256 deletes the file and fails. Error messages name the URL without its
+    secrets, and one message covers an address that is refused, does not resolve or does not
+    answer, so they cannot be used to map which hosts and ports are there.
     """
     part = destination.with_name(destination.name + ".part")
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -49,10 +58,15 @@ def fetch_file(
         try:
             _fetch_once(client, url, part, headers or {}, progress, cancelled)
             break
-        except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
+        except (AddressRefused, httpx.UnsupportedProtocol, httpx.TooManyRedirects):
+            raise DownloadFailed(f"cannot download {redact_url(url)}: {UNREACHABLE}") from None
+        except httpx.TransportError as exc:
             last_error = exc  # keep the .part: the next try resumes it
     else:
-        raise DownloadFailed(f"download failed after {attempts} tries: {type(last_error).__name__}: {last_error}")
+        if isinstance(last_error, (httpx.ConnectError, httpx.ConnectTimeout)):
+            raise DownloadFailed(f"cannot download {redact_url(url)}: {UNREACHABLE}")
+        raise DownloadFailed(f"the download of {redact_url(url)} broke off {attempts} times "
+                             f"({type(last_error).__name__})")
     if sha256 and _sha256(part) != sha256.lower():
         part.unlink(missing_ok=True)
         raise DownloadFailed(f"checksum mismatch for {destination.name}: the file is not what the source announced")
@@ -76,7 +90,7 @@ def _fetch_once(
         if response.status_code == 416:  # already complete
             return
         if response.status_code not in (200, 206):
-            raise DownloadFailed(f"the source answered HTTP {response.status_code} for {_safe(url)}")
+            raise DownloadFailed(f"the source answered HTTP {response.status_code} for {redact_url(url)}")
         if response.status_code == 200 and have:
             have = 0  # the server ignored Range: start over
         length = response.headers.get("content-length")
@@ -87,9 +101,9 @@ def _fetch_once(
             for chunk in response.iter_bytes():  # as it arrives, so a drop loses nothing received
                 if cancelled():
                     raise DownloadCancelled()
+                report(have + len(chunk), total)  # before the write: it may refuse the chunk
                 file.write(chunk)
                 have += len(chunk)
-                report(have, total)
 
 
 def _sha256(path: Path) -> str:
@@ -100,6 +114,34 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _safe(url: str) -> str:
-    """The URL without its query string: tokens travel there on some sites and must not be logged."""
-    return url.split("?", 1)[0]
+def redact_url(url: str) -> str:
+    """The URL as it may be shown and logged: no `user:password@`, every query value (tokens,
+    signatures, X-Amz-*) and the fragment replaced. The real URL stays in the task's request,
+    the one place it is needed."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        # Keys stay (they tell what was sent); a bare item may itself be a token.
+        query = "&".join(item.split("=", 1)[0] + "=REDACTED" if "=" in item else "REDACTED"
+                         for item in parts.query.split("&") if item)
+    except ValueError:
+        return "(a URL that does not parse)"
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
+
+
+def redact_urls(text: str) -> str:
+    """`text` with every URL in it redacted (exception messages, log lines)."""
+    return _URL.sub(lambda match: redact_url(match.group(0)), text)
+
+
+class _RedactUrls(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact_urls(record.getMessage()), None
+        return True
+
+
+# httpx logs every request's full URL at INFO ("HTTP Request: GET https://user:pw@...?token=...").
+logging.getLogger("httpx").addFilter(_RedactUrls())

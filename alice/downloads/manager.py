@@ -1,10 +1,12 @@
 """The download queue: one download at a time in its own thread, then an import into the store.
 
 Each task works in `ALICE_DATA_DIR/downloads/<task id>/`; partial files stay there between
-tries so an interrupted download resumes, and the folder goes once the task ends. Tasks are
-written to `tasks.json`, so unfinished ones resume after a restart. Nothing reaches the model
-store until every file is complete and verified, so a failed or cancelled download leaves
-no half model behind.
+tries so an interrupted download resumes, and the folder goes once the task ends, however it
+ends. Tasks are written to `tasks.json` (readable by the service user only: a URL may carry a
+token), so unfinished ones resume after a restart; the newest finished ones are kept for the
+status list. Nothing reaches the model store until every file is complete and verified, so a
+failed or cancelled download leaves no half model behind. What a task shows and logs has the
+secrets of its URL redacted (`fetch.redact_url`).
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
 import re
 import secrets
 import shutil
 import threading
 import time
+import traceback
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -24,13 +29,16 @@ from typing import Any, Callable
 import httpx
 
 from alice import model_store
+from alice.config import Settings
 from alice.downloads import huggingface
+from alice.downloads.addresses import AddressPolicy, Network, checked_client
 from alice.downloads.civitai import CivitAI, CivitAIError, RemoteFile
-from alice.downloads.fetch import DownloadCancelled, DownloadFailed, fetch_file
+from alice.downloads.fetch import DownloadCancelled, DownloadFailed, fetch_file, redact_urls
 
 logger = logging.getLogger("alice.downloads")
 
 ACTIVE = ("queued", "downloading", "importing")
+KEEP_FINISHED = 100  # finished tasks kept for the status list, newest first
 
 
 @dataclass
@@ -67,10 +75,25 @@ def model_name_from(text: str) -> str:
 
 
 class DownloadManager:
-    def __init__(self, folder: Path, civitai_url: str, civitai_token: str | None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        civitai_url: str,
+        civitai_token: str | None,
+        *,
+        allowed_networks: Iterable[Network] = (),
+        max_bytes: int | None = None,
+        disk_reserve_bytes: int = 0,
+    ) -> None:
         self.folder = folder
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._client = httpx.Client(timeout=httpx.Timeout(30, read=120), follow_redirects=True)
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.folder.chmod(0o700)  # also when an older version made it readable by all
+        self.max_bytes = max_bytes
+        self.disk_reserve_bytes = disk_reserve_bytes
+        # The configured hub and CivitAI are the operator's choice (and may be local); any other
+        # address, and wherever they redirect, must be public or in allowed_networks.
+        policy = AddressPolicy(allowed_networks, trusted_urls=lambda: (huggingface.endpoint(), civitai_url))
+        self._client = checked_client(policy, httpx.Timeout(30, read=120))
         self.civitai = CivitAI(civitai_url, civitai_token, self._client)
         self._lock = threading.Condition()
         self._tasks: dict[str, DownloadTask] = {}
@@ -79,6 +102,16 @@ class DownloadManager:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._restore()
+
+    @classmethod
+    def for_settings(cls, settings: Settings, folder: Path) -> DownloadManager:
+        token = settings.civitai_api_key.get_secret_value() if settings.civitai_api_key else None
+        return cls(
+            folder, settings.civitai_url, token,
+            allowed_networks=settings.download_allowed_networks,
+            max_bytes=int(settings.download_max_gb * 1e9),
+            disk_reserve_bytes=int(settings.download_disk_reserve_gb * 1e9),
+        )
 
     # -- asking ---------------------------------------------------------------------
     def civitai_download(self, model_id: int, version_id: int | None, file_id: int | None, model_type: str) -> DownloadTask:
@@ -156,15 +189,12 @@ class DownloadManager:
             stored = self._import(path, task.name, is_lora=is_lora, is_pipeline=is_pipeline, source=task.source)
             self._set(task, model="sd/" + stored.name)
             self._end(task, "completed")
-            shutil.rmtree(workdir, ignore_errors=True)
         except DownloadCancelled:
             self._end(task, "cancelled")
-            shutil.rmtree(workdir, ignore_errors=True)
         except (DownloadFailed, CivitAIError, huggingface.HubError, ValueError, OSError) as exc:
             self._end(task, "failed", str(exc))
-            # A checksum failure deleted its file; other partial files stay for a retry.
         except Exception as exc:  # the queue must survive any one task
-            logger.exception("download %s failed", task.id)
+            logger.error("download %s failed: %s", task.id, redact_urls("".join(traceback.format_exception(exc))))
             self._end(task, "failed", f"{type(exc).__name__}: {exc}")
 
     def _download(self, task: DownloadTask, workdir: Path) -> tuple[Path, bool, bool]:
@@ -180,7 +210,7 @@ class DownloadManager:
             return self._fetch_remote(task, remote, workdir, {}), remote.is_lora, False
         plan = huggingface.plan(request["modelId"], request.get("filename"), request.get("revision") or "main")
         headers = {"Authorization": f"Bearer {huggingface.token()}"} if huggingface.token() else {}
-        self._check_disk(sum(f.size or 0 for f in plan.files))
+        self._check_room(0, sum(f.size or 0 for f in plan.files))
         self._set(task, totalSize=sum(f.size or 0 for f in plan.files) or None)
         done_before = 0
         for f in plan.files:
@@ -198,7 +228,7 @@ class DownloadManager:
 
     def _fetch_remote(self, task: DownloadTask, remote: RemoteFile, workdir: Path, headers: dict[str, str]) -> Path:
         if remote.size_bytes:
-            self._check_disk(remote.size_bytes)
+            self._check_room(0, remote.size_bytes)
             self._set(task, totalSize=remote.size_bytes)
         filename = Path(remote.filename).name or "model.safetensors"
         return fetch_file(
@@ -214,25 +244,39 @@ class DownloadManager:
         return model_store.import_checkpoint_file(path, name, source=source)
 
     def _reporter(self, task: DownloadTask, done_before: int) -> Callable[[int, int | None], None]:
+        """Progress for the task, and a stop when it outgrows the size cap or the disk."""
         started, first = time.monotonic(), None
 
         def report(done: int, total: int | None) -> None:
             nonlocal first
             first = done if first is None else first
             elapsed = time.monotonic() - started
-            task.downloadedSize = done_before + done
             if total and not task.totalSize:
                 task.totalSize = total
+            self._check_room(done_before + done, task.totalSize)
+            task.downloadedSize = done_before + done
             task.speed = round((done - first) / elapsed, 1) if elapsed > 0 else 0.0
 
         return report
 
-    def _check_disk(self, needed: int) -> None:
-        # The download, a single file's converted folder, and the store's copy of it.
-        free = shutil.disk_usage(self.folder).free
-        if needed * 3 > free:
+    def _check_room(self, done: int, expected: int | None) -> None:
+        """Fail when the task is (or says it will be) larger than the cap, or when the disk cannot
+        take the rest of it, its conversion and the store's copy and still keep the reserve.
+        Checked before the first byte and again as bytes arrive, so a source that sends no size,
+        or a wrong one, is stopped too."""
+        size = max(done, expected or 0)
+        if self.max_bytes is not None and size > self.max_bytes:
             raise DownloadFailed(
-                f"not enough disk space: {needed * 3 / 1e9:.1f} GB needed (download, conversion, import), "
+                f"the download is larger than the {self.max_bytes / 1e9:g} GB allowed (ALICE_DOWNLOAD_MAX_GB)"
+            )
+        # Still to come: the rest of the download, a single file's converted folder and the
+        # store's copy of it; the part already on disk is no longer free space.
+        needed = 3 * (size - done) + 2 * done + self.disk_reserve_bytes
+        free = shutil.disk_usage(self.folder).free
+        if needed > free:
+            raise DownloadFailed(
+                f"not enough disk space: {needed / 1e9:.1f} GB more needed (download, conversion, import and "
+                f"the {self.disk_reserve_bytes / 1e9:g} GB reserve of ALICE_DOWNLOAD_DISK_RESERVE_GB), "
                 f"{free / 1e9:.1f} GB free"
             )
 
@@ -252,29 +296,52 @@ class DownloadManager:
         self._save()
 
     def _end(self, task: DownloadTask, status: str, error: str | None = None) -> None:
+        error = redact_urls(error) if error else None
         task.status, task.error, task.finished = status, error, time.time()
         self._cancelled.discard(task.id)
+        # Its partial files go however it ended: a retry is a new task, and starts over.
+        shutil.rmtree(self.folder / task.id, ignore_errors=True)
+        self._prune()
         self._save()
         logger.info("download %s %s%s", task.id, status, f": {error}" if error else "")
 
-    def _save(self) -> None:
-        # Under the lock: the worker and request threads both save, through one temp file.
+    def _prune(self) -> None:
+        """Forget all but the newest KEEP_FINISHED finished tasks (queued and running ones stay)."""
         with self._lock:
-            records = [asdict(t) for t in self._tasks.values()]
+            finished = sorted((t for t in self._tasks.values() if t.status not in ACTIVE),
+                              key=lambda t: t.finished or t.created, reverse=True)
+            for task in finished[KEEP_FINISHED:]:
+                del self._tasks[task.id]
+
+    def _save(self) -> None:
+        # Under the lock: the worker and request threads both save, through one temp file,
+        # created private: the records hold the URLs as given, tokens and all.
+        with self._lock:
+            records = json.dumps([asdict(t) for t in self._tasks.values()]).encode()
             temp = self.folder / "tasks.json.tmp"
-            temp.write_text(json.dumps(records))
+            with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as file:
+                os.fchmod(file.fileno(), 0o600)  # a leftover temp file keeps its old mode through O_CREAT
+                file.write(records)
+                file.flush()
+                os.fsync(file.fileno())
             temp.replace(self.folder / "tasks.json")
 
     def _restore(self) -> None:
         path = self.folder / "tasks.json"
-        if not path.exists():
-            return
-        for record in json.loads(path.read_text()):
-            task = DownloadTask(**record)
-            if task.status in ACTIVE:
-                task.status = "queued"  # resumes from its partial files
-                self._waiting.append(task)
-            self._tasks[task.id] = task
+        if path.exists():
+            for record in json.loads(path.read_text()):
+                task = DownloadTask(**record)
+                task.error = redact_urls(task.error) if task.error else None  # saved by an older version
+                if task.status in ACTIVE:
+                    task.status = "queued"  # resumes from its partial files
+                    self._waiting.append(task)
+                self._tasks[task.id] = task
+            self._prune()
+            self._save()  # rewritten private, whatever mode an older version left it with
+        # Partial files of tasks that ended (or were forgotten) before their folder went.
+        for workdir in self.folder.glob("dl-*"):
+            if workdir.is_dir() and workdir.name not in {t.id for t in self._waiting}:
+                shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _looks_like_lora(path: Path) -> bool:

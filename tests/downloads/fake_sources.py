@@ -1,8 +1,9 @@
 """A local HTTP server that answers like the Hugging Face hub and CivitAI do, with real files.
 
 Only the parts ALICE uses: HF's model search, revision, tree and resolve routes (as
-huggingface_hub calls them), CivitAI's /api/v1/models and download routes. Downloads honour
-HTTP Range, and a file can be told to break off once half-way, to test resuming.
+huggingface_hub calls them), CivitAI's /api/v1/models and download routes, and `/redirect?to=URL`
+(a 302 there). Downloads honour HTTP Range, and a file can be told to break off half-way (once,
+to test resuming, or always), or to come without a Content-Length.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class FakeSources:
     civitai_models: dict[int, dict] = field(default_factory=dict)  # id -> CivitAI model JSON
     civitai_files: dict[int, Path] = field(default_factory=dict)  # version id -> file
     break_once: set[str] = field(default_factory=set)  # request paths to cut off half-way, once
+    break_always: set[str] = field(default_factory=set)  # request paths to cut off half-way, every time
+    no_length: bool = False  # send files without Content-Length (the end is where the connection closes)
     slow: bool = False  # trickle downloads (to cancel one mid-way)
     seen_headers: list[dict[str, str]] = field(default_factory=list)
     url: str = ""
@@ -57,6 +60,11 @@ def start(sources: FakeSources) -> ThreadingHTTPServer:
             url = urlparse(self.path)
             query = parse_qs(url.query)
             path = url.path
+            if path == "/redirect":
+                self.send_response(302)
+                self.send_header("Location", query["to"][0])
+                self.send_header("Content-Length", "0")
+                return self.end_headers()
             if path == "/api/models":
                 search = query.get("search", [""])[0]
                 found = [{"id": repo, "_id": repo, "modelId": repo, "downloads": 100, "likes": 5,
@@ -128,7 +136,8 @@ def start(sources: FakeSources) -> ThreadingHTTPServer:
                 start = int(ranged.removeprefix("bytes=").split("-")[0])
             body = data[start:]
             self.send_response(206 if start else 200)
-            self.send_header("Content-Length", str(len(body)))
+            if not sources.no_length:
+                self.send_header("Content-Length", str(len(body)))
             self.send_header("ETag", f'"{hashlib.sha1(data).hexdigest()}"')
             self.send_header("X-Repo-Commit", COMMIT)
             if start:
@@ -136,7 +145,7 @@ def start(sources: FakeSources) -> ThreadingHTTPServer:
             self.end_headers()
             if head:
                 return
-            if self.path in sources.break_once and not start:
+            if self.path in sources.break_always or (self.path in sources.break_once and not start):
                 sources.break_once.discard(self.path)
                 self.wfile.write(body[: len(body) // 2])
                 self.wfile.flush()

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import logging
+import stat
 import time
 
 import pytest
 
+from alice.downloads.fetch import UNREACHABLE
 from alice.engine.demo import save_untrained_demo
 from tests.downloads.fake_sources import FakeSources, start
 from tests.http.conftest import start_client
@@ -126,6 +130,53 @@ def test_cancel_a_download_mid_way(client, sources):
     assert not (client.data_dir / "downloads" / task_id).exists()
     listing = client.get("/v1/models/download/status").json()
     assert listing["object"] == "list" and listing["data"][0]["id"] == task_id
+
+
+def test_url_downloads_refuse_hosts_beyond_the_configured_sources(client, sources, tmp_path):
+    """Loopback is refused by default, also when a configured source redirects there."""
+    lan_host = FakeSources()
+    server = start(lan_host)
+    try:
+        lan_host.civitai_files[1] = write_demo_lora(tmp_path)
+        for url in (f"{lan_host.url}/api/download/models/1",
+                    f"{sources.url}/redirect?to={lan_host.url}/api/download/models/1",
+                    f"{sources.url}/redirect?to=http://169.254.169.254/latest/meta-data/"):
+            accepted = client.post("/v1/models/download/url", json={"url": url, "filename": "x.safetensors"})
+            assert accepted.status_code == 202
+            task = wait_task(client, accepted.json()["id"])
+            assert task["status"] == "failed" and task["error"].endswith(UNREACHABLE), task
+        assert lan_host.seen_headers == []
+    finally:
+        server.shutdown()
+
+
+def test_credentials_in_a_download_url_are_never_shown_or_logged(client, sources):
+    """user:password@ and query tokens: used to download, redacted everywhere else; the task file
+    that keeps them is the service user's alone."""
+    handler = logging.StreamHandler(log := io.StringIO())
+    for name in ("alice", "httpx"):
+        logging.getLogger(name).addHandler(handler)
+    previous = logging.getLogger("httpx").level
+    logging.getLogger("httpx").setLevel(logging.INFO)
+    sources.seen_headers.clear()
+    try:
+        port = sources.url.rsplit(":", 1)[1]
+        task = wait_task(client, client.post("/v1/models/download/url", json={
+            "url": f"http://alice:hunter2@127.0.0.1:{port}/missing/model.safetensors?token=tok3n&X-Amz-Signature=s1g",
+        }).json()["id"])
+    finally:
+        for name in ("alice", "httpx"):
+            logging.getLogger(name).removeHandler(handler)
+        logging.getLogger("httpx").setLevel(previous)
+    assert task["status"] == "failed" and "HTTP 404" in task["error"], task
+    assert any(h.get("Authorization") == "Basic YWxpY2U6aHVudGVyMg==" for h in sources.seen_headers)  # used
+    shown = client.get("/v1/models/download/status").text + task["error"] + task["name"] + log.getvalue()
+    assert "HTTP Request" in log.getvalue() and task["id"] in log.getvalue()  # the lines were there
+    for secret in ("hunter2", "tok3n", "s1g"):
+        assert secret not in shown
+    downloads = client.data_dir / "downloads"
+    assert stat.S_IMODE(downloads.stat().st_mode) == 0o700
+    assert stat.S_IMODE((downloads / "tasks.json").stat().st_mode) == 0o600
 
 
 def test_the_token_never_reaches_logs_or_answers(client, caplog):
