@@ -5,6 +5,11 @@ happens under a running one. Requests arrive on the event loop, put a job here a
 await it, which keeps the loop free for `/health` and lets queued work be listed and
 cancelled (BentoML's own thread limiter hides what waits in it).
 
+Loading or unloading a model is a chore for the same worker: it waits its turn in the same
+FIFO as the generations, counted against the same bound, so it can neither overlap a
+generation nor jump ahead of the jobs queued before it, and a flood of them is refused with
+QueueFull like a flood of generations.
+
 A job's last part, saving its images (PNG encoding, fsync), needs no GPU: it runs on a
 second thread while the worker starts the next job, so the GPU does not wait for the disk.
 """
@@ -190,6 +195,15 @@ class JobControl:
         self._queue._persist(self._job)
 
 
+@dataclass(eq=False)
+class Chore:
+    """Work for the worker that is no generation (loading or unloading a model), with the
+    future its caller waits on."""
+
+    run: Callable[[], Any]
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+
+
 FinishUp = Callable[[], None]
 """The rest of a job after its generation (saving the images); runs beside the next job."""
 
@@ -225,10 +239,10 @@ class JobQueue:
         self._on_finish = on_finish or (lambda job: None)
         self._keep_finished = keep_finished
         self._lock = threading.Condition()
-        self._waiting: collections.deque[Job] = collections.deque()
+        self._waiting: collections.deque[Job | Chore] = collections.deque()  # one FIFO for both
         self._jobs: dict[str, Job] = {}  # insertion order = submission order
         self._running: Job | None = None
-        self._chores: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future]] = collections.deque()
+        self._chore_running = False
         self._accepting = True
         self._thread: threading.Thread | None = None
         self._recent_seconds: collections.deque[float] = collections.deque(maxlen=20)
@@ -285,43 +299,44 @@ class JobQueue:
                 logger.exception("warm-up failed")
         while True:
             with self._lock:
-                while self._accepting and not self._waiting and not self._chores:
+                while self._accepting and not self._waiting:
                     self._lock.wait()
                 if not self._accepting:
                     return
-                if self._chores:
-                    chore = self._chores.popleft()
+                item = self._waiting.popleft()
+                if isinstance(item, Chore):
+                    self._chore_running = True
+                elif time.time() > item.deadline:
+                    self._finish(item, JobState.FAILED, DEADLINE, f"the job waited past its deadline ({DEADLINE})")
+                    continue
                 else:
-                    chore, job = None, self._waiting.popleft()
-                    if time.time() > job.deadline:
-                        self._finish(job, JobState.FAILED, DEADLINE, f"the job waited past its deadline ({DEADLINE})")
-                        continue
-                    job.state, job.started = JobState.RUNNING, time.time()
-                    self._running = job
-                    job._notify()
-            if chore:
-                self._do_chore(*chore)
+                    item.state, item.started = JobState.RUNNING, time.time()
+                    self._running = item
+                    item._notify()
+            if isinstance(item, Chore):
+                self._do_chore(item)
                 continue
-            self._persist(job)
-            self._run(job)
+            self._persist(item)
+            self._run(item)
 
-    def run_on_worker(self, chore: Callable[[], Any]) -> concurrent.futures.Future:
-        """Run `chore` on the worker thread before the next queued job (loading or unloading
-        a model), so it can never overlap a generation."""
-        future: concurrent.futures.Future = concurrent.futures.Future()
+    def run_on_worker(self, run: Callable[[], Any]) -> concurrent.futures.Future:
+        """Queue `run` (loading or unloading a model) behind the jobs already waiting, counted
+        against the same bound (QueueFull beyond it); the future holds its result."""
+        chore = Chore(run)
         with self._lock:
-            if not self._accepting:
-                raise QueueFull(len(self._waiting), self._retry_after_s())
-            self._chores.append((chore, future))
+            self._check_room()
+            self._waiting.append(chore)
             self._lock.notify_all()
-        return future
+        return chore.future
 
-    @staticmethod
-    def _do_chore(chore: Callable[[], Any], future: concurrent.futures.Future) -> None:
+    def _do_chore(self, chore: Chore) -> None:
         try:
-            future.set_result(chore())
+            chore.future.set_result(chore.run())
         except Exception as exc:  # handed to whoever waits on it
-            future.set_exception(exc)
+            chore.future.set_exception(exc)
+        finally:
+            with self._lock:
+                self._chore_running = False
 
     def _run(self, job: Job) -> None:
         finish_up = self._attempt(job, lambda: self._execute(job, JobControl(self, job)))
@@ -391,12 +406,9 @@ class JobQueue:
 
     # -- the clients' side --------------------------------------------------------
     def submit(self, model: str, spec: GenerationSpec, source: str, timeout_s: float) -> Job:
-        """Queue a job, or raise QueueFull when `max_waiting` jobs already wait."""
+        """Queue a job, or raise QueueFull when `max_waiting` jobs and chores already wait."""
         with self._lock:
-            # A job waiting while nothing runs is about to start, so it takes the running slot.
-            room = self._max_waiting + (0 if self._running else 1)
-            if not self._accepting or len(self._waiting) >= room:
-                raise QueueFull(len(self._waiting), self._retry_after_s())
+            self._check_room()
             job = Job(model=model, spec=spec, source=source, deadline=time.time() + timeout_s)
             self._jobs[job.id] = job
             self._waiting.append(job)
@@ -404,6 +416,13 @@ class JobQueue:
         self._persist(job)
         logger.info("job %s queued (%s, model %s)", job.id, source, model)
         return job
+
+    def _check_room(self) -> None:
+        """Raise QueueFull when `max_waiting` jobs and chores already wait (under the lock)."""
+        # One waiting while nothing runs is about to start, so it takes the running slot.
+        room = self._max_waiting + (0 if self._running or self._chore_running else 1)
+        if not self._accepting or len(self._waiting) >= room:
+            raise QueueFull(len(self._waiting), self._retry_after_s())
 
     def cancel(self, job_id: str) -> Job | None:
         """Cancel a queued job now, or a running one at its next step; None if unknown."""

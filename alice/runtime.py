@@ -92,12 +92,15 @@ class Runtime:
         return model
 
     def load_model(self, name: str) -> concurrent.futures.Future:
-        """Load a stored model into memory on the worker, between jobs."""
+        """Load a stored model into memory on the worker, in its turn after the queued jobs."""
         model = self.resolve_model(name)
         return self.jobs.run_on_worker(lambda: self.pipelines.get(model.name) and None)
 
     def unload_model(self, name: str) -> concurrent.futures.Future:
-        """Drop a model from memory on the worker, between jobs; it loads again when next asked for."""
+        """Drop a model from memory on the worker, in its turn; it loads again when next asked for.
+        ModelNotFound for a name neither in memory nor in the store."""
+        if name not in self.pipelines.names():
+            self.resolve_model(name)
         return self.jobs.run_on_worker(lambda: self.pipelines.drop(name))
 
     def submit(self, request: GenerationSettings, source: str) -> Job:

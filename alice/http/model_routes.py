@@ -78,7 +78,8 @@ def refresh() -> dict[str, Any]:
 
 @router.post("/{model_id:path}/load")
 async def load_model(model_id: str, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
-    """Load a model into memory now (between generations), so its first request is fast."""
+    """Load a model into memory in its turn behind the queued generations, so its first request
+    is fast. 404 for an unknown model, 503 with Retry-After when the queue is full."""
     name = strip_model_prefix(model_id)
     await asyncio.wrap_future(runtime.load_model(name))
     return {"id": "sd/" + name, "object": "model", "loaded": True, "loaded_models": runtime.pipelines.names()}
@@ -86,7 +87,8 @@ async def load_model(model_id: str, runtime: Runtime = Depends(get_runtime)) -> 
 
 @router.post("/{model_id:path}/unload")
 async def unload_model(model_id: str, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
-    """Free a model's memory (between generations); it loads again when next asked for."""
+    """Free a model's memory in its turn behind the queued generations; it loads again when next
+    asked for. 404 for a name neither loaded nor stored, 503 with Retry-After when the queue is full."""
     name = strip_model_prefix(model_id)
     was_loaded = await asyncio.wrap_future(runtime.unload_model(name))
     return {"id": "sd/" + name, "object": "model", "loaded": False, "was_loaded": was_loaded,

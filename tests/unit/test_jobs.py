@@ -91,6 +91,46 @@ def test_bounded_queue(queue, executor):
     assert queue.waiting == 2
 
 
+def test_chores_wait_their_turn_behind_queued_jobs(executor):
+    """Loading or unloading a model runs in FIFO order with the generations, not ahead of them."""
+    executor.release.clear()
+    queue = JobQueue(executor, max_waiting=5)
+    queue.start()
+    running = queue.submit("m", SPEC, "running", 60)
+    wait_until(lambda: running.state is JobState.RUNNING)
+    waiting = queue.submit("m", SPEC, "waiting", 60)
+    chore = queue.run_on_worker(lambda: executor.order.append("chore") or "done")
+    after = queue.submit("m", SPEC, "after", 60)
+    executor.release.set()
+    asyncio.run(after.wait())
+    assert chore.result(5) == "done"
+    queue.stop(5)
+    assert executor.order == ["running", "waiting", "chore", "after"]
+
+
+def test_chores_count_against_the_queue_bound(queue, executor):
+    executor.release.clear()
+    running = queue.submit("m", SPEC, "running", 60)
+    wait_until(lambda: running.state is JobState.RUNNING)
+    queue.run_on_worker(lambda: None)
+    queue.submit("m", SPEC, "w1", 60)
+    with pytest.raises(QueueFull) as full:
+        queue.run_on_worker(lambda: None)
+    assert full.value.retry_after_s >= 1
+    with pytest.raises(QueueFull):
+        queue.submit("m", SPEC, "w2", 60)
+    assert queue.waiting == 2
+
+
+def test_a_failing_chore_hands_its_error_to_the_caller(queue):
+    def broken():
+        raise LookupError("no such model")
+
+    with pytest.raises(LookupError):
+        queue.run_on_worker(broken).result(5)
+    assert queue.run_on_worker(lambda: 42).result(5) == 42  # the worker lives on
+
+
 def test_cancel_queued_and_running(queue, executor):
     executor.release.clear()
     running = queue.submit("m", SPEC, "running", 60)
