@@ -20,7 +20,7 @@ from alice import __version__, model_store
 from alice.config import Settings
 from alice.downloads.manager import DownloadManager
 from alice.engine.generate import GenerationSpec, run_generation
-from alice.engine.loras import extract_prompt_loras, loras_applied
+from alice.engine.loras import loras_applied
 from alice.engine.pipelines import MemoryOptions, PipelineCache, choose_placement, default_cache_budget
 from alice.engine.schedulers import a1111_sampler_name
 from alice.image_store import ImageStore, a1111_parameters
@@ -112,8 +112,7 @@ class Runtime:
         request.check_limits(
             max_pixels=self.settings.max_pixels, max_images=self.settings.max_images_per_request
         )
-        _, tagged = extract_prompt_loras(request.prompt)
-        loras = tuple(tagged) + tuple((choice.name, choice.scale) for choice in request.loras)
+        loras = tuple((choice.name, choice.scale) for choice in request.requested_loras())
         for name, _ in loras:
             model_store.get_lora(name)  # refuse an unknown LoRA now, not after the queue
         init_image = None
@@ -187,7 +186,7 @@ class Runtime:
         init_image = self._input_image(spec.init_image) if spec.init_image else None
         pipe = loaded.image_to_image if init_image else loaded.pipe
         try:
-            with loras_applied(pipe, self._lora_files(spec.loras)):
+            with loras_applied(pipe, self._lora_files(spec.loras), should_stop=control.should_stop):
                 output = run_generation(
                     pipe,
                     loaded.base_scheduler_config,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from diffusers import DiffusionPipeline
@@ -22,15 +22,28 @@ def extract_prompt_loras(prompt: str) -> tuple[str, list[tuple[str, float]]]:
 
 
 @contextlib.contextmanager
-def loras_applied(pipe: DiffusionPipeline, loras: Sequence[tuple[str, Path, float]]) -> Iterator[None]:
+def loras_applied(
+    pipe: DiffusionPipeline,
+    loras: Sequence[tuple[str, Path, float]],
+    *,
+    should_stop: Callable[[], str | None] | None = None,
+) -> Iterator[None]:
     """Load each (name, file, scale) as an adapter for the duration, then unload them all,
-    so the next request runs on the clean model."""
+    so the next request runs on the clean model.
+
+    `should_stop` is asked before each adapter loads (each can take seconds): a reason raises
+    GenerationStopped, so a cancelled run does not sit through the rest of the loading.
+    """
     if not loras:
         yield
         return
     names = []
     try:
         for index, (name, path, _) in enumerate(loras):
+            if should_stop and (reason := should_stop()):
+                from alice.engine.generate import GenerationStopped  # generate imports this module
+
+                raise GenerationStopped(reason)
             adapter = f"alice_{index}_{re.sub(r'[^a-zA-Z0-9_]', '_', name)}"
             pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter)
             names.append(adapter)

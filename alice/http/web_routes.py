@@ -15,6 +15,7 @@ from starlette.responses import FileResponse, RedirectResponse, Response
 
 from alice import __version__, model_store
 from alice.config import Settings, env_name
+from alice.engine.loras import extract_prompt_loras
 from alice.engine.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES, SCHEDULERS
 from alice.http.errors import ApiError
 from alice.http.handling import get_runtime
@@ -143,8 +144,12 @@ def _generation_settings(parsed: dict[str, Any]) -> dict[str, Any]:
     if settings.get("Model"):
         out["model"] = settings["Model"]
     loras = []
+    # The text lists the prompt's <lora:...> tags too; asked for again in `loras` they would be twice.
+    _, tagged = extract_prompt_loras(out["prompt"])
     for part in settings.get("LoRAs", "").split():
         name, _, scale = part.rpartition(":")
+        if name in {tag for tag, _ in tagged}:
+            continue
         try:
             loras.append({"name": name, "scale": float(scale)})
         except ValueError:

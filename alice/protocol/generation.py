@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from alice.engine.loras import extract_prompt_loras
 from alice.engine.schedulers import DEFAULT_SCHEDULER, canonical_scheduler_name
 
 MAX_PROMPT_CHARS = 4000
@@ -11,6 +12,7 @@ MAX_SIDE = 2048
 MAX_SEED = 2**32 - 1
 MODEL_PREFIX = "sd/"
 MAX_INPUT_IMAGE_CHARS = 28_000_000  # 20 MB of image as base64
+MAX_LORAS = 8  # per request, `loras` and `<lora:...>` tags together: each one loads an adapter
 
 
 def strip_model_prefix(model_id: str) -> str:
@@ -66,7 +68,8 @@ class GenerationSettings(BaseModel):
         0.75, gt=0, le=1, allow_inf_nan=False, description="img2img: how much of the input image is redrawn (1 = all)."
     )
     loras: list[LoraChoice] = Field(
-        default_factory=list, max_length=8, description="LoRAs to apply; `<lora:name:scale>` in the prompt works too."
+        default_factory=list, max_length=MAX_LORAS,
+        description="LoRAs to apply; `<lora:name:scale>` in the prompt works too (both count towards the limit).",
     )
 
     @field_validator("prompt")
@@ -85,6 +88,38 @@ class GenerationSettings(BaseModel):
     @classmethod
     def _strip_prefix(cls, value: str | None) -> str | None:
         return strip_model_prefix(value) or None if value is not None else None
+
+    def requested_loras(self) -> list[LoraChoice]:
+        """The prompt's `<lora:name:scale>` tags, then the `loras` field, held together to the
+        limits of `loras` (count, name, scale range) and each LoRA asked for once: a tag is no
+        way around them. InvalidRequest names the first problem."""
+        _, tags = extract_prompt_loras(self.prompt)
+        if len(tags) + len(self.loras) > MAX_LORAS:  # the field alone cannot be: its schema says so
+            raise InvalidRequest(
+                "prompt",
+                f"prompt: {len(tags)} <lora:...> tags and {len(self.loras)} `loras` entries ask for "
+                f"{len(tags) + len(self.loras)} LoRAs; at most {MAX_LORAS} per request",
+            )
+        chosen = []
+        for name, scale in tags:
+            try:
+                chosen.append(LoraChoice(name=name, scale=scale))
+            except ValidationError as exc:
+                problem = exc.errors()[0]
+                raise InvalidRequest(
+                    "prompt", f"prompt: <lora:{name[:70]}:{scale:g}>: {problem['loc'][0]}: {problem['msg']}"
+                ) from None
+        chosen.extend(self.loras)
+        seen: set[str] = set()
+        for choice in chosen:
+            if choice.name in seen:
+                raise InvalidRequest(
+                    "prompt" if tags else "loras",
+                    f"the LoRA '{choice.name}' is asked for twice (in <lora:...> tags or `loras`); "
+                    "name each LoRA once, with the scale you want",
+                )
+            seen.add(choice.name)
+        return chosen
 
     def check_limits(self, *, max_pixels: int, max_images: int) -> None:
         """Limits that come from the operator's configuration, not the schema (sizes chosen)."""

@@ -65,3 +65,67 @@ def test_unknown_lora_is_404_before_any_work(lora_client):
 def test_a_lora_is_not_a_model_to_draw_with_nor_listed_as_one(lora_client):
     assert lora_client.post("/generate", json={"prompt": "x", **SMALL, "model": "inky"}).status_code == 404
     assert [m["id"] for m in lora_client.get("/v1/models").json()["data"]] == ["sd/alice-demo"]
+
+
+def _post_on(client, route: str, prompt: str, loras: list[dict] | None = None):
+    """The same request on each generation route, in its own shape."""
+    extra = {"loras": loras} if loras else {}
+    if route == "/generate":
+        return client.post(route, json={"prompt": prompt, **SMALL, **extra})
+    if route == "/v1/chat/completions":
+        return client.post(route, json={"messages": [{"role": "user", "content": prompt}],
+                                        "metadata": {**SMALL, **extra}})
+    if route == "/v1/images/generations":
+        return client.post(route, json={"prompt": prompt, "size": "64x64", "steps": 4, **extra})
+    png = io.BytesIO()
+    Image.new("RGB", (64, 64), "white").save(png, format="PNG")
+    return client.post(route, files={"image": ("in.png", png.getvalue(), "image/png")},
+                       data={"prompt": prompt, "size": "64x64", "steps": "4"})
+
+
+def _refusal(response) -> tuple[str, str]:
+    """(param, message) of a 400 in the route's envelope (BentoML's on /generate, OpenAI's elsewhere)."""
+    assert response.status_code == 400, response.text
+    body = response.json()
+    if "detail" in body:
+        return body["detail"][0]["loc"][0], body["error"]
+    return body["error"]["param"], body["error"]["message"]
+
+
+ROUTES = ["/generate", "/v1/chat/completions", "/v1/images/generations", "/v1/images/edits"]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_prompt_tags_obey_the_lora_limits_on_every_route_before_queuing(lora_client, route):
+    jobs_before = len(lora_client.get("/v1/jobs").json()["data"])
+    many = "a boat " + " ".join(f"<lora:inky{i}:0.1>" for i in range(60))
+    param, message = _refusal(_post_on(lora_client, route, many))
+    assert param == "prompt" and "60" in message and "at most 8" in message
+
+    param, message = _refusal(_post_on(lora_client, route, "a boat <lora:inky:100000000000000000000>"))
+    assert param == "prompt" and "scale" in message and "5" in message
+
+    param, message = _refusal(_post_on(lora_client, route, "a boat <lora:inky:0.5> <lora:inky:0.5>"))
+    assert param == "prompt" and "inky" in message and "twice" in message
+    assert len(lora_client.get("/v1/jobs").json()["data"]) == jobs_before  # nothing was queued
+
+
+def test_tags_and_the_loras_field_count_together(lora_client):
+    tags = " ".join(f"<lora:inky{i}>" for i in range(5))
+    param, message = _refusal(_post_on(lora_client, "/generate", "a boat " + tags,
+                                       [{"name": f"other{i}"} for i in range(4)]))
+    assert param == "prompt" and "at most 8" in message
+    param, message = _refusal(_post_on(lora_client, "/v1/chat/completions", "a boat <lora:inky:0.3>",
+                                       [{"name": "inky", "scale": 0.3}]))
+    assert param == "prompt" and "twice" in message
+
+
+def test_a_gallery_image_drawn_with_a_tag_can_be_drawn_again(lora_client):
+    """The PNG's text lists the prompt's LoRA tags too; drawing it again must not ask for them twice."""
+    response = lora_client.post("/generate", json={"prompt": "a kite <lora:inky:0.5>", **SMALL,
+                                                   "loras": []})
+    assert response.status_code == 200, response.text
+    [item] = [i for i in lora_client.get("/v1/gallery").json()["data"] if i["parameters"]["prompt"].startswith("a kite")]
+    again = item["generation"]
+    assert again["prompt"] == "a kite <lora:inky:0.5>" and "loras" not in again
+    assert lora_client.post("/generate", json=again).status_code == 200
