@@ -80,9 +80,14 @@ def test_nginx_waits_as_long_as_sam_and_streams_progress() -> None:
     assert "least_conn;" in conf
     assert int(re.search(r"proxy_read_timeout (\d+)s;", conf).group(1)) > 600
     assert "proxy_buffering off;" in conf
-    # ALICE builds image URLs from these, so they name the balancer.
-    assert "proxy_set_header X-Forwarded-Host $http_host;" in conf
     assert "proxy_set_header X-Forwarded-Proto $scheme;" in conf
+    # The client's own Host is never passed on as the proxy's X-Forwarded-Host (nor a header
+    # the client sent itself): image URLs on a host of the client's choosing. The guide tells
+    # to set ALICE_PUBLIC_URL behind the balancer instead.
+    forwarded_host = re.findall(r"proxy_set_header\s+X-Forwarded-Host\s+(.*);", conf, re.IGNORECASE)
+    assert forwarded_host == ['""'], forwarded_host
+    guide = (DEPLOY.parent / "docs" / "deploy.md").read_text(encoding="utf-8")
+    assert "ALICE_PUBLIC_URL=http://" in guide and "X-Forwarded-Host" in guide
 
 
 def test_kubernetes_runs_one_gpu_per_pod_with_shared_images_and_models() -> None:
