@@ -44,17 +44,31 @@ class Settings(BaseSettings):
     default_model: str = Field("alice-demo", description="Model served when a request names none.")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N.")
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
-        "auto", description="auto = bf16/fp16 on a GPU, fp32 on the CPU."
+        "auto", description="auto = bf16 from Ampere (capability 8.0) on, fp16 on older GPUs, fp32 on the CPU."
     )
     model_cache_gb: float = Field(
-        0, ge=0, description="Memory for models kept loaded (least recently used unloaded first); 0 = 3/4 of the GPU or 1/2 of RAM."
+        0,
+        ge=0,
+        description="Most memory the weights of models kept loaded may take (least recently used unloaded "
+        "first); 0 = what fits: the card less its CUDA context and a generation's working memory, half the "
+        "RAM for weights kept there.",
     )
-    attention_slicing: bool = Field(False, description="Compute attention in slices: less GPU memory, slightly slower.")
-    vae_tiling: bool = Field(False, description="Decode images in tiles: large images on small cards.")
-    cpu_offload: Literal["none", "model", "sequential"] = Field(
-        "none", description="Keep weights in RAM and move them to the GPU when used (model) or layer by layer (sequential)."
+    attention_slicing: bool | Literal["auto"] = Field(
+        "auto",
+        description="Attention in slices through a slower processor than SDPA's; "
+        "auto = off (SDPA already saves the memory).",
     )
-    channels_last: bool = Field(True, description="channels_last memory format on CUDA (faster convolutions).")
+    vae_tiling: bool | Literal["auto"] = Field(
+        "auto", description="Decode images in tiles; auto = only images whose whole decode would not fit the card."
+    )
+    cpu_offload: Literal["auto", "none", "model", "sequential"] = Field(
+        "auto",
+        description="Keep weights in RAM and move them to the GPU when used (model) or layer by layer "
+        "(sequential); auto = only for model families whose weights and working memory do not fit the card.",
+    )
+    channels_last: bool = Field(
+        True, description="channels_last memory format on CUDA (faster convolutions; not under sequential offload)."
+    )
     compile_unet: bool = Field(False, description="torch.compile the UNet (slow first image, faster after).")
     max_pixels: int = Field(
         1024 * 1024, ge=64 * 64, le=4096 * 4096, description="Largest width x height a request may ask for."

@@ -21,7 +21,8 @@ from alice.config import Settings
 from alice.downloads.manager import DownloadManager
 from alice.engine.generate import GenerationSpec, run_generation
 from alice.engine.loras import loras_applied
-from alice.engine.pipelines import MemoryOptions, PipelineCache, choose_placement, default_cache_budget
+from alice.engine.device import describe_device
+from alice.engine.pipelines import MemoryOptions, PipelineCache, choose_placement
 from alice.engine.schedulers import a1111_sampler_name
 from alice.image_store import ImageStore, a1111_parameters
 from alice.input_images import decode_input_image, keep_input_image
@@ -44,13 +45,14 @@ class Runtime:
         if removed:
             logger.warning("removed %d half-written image files left by an earlier run", removed)
         self.summary = Summary()
-        budget = int(settings.model_cache_gb * 1024**3) or default_cache_budget(self.placement)
+        budget = int(settings.model_cache_gb * 1024**3) or None  # None: what the device holds
         options = MemoryOptions(
             attention_slicing=settings.attention_slicing,
             vae_tiling=settings.vae_tiling,
             cpu_offload=settings.cpu_offload,
             channels_last=settings.channels_last,
             compile_unet=settings.compile_unet,
+            max_pixels=settings.max_pixels,
         )
         self.pipelines = PipelineCache(
             self._locate_model, self.placement, budget, options, on_load=self.summary.model_loaded
@@ -70,7 +72,11 @@ class Runtime:
 
     def start(self) -> Runtime:
         """Start the worker (which loads the default model first) and the retention sweep."""
-        logger.info("ALICE %s starting on %s (%s)", __version__, self.placement.device, self.placement.dtype)
+        logger.info(
+            "ALICE %s starting on %s (%s)", __version__, describe_device(self.placement.facts), self.placement.dtype
+        )
+        for preset in self.pipelines.presets().values():
+            logger.info("memory preset %s", preset.describe())
         self.jobs.start(warm_up=self._load_default_model)
         self.downloads.start()
         self._sweeper.start()
@@ -154,6 +160,7 @@ class Runtime:
             "dtype": str(self.placement.dtype).removeprefix("torch."),
             "queue": {"waiting": self.jobs.waiting, "running": 1 if running else 0},
             "error": self.load_error,
+            "memory_preset": {family: preset.public() for family, preset in self.pipelines.presets().items()},
         }
 
     # -- the worker's side --------------------------------------------------------
@@ -185,6 +192,7 @@ class Runtime:
         spec = job.spec
         init_image = self._input_image(spec.init_image) if spec.init_image else None
         pipe = loaded.image_to_image if init_image else loaded.pipe
+        out_of_memory = False
         try:
             with loras_applied(pipe, self._lora_files(spec.loras), should_stop=control.should_stop):
                 output = run_generation(
@@ -196,11 +204,10 @@ class Runtime:
                     should_stop=control.should_stop,
                 )
         except torch.OutOfMemoryError:
-            self.pipelines.drop_all_but(job.model)  # free what can be freed; the next request works
-            raise JobFailure(
-                "out_of_memory",
-                "the GPU ran out of memory; try a smaller size or fewer images, or enable attention slicing",
-            ) from None
+            out_of_memory = True
+        if out_of_memory:  # out of the except block, whose traceback holds the failed run's tensors
+            self.pipelines.recover_from_out_of_memory(job.model)  # the next request works
+            raise JobFailure("out_of_memory", "the GPU ran out of memory; try a smaller size or fewer images")
         extra = {"Denoising strength": str(spec.strength)} if init_image else {}
         if spec.loras:
             extra["LoRAs"] = " ".join(f"{name}:{scale:g}" for name, scale in spec.loras)
@@ -252,14 +259,15 @@ class Runtime:
         metrics.queue_depth.set(self.jobs.waiting)
         metrics.running.set(1 if self.jobs.running else 0)
         if self.placement.is_gpu:
-            metrics.gpu_memory_bytes.set(torch.cuda.memory_allocated())
+            metrics.gpu_memory_bytes.set(torch.cuda.memory_allocated(self.placement.device))
 
     def metrics_summary(self) -> dict:
         """The JSON summary behind `GET /v1/metrics`."""
         gpu = None
         if self.placement.is_gpu:
-            free, total = torch.cuda.mem_get_info()
-            gpu = {"allocated_bytes": torch.cuda.memory_allocated(), "free_bytes": free, "total_bytes": total}
+            device = self.placement.device  # the configured card, not device 0
+            free, total = torch.cuda.mem_get_info(device)
+            gpu = {"allocated_bytes": torch.cuda.memory_allocated(device), "free_bytes": free, "total_bytes": total}
         running = self.jobs.running
         return {
             **self.summary.snapshot(),

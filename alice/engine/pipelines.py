@@ -15,85 +15,116 @@ from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image, Dif
 from diffusers.utils import logging as diffusers_logging
 from transformers import PreTrainedModel
 
+from alice.engine.device import (
+    FAMILIES,
+    CacheCapacity,
+    DeviceFacts,
+    Footprint,
+    MemoryOptions,
+    MemoryPreset,
+    auto_dtype,
+    cache_capacity,
+    check_device_supported,
+    footprint,
+    read_device_facts,
+    resolve_device,
+    resolve_preset,
+)
+
 logger = logging.getLogger("alice.engine")
 
 
 @dataclass(frozen=True)
 class DevicePlacement:
-    """Where pipelines run and in which precision."""
+    """Where pipelines run, in which precision, and what the device is."""
 
     device: str
     dtype: torch.dtype
+    facts: DeviceFacts = DeviceFacts()
 
     @property
     def is_gpu(self) -> bool:
         return self.device.startswith("cuda")
 
 
-def choose_placement(device: str = "auto", dtype: str = "auto") -> DevicePlacement:
-    """CUDA in half precision when a GPU is present, else the CPU in float32.
-
-    bf16 is preferred over fp16 where the card supports it: it has fp32's range, so
-    SD's VAE does not overflow into black images.
-    """
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        if device.startswith("cuda"):
-            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        else:
-            dtype = "float32"  # half precision on the CPU is slower and less accurate
-    return DevicePlacement(device=device, dtype=getattr(torch, dtype))
+def choose_placement(device: str = "auto", dtype: str = "auto", facts: DeviceFacts | None = None) -> DevicePlacement:
+    """The configured device (CUDA when `auto` finds a GPU, else the CPU) read once; with dtype
+    `auto`, bf16 from Ampere on, fp16 on older cards, fp32 on the CPU (see `auto_dtype`).
+    `facts` stand in for reading the device (tests describe a card that is not there)."""
+    facts = facts or read_device_facts(resolve_device(device))
+    chosen = auto_dtype(facts) if dtype == "auto" else getattr(torch, dtype)
+    return DevicePlacement(device=facts.device, dtype=chosen, facts=facts)
 
 
-@dataclass(frozen=True)
-class MemoryOptions:
-    """How a pipeline is laid out on the device: speed by default, savings for small cards."""
+def pipeline_family(folder: Path) -> str:
+    """sd15, sd2 or sdxl, read from the folder's configs (the model store's own detection)."""
+    from alice.model_store import detect_family  # imported here: the model store imports this module
 
-    attention_slicing: bool = False  # attention in slices: less peak memory, a little slower
-    vae_tiling: bool = False  # decode large images tile by tile
-    cpu_offload: str = "none"  # none | model (whole models move to the GPU in turn) | sequential (layer by layer)
-    channels_last: bool = True  # faster convolutions on CUDA
-    compile_unet: bool = False  # torch.compile the UNet: faster steps after a slow first run
+    return detect_family(folder)
+
+
+def memory_preset(folder: Path, placement: DevicePlacement, options: MemoryOptions) -> MemoryPreset:
+    """The layout of a pipeline folder's family on the placement's device."""
+    return resolve_preset(placement.facts, pipeline_family(folder), options, placement.dtype)
 
 
 def load_pipeline(
-    folder: Path, placement: DevicePlacement | None = None, options: MemoryOptions = MemoryOptions()
+    folder: Path,
+    placement: DevicePlacement | None = None,
+    options: MemoryOptions = MemoryOptions(),
+    preset: MemoryPreset | None = None,
 ) -> DiffusionPipeline:
-    """Load a diffusers pipeline folder (SD 1.x/2.x or SDXL) fully offline onto the device.
+    """Load a diffusers pipeline folder (SD 1.x/2.x or SDXL) fully offline onto the device, laid
+    out by `preset` (by default the one `options` resolve to for its family on this device).
 
     Attention runs through torch's scaled_dot_product_attention, diffusers' default on torch 2.
+    Raises UnsupportedDevice when the installed torch has no kernels for the card.
     """
     placement = placement or choose_placement()
+    check_device_supported(placement.facts)
+    preset = preset or memory_preset(folder, placement, options)
     diffusers_logging.disable_progress_bar()
     # Weights that stay in host memory (CPU runs, CPU offload) are read in whole. Memory-mapped,
     # they are file pages the kernel may drop while the model idles (memory pressure, proactive
     # reclaim) and fault back in during the next generation: side by side on this project's VM
     # (bench.overhead --full-size), the server's SD 1.5 runs took 1.25x the bare call with mapped
     # weights and 0.99x with weights read in. On the GPU the mapping is read once, into the card.
-    in_host_memory = not placement.is_gpu or options.cpu_offload != "none"
+    in_host_memory = not placement.is_gpu or preset.cpu_offload != "none"
     pipe = AutoPipelineForText2Image.from_pretrained(
         str(folder), dtype=placement.dtype, local_files_only=True, disable_mmap=in_host_memory
     )
     if in_host_memory:
         _copy_mapped_text_encoders(pipe)
-    if placement.is_gpu and options.cpu_offload == "model":
+    if placement.is_gpu and preset.cpu_offload == "model":
         pipe.enable_model_cpu_offload(device=placement.device)
-    elif placement.is_gpu and options.cpu_offload == "sequential":
+    elif placement.is_gpu and preset.cpu_offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=placement.device)
     else:
         pipe.to(placement.device)
-    if options.attention_slicing:
+    if preset.attention_slicing:
         pipe.enable_attention_slicing()
-    if options.vae_tiling:
-        pipe.vae.enable_tiling()
-    if placement.is_gpu and options.channels_last:
+    if preset.vae_tiling_above:
+        enable_vae_tiling(pipe.vae, preset.vae_tiling_above)
+    if placement.is_gpu and preset.channels_last:
         pipe.unet.to(memory_format=torch.channels_last)
     if options.compile_unet:
         pipe.unet = torch.compile(pipe.unet, mode="max-autotune-no-cudagraphs")
     pipe.set_progress_bar_config(disable=True)
-    logger.info("loaded pipeline %s on %s (%s)", folder.name, placement.device, placement.dtype)
+    logger.info(
+        "loaded pipeline %s on %s (%s); memory preset %s",
+        folder.name, placement.device, placement.dtype, preset.describe(),
+    )
     return pipe
+
+
+def enable_vae_tiling(vae: torch.nn.Module, above: int) -> None:
+    """Decode (and encode) images wider or taller than `above` pixels in tiles of that side;
+    smaller ones whole, exactly as without tiling (diffusers' AutoencoderKL compares each side
+    with its `tile_sample_min_size`, the config's sample size unless set)."""
+    vae.enable_tiling()
+    downscale = 2 ** (len(vae.config.block_out_channels) - 1)
+    vae.tile_sample_min_size = above
+    vae.tile_latent_min_size = above // downscale
 
 
 def _copy_mapped_text_encoders(pipe: DiffusionPipeline) -> None:
@@ -108,20 +139,22 @@ def _copy_mapped_text_encoders(pipe: DiffusionPipeline) -> None:
 
 def pipeline_bytes(pipe: DiffusionPipeline) -> int:
     """Memory its weights take: the sum over every torch module of the pipeline."""
-    total = 0
-    for component in pipe.components.values():
-        if isinstance(component, torch.nn.Module):
-            total += sum(t.numel() * t.element_size() for t in (*component.parameters(), *component.buffers()))
-    return total
+    return sum(_module_bytes(c) for c in pipe.components.values() if isinstance(c, torch.nn.Module))
 
 
-def default_cache_budget(placement: DevicePlacement) -> int:
-    """Three quarters of the GPU's memory (the rest is for activations), or half the RAM."""
-    if placement.is_gpu:
-        return int(torch.cuda.get_device_properties(placement.device).total_memory * 0.75)
-    import psutil
+def weights_footprint(
+    pipe: DiffusionPipeline, preset: MemoryPreset, placement: DevicePlacement, pixels: int
+) -> Footprint:
+    """A loaded pipeline's footprint from its measured weights."""
+    sizes = {name: _module_bytes(c) for name, c in pipe.components.items() if isinstance(c, torch.nn.Module)}
+    return footprint(
+        preset, placement.facts, placement.dtype, pixels,
+        weights=sum(sizes.values()), unet=sizes.get("unet"), vae=sizes.get("vae"),
+    )
 
-    return int(psutil.virtual_memory().total * 0.5)
+
+def _module_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
 
 
 @dataclass
@@ -133,6 +166,8 @@ class LoadedPipeline:
     base_scheduler_config: Any  # the model's own; each run builds its scheduler from it
     load_seconds: float
     size_bytes: int
+    preset: MemoryPreset | None = None
+    footprint: Footprint | None = None  # where its weights are and what a generation needs
     _image_to_image: DiffusionPipeline | None = None
 
     @property
@@ -145,8 +180,11 @@ class LoadedPipeline:
 
 
 class PipelineCache:
-    """The pipelines in memory within a byte budget, least recently used dropped first.
+    """The pipelines in memory within what the device holds, least recently used dropped first.
 
+    Loaded models fit when the weights kept on the card plus the largest generation's working
+    memory fit the card, the weights kept in RAM (CPU runs, CPU offload) fit half the RAM, and
+    all weights together fit `budget_bytes` when the operator set one (ALICE_MODEL_CACHE_GB).
     The pipeline in use is never dropped, so one model always fits whatever the budget.
     Not thread-safe on purpose: only the generation worker touches it, so a model
     switch can never overlap a running generation.
@@ -156,13 +194,13 @@ class PipelineCache:
         self,
         locate: Callable[[str], Path],
         placement: DevicePlacement,
-        budget_bytes: int,
+        budget_bytes: int | None = None,
         options: MemoryOptions = MemoryOptions(),
         on_load: Callable[[str, float], None] | None = None,
     ) -> None:
         self._locate = locate
         self._placement = placement
-        self._budget = budget_bytes
+        self._capacity = cache_capacity(placement.facts, budget_bytes or None)
         self._options = options
         self._on_load = on_load or (lambda name, seconds: None)
         self._loaded: OrderedDict[str, LoadedPipeline] = OrderedDict()
@@ -170,6 +208,17 @@ class PipelineCache:
     @property
     def placement(self) -> DevicePlacement:
         return self._placement
+
+    @property
+    def capacity(self) -> CacheCapacity:
+        return self._capacity
+
+    def presets(self) -> dict[str, MemoryPreset]:
+        """The memory preset of each model family on this device, with these options."""
+        return {
+            family: resolve_preset(self._placement.facts, family, self._options, self._placement.dtype)
+            for family in FAMILIES
+        }
 
     def names(self) -> list[str]:
         return list(self._loaded)
@@ -182,13 +231,22 @@ class PipelineCache:
         if name in self._loaded:
             self._loaded.move_to_end(name)
             return self._loaded[name]
+        check_device_supported(self._placement.facts)  # before the store: the card is the first problem
         folder = self._locate(name)
+        preset = memory_preset(folder, self._placement, self._options)
         # Make room for roughly its weights on disk before loading, then settle exactly.
-        self._evict_until(self._budget - _weights_on_disk(folder))
+        on_disk = _weights_on_disk(folder)
+        self._evict_until_fits(
+            footprint(preset, self._placement.facts, self._placement.dtype, self._options.max_pixels,
+                      weights=on_disk, unet=_weights_on_disk(folder / "unet"), vae=_weights_on_disk(folder / "vae"))
+        )
         started = time.perf_counter()
-        pipe = load_pipeline(folder, self._placement, self._options)
-        loaded = LoadedPipeline(name, pipe, pipe.scheduler.config, time.perf_counter() - started, pipeline_bytes(pipe))
-        self._evict_until(self._budget - loaded.size_bytes)
+        pipe = load_pipeline(folder, self._placement, self._options, preset)
+        measured = weights_footprint(pipe, preset, self._placement, self._options.max_pixels)
+        loaded = LoadedPipeline(
+            name, pipe, pipe.scheduler.config, time.perf_counter() - started, measured.weights, preset, measured
+        )
+        self._evict_until_fits(measured)
         self._loaded[name] = loaded
         self._on_load(name, loaded.load_seconds)
         return loaded
@@ -206,14 +264,28 @@ class PipelineCache:
             del self._loaded[other]
         self.release_cached_memory()
 
-    def _evict_until(self, allowed_bytes: int) -> None:
+    def recover_from_out_of_memory(self, name: str) -> None:
+        """After a generation of `name` ran out of memory: unload every other model, put back
+        the model CPU offload layout (a failed run leaves the model it was in on the card, where
+        diffusers' end-of-run `maybe_free_model_hooks` would have moved it back to RAM), and hand
+        the freed memory back. Call it outside the `except` block: the exception's traceback
+        holds the failed run's frames, and with them its tensors."""
+        loaded = self._loaded.get(name)
+        if loaded is not None and loaded.preset is not None and loaded.preset.cpu_offload == "model":
+            loaded.pipe.maybe_free_model_hooks()  # all back to RAM, hooks re-installed
+        self.drop_all_but(name)
+
+    def _evict_until_fits(self, incoming: Footprint) -> None:
         evicted = False
-        while self._loaded and self.used_bytes() > max(0, allowed_bytes):
+        while self._loaded and not self._capacity.fits([*self._footprints(), incoming]):
             name, _ = self._loaded.popitem(last=False)
-            logger.info("unloading model %s to stay within the model cache budget", name)
+            logger.info("unloading model %s to stay within the memory the device has", name)
             evicted = True
         if evicted:
             self.release_cached_memory()
+
+    def _footprints(self) -> list[Footprint]:
+        return [loaded.footprint for loaded in self._loaded.values() if loaded.footprint]
 
     def release_cached_memory(self) -> None:
         """Return freed memory to the device (after an eviction or an out-of-memory error)."""

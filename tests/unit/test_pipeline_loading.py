@@ -27,3 +27,21 @@ def test_a_cpu_model_is_read_into_memory_not_mapped_from_its_files(tmp_path: Pat
             file.write(bytes(path.stat().st_size))  # zeros over every byte, same length
     after = np.asarray(run_generation(pipe, pipe.scheduler.config, SPEC).images[0])
     assert np.array_equal(before, after)
+
+
+def test_vae_tiling_above_a_side_leaves_smaller_images_whole(tmp_path: Path) -> None:
+    """The preset's tiling threshold: images up to it decode exactly as without tiling; larger
+    ones in tiles of that side."""
+    from alice.engine.device import MemoryPreset
+
+    save_untrained_demo(tmp_path, seed=5)
+    placement = choose_placement("cpu")
+    whole = load_pipeline(tmp_path, placement, preset=MemoryPreset("sd15", "none", None, False, False))
+    tiled = load_pipeline(tmp_path, placement, preset=MemoryPreset("sd15", "none", 64, False, False))
+    assert not whole.vae.use_tiling
+    assert tiled.vae.use_tiling and (tiled.vae.tile_sample_min_size, tiled.vae.tile_latent_min_size) == (64, 8)
+    same = [np.asarray(run_generation(p, p.scheduler.config, SPEC).images[0]) for p in (whole, tiled)]
+    assert np.array_equal(*same)
+    larger = GenerationSpec(prompt="a red circle", seed=3, width=128, height=96, steps=2, scheduler="ddim")
+    differs = [np.asarray(run_generation(p, p.scheduler.config, larger).images[0]) for p in (whole, tiled)]
+    assert not np.array_equal(*differs)  # decoded in overlapping tiles, blended

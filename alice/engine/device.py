@@ -1,0 +1,319 @@
+"""The configured device, and how ALICE lays Stable Diffusion out on it.
+
+`read_device_facts` is the one place that asks torch about the card; every decision after it
+(can this torch drive the card, which precision, which memory preset, how much the model cache
+may hold) is a pure function of `DeviceFacts`, so each can be checked for any card on a machine
+without one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+GiB = 1024**3
+MiB = 1024**2
+FAMILIES = ("sd15", "sd2", "sdxl")
+Offload = Literal["none", "model", "sequential"]
+
+
+class UnsupportedDevice(RuntimeError):
+    """The installed torch has no kernels for the configured card; the message says what to install."""
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What the decisions below need to know about a device and the torch build."""
+
+    device: str = "cpu"  # "cpu" or "cuda:N"
+    name: str = "cpu"
+    capability: tuple[int, int] | None = None  # (major, minor) on a GPU
+    total_memory: int = 0  # bytes on the card
+    arch_list: tuple[str, ...] = ()  # torch.cuda.get_arch_list(): "sm_XY" kernels, "compute_XY" PTX
+    host_memory: int = 0  # bytes of RAM
+    free_memory: int | None = None  # bytes free on the card when read (after the CUDA context)
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.capability is not None
+
+
+def resolve_device(device: str = "auto") -> str:
+    """`auto` becomes cuda when a GPU is visible, else cpu; other values are kept."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def read_device_facts(device: str) -> DeviceFacts:
+    """Ask torch about `device` (cpu, cuda or cuda:N): the card named, not device 0."""
+    import psutil
+
+    host = psutil.virtual_memory().total
+    if not device.startswith("cuda"):
+        return DeviceFacts(device="cpu", host_memory=host)
+    index = torch.device(device).index
+    if index is None:
+        index = torch.cuda.current_device()
+    properties = torch.cuda.get_device_properties(index)
+    free, _ = torch.cuda.mem_get_info(index)
+    return DeviceFacts(
+        device=f"cuda:{index}",
+        name=properties.name,
+        capability=tuple(torch.cuda.get_device_capability(index)),
+        total_memory=properties.total_memory,
+        arch_list=tuple(torch.cuda.get_arch_list()),
+        host_memory=host,
+        free_memory=free,
+    )
+
+
+# -- can this torch drive the card -----------------------------------------------------------
+def torch_can_drive(capability: tuple[int, int], arch_list: tuple[str, ...]) -> bool:
+    """A card runs a build's kernels for sm_XY of its own major version and a minor no newer than
+    its own (binary compatibility), or JIT-compiles a build's compute_XY PTX no newer than itself."""
+    for arch in arch_list:
+        match = re.fullmatch(r"(sm|compute)_(\d+)(\d)[af]?", arch)
+        if not match:
+            continue
+        kind, major, minor = match.group(1), int(match.group(2)), int(match.group(3))
+        if kind == "sm" and major == capability[0] and minor <= capability[1]:
+            return True
+        if kind == "compute" and (major, minor) <= capability:
+            return True
+    return False
+
+
+def check_device_supported(facts: DeviceFacts) -> None:
+    """Raise UnsupportedDevice, naming the image or install flavour to use, if the installed
+    torch has no kernels for the card (otherwise the first generation fails with "no kernel
+    image is available for execution on the device")."""
+    if not facts.is_gpu or not facts.arch_list:  # no list: a build that cannot tell; let it try
+        return
+    if torch_can_drive(facts.capability, facts.arch_list):
+        return
+    major, minor = facts.capability
+    if (5, 0) <= facts.capability < (7, 5):
+        advice = "use the cu126 image/flavour (torch CUDA 12.6 build with sm_60/sm_61/sm_70 kernels)"
+        where = "the alice:cu126 image, or `deploy/install.sh --flavour cu126` on a bare host"
+    elif facts.capability >= (7, 5):
+        advice = "use the default image/flavour (torch CUDA 13 build)"
+        where = "the alice:latest image, or `deploy/install.sh --flavour cu130` on a bare host"
+    else:
+        advice = "no torch build ALICE ships drives it; run on the CPU with ALICE_DEVICE=cpu"
+        where = "no image"
+    # The first line is what /health shows (the log has it all): the advice first.
+    raise UnsupportedDevice(
+        f"{advice}: this torch build has no kernels for {facts.name} (compute capability {major}.{minor})\n"
+        f"{facts.device} needs {where} (the install script picks the flavour by the card's capability); "
+        f"this torch {torch.__version__} (CUDA {torch.version.cuda}) has kernels for {', '.join(facts.arch_list)} only"
+    )
+
+
+# -- precision ---------------------------------------------------------------------------------
+def auto_dtype(facts: DeviceFacts) -> torch.dtype:
+    """bf16 from Ampere (8.0) on, fp16 on older cards, fp32 on the CPU.
+
+    bf16 has fp32's range, so SD's VAE does not overflow into black images; but before Ampere
+    torch only emulates it (`torch.cuda.is_bf16_supported()` is true there too): matmuls run
+    slowly and SDPA's fast kernels refuse it. Half precision on the CPU is slower and less exact.
+    """
+    if not facts.is_gpu:
+        return torch.float32
+    return torch.bfloat16 if facts.capability >= (8, 0) else torch.float16
+
+
+# -- memory ------------------------------------------------------------------------------------
+# What a pipeline takes on a GPU, in 16-bit precision (fp32 doubles every figure).
+#
+# Weights: the parameter counts of the released checkpoints, 2 bytes each. SD 1.5: UNet 860M,
+# CLIP ViT-L text encoder 123M, VAE 84M; SD 2.x: UNet 866M, OpenCLIP ViT-H text encoder 340M,
+# VAE 84M; SDXL: UNet 2.57B, text encoders 123M + 695M, VAE 84M. The UNet is the part model CPU
+# offload must fit on the card at once.
+#
+# Working memory of one generation grows with the image's pixels. The UNet's steps (batch 2 with
+# classifier-free guidance, SDPA attention) and the VAE's decode come one after the other, so the
+# peak is the larger of the two. Measured on the CPU with this repo's configs (alice/configs) and
+# random weights, as the growth of peak RSS over one call, at 256x256 and 512x512 (linear in the
+# pixels; per megapixel below means at 1024x1024, in 16 bits):
+#   VAE decode (fp32): 259 and 1037 MiB, 2.03 GiB per megapixel in 16 bits. Its last block holds
+#   three 256-channel full-resolution maps at once: 3 x 256 x 2 bytes = 1.5 GiB per megapixel.
+#   ComfyUI budgets twice that for the same decoder (comfy/sd.py, `memory_used_decode`: 2178
+#   bytes per pixel and byte of precision, "should be lower").
+#   SD 1.5 UNet step (fp32): 193 and 474 MiB, 0.78 GiB per megapixel in 16 bits. SD 2.x's UNet
+#   has the same widths and is counted the same.
+#   SDXL UNet step (bf16): 124 and 150 MiB, 0.25 GiB per megapixel: it has no attention at full
+#   latent resolution, where SD 1.5's costs the most.
+# The estimates add half again for what the CPU does not show: cuDNN's workspace, the CUDA caching
+# allocator's rounding and fragmentation. SDXL's VAE is upcast to fp32 in fp16 pipelines (its
+# `force_upcast`), which doubles its weights and working memory there.
+WEIGHTS_16BIT = {"sd15": int(2.13e9), "sd2": int(2.58e9), "sdxl": int(6.94e9)}
+UNET_16BIT = {"sd15": int(1.72e9), "sd2": int(1.73e9), "sdxl": int(5.14e9)}
+VAE_16BIT = int(0.17e9)
+MARGIN = 1.5
+VAE_PER_MEGAPIXEL = int(2.03 * MARGIN * GiB)
+UNET_PER_MEGAPIXEL = {
+    "sd15": int(0.78 * MARGIN * GiB),
+    "sd2": int(0.78 * MARGIN * GiB),
+    "sdxl": int(0.25 * MARGIN * GiB),
+}
+# The CUDA context takes 0.3-0.5 GiB of the card before any tensor (torch with lazy module
+# loading); the free memory read at start also shows what other processes (a desktop) hold.
+CUDA_CONTEXT = int(0.5 * GiB)
+# Sequential offload moves one layer at a time onto the card; the largest (SDXL's) is under 100 MiB.
+SEQUENTIAL_LAYER = 100 * MiB
+SMALLEST_TILE = 512  # smaller tiles lose too much context at their seams
+
+
+@dataclass(frozen=True)
+class MemoryOptions:
+    """How pipelines are laid out, as the operator set it: `auto` is decided per card and family."""
+
+    attention_slicing: bool | Literal["auto"] = "auto"  # slower attention processor; auto = off
+    vae_tiling: bool | Literal["auto"] = "auto"  # decode large images tile by tile
+    # model: whole models move to the GPU in turn; sequential: layer by layer
+    cpu_offload: Offload | Literal["auto"] = "auto"
+    channels_last: bool = True  # faster convolutions on CUDA
+    compile_unet: bool = False  # torch.compile the UNet: faster steps after a slow first run
+    max_pixels: int = 1024 * 1024  # the largest image a request may ask for (ALICE_MAX_PIXELS)
+
+
+@dataclass(frozen=True)
+class MemoryPreset:
+    """How one model family is laid out on the device."""
+
+    family: str
+    cpu_offload: Offload
+    vae_tiling_above: int | None  # images wider or taller than this decode in tiles; None: never
+    attention_slicing: bool
+    channels_last: bool
+
+    def public(self) -> dict:
+        return {
+            "cpu_offload": self.cpu_offload,
+            "vae_tiling_above_px": self.vae_tiling_above,
+            "attention_slicing": self.attention_slicing,
+            "channels_last": self.channels_last,
+        }
+
+    def describe(self) -> str:
+        tiling = f"VAE tiling above {self.vae_tiling_above} px" if self.vae_tiling_above else "no VAE tiling"
+        return (
+            f"{self.family}: CPU offload {self.cpu_offload}, {tiling}, "
+            f"attention slicing {'on' if self.attention_slicing else 'off'}, "
+            f"channels_last {'on' if self.channels_last else 'off'}"
+        )
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Where a loaded pipeline's weights live and what its generations need on the card."""
+
+    weights: int  # all its weights
+    on_card: int  # weights kept on the card between generations
+    in_ram: int  # weights kept in host memory (CPU runs, CPU offload)
+    working: int  # card memory a generation needs beyond `on_card` (moved-in parts, activations)
+
+
+@dataclass(frozen=True)
+class CacheCapacity:
+    """What loaded models may use: the card (weights kept there plus one generation's working
+    memory) and the RAM (weights kept there); `weights` optionally caps all weights together."""
+
+    card: int
+    ram: int
+    weights: int | None = None
+
+    def fits(self, footprints: list[Footprint]) -> bool:
+        on_card = sum(f.on_card for f in footprints) + max((f.working for f in footprints), default=0)
+        in_ram = sum(f.in_ram for f in footprints)
+        weights = sum(f.weights for f in footprints)
+        return on_card <= self.card and in_ram <= self.ram and (self.weights is None or weights <= self.weights)
+
+
+def cache_capacity(facts: DeviceFacts, weights_cap: int | None = None) -> CacheCapacity:
+    """The card less its CUDA context and what other processes hold; half the RAM for weights
+    kept there (the other half is the server's, the OS's and the page cache's)."""
+    return CacheCapacity(card=card_capacity(facts), ram=facts.host_memory // 2, weights=weights_cap)
+
+
+def card_capacity(facts: DeviceFacts) -> int:
+    if not facts.is_gpu:
+        return 0
+    free = facts.free_memory if facts.free_memory is not None else facts.total_memory - CUDA_CONTEXT
+    return max(0, min(facts.total_memory - CUDA_CONTEXT, free))
+
+
+def footprint(
+    preset: MemoryPreset,
+    facts: DeviceFacts,
+    dtype: torch.dtype,
+    pixels: int,
+    *,
+    weights: int | None = None,
+    unet: int | None = None,
+    vae: int | None = None,
+) -> Footprint:
+    """A pipeline's footprint under `preset` for images up to `pixels`; its weights' sizes as
+    measured when given, else the family's released checkpoint's."""
+    scale = 2 if dtype == torch.float32 else 1
+    weights = weights if weights is not None else WEIGHTS_16BIT[preset.family] * scale
+    if not facts.is_gpu:
+        return Footprint(weights, 0, weights, 0)
+    unet = unet if unet is not None else UNET_16BIT[preset.family] * scale
+    vae = vae if vae is not None else VAE_16BIT * scale
+    upcast = 2 if preset.family == "sdxl" and dtype == torch.float16 else 1  # SDXL VAE's force_upcast
+    tile = preset.vae_tiling_above
+    unet_steps = UNET_PER_MEGAPIXEL[preset.family] * scale * pixels / 1024**2
+    decode = VAE_PER_MEGAPIXEL * scale * upcast * (min(pixels, tile * tile) if tile else pixels) / 1024**2
+    if preset.cpu_offload == "none":
+        return Footprint(weights, weights, 0, int(max(unet_steps, decode + vae * (upcast - 1))))
+    if preset.cpu_offload == "model":  # one model on the card at a time
+        return Footprint(weights, 0, weights, int(max(unet + unet_steps, vae * upcast + decode)))
+    return Footprint(weights, 0, weights, int(SEQUENTIAL_LAYER + max(unet_steps, decode)))
+
+
+def resolve_preset(facts: DeviceFacts, family: str, options: MemoryOptions, dtype: torch.dtype) -> MemoryPreset:
+    """Explicit settings as given; each `auto` one decided from the card and the family.
+
+    In order of cost: everything on the card, decoding whole images; then VAE tiling for images
+    whose decode would not fit (tiles as large as fit); then model CPU offload (only the model
+    that runs on the card); then sequential offload (layer by layer, much slower). Attention
+    slicing stays off under `auto`: it swaps SDPA's memory-efficient kernels for a slower
+    processor and saves nothing they do not already save. channels_last is left off under
+    sequential offload, where the weights stream in per call and it does nothing.
+    """
+    slicing = options.attention_slicing is True
+    if not facts.is_gpu:
+        return MemoryPreset(family, "none", _fixed_tiling(options.vae_tiling, family), slicing, False)
+    capacity = cache_capacity(facts)
+    offloads: tuple[Offload, ...] = (
+        ("none", "model", "sequential") if options.cpu_offload == "auto" else (options.cpu_offload,)
+    )
+    for offload in offloads:
+        if options.vae_tiling == "auto":
+            tilings = [None] + list(range(math.isqrt(options.max_pixels) // 64 * 64, SMALLEST_TILE - 1, -64))
+        else:
+            tilings = [_fixed_tiling(options.vae_tiling, family)]
+        for tiling in tilings:
+            preset = MemoryPreset(family, offload, tiling, slicing, options.channels_last and offload != "sequential")
+            if capacity.fits([footprint(preset, facts, dtype, options.max_pixels)]):
+                return preset
+    return preset  # nothing fits: the cheapest layout, for a card smaller than any estimate
+
+
+def _fixed_tiling(setting: bool | str, family: str) -> int | None:
+    """`true`: diffusers' own tile size, the family's native side; `false` (or `auto` without a
+    GPU): none."""
+    return {"sd15": 512, "sd2": 768, "sdxl": 1024}[family] if setting is True else None
+
+
+def describe_device(facts: DeviceFacts) -> str:
+    if not facts.is_gpu:
+        return f"cpu ({facts.host_memory / GiB:.0f} GiB RAM)"
+    major, minor = facts.capability
+    return f"{facts.name} on {facts.device} (compute capability {major}.{minor}, {facts.total_memory / GiB:.1f} GiB)"
