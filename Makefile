@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 3000
 
-.PHONY: serve test demo-model venv browser bento image clean
+.PHONY: serve test demo-model venv test-tools bento image clean
 
 venv: $(VENV)/.installed
 
@@ -23,12 +23,15 @@ demo-model: venv
 serve: demo-model
 	$(BIN)/bentoml serve service:Alice --host $(HOST) --port $(PORT)
 
-test: venv browser
+test: venv test-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The web page's tests drive Debian's Chromium (never a downloaded browser); CI runs as root.
-browser:
-	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+# Debian packages the tests drive: Chromium for the web page (never a downloaded browser),
+# nginx as the TLS-terminating proxy in front of ALICE. CI runs as root.
+TEST_TOOLS := chromium nginx
+test-tools:
+	@missing=""; for tool in $(TEST_TOOLS); do command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
 bento: demo-model
 	$(BIN)/bentoml build

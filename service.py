@@ -14,6 +14,7 @@ from alice.http.auth import ApiKeyMiddleware, warn_if_open_beyond_loopback
 from alice.logs import configure_logging
 from alice.protocol.native import GenerateRequest, GenerateResponse
 from alice.runtime import Runtime
+from alice.tls import service_ssl_options
 
 # Before BentoML builds the app: its request metrics and access log name routes, not raw paths.
 route_labels.install()
@@ -23,14 +24,17 @@ route_labels.install()
     name="alice",
     resources={"gpu": 1},
     workers=1,  # one process owns the GPU; its worker thread runs one generation at a time
-    traffic={"timeout": 660},  # SAM waits 600 s; jobs have their own, shorter deadline
+    # SAM waits 600 s; jobs have their own, shorter deadline. One request at a time is what
+    # a replica is built for: BentoML's autoscalers scale replicas on `concurrency`.
+    traffic={"timeout": 660, "concurrency": 1},
+    **service_ssl_options(),  # HTTPS when ALICE_TLS_CERTFILE / ALICE_TLS_KEYFILE are set
 )
 @bentoml.asgi_app(http_app, path="/")
 class Alice:
     def __init__(self) -> None:
         settings = load_settings()
         configure_logging(settings.log_level)
-        warn_if_open_beyond_loopback(settings.api_keys)
+        warn_if_open_beyond_loopback(settings.api_keys, tls=settings.tls_certfile is not None)
         self.runtime = Runtime(settings).start()
 
     def __is_ready__(self) -> bool:

@@ -217,6 +217,53 @@ def _download(make_task) -> None:
     typer.echo(task.model)
 
 
+tls_app = typer.Typer(help="HTTPS for ALICE on a home network.", no_args_is_help=True)
+app.add_typer(tls_app, name="tls")
+
+
+@tls_app.command("init")
+def tls_init(
+    folder: Path = typer.Option(None, "--dir", help="Where to write the files (default: DATA_DIR/tls)."),
+    hosts: list[str] = typer.Option(
+        None, "--host", help="A name or address clients use for this box (repeat; default: its host names and addresses)."
+    ),
+) -> None:
+    """Make a local certificate authority and a server certificate for this box.
+
+    Install the authority's ca.pem once on each client (the Mac running SAM); ALICE serves
+    with server.pem and server.key. Existing keys are never overwritten.
+    """
+    from alice import tls
+
+    folder = folder or _settings().data_dir / "tls"
+    try:
+        made = tls.init_local_authority(folder, hosts or tls.default_names())
+    except (tls.TlsFilesExist, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    authority = "made" if made.ca_created else "reused"
+    typer.echo(f"""Certificate authority ({authority}): {made.ca_cert}
+  SHA-256 fingerprint: {made.fingerprint()}
+  Its key {made.ca_key} can vouch for any name: keep it on this box only.
+Server certificate for {", ".join(made.names)}:
+  {made.server_cert}
+  {made.server_key}
+
+Serve HTTPS with (environment, alice.env, or the YAML config):
+  ALICE_TLS_CERTFILE={made.server_cert}
+  ALICE_TLS_KEYFILE={made.server_key}
+
+On the Mac that runs SAM, trust the authority once:
+  1. Copy {made.ca_cert} to the Mac (AirDrop, scp), e.g. to ~/Downloads/alice-ca.pem.
+  2. Check its fingerprint matches the one above:
+       openssl x509 -noout -fingerprint -sha256 -in ~/Downloads/alice-ca.pem
+  3. Trust it for the whole system:
+       sudo security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain ~/Downloads/alice-ca.pem
+     (or open it in Keychain Access, then Get Info > Trust > "Always Trust").
+  4. In SAM, use https://{made.names[0]}:PORT/v1 as ALICE's base URL.
+Other clients: Python's httpx/openai read SSL_CERT_FILE={made.ca_cert}; curl takes --cacert.""")
+
+
 def _settings():
     from alice.config import ConfigError, load_settings
 

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         None, description="Base URL for handed-out image URLs when behind a proxy, e.g. https://alice.example.com."
     )
+    tls_certfile: Path | None = Field(
+        None, description="Serve HTTPS with this PEM certificate (chain); `alice tls init` makes one for a LAN."
+    )
+    tls_keyfile: Path | None = Field(None, description="The certificate's private key (PEM).")
     data_dir: Path = Field(
         Path("~/.local/share/alice"), description="Images, job records and downloads in progress."
     )
@@ -123,10 +127,15 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
-    @field_validator("data_dir")
+    @field_validator("data_dir", "tls_certfile", "tls_keyfile")
     @classmethod
-    def _expand(cls, value: Path) -> Path:
-        return value.expanduser()
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value else None
+
+    @field_validator("tls_certfile", "tls_keyfile", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
 
     @classmethod
     def settings_customise_sources(

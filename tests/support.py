@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -78,9 +79,13 @@ ROOT = Path(__file__).resolve().parents[1]
 class ServerProcess:
     """`bentoml serve service:Alice` in its own process group, as an operator runs it."""
 
-    def __init__(self, log: Path, **env: str) -> None:
+    def __init__(self, log: Path, *, verify: ssl.SSLContext | bool = True, **env: str) -> None:
+        """`env` adds ALICE_* settings; with ALICE_TLS_CERTFILE it serves HTTPS, which the
+        wait for readiness checks with `verify` (an SSL context trusting its authority)."""
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        scheme = "https" if env.get("ALICE_TLS_CERTFILE") else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self.verify = verify
         self.log_path = log
         self._log = open(log, "ab")
         self.process = subprocess.Popen(
@@ -106,7 +111,7 @@ class ServerProcess:
                 if self.process.poll() is not None:
                     raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log()}")
                 try:
-                    if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
+                    if httpx.get(f"{self.url}/readyz", timeout=5, verify=self.verify).status_code == 200:
                         return self
                 except httpx.HTTPError:
                     pass
@@ -178,8 +183,8 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def running_server(log: Path, **env: str) -> Iterator[ServerProcess]:
-    server = ServerProcess(log, **env)
+def running_server(log: Path, *, verify: ssl.SSLContext | bool = True, **env: str) -> Iterator[ServerProcess]:
+    server = ServerProcess(log, verify=verify, **env)
     try:
         yield server.wait_ready()
     finally:

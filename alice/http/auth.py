@@ -60,21 +60,29 @@ class ApiKeyMiddleware:
         await error.openai_response()(scope, receive, send)
 
 
-def warn_if_open_beyond_loopback(keys: list[str], addresses: list[str] | None = None) -> None:
-    """No key is fine on one's own machine; on a network anyone could use the GPU, so say so.
+def warn_if_open_beyond_loopback(keys: list[str], addresses: list[str] | None = None, *, tls: bool = False) -> None:
+    """No key, or keys over plain HTTP, are fine on one's own machine; on a network anyone could
+    use the GPU, or read the keys and prompts off the Wi-Fi, so say so.
 
     `addresses` defaults to those this process really listens on: a BentoML worker inherits
     its listening socket, and BentoML's configured host stays 0.0.0.0 whatever `--host` says.
     """
     if keys:
         logger.info("API keys required (%d configured)", len(keys))
+    exposed = ", ".join(sorted({address for address in (listening_addresses() if addresses is None else addresses)
+                                if not is_loopback(address)}))
+    if not exposed:
         return
-    exposed = [address for address in (listening_addresses() if addresses is None else addresses)
-               if not is_loopback(address)]
-    if exposed:
+    if not keys:
         logger.warning(
             "no API key is configured and the server listens on %s: anyone who can reach it can use it; "
-            "set ALICE_API_KEYS", ", ".join(sorted(set(exposed))),
+            "set ALICE_API_KEYS", exposed,
+        )
+    elif not tls:
+        logger.warning(
+            "API keys, prompts and images travel in clear text: the server speaks plain HTTP on %s; "
+            "serve HTTPS (ALICE_TLS_CERTFILE and ALICE_TLS_KEYFILE; `alice tls init` makes them for a LAN) "
+            "unless a TLS proxy in front is the only way in", exposed,
         )
 
 

@@ -87,7 +87,17 @@ def test_nginx_waits_as_long_as_sam_and_streams_progress() -> None:
     forwarded_host = re.findall(r"proxy_set_header\s+X-Forwarded-Host\s+(.*);", conf, re.IGNORECASE)
     assert forwarded_host == ['""'], forwarded_host
     guide = (DEPLOY.parent / "docs" / "deploy.md").read_text(encoding="utf-8")
-    assert "ALICE_PUBLIC_URL=http://" in guide and "X-Forwarded-Host" in guide
+    assert "ALICE_PUBLIC_URL=https://" in guide and "X-Forwarded-Host" in guide
+
+
+def test_nginx_speaks_only_modern_tls_and_redirects_plain_http() -> None:
+    """tests/e2e/test_tls.py runs this file's TLS block for real; the protocol list is read here,
+    since this machine's OpenSSL refuses TLS 1.0/1.1 on both sides whatever nginx allows."""
+    conf = (DEPLOY / "nginx.conf").read_text(encoding="utf-8")
+    assert re.findall(r"^\s*ssl_protocols\s+(.*);", conf, re.MULTILINE) == ["TLSv1.2 TLSv1.3"]
+    plain, secure = re.split(r"^server \{", conf, flags=re.MULTILINE)[1:]
+    assert "listen 80;" in plain and "return 301 https://$host$request_uri;" in plain and "proxy_pass" not in plain
+    assert "listen 443 ssl;" in secure and "proxy_pass http://alice;" in secure
 
 
 def test_kubernetes_runs_one_gpu_per_pod_with_shared_images_and_models() -> None:

@@ -1,4 +1,5 @@
-"""The start-up warning about a server without a key tells the truth about where it listens."""
+"""The start-up warnings about a server without a key, or with keys over plain HTTP, tell the truth
+about where it listens."""
 
 from __future__ import annotations
 
@@ -45,10 +46,18 @@ def test_warns_naming_the_address_while_listening_beyond_loopback(warnings_logge
     assert "no API key is configured and the server listens on 0.0.0.0" in message
 
 
-def test_no_warning_with_a_key_wherever_it_listens(warnings_logged):
+def test_no_warning_with_a_key_over_https_wherever_it_listens(warnings_logged):
     with listening_on("0.0.0.0"):
-        warn_if_open_beyond_loopback(["a-key"])
+        warn_if_open_beyond_loopback(["a-key"], tls=True)
     assert warnings_logged == []
+
+
+def test_keys_over_plain_http_beyond_loopback_warn_of_clear_text(warnings_logged):
+    warn_if_open_beyond_loopback(["a-key"], ["127.0.0.1"])
+    assert warnings_logged == []
+    warn_if_open_beyond_loopback(["a-key"], ["192.168.1.20"])
+    [message] = warnings_logged
+    assert "travel in clear text" in message and "192.168.1.20" in message and "ALICE_TLS_CERTFILE" in message
 
 
 @pytest.mark.parametrize(("addresses", "warned"), [
