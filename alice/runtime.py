@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import re
 import secrets
 import threading
 from pathlib import Path
@@ -22,7 +23,14 @@ from alice.downloads.manager import DownloadManager
 from alice.engine.generate import GenerationSpec, run_generation
 from alice.engine.loras import loras_applied
 from alice.engine.device import describe_device
-from alice.engine.pipelines import MemoryOptions, PipelineCache, choose_placement
+from alice.engine.pipelines import (
+    LoadedPipeline,
+    MemoryOptions,
+    PipelineCache,
+    choose_placement,
+    compile_refusal,
+    unet_is_compiled,
+)
 from alice.engine.schedulers import a1111_sampler_name
 from alice.image_store import ImageStore, a1111_parameters
 from alice.input_images import decode_input_image, keep_input_image
@@ -55,7 +63,7 @@ class Runtime:
             max_pixels=settings.max_pixels,
         )
         self.pipelines = PipelineCache(
-            self._locate_model, self.placement, budget, options, on_load=self.summary.model_loaded
+            self._locate_model, self.placement, budget, options, on_load=self._model_loaded
         )
         self.jobs = JobQueue(
             self._execute,
@@ -77,6 +85,8 @@ class Runtime:
         )
         for preset in self.pipelines.presets().values():
             logger.info("memory preset %s", preset.describe())
+        if self.settings.compile_unet and (refusal := compile_refusal(self.placement.facts)):
+            logger.warning("ALICE_COMPILE_UNET is on, but %s: the UNet runs eager", refusal)
         self.jobs.start(warm_up=self._load_default_model)
         self.downloads.start()
         self._sweeper.start()
@@ -100,7 +110,7 @@ class Runtime:
     def load_model(self, name: str) -> concurrent.futures.Future:
         """Load a stored model into memory on the worker, in its turn after the queued jobs."""
         model = self.resolve_model(name)
-        return self.jobs.run_on_worker(lambda: self.pipelines.get(model.name) and None)
+        return self.jobs.run_on_worker(lambda: self._pipeline_for(model.name) and None)
 
     def unload_model(self, name: str) -> concurrent.futures.Future:
         """Drop a model from memory on the worker, in its turn; it loads again when next asked for.
@@ -168,6 +178,8 @@ class Runtime:
         return model_store.get_model(name).path
 
     def _load_default_model(self) -> None:
+        """The warm-up: load the default model. Whatever stops it shows on `/health` (status
+        error, and why) and in the log; the server stays up and answers what it can."""
         name = self.settings.default_model
         try:
             self.pipelines.get(name)
@@ -178,23 +190,48 @@ class Runtime:
             )
             logger.error(self.load_error)
             return
-        self.ready = True
-        logger.info("default model %s loaded; ready", name)
+        except torch.OutOfMemoryError:
+            self.load_error = f"the default model '{name}' does not fit in the GPU's memory"
+            logger.exception("%s; not ready", self.load_error)
+        except Exception as exc:  # a corrupt file, a kernel error, an unsupported card
+            self.load_error = f"the default model '{name}' failed to load: {short_reason(exc)}"
+            logger.exception("%s; not ready", self.load_error)
+        else:
+            self.ready = True
+            logger.info("default model %s loaded; ready", name)
+            return
+        self.pipelines.release_cached_memory()  # out of the except block, whose traceback held the load's tensors
+
+    def _model_loaded(self, name: str, seconds: float) -> None:
+        self.summary.model_loaded(name, seconds)
+        if name == self.settings.default_model and self.load_error:  # a failed warm-up, fixed since
+            self.load_error = None
+            self.ready = True
+            logger.info("default model %s loaded after all; ready", name)
+
+    def _pipeline_for(self, name: str) -> LoadedPipeline:
+        """A model's pipeline, loaded if need be; a load that runs out of memory fails the job
+        as `out_of_memory`, as a generation that does (not as an internal error)."""
+        try:
+            return self.pipelines.get(name)
+        except model_store.ModelNotFound as exc:  # deleted between submission and run
+            raise JobFailure("model_not_found", str(exc)) from None
+        except torch.OutOfMemoryError:
+            logger.warning("loading model %s ran out of GPU memory", name)
+        self.pipelines.recover_from_out_of_memory(name)  # out of the except block, which holds the load's tensors
+        raise JobFailure("out_of_memory", f"the GPU ran out of memory loading model '{name}'; try again later")
 
     def _execute(self, job: Job, control: JobControl) -> FinishUp:
         """Generate on the worker; return the saving of the images, which the queue runs on its
         finisher thread while the next job generates."""
         self._update_gauges()
-        try:
-            loaded = self.pipelines.get(job.model)
-        except model_store.ModelNotFound as exc:  # deleted between submission and run
-            raise JobFailure("model_not_found", str(exc)) from None
+        loaded = self._pipeline_for(job.model)
         spec = job.spec
         init_image = self._input_image(spec.init_image) if spec.init_image else None
         pipe = loaded.image_to_image if init_image else loaded.pipe
         out_of_memory = False
         try:
-            with loras_applied(pipe, self._lora_files(spec.loras), should_stop=control.should_stop):
+            with loras_applied(pipe, self._lora_files(spec.loras), fuse=unet_is_compiled(pipe), should_stop=control.should_stop):
                 output = run_generation(
                     pipe,
                     loaded.base_scheduler_config,
@@ -289,3 +326,15 @@ class Runtime:
                 logger.exception("image retention sweep failed")
             if self._stopping.wait(self.settings.retention_sweep_interval_s):
                 return
+
+
+def short_reason(exc: BaseException, limit: int = 200) -> str:
+    """An exception as one short line for `/health`, which anyone may read: its type and the
+    first line of its message, with absolute paths cut to their last two parts (a store's file
+    keeps its name, the server's folders stay private). The traceback goes to the log only."""
+    lines = str(exc).strip().splitlines()
+    reason = f"{type(exc).__name__}: {_LEADING_FOLDERS.sub('', lines[0])}" if lines else type(exc).__name__
+    return reason if len(reason) <= limit else reason[: limit - 1] + "…"
+
+
+_LEADING_FOLDERS = re.compile(r"(?:/[^/\s'\"]+)+/(?=[^/\s'\"]+/[^/\s'\"]+)")

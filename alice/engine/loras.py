@@ -7,7 +7,9 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import torch
 from diffusers import DiffusionPipeline
+from peft.tuners.tuners_utils import BaseTunerLayer
 
 # AUTOMATIC1111's syntax: <lora:name> or <lora:name:0.8>
 PROMPT_TAG = re.compile(r"<lora:([^:<>]+)(?::\s*([-+]?(?:\d+\.?\d*|\.\d+))\s*)?>", re.IGNORECASE)
@@ -26,10 +28,21 @@ def loras_applied(
     pipe: DiffusionPipeline,
     loras: Sequence[tuple[str, Path, float]],
     *,
+    fuse: bool = False,
     should_stop: Callable[[], str | None] | None = None,
 ) -> Iterator[None]:
     """Load each (name, file, scale) as an adapter for the duration, then unload them all,
-    so the next request runs on the clean model.
+    so the next request runs on the clean model, bit for bit, whatever failed half-way.
+
+    With `fuse` (for a compiled UNet), the adapters are added into the weights of the layers
+    they touch and their layers removed again before the run: the module tree stays the one
+    torch.compile traced, so no LoRA, scale or mix of them recompiles it. Adapter layers left
+    in recompile at every change (bench.lora_recompiles on the demo model: 5 graphs over five
+    LoRA changes with layers, 1 fused). Diffusers' hotswap (enable_lora_hotswap) would need
+    an adapter loaded at compile time that covers every layer any LoRA may touch, at the
+    highest rank, running in every plain request too. The touched weights are copied first and
+    copied back afterwards; subtracting the LoRA again (unfuse_lora) would leave rounding in
+    the model.
 
     `should_stop` is asked before each adapter loads (each can take seconds): a reason raises
     GenerationStopped, so a cancelled run does not sit through the rest of the loading.
@@ -37,8 +50,9 @@ def loras_applied(
     if not loras:
         yield
         return
-    names = []
+    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
     try:
+        names = []
         for index, (name, path, _) in enumerate(loras):
             if should_stop and (reason := should_stop()):
                 from alice.engine.generate import GenerationStopped  # generate imports this module
@@ -48,6 +62,35 @@ def loras_applied(
             pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter)
             names.append(adapter)
         pipe.set_adapters(names, adapter_weights=[scale for _, _, scale in loras])
+        if fuse:
+            saved = _copies_of_adapted_weights(pipe)
+            pipe.fuse_lora(components=_adapted_components(pipe), adapter_names=names)
+            pipe.unload_lora_weights()
         yield
     finally:
         pipe.unload_lora_weights()
+        with torch.no_grad():
+            for tensor, original in saved:
+                tensor.copy_(original)
+
+
+def _adapted_components(pipe: DiffusionPipeline) -> list[str]:
+    return [name for name in pipe._lora_loadable_modules if _tuner_layers(getattr(pipe, name, None))]
+
+
+def _tuner_layers(module: object) -> list[BaseTunerLayer]:
+    if not isinstance(module, torch.nn.Module):
+        return []
+    return [layer for layer in module.modules() if isinstance(layer, BaseTunerLayer)]
+
+
+def _copies_of_adapted_weights(pipe: DiffusionPipeline) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each weight and bias a fusing may change, with a copy of it in host memory."""
+    copies = []
+    for name in pipe._lora_loadable_modules:
+        for layer in _tuner_layers(getattr(pipe, name, None)):
+            base = layer.get_base_layer()
+            for tensor in (base.weight, getattr(base, "bias", None)):
+                if tensor is not None:
+                    copies.append((tensor, tensor.detach().to("cpu", copy=True)))
+    return copies

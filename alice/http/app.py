@@ -20,7 +20,7 @@ from alice.http.errors import ApiError, from_exception
 from alice.http.handling import get_runtime
 from alice.downloads.civitai import CivitAIError
 from alice.downloads.huggingface import HubError
-from alice.jobs import QueueFull
+from alice.jobs import JobFailure, QueueFull
 from alice.model_store import InvalidModelName, ModelNotFound
 from alice.protocol.generation import InvalidRequest
 from alice.runtime import Runtime
@@ -76,7 +76,7 @@ async def _known_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 for _type in (ApiError, ValidationError, InvalidRequest, InvalidModelName, ModelNotFound, QueueFull,
-              CivitAIError, HubError):
+              CivitAIError, HubError, JobFailure):
     http_app.add_exception_handler(_type, _known_error)
 
 

@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse
 
 from alice.downloads.civitai import CivitAIError
 from alice.downloads.huggingface import HubError
-from alice.jobs import Job, JobState, QueueFull
+from alice.jobs import Job, JobFailure, JobState, QueueFull
 from alice.model_store import InvalidModelName, LoraNotFound, ModelNotFound
 from alice.protocol.generation import InvalidRequest
 from alice.protocol.openai import error_body
@@ -29,6 +29,8 @@ ERROR_TYPES = {
     502: "upstream_error",
     504: "timeout_error",
 }
+
+FAILURE_STATUS = {"timeout": 504, "model_not_found": 404, "out_of_memory": 503}  # by JobFailure code
 
 
 @dataclass
@@ -98,6 +100,8 @@ def from_exception(exc: Exception) -> ApiError | None:
         return ApiError(404, str(exc).strip("'\""), param="model", code="model_not_found")
     if isinstance(exc, (CivitAIError, HubError)):
         return ApiError(502, str(exc), code="upstream_error")
+    if isinstance(exc, JobFailure):  # from work done on the worker for a request (loading a model)
+        return ApiError(FAILURE_STATUS.get(exc.code, 500), str(exc), code=exc.code)
     if isinstance(exc, QueueFull):
         return ApiError(503, str(exc), code="queue_full", retry_after_s=exc.retry_after_s)
     return None
@@ -109,5 +113,5 @@ def job_error(job: Job) -> ApiError | None:
         return None
     if job.state is JobState.CANCELLED:
         return ApiError(409, f"job {job.id} was cancelled", code="cancelled")
-    status = {"timeout": 504, "model_not_found": 404, "out_of_memory": 503}.get(job.error_code or "", 500)
+    status = FAILURE_STATUS.get(job.error_code or "", 500)
     return ApiError(status, job.error or "generation failed", code=job.error_code)
