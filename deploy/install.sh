@@ -4,10 +4,12 @@
 #   sudo deploy/install.sh                 # one server on port 3000 (all GPUs visible, uses cuda:0)
 #   sudo deploy/install.sh --gpus 2        # one server per GPU: alice@0 on :3100, alice@1 on :3101
 #   deploy/install.sh --dry-run            # print what it would do, change nothing
+#   sudo deploy/install.sh --flavour cu126 # force the CUDA 12.6 build (default: by the GPUs)
 #
 # What it does: a system user `alice`; the code in /opt/alice with a virtual environment
 # holding the pinned requirements (torch's PyPI wheels bring their own CUDA runtime, so the
-# host needs only the NVIDIA driver); /var/lib/alice for images, job records (data/) and the
+# host needs only the NVIDIA driver; a GPU older than Turing gets the CUDA 12.6 flavour's lock,
+# see choose_flavour); /var/lib/alice for images, job records (data/) and the
 # model store (bentoml/); settings in /etc/alice/alice.env (a random API key on first
 # install); the demo model in the store; the systemd unit(s), enabled and started. Logs go to
 # the journal: `journalctl -u alice -f`. Running it again upgrades the code and the packages
@@ -24,16 +26,21 @@ PYTHON=python3
 GPUS=0
 START=1
 DRY_RUN=0
+FLAVOUR=auto
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 usage() {
     cat <<EOF
-usage: $0 [--prefix DIR] [--gpus N] [--python PYTHON] [--no-start] [--dry-run]
+usage: $0 [--prefix DIR] [--gpus N] [--python PYTHON] [--flavour auto|cu130|cu126] [--no-start] [--dry-run]
 
   --prefix DIR     where the code and its virtual environment go (default $PREFIX)
   --gpus N         one server per GPU, alice@0..alice@N-1 on ports 3100+i (default: one
                    server, alice.service on port 3000)
   --python PYTHON  the Python 3.11+ that makes the virtual environment (default $PYTHON)
+  --flavour F      which torch build: cu130 (requirements.txt, torch 2.13 with CUDA 13:
+                   Turing and newer), cu126 (deploy/requirements-image-cu126.txt, torch 2.7.1
+                   with CUDA 12.6: Maxwell, Pascal, Volta too), or auto (default): cu126 when
+                   any GPU's compute capability is below 7.5
   --no-start       install and enable, but do not (re)start the service
   --dry-run        print the steps, change nothing
 EOF
@@ -44,6 +51,7 @@ while [ "$#" -gt 0 ]; do
         --prefix) PREFIX="${2:?--prefix needs a directory}"; shift 2 ;;
         --gpus) GPUS="${2:?--gpus needs a number}"; shift 2 ;;
         --python) PYTHON="${2:?--python needs a command}"; shift 2 ;;
+        --flavour) FLAVOUR="${2:?--flavour needs auto, cu130 or cu126}"; shift 2 ;;
         --no-start) START=0; shift ;;
         --dry-run) DRY_RUN=1; shift ;;
         -h | --help) usage; exit 0 ;;
@@ -53,6 +61,10 @@ done
 
 case "$GPUS" in
     '' | *[!0-9]*) echo "--gpus takes a whole number, not '$GPUS'" >&2; exit 2 ;;
+esac
+case "$FLAVOUR" in
+    auto | cu130 | cu126) ;;
+    *) echo "--flavour takes auto, cu130 or cu126, not '$FLAVOUR'" >&2; exit 2 ;;
 esac
 case "$PREFIX" in
     /*) ;;
@@ -132,13 +144,37 @@ copy_code() {
     fi
 }
 
+# torch 2.13's PyPI wheels are built for CUDA 13, whose kernels start at Turing (compute
+# capability 7.5): on an older card the first kernel fails with "no kernel image is available".
+# The cu126 flavour's lock has torch 2.7.1, CUDA 12.6, with kernels from sm_50 up to sm_90.
+choose_flavour() {
+    if [ "$FLAVOUR" = auto ]; then
+        FLAVOUR=cu130
+        local caps
+        if command -v nvidia-smi >/dev/null \
+            && caps="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null)"; then
+            if printf '%s\n' "$caps" | awk -F. 'NF == 2 && ($1 < 7 || ($1 == 7 && $2 < 5)) { old = 1 }
+                                              END { exit !old }'; then
+                FLAVOUR=cu126
+            fi
+            say "GPU compute capabilities: $(printf '%s' "$caps" | tr '\n' ' ')"
+        fi
+    fi
+    case "$FLAVOUR" in
+        cu126) REQUIREMENTS="$PREFIX/deploy/requirements-image-cu126.txt"
+               say "torch flavour cu126: torch 2.7.1 with CUDA 12.6 (Maxwell, Pascal, Volta and newer)" ;;
+        *) REQUIREMENTS="$PREFIX/requirements.txt"
+           say "torch flavour cu130: torch 2.13 with CUDA 13 (Turing and newer)" ;;
+    esac
+}
+
 install_packages() {
     say "Python packages into $PREFIX/.venv (the first time takes a few minutes: torch with CUDA)"
     if [ ! -x "$PREFIX/.venv/bin/python" ]; then
         run "$PYTHON" -m venv "$PREFIX/.venv"
     fi
     run "$PREFIX/.venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        -r "$PREFIX/requirements.txt"
+        -r "$REQUIREMENTS"
 }
 
 install_wrapper() {
@@ -224,6 +260,7 @@ check_host
 create_user
 create_dirs
 copy_code
+choose_flavour
 install_packages
 install_wrapper
 write_settings

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -50,6 +51,16 @@ class ImageBuild:
 
 @pytest.fixture(scope="session")
 def image_build(tmp_path_factory: pytest.TempPathFactory) -> ImageBuild:
+    return build_image(tmp_path_factory.mktemp("image"), ROOT / "bentofile.yaml")
+
+
+@pytest.fixture(scope="session")
+def image_build_cu126(tmp_path_factory: pytest.TempPathFactory) -> ImageBuild:
+    """The flavour for GPUs older than Turing (bentofile-cu126.yaml)."""
+    return build_image(tmp_path_factory.mktemp("image-cu126"), ROOT / "bentofile-cu126.yaml")
+
+
+def build_image(base: Path, bentofile_path: Path) -> ImageBuild:
     import bentoml
     from bentoml._internal.bento import BentoStore
     from bentoml._internal.configuration.containers import BentoMLContainer
@@ -57,7 +68,6 @@ def image_build(tmp_path_factory: pytest.TempPathFactory) -> ImageBuild:
 
     from alice import model_store
 
-    base = tmp_path_factory.mktemp("image")
     home, out, scratch = base / "bentoml", base / "out", base / "tmp"
     for folder in (home / "bentos", home / "tmp", out, scratch):
         folder.mkdir(parents=True)
@@ -70,7 +80,7 @@ def image_build(tmp_path_factory: pytest.TempPathFactory) -> ImageBuild:
         # As `bentoml build` from the repository root: the bentofile's paths are relative to it.
         with contextlib.chdir(ROOT):
             bento = bentoml.bentos.build_bentofile(
-                str(ROOT / "bentofile.yaml"), build_ctx=str(ROOT), _bento_store=BentoStore(str(home / "bentos"))
+                str(bentofile_path), build_ctx=str(ROOT), _bento_store=BentoStore(str(home / "bentos"))
             )
         # The call `bentoml containerize` makes for a BuildKit backend such as docker. It must
         # run from a folder above its temp build context: bentoml#5566 resolves the Bento's
@@ -99,8 +109,8 @@ def _temp_folder(folder: Path) -> Iterator[None]:
         tempfile.tempdir = saved
 
 
-def bentofile() -> dict:
-    return yaml.safe_load((ROOT / "bentofile.yaml").read_text(encoding="utf-8"))
+def bentofile(name: str = "bentofile.yaml") -> dict:
+    return yaml.safe_load((ROOT / name).read_text(encoding="utf-8"))
 
 
 def bentofile_env(name: str) -> str:
@@ -125,3 +135,16 @@ def assert_real_settings(names: set[str], where: str) -> None:
 def find_tool(name: str) -> str | None:
     """A command on PATH or beside this Python (`make test` runs .venv/bin/python unactivated)."""
     return shutil.which(name) or shutil.which(name, path=os.path.dirname(sys.executable))
+
+
+def pins(path: Path) -> dict[str, str]:
+    """Normalised package name -> pinned version; every line must be an exact pin."""
+    found = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.split("#")[0].strip()
+        if not line:
+            continue
+        name, separator, version = line.partition("==")
+        assert separator and version, f"{path.name}: '{line}' is not an exact pin"
+        found[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return found

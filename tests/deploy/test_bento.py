@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 from alice.config import Settings
 from tests.deploy.conftest import DEPLOY, ROOT, ImageBuild, bentofile
+from tests.deploy.conftest import pins as _pins
 
 IMAGE_LOCK = DEPLOY / "requirements-image.txt"
 
@@ -62,15 +60,3 @@ def test_the_bento_sets_the_data_folder_and_uses_the_dockerfile_template(image_b
     assert docker["dockerfile_template"] == bentofile()["docker"]["dockerfile_template"]
     assert (image_build.bento / "env" / "docker" / "Dockerfile.template").is_file()
 
-
-def _pins(path: Path) -> dict[str, str]:
-    """Normalised package name -> pinned version; every line must be an exact pin."""
-    pins = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.split("#")[0].strip()
-        if not line:
-            continue
-        name, separator, version = line.partition("==")
-        assert separator and version, f"{path.name}: '{line}' is not an exact pin"
-        pins[re.sub(r"[-_.]+", "-", name).lower()] = version
-    return pins
