@@ -21,7 +21,7 @@ from alice import __version__, model_store
 from alice.config import Settings
 from alice.downloads.manager import DownloadManager
 from alice.engine.generate import GenerationSpec, run_generation
-from alice.engine.loras import loras_applied
+from alice.engine.loras import LoraLoadFailed, loras_applied
 from alice.engine.device import describe_device
 from alice.engine.pipelines import (
     LoadedPipeline,
@@ -242,6 +242,13 @@ class Runtime:
                 )
         except torch.OutOfMemoryError:
             out_of_memory = True
+        except LoraLoadFailed as exc:
+            logger.warning("job %s: %s", job.id, exc, exc_info=True)
+            raise JobFailure(
+                "lora_failed",
+                f"LoRA '{exc.name}' does not load into model '{job.model}' (made for another model family, "
+                f"or damaged: {type(exc.__cause__).__name__})",
+            ) from None
         if out_of_memory:  # out of the except block, whose traceback holds the failed run's tensors
             self.pipelines.recover_from_out_of_memory(job.model)  # the next request works
             raise JobFailure("out_of_memory", "the GPU ran out of memory; try a smaller size or fewer images")

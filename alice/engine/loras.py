@@ -23,6 +23,14 @@ def extract_prompt_loras(prompt: str) -> tuple[str, list[tuple[str, float]]]:
     return cleaned, found
 
 
+class LoraLoadFailed(Exception):
+    """A stored LoRA that does not load into the pipeline it was asked for with (its cause chained)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"LoRA '{name}' does not load")
+        self.name = name
+
+
 @contextlib.contextmanager
 def loras_applied(
     pipe: DiffusionPipeline,
@@ -59,7 +67,12 @@ def loras_applied(
 
                 raise GenerationStopped(reason)
             adapter = f"alice_{index}_{re.sub(r'[^a-zA-Z0-9_]', '_', name)}"
-            pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter)
+            try:
+                pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as exc:  # shapes or keys of another family's model, a damaged file
+                raise LoraLoadFailed(name) from exc
             names.append(adapter)
         pipe.set_adapters(names, adapter_weights=[scale for _, _, scale in loras])
         if fuse:

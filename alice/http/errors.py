@@ -30,7 +30,9 @@ ERROR_TYPES = {
     504: "timeout_error",
 }
 
-FAILURE_STATUS = {"timeout": 504, "model_not_found": 404, "out_of_memory": 503}  # by JobFailure code
+FAILURE_STATUS = {  # by JobFailure code
+    "timeout": 504, "model_not_found": 404, "out_of_memory": 503, "lora_failed": 400,
+}
 
 
 @dataclass
