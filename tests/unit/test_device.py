@@ -110,6 +110,19 @@ def test_a_newer_card_on_the_cu126_build_is_told_to_use_the_default_image():
         check_device_supported(facts)
 
 
+def test_an_unsupported_card_shows_on_health_and_in_the_log(monkeypatch, tmp_path, caplog):
+    from alice.config import Settings
+    from alice.runtime import Runtime
+
+    FakeCards(monkeypatch, arch_list=CU130)
+    runtime = Runtime(Settings(device="cuda:1", data_dir=tmp_path))
+    runtime._load_default_model()  # the warm-up, on the worker
+    health = runtime.health()
+    assert health["status"] == "error" and not runtime.ready
+    assert "use the cu126 image/flavour" in health["error"] and "GTX 1060" in health["error"]
+    assert "alice:cu126" in caplog.text
+
+
 def test_loading_on_an_unsupported_card_fails_before_touching_it(tmp_path):
     """The warm-up's load stops with the reason (for /health and the log), not with CUDA's
     "no kernel image is available" at the first generation."""
