@@ -98,7 +98,7 @@ def check_device_supported(facts: DeviceFacts) -> None:
         return
     major, minor = facts.capability
     if (5, 0) <= facts.capability < (7, 5):
-        advice = "use the cu126 image/flavour (torch CUDA 12.6 build with sm_60/sm_61/sm_70 kernels)"
+        advice = "use the cu126 image/flavour (torch CUDA 12.6 build with sm_50/sm_60/sm_70 kernels)"
         where = "the alice:cu126 image, or `deploy/install.sh --flavour cu126` on a bare host"
     elif facts.capability >= (7, 5):
         advice = "use the default image/flavour (torch CUDA 13 build)"

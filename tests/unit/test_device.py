@@ -29,7 +29,7 @@ from alice.engine.pipelines import choose_placement
 GiB = 1024**3
 # torch 2.13's PyPI wheels (CUDA 13) and its CUDA 12.6 builds, as torch.cuda.get_arch_list() prints them.
 CU130 = ("sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120", "compute_120")
-CU126 = ("sm_50", "sm_60", "sm_61", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90", "compute_90")
+CU126 = ("sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90")  # sm_60 runs on a 6.1 card
 
 
 def gpu(name: str, capability: tuple[int, int], total: int, ram_gib: int = 32, arch_list=CU130) -> DeviceFacts:
@@ -77,7 +77,7 @@ def test_the_cuda13_build_refuses_a_gtx_1060_naming_the_cu126_flavour():
     with pytest.raises(UnsupportedDevice) as refused:
         check_device_supported(facts)
     first_line, details = str(refused.value).split("\n")  # /health shows the first line
-    assert first_line.startswith("use the cu126 image/flavour (torch CUDA 12.6 build with sm_60/sm_61/sm_70 kernels)")
+    assert first_line.startswith("use the cu126 image/flavour (torch CUDA 12.6 build with sm_50/sm_60/sm_70 kernels)")
     assert "GTX 1060" in first_line and "6.1" in first_line
     assert "alice:cu126" in details and "deploy/install.sh --flavour cu126" in details and "sm_75" in details
 
@@ -90,6 +90,8 @@ def test_the_cu126_build_drives_a_gtx_1060():
     ("capability", "arch_list", "runs"),
     [
         ((6, 1), CU126, True),
+        ((5, 2), CU126, True),  # GTX 9xx
+        ((7, 0), CU126, True),  # V100
         ((6, 1), CU130, False),
         ((7, 0), CU130, False),  # V100
         ((7, 5), CU130, True),
@@ -98,6 +100,7 @@ def test_the_cu126_build_drives_a_gtx_1060():
         ((13, 0), CU130, True),  # compute_120 PTX is compiled for newer cards on first use
         ((10, 0), ("sm_90",), False),  # an sm_ kernel of another major does not run
         ((6, 0), ("sm_61",), False),  # nor one of a newer minor
+        ((13, 0), ("sm_90", "compute_90"), True),  # PTX is compiled for newer cards on first use
     ],
 )
 def test_arch_list_rules(capability, arch_list, runs):
@@ -105,7 +108,7 @@ def test_arch_list_rules(capability, arch_list, runs):
 
 
 def test_a_newer_card_on_the_cu126_build_is_told_to_use_the_default_image():
-    facts = gpu("NVIDIA GeForce RTX 5090", (12, 0), 34_190_917_632, arch_list=CU126[:-1])
+    facts = gpu("NVIDIA GeForce RTX 5090", (12, 0), 34_190_917_632, arch_list=CU126)
     with pytest.raises(UnsupportedDevice, match="alice:latest"):
         check_device_supported(facts)
 
