@@ -11,6 +11,7 @@ from alice.config import load_settings
 from alice.http import native, route_labels
 from alice.http.app import http_app
 from alice.http.auth import ApiKeyMiddleware, warn_if_open_beyond_loopback
+from alice.http.request_bodies import BodyLimitMiddleware
 from alice.logs import configure_logging
 from alice.protocol.native import GenerateRequest, GenerateResponse
 from alice.runtime import Runtime
@@ -53,3 +54,4 @@ class Alice:
 
 
 Alice.add_asgi_middleware(ApiKeyMiddleware)
+Alice.add_asgi_middleware(BodyLimitMiddleware)  # inside the key check: a stranger learns nothing of limits

@@ -38,13 +38,17 @@ def decode_input_image(value: str | bytes, generated: ImageStore, param: str = "
         raise InvalidRequest(param, f"{param} is over {MAX_INPUT_BYTES // (1024 * 1024)} MB")
     try:
         image = Image.open(io.BytesIO(data))
-        if image.width * image.height > MAX_INPUT_PIXELS:
-            raise InvalidRequest(param, f"{param} is {image.width}x{image.height}; at most {MAX_INPUT_PIXELS} pixels")
-        image.load()
+        size = (image.width, image.height)
+        if size[0] * size[1] <= MAX_INPUT_PIXELS:
+            image.load()
     except Image.DecompressionBombError:
         raise InvalidRequest(param, f"{param} has too many pixels; at most {MAX_INPUT_PIXELS}") from None
     except (UnidentifiedImageError, OSError, SyntaxError):
         raise InvalidRequest(param, f"{param} is not an image PIL can read (PNG, JPEG, WebP, ...)") from None
+    except (ValueError, EOFError) as exc:  # e.g. a PNG text chunk that inflates past Pillow's MAX_TEXT_CHUNK
+        raise InvalidRequest(param, f"{param} could not be read: {exc}") from None
+    if size[0] * size[1] > MAX_INPUT_PIXELS:
+        raise InvalidRequest(param, f"{param} is {size[0]}x{size[1]}; at most {MAX_INPUT_PIXELS} pixels")
     return image.convert("RGB")
 
 

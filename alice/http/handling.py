@@ -8,14 +8,14 @@ import json
 from typing import Any
 
 import bentoml
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from alice.http.errors import ApiError, job_error
 from alice.http.urls import base_url, image_url
 from alice.jobs import Job
+from alice.protocol.generation import GenerationSettings
 from alice.runtime import Runtime
-
-MAX_BODY_BYTES = 32 << 20  # settings, and an img2img input image as base64
 
 
 def get_runtime() -> Runtime:
@@ -24,16 +24,23 @@ def get_runtime() -> Runtime:
 
 
 async def read_json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object; its size was bounded before it was read (request_bodies)."""
     body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise ApiError(413, f"the request body is over {MAX_BODY_BYTES} bytes", code="body_too_large")
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the request body is not valid JSON ({exc})", code="invalid_json") from None
+    except RecursionError:
+        raise ApiError(400, "the request body is nested too deeply to be read as JSON", code="invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
     return data
+
+
+async def submit(runtime: Runtime, request: GenerationSettings, source: str) -> Job:
+    """Queue a request's job off the event loop: an img2img input is decoded, re-encoded and
+    fsynced on the way (seconds for a 4096x4096 input), and every other client waits while the loop does."""
+    return await run_in_threadpool(runtime.submit, request, source)
 
 
 async def wait_for(job: Job, request: Request, runtime: Runtime) -> Job:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import JSONResponse
 
 from alice.http.errors import ApiError
-from alice.http.handling import get_runtime, image_urls, read_json_object
+from alice.http.handling import get_runtime, image_urls, read_json_object, submit
 from alice.jobs import Job
 from alice.protocol.native import GenerateRequest
 from alice.runtime import Runtime
@@ -23,7 +23,7 @@ def job_view(job: Job, request: Request, runtime: Runtime) -> dict[str, Any]:
 @router.post("/jobs", status_code=202)
 async def submit_job(request: Request, runtime: Runtime = Depends(get_runtime)) -> JSONResponse:
     """Queue a generation (the body is `/generate`'s) and answer at once; poll `GET /v1/jobs/{id}`."""
-    job = runtime.submit(GenerateRequest.model_validate(await read_json_object(request)), "async")
+    job = await submit(runtime, GenerateRequest.model_validate(await read_json_object(request)), "async")
     return JSONResponse(job_view(job, request, runtime), status_code=202,
                         headers={"Location": f"/v1/jobs/{job.id}"})
 

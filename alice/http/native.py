@@ -6,7 +6,7 @@ import bentoml
 from starlette.responses import JSONResponse
 
 from alice.http.errors import from_exception
-from alice.http.handling import image_b64, image_urls, result_metadata, wait_for
+from alice.http.handling import image_b64, image_urls, result_metadata, submit, wait_for
 from alice.protocol.native import GeneratedImage, GenerateRequest, GenerateResponse, Timings
 from alice.runtime import Runtime
 
@@ -14,7 +14,7 @@ from alice.runtime import Runtime
 async def generate(runtime: Runtime, ctx: bentoml.Context, request: GenerateRequest) -> GenerateResponse | JSONResponse:
     """Queue, wait, answer the images inline (base64) and by URL."""
     try:
-        job = runtime.submit(request, "generate")
+        job = await submit(runtime, request, "generate")
         await wait_for(job, ctx.request, runtime)
     except Exception as exc:
         error = from_exception(exc)

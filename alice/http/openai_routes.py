@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 
 from alice import model_store
 from alice.http.errors import ApiError, job_error
-from alice.http.handling import get_runtime, image_b64, image_urls, read_json_object, result_metadata, wait_for
+from alice.http.handling import get_runtime, image_b64, image_urls, read_json_object, result_metadata, submit, wait_for
 from alice.input_images import MAX_INPUT_BYTES
 from alice.jobs import Job
 from alice.protocol import openai as oa
@@ -29,7 +29,7 @@ router = APIRouter()
 async def chat_completions(request: Request, runtime: Runtime = Depends(get_runtime)) -> Any:
     chat = oa.ChatCompletionRequest.model_validate(await read_json_object(request))
     settings = GenerationSettings.model_validate(oa.chat_settings(chat))
-    job = runtime.submit(settings, "chat")
+    job = await submit(runtime, settings, "chat")
     model = chat.model or oa.model_id(job.model)
     completion_id = oa.new_completion_id()
     if chat.stream:
@@ -109,7 +109,7 @@ async def _images_answer(
     images_request: oa.ImagesRequest, values: dict[str, Any], request: Request, runtime: Runtime
 ) -> JSONResponse:
     settings = GenerationSettings.model_validate(values)
-    job = runtime.submit(settings, "images")
+    job = await submit(runtime, settings, "images")
     await wait_for(job, request, runtime)
     if images_request.response_format == "b64_json":
         data = [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +40,28 @@ def wait_ready(client: TestClient, timeout: float = 300.0) -> None:
             raise AssertionError(f"the default model failed to load: {health}")
         time.sleep(0.05)
     raise AssertionError(f"not ready after {timeout:.0f} s: {client.get('/health').json()}")
+
+
+@contextlib.contextmanager
+def server_log() -> Iterator[list[logging.LogRecord]]:
+    """Every record BentoML's and ALICE's loggers emit in the block (ALICE's do not reach the root)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append  # type: ignore[method-assign]
+    loggers = [logging.getLogger(), logging.getLogger("alice")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
+def errors_logged(records: list[logging.LogRecord]) -> list[str]:
+    """The records at ERROR or above, or with a traceback, as the log would print them."""
+    return [logging.Formatter().format(record) for record in records
+            if record.levelno >= logging.ERROR or record.exc_info]
 
 
 @pytest.fixture(scope="module")

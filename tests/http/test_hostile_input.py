@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import json
+
 import pytest
+from PIL import Image, PngImagePlugin
+
+from tests.http.conftest import errors_logged, server_log
 
 CHAT = "/v1/chat/completions"
 JSON = {"content-type": "application/json"}
+
+
+def png_with_huge_text_chunk() -> bytes:
+    """A small PNG whose compressed text chunk inflates to 2 MB, past Pillow's MAX_TEXT_CHUNK."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "x" * (2 << 20), zip=True)
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+DEEP = b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"  # Python's json module: RecursionError
+TEXT_BOMB = base64.b64encode(png_with_huge_text_chunk()).decode()
 
 CASES = [
     ("/generate", b"{not json"),
@@ -39,6 +59,14 @@ CASES = [
     ("/v1/images/generations", b'{"prompt": "x", "n": 100}'),
     ("/v1/images/generations", b'{"prompt": "x", "size": 512}'),
     ("/v1/images/generations", b'{"size": "64x64"}'),
+    ("/generate", DEEP),
+    (CHAT, DEEP),
+    ("/v1/images/generations", DEEP),
+    ("/v1/jobs", DEEP),
+    ("/v1/models/download/url", DEEP),
+    ("/generate", json.dumps({"prompt": "x", "input_image": TEXT_BOMB}).encode()),
+    (CHAT, json.dumps({"messages": [{"role": "user", "content": "x"}],
+                       "metadata": {"input_images": [TEXT_BOMB]}}).encode()),
 ]
 
 
@@ -47,6 +75,23 @@ def test_bad_input_is_a_clear_4xx(client, path, body):
     response = client.post(path, content=body, headers=JSON)
     assert 400 <= response.status_code < 500, (response.status_code, response.text)
     assert response.json()["error"]
+
+
+def test_bad_input_leaves_no_traceback_in_the_log(client):
+    """A client's mistake is answered, not logged as a server error (with what it sent)."""
+    with server_log() as records:
+        for path, body in CASES:
+            client.post(path, content=body, headers=JSON)
+        client.post("/v1/images/edits", files={"image": ("bomb.png", base64.b64decode(TEXT_BOMB))},
+                    data={"prompt": "x"})
+    assert errors_logged(records) == []
+
+
+def test_an_upload_with_a_huge_text_chunk_is_a_400(client):
+    response = client.post("/v1/images/edits", files={"image": ("bomb.png", base64.b64decode(TEXT_BOMB))},
+                           data={"prompt": "x"})
+    assert response.status_code == 400, response.text
+    assert "MAX_TEXT_CHUNK" in response.json()["error"]["message"]
 
 
 def test_server_is_healthy_after_the_barrage(client):
