@@ -29,6 +29,7 @@ from alice.engine.pipelines import (
     PipelineCache,
     choose_placement,
     compile_refusal,
+    host_compiler,
     unet_is_compiled,
 )
 from alice.engine.schedulers import a1111_sampler_name
@@ -85,7 +86,8 @@ class Runtime:
         )
         for preset in self.pipelines.presets().values():
             logger.info("memory preset %s", preset.describe())
-        if self.settings.compile_unet and (refusal := compile_refusal(self.placement.facts)):
+        compiler_found = host_compiler(self.placement.is_gpu) is not None
+        if self.settings.compile_unet and (refusal := compile_refusal(self.placement.facts, compiler_found=compiler_found)):
             logger.warning("ALICE_COMPILE_UNET is on, but %s: the UNet runs eager", refusal)
         self.jobs.start(warm_up=self._load_default_model)
         self.downloads.start()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import shutil
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -117,20 +119,34 @@ def load_pipeline(
     return pipe
 
 
-def compile_refusal(facts: DeviceFacts, cpu_offload: str = "none") -> str | None:
+def compile_refusal(facts: DeviceFacts, cpu_offload: str = "none", compiler_found: bool = True) -> str | None:
     """Why the UNet cannot be compiled here, or None when it can.
 
     On a GPU torch.compile generates Triton kernels, and Triton needs compute capability 7.0
-    or newer. On the CPU it generates C++ (inductor's CPU backend), which works anywhere.
-    Under sequential offload the weights live on the meta device between layers, so a LoRA
-    cannot be fused into them (see loras_applied), and each layer's hooks break the graph anyway.
+    or newer, and a C compiler at run time for its kernel launchers. On the CPU it generates
+    C++ (inductor's CPU backend), which needs a C++ compiler. Without one every generation
+    would fail at its first step (BentoML's image brings build-essential; a bare host may
+    lack it). Under sequential offload the weights live on the meta device between layers, so
+    a LoRA cannot be fused into them (see loras_applied), and each layer's hooks break the
+    graph anyway.
     """
     if facts.is_gpu and facts.capability < (7, 0):
         major, minor = facts.capability
         return f"torch.compile needs compute capability 7.0 or newer (Triton); {facts.name} has {major}.{minor}"
+    if not compiler_found:
+        needed = "a C compiler (CC, gcc or clang) for Triton" if facts.is_gpu else "a C++ compiler (CXX or g++)"
+        return f"torch.compile needs {needed}, and there is none on this host"
     if cpu_offload == "sequential":
         return "torch.compile does not go with sequential CPU offload"
     return None
+
+
+def host_compiler(gpu: bool) -> str | None:
+    """The compiler torch.compile's backend would run, if the host has it: for Triton (GPU) CC,
+    else gcc, else clang (triton/runtime/build.py); for inductor's C++ (CPU) CXX, else g++
+    (torch._inductor.config.cpp.cxx)."""
+    candidates = [os.environ.get("CC"), "gcc", "clang"] if gpu else [os.environ.get("CXX") or "g++"]
+    return next((path for name in candidates if name and (path := shutil.which(name))), None)
 
 
 def compile_unet(pipe: DiffusionPipeline, placement: DevicePlacement, preset: MemoryPreset) -> None:
@@ -143,7 +159,7 @@ def compile_unet(pipe: DiffusionPipeline, placement: DevicePlacement, preset: Me
     On the CPU inductor's default mode: "max-autotune" there tries C++ GEMM templates, and the
     demo UNet's first compile took 270 s instead of 81 s on the project's 2-core VM.
     """
-    reason = compile_refusal(placement.facts, preset.cpu_offload)
+    reason = compile_refusal(placement.facts, preset.cpu_offload, host_compiler(placement.is_gpu) is not None)
     if reason:
         logger.warning("not compiling the UNet: %s; it runs eager", reason)
         return

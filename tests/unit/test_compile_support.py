@@ -11,7 +11,7 @@ import torch
 
 from alice.engine.demo import save_untrained_demo
 from alice.engine.device import DeviceFacts, MemoryOptions, MemoryPreset
-from alice.engine.pipelines import DevicePlacement, compile_refusal, load_pipeline, unet_is_compiled
+from alice.engine.pipelines import DevicePlacement, compile_refusal, host_compiler, load_pipeline, unet_is_compiled
 
 GiB = 1024**3
 
@@ -34,6 +34,22 @@ def test_compile_from_volta_on(capability):
 def test_compile_on_the_cpu_but_not_under_sequential_offload():
     assert compile_refusal(DeviceFacts()) is None
     assert "sequential" in compile_refusal(card((8, 9)), cpu_offload="sequential")
+
+
+def test_no_compile_without_the_compiler_its_backend_runs(monkeypatch, tmp_path):
+    assert "C++ compiler" in compile_refusal(DeviceFacts(), compiler_found=False)
+    assert "C compiler" in compile_refusal(card((8, 9)), compiler_found=False)
+    # What the host has: nothing on an empty PATH; CXX/CC when they name a compiler there.
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.delenv("CC", raising=False)
+    assert host_compiler(gpu=False) is None and host_compiler(gpu=True) is None
+    for name in ("my-g++", "gcc"):
+        (tmp_path / name).write_text("#!/bin/sh\n")
+        (tmp_path / name).chmod(0o755)
+    monkeypatch.setenv("CXX", "my-g++")
+    assert host_compiler(gpu=False) == str(tmp_path / "my-g++")
+    assert host_compiler(gpu=True) == str(tmp_path / "gcc")
 
 
 def test_load_pipeline_compiles_in_place_only_where_it_can(tmp_path: Path, caplog):
