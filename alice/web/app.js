@@ -341,7 +341,7 @@
   function effectiveDefaults() {
     const server = (serverSettings && serverSettings.defaults) || {
       width: null, height: null, steps: 25, guidance_scale: 7.5, num_images: 1, strength: 0.75,
-      scheduler: "dpm++_sde_karras", model: "",
+      scheduler: "dpm++_2m_karras", model: "",
     };
     return { negative_prompt: "", ...server, ...userDefaults() };
   }
