@@ -21,8 +21,9 @@ per line: the median time per image with min and max over the rounds, images/s, 
 diffusers fp32 (and for the + lines to ALICE bare), peak memory of the run (weights included,
 `torch.cuda.max_memory_allocated` reset before each run), and apart from those the load time and
 the first call (with `+ compile`: the compilation). An out-of-memory error ends only its line
-("OOM") and the run goes on. Rounds stop early when `--budget-s` would be passed (default 450 s:
-the whole run fits in 8 minutes).
+("OOM") and the run goes on. Rounds stop early when `--budget-s` would be passed (default 450 s,
+so the whole run fits in 8 minutes), and a line not yet started once the budget is spent is
+reported as skipped.
 
 Weights are random, built from the shipped architecture configs (alice/configs/sd15, sdxl; no
 download): the images mean nothing, the speed and memory are the real models'.
@@ -230,6 +231,8 @@ def bench_family(folder: Path, title: str, args: argparse.Namespace, device: str
     round_started = time.perf_counter()
     for round_index in range(args.runs):
         for line in lines:
+            if not line.failure and not line.seconds and time.perf_counter() > deadline:
+                line.failure = "skipped: over --budget-s"  # a line not yet loaded would only run later
             if not line.failure:
                 run_line(line, draw, device, args.inject_oom)
         round_seconds = time.perf_counter() - round_started
