@@ -136,3 +136,10 @@ class GenerationSettings(BaseModel):
                 f"num_images = {self.num_images} is over this server's limit of {max_images} "
                 "(ALICE_MAX_IMAGES_PER_REQUEST)",
             )
+        # diffusers' img2img runs int(steps x strength) of the steps; none left is its crash.
+        if self.input_image is not None and int(self.steps * self.strength) < 1:
+            raise InvalidRequest(
+                "strength",
+                f"img2img runs int(steps x strength) denoising steps, and steps = {self.steps} x strength = "
+                f"{self.strength:g} leaves none: raise steps or strength",
+            )
