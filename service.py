@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import bentoml
 
-from alice.config import load_settings
+from alice.config import configured_max_batch, load_settings
 from alice.http import native, route_labels
 from alice.http.app import http_app
 from alice.http.auth import ApiKeyMiddleware, warn_if_open_beyond_loopback
@@ -25,9 +25,10 @@ route_labels.install()
     name="alice",
     resources={"gpu": 1},
     workers=1,  # one process owns the GPU; its worker thread runs one generation at a time
-    # SAM waits 600 s; jobs have their own, shorter deadline. One request at a time is what
-    # a replica is built for: BentoML's autoscalers scale replicas on `concurrency`.
-    traffic={"timeout": 660, "concurrency": 1},
+    # SAM waits 600 s; jobs have their own, shorter deadline. A replica draws up to
+    # ALICE_MAX_BATCH images at once (waiting requests share a pipeline call): BentoML's
+    # autoscalers scale replicas on `concurrency`.
+    traffic={"timeout": 660, "concurrency": configured_max_batch()},
     **service_ssl_options(),  # HTTPS when ALICE_TLS_CERTFILE / ALICE_TLS_KEYFILE are set
 )
 @bentoml.asgi_app(http_app, path="/")

@@ -78,6 +78,14 @@ class Settings(BaseSettings):
         1024 * 1024, ge=64 * 64, le=4096 * 4096, description="Largest width x height a request may ask for."
     )
     max_images_per_request: int = Field(4, ge=1, le=16, description="Most images one request may ask for.")
+    max_batch: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Most images one pipeline call draws, for one request or for waiting requests with the same "
+        "model and settings (more images per second); 1 = every image its own call. Fewer when larger images "
+        "would not fit the memory kept for one image of ALICE_MAX_PIXELS.",
+    )
     queue_size: int = Field(16, ge=0, le=10_000, description="Most jobs waiting behind the running one; more get 503.")
     request_timeout_s: float = Field(
         590, gt=0, le=86_400, description="Deadline of a job from submission; SAM gives up after 600 s."
@@ -185,6 +193,15 @@ def load_settings() -> Settings:
         return Settings(**file_values)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path)) from None
+
+
+def configured_max_batch() -> int:
+    """ALICE_MAX_BATCH as set, for service.py's decorator at import (BentoML's autoscalers scale
+    replicas on `concurrency`); the default when a setting is bad, which the start reports."""
+    try:
+        return load_settings().max_batch
+    except ConfigError:
+        return Settings.model_fields["max_batch"].default
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -12,6 +12,13 @@ QueueFull like a flood of generations.
 
 A job's last part, saving its images (PNG encoding, fsync), needs no GPU: it runs on a
 second thread while the worker starts the next job, so the GPU does not wait for the disk.
+
+Jobs that can share one pipeline call (same model and drawing settings, see
+`generate.batch_key`) run as one batch: the worker takes the job at the head of the queue and
+the jobs right behind it while they can share its call and their images fit (`max_images`).
+The first job that cannot join (other settings, a chore, too many images) ends the batch, even
+if a later one could join: no job is ever overtaken by a later job it could not share with.
+Within the batch every job keeps its own progress, cancel, deadline and result.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, AsyncIterator, Callable
 
-from alice.engine.generate import GenerationSpec, GenerationStopped
+from alice.engine.generate import GenerationSpec, GenerationStopped, batch_key
 from alice.job_store import JobStore
 
 logger = logging.getLogger("alice.jobs")
@@ -84,6 +91,7 @@ class Job:
     error: str | None = None
     error_code: str | None = None
     images: list[str] = field(default_factory=list)
+    batch: int = 0  # images drawn in one pipeline call with this job's (its own included); 0 = none yet
     cancel_requested: bool = False
     _watchers: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
@@ -109,6 +117,7 @@ class Job:
             "error": self.error,
             "error_code": self.error_code,
             "images": list(self.images),
+            "batch": self.batch,
             "model": self.model,
             "source": self.source,
             "parameters": dataclasses.asdict(self.spec),
@@ -136,6 +145,7 @@ class Job:
             error=record["error"],
             error_code=record["error_code"],
             images=list(record["images"]),
+            batch=record.get("batch", 0),
         )
 
     async def watch(self) -> AsyncIterator[Job]:
@@ -188,6 +198,11 @@ class JobControl:
             return DEADLINE
         return None
 
+    def batched(self, images: int) -> None:
+        """Say how many images shared a pipeline call with this job's (its own included)."""
+        with self._queue._lock:
+            self._job.batch = images
+
     def add_image(self, name: str) -> None:
         """Record a saved image at once, so a crash later still knows to clean it up."""
         with self._queue._lock:
@@ -207,9 +222,14 @@ class Chore:
 FinishUp = Callable[[], None]
 """The rest of a job after its generation (saving the images); runs beside the next job."""
 
-Executor = Callable[[Job, JobControl], "FinishUp | None"]
-"""Runs a job's generation through its JobControl and returns what is left to do, if anything.
-Either part raises GenerationStopped or JobFailure when the job has no result."""
+Executor = Callable[[list[Job], list[JobControl]], list[Any]]
+"""Runs the generation of a batch of jobs (one JobControl each) and returns, per job, what is
+left to do (FinishUp or None) or the exception that ended that job alone (GenerationStopped,
+JobFailure). Raising ends every job of the batch with that exception. A FinishUp raises
+GenerationStopped or JobFailure when its job has no result."""
+
+BatchLimit = Callable[[Job], int]
+"""How many images one pipeline call may draw for jobs like this one (1: no batching)."""
 
 _FAILED = object()  # what _attempt returns when the job has ended without a result
 
@@ -229,10 +249,12 @@ class JobQueue:
         discard_images: ImagesHook | None = None,
         on_finish: FinishHook | None = None,
         keep_finished: int = 500,
+        max_images: BatchLimit = lambda job: 1,
     ) -> None:
         """`discard_images` deletes the images of a job that ended without success;
-        `on_finish` sees every job that ends (for metrics)."""
+        `on_finish` sees every job that ends (for metrics); `max_images` bounds a batch."""
         self._execute = execute
+        self._max_images = max_images
         self._max_waiting = max_waiting
         self._store = store
         self._discard_images = discard_images or (lambda names: None)
@@ -241,7 +263,7 @@ class JobQueue:
         self._lock = threading.Condition()
         self._waiting: collections.deque[Job | Chore] = collections.deque()  # one FIFO for both
         self._jobs: dict[str, Job] = {}  # insertion order = submission order
-        self._running: Job | None = None
+        self._running: list[Job] = []  # the batch being generated
         self._chore_running = False
         self._accepting = True
         self._thread: threading.Thread | None = None
@@ -306,18 +328,48 @@ class JobQueue:
                 item = self._waiting.popleft()
                 if isinstance(item, Chore):
                     self._chore_running = True
-                elif time.time() > item.deadline:
-                    self._finish(item, JobState.FAILED, DEADLINE, f"the job waited past its deadline ({DEADLINE})")
+                elif self._expired(item):
                     continue
                 else:
-                    item.state, item.started = JobState.RUNNING, time.time()
-                    self._running = item
-                    item._notify()
+                    batch = [item, *self._companions(item)]
+                    started = time.time()
+                    for job in batch:
+                        job.state, job.started = JobState.RUNNING, started
+                        job._notify()
+                    self._running = batch
             if isinstance(item, Chore):
                 self._do_chore(item)
                 continue
-            self._persist(item)
-            self._run(item)
+            for job in batch:
+                self._persist(job)
+            self._run(batch)
+
+    def _expired(self, job: Job) -> bool:
+        """End a job that waited past its deadline (under the lock)."""
+        if time.time() <= job.deadline:
+            return False
+        self._finish(job, JobState.FAILED, DEADLINE, f"the job waited past its deadline ({DEADLINE})")
+        return True
+
+    def _companions(self, head: Job) -> list[Job]:
+        """Take the waiting jobs that join `head`'s batch (under the lock): the ones right behind
+        it, in order, while they can share its pipeline call and the images fit; the first that
+        cannot ends the batch, so no job is overtaken by a later one it could not share with."""
+        limit = self._max_images(head)
+        images = head.spec.num_images
+        key = (head.model, batch_key(head.spec))
+        taken: list[Job] = []
+        while self._waiting:
+            job = self._waiting[0]
+            if isinstance(job, Chore) or (job.model, batch_key(job.spec)) != key:
+                break
+            if images + job.spec.num_images > limit:
+                break
+            self._waiting.popleft()
+            if not self._expired(job):
+                taken.append(job)
+                images += job.spec.num_images
+        return taken
 
     def run_on_worker(self, run: Callable[[], Any]) -> concurrent.futures.Future:
         """Queue `run` (loading or unloading a model) behind the jobs already waiting, counted
@@ -338,18 +390,30 @@ class JobQueue:
             with self._lock:
                 self._chore_running = False
 
-    def _run(self, job: Job) -> None:
-        finish_up = self._attempt(job, lambda: self._execute(job, JobControl(self, job)))
-        if finish_up is _FAILED:
-            return
+    def _run(self, batch: list[Job]) -> None:
+        try:
+            outcomes = self._execute(batch, [JobControl(self, job) for job in batch])
+        except Exception as exc:  # the whole batch failed (the model would not load, out of memory)
+            outcomes = [exc] * len(batch)
+        finished: list[tuple[Job, FinishUp | None]] = []
+        for job, outcome in zip(batch, outcomes):
+            finish_up = self._attempt(job, lambda outcome=outcome: _result(outcome))
+            if finish_up is not _FAILED:
+                finished.append((job, finish_up))
         with self._lock:
-            job.generated = time.time()
-            self._recent_seconds.append(job.generated - (job.started or job.created))
-            self._running = None
+            generated = time.time()
+            for job, _ in finished:
+                job.generated = generated
+                # Its share of the batch's time: what a waiting job adds to the wait (Retry-After).
+                self._recent_seconds.append((generated - (job.started or job.created)) / len(batch))
+            self._running = []
+        if not finished:
+            return
         if self._finishing:
-            # At most one finished generation waits for its images to be saved (memory stays bounded).
+            # At most one finished batch waits for its images to be saved (memory stays bounded).
             concurrent.futures.wait([self._finishing])
-        self._finishing = self._finisher.submit(self._complete, job, finish_up)
+        for job, finish_up in finished:
+            self._finishing = self._finisher.submit(self._complete, job, finish_up)
 
     def _complete(self, job: Job, finish_up: FinishUp | None) -> None:
         """On the finisher thread: save the job's images, then mark it succeeded (or what it became)."""
@@ -387,8 +451,7 @@ class JobQueue:
                 discarded, job.images = job.images, []
             job.state, job.finished = state, time.time()
             job.error_code, job.error = code, error
-            if self._running is job:
-                self._running = None
+            self._running = [other for other in self._running if other is not job]
             self._forget_old()
         self._discard_images(discarded)
         self._persist(job)
@@ -455,9 +518,17 @@ class JobQueue:
 
     @property
     def running(self) -> Job | None:
-        return self._running
+        """The first job of the batch being generated."""
+        return self._running[0] if self._running else None
 
     def _retry_after_s(self) -> int:
         """A fair guess at when a slot frees up: the average recent job time times the queue."""
         average = sum(self._recent_seconds) / len(self._recent_seconds) if self._recent_seconds else 10.0
         return max(1, min(600, round(average * max(1, len(self._waiting)))))
+
+
+def _result(outcome: Any) -> Any:
+    """A job's outcome from the executor: what is left to do, or raise what ended it."""
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome

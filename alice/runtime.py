@@ -20,7 +20,7 @@ from PIL import Image
 from alice import __version__, model_store
 from alice.config import Settings
 from alice.downloads.manager import DownloadManager
-from alice.engine.generate import GenerationSpec, run_generation
+from alice.engine.generate import BatchEntry, GenerationSpec, GenerationStopped, images_per_call, run_batch
 from alice.engine.loras import LoraLoadFailed, loras_applied
 from alice.engine.device import describe_device
 from alice.engine.pipelines import (
@@ -72,6 +72,7 @@ class Runtime:
             store=JobStore(settings.data_dir / "jobs.sqlite3"),
             discard_images=self._discard_images,
             on_finish=self._job_finished,
+            max_images=self._images_per_call,
         )
         self.downloads = DownloadManager.for_settings(settings, settings.data_dir / "downloads")
         self.ready = False
@@ -223,43 +224,79 @@ class Runtime:
         self.pipelines.recover_from_out_of_memory(name)  # out of the except block, which holds the load's tensors
         raise JobFailure("out_of_memory", f"the GPU ran out of memory loading model '{name}'; try again later")
 
-    def _execute(self, job: Job, control: JobControl) -> FinishUp:
-        """Generate on the worker; return the saving of the images, which the queue runs on its
-        finisher thread while the next job generates."""
+    def _execute(self, jobs: list[Job], controls: list[JobControl]) -> list[FinishUp | Exception]:
+        """Generate a batch of jobs that share their drawing settings (see JobQueue) on the
+        worker, as few pipeline calls as the batch limit allows; return per job the saving of
+        its images, which the queue runs on its finisher thread while the next batch generates,
+        or what ended it alone (cancelled, past its deadline, its input image gone)."""
         self._update_gauges()
-        loaded = self._pipeline_for(job.model)
-        spec = job.spec
-        init_image = self._input_image(spec.init_image) if spec.init_image else None
-        pipe = loaded.image_to_image if init_image else loaded.pipe
+        head = jobs[0]
+        loaded = self._pipeline_for(head.model)
+        spec = head.spec  # the drawing settings every job of the batch shares
+        outcomes: list[FinishUp | Exception] = [None] * len(jobs)  # type: ignore[list-item]
+        entries: dict[int, BatchEntry] = {}
+        for index, (job, control) in enumerate(zip(jobs, controls)):
+            try:
+                init_image = self._input_image(job.spec.init_image) if job.spec.init_image else None
+            except JobFailure as failure:  # this job's alone
+                outcomes[index] = failure
+                continue
+            entries[index] = BatchEntry(job.spec, init_image, control.step, control.should_stop)
+        if not entries:
+            return outcomes
+        pipe = loaded.image_to_image if spec.init_image else loaded.pipe
+
+        def every_job_stops() -> str | None:  # a LoRA's loading is cut short only for nobody
+            reasons = [controls[index].should_stop() for index in entries]
+            return reasons[0] if all(reasons) else None
+
         out_of_memory = False
         try:
-            with loras_applied(pipe, self._lora_files(spec.loras), fuse=unet_is_compiled(pipe), should_stop=control.should_stop):
-                output = run_generation(
+            loras = self._lora_files(spec.loras)
+            with loras_applied(pipe, loras, fuse=unet_is_compiled(pipe), should_stop=every_job_stops):
+                results = run_batch(
                     pipe,
                     loaded.base_scheduler_config,
-                    spec,
-                    init_image=init_image,
-                    on_step=control.step,
-                    should_stop=control.should_stop,
+                    list(entries.values()),
+                    max_images=self._images_per_call(head),
+                    on_out_of_memory=lambda: self.pipelines.recover_from_out_of_memory(head.model),
                 )
         except torch.OutOfMemoryError:
             out_of_memory = True
+        except GenerationStopped as stop:
+            results = [GenerationStopped(controls[index].should_stop() or stop.reason) for index in entries]
         except LoraLoadFailed as exc:
-            logger.warning("job %s: %s", job.id, exc, exc_info=True)
+            logger.warning("job %s: %s", head.id, exc, exc_info=True)
             raise JobFailure(
                 "lora_failed",
-                f"LoRA '{exc.name}' does not load into model '{job.model}' (made for another model family, "
+                f"LoRA '{exc.name}' does not load into model '{head.model}' (made for another model family, "
                 f"or damaged: {type(exc.__cause__).__name__})",
             ) from None
         if out_of_memory:  # out of the except block, whose traceback holds the failed run's tensors
-            self.pipelines.recover_from_out_of_memory(job.model)  # the next request works
+            self.pipelines.recover_from_out_of_memory(head.model)  # the next request works
             raise JobFailure("out_of_memory", "the GPU ran out of memory; try a smaller size or fewer images")
-        extra = {"Denoising strength": str(spec.strength)} if init_image else {}
+        for index, result in zip(entries, results):
+            if isinstance(result, GenerationStopped):
+                outcomes[index] = result
+            else:
+                controls[index].batched(result.batch)
+                outcomes[index] = self._saving(jobs[index], controls[index], result.images)
+        return outcomes
+
+    def _images_per_call(self, job: Job) -> int:
+        """The batch limit for jobs like this one: ALICE_MAX_BATCH, within the memory kept for
+        one image of ALICE_MAX_PIXELS."""
+        return images_per_call(job.spec, self.settings.max_batch, self.settings.max_pixels)
+
+    def _saving(self, job: Job, control: JobControl, images: list[Image.Image]) -> FinishUp:
+        """The saving of a job's images, with their parameters in A1111's PNG text."""
+        spec = job.spec
+        extra = {"Denoising strength": str(spec.strength)} if spec.init_image else {}
         if spec.loras:
             extra["LoRAs"] = " ".join(f"{name}:{scale:g}" for name, scale in spec.loras)
 
         def save_images() -> None:  # on the finisher thread, while the next job generates
-            for index, image in enumerate(output.images):
+            for index, image in enumerate(images):
                 parameters = a1111_parameters(
                     prompt=spec.prompt,
                     negative_prompt=spec.negative_prompt,

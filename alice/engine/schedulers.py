@@ -77,11 +77,12 @@ def canonical_scheduler_name(name: str) -> str:
     return key
 
 
-def build_scheduler(name: str, base_config: Any, seed: int) -> SchedulerMixin:
+def build_scheduler(name: str, base_config: Any, seed: int | list[int]) -> SchedulerMixin:
     """A new scheduler of that kind configured like the model's own.
 
     DPM++ SDE draws its noise from the global RNG unless its noise sampler is seeded,
-    which would make seeded requests unrepeatable.
+    which would make seeded requests unrepeatable. For a batch, `seed` lists one seed per
+    image: diffusers' BatchedBrownianTree then gives each image its own tree.
     """
     spec = SCHEDULERS[canonical_scheduler_name(name)]
     options = dict(spec.options)

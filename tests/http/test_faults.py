@@ -10,13 +10,13 @@ SAM = {"messages": [{"role": "user", "content": "x"}], "metadata": {"width": 64,
 
 
 def fail_once(monkeypatch, error: Exception) -> None:
-    real = runtime_module.run_generation
+    real = runtime_module.run_batch
 
     def failing(*args, **kwargs):
-        monkeypatch.setattr(runtime_module, "run_generation", real)
+        monkeypatch.setattr(runtime_module, "run_batch", real)
         raise error
 
-    monkeypatch.setattr(runtime_module, "run_generation", failing)
+    monkeypatch.setattr(runtime_module, "run_batch", failing)
 
 
 def test_out_of_memory_is_a_clear_503_and_the_next_request_works(client, monkeypatch):

@@ -205,9 +205,13 @@ def test_images_api_url_and_b64(client):
     ).json()
     import base64
 
-    png = base64.b64decode(b64["data"][0]["b64_json"])
-    first_url = body["data"][0]["url"].removeprefix("http://testserver")
-    assert png == client.get(first_url).content  # same seed, same settings, same bytes
+    import numpy as np
+
+    alone = np.asarray(Image.open(io.BytesIO(base64.b64decode(b64["data"][0]["b64_json"]))), dtype=np.float64)
+    first = np.asarray(fetch_png(client, body["data"][0]["url"]), dtype=np.float64)
+    # Same seed, same settings: the same image; the two of n=2 shared one pipeline call, so up
+    # to the last bits of the arithmetic (README, Schedulers).
+    assert 10 * np.log10(255**2 / max(float(((alone - first) ** 2).mean()), 1e-12)) >= 40
 
 
 def test_images_api_errors(client):

@@ -26,19 +26,33 @@ class SteppingExecutor:
         self.saving = threading.Event()  # cleared: saves wait
         self.saving.set()
 
-    def __call__(self, job, control):
-        self.order.append(job.source)
+    def __call__(self, jobs, controls):
+        """Steps every job of the batch together, as one pipeline call does; a job that is asked
+        to stop leaves the batch, the others go on."""
+        self.order.append("+".join(job.source for job in jobs))
         self.release.wait(10)
+        outcomes: list = [None] * len(jobs)
         for step in range(1, self.steps + 1):
             time.sleep(self.step_s)
-            control.step(step, self.steps)
-            if reason := control.should_stop():
-                raise GenerationStopped(reason)
+            for index, control in enumerate(controls):
+                if outcomes[index] is None:
+                    control.step(step, self.steps)
+                    if reason := control.should_stop():
+                        outcomes[index] = GenerationStopped(reason)
+            if all(outcomes):
+                break
+        for index, (job, control) in enumerate(zip(jobs, controls)):
+            if outcomes[index] is None:
+                control.batched(len(jobs))
+                outcomes[index] = self.result(job, control)
+        return outcomes
+
+    def result(self, job, control):
         if job.source in ("boom", "known"):
             control.add_image(f"{job.source}.png")  # saved before it failed: must not be handed out
             if job.source == "boom":
-                raise RuntimeError("kaput")
-            raise JobFailure("out_of_memory", "the GPU ran out of memory")
+                return RuntimeError("kaput")
+            return JobFailure("out_of_memory", "the GPU ran out of memory")
         return lambda: self.save(job, control)
 
     def save(self, job, control):
@@ -275,3 +289,82 @@ def test_records_survive_a_restart(tmp_path, executor):
         restarted.stop(5)
     again = {r["id"]: r["state"] for r in JobStore(tmp_path / "jobs.sqlite3").load_all()}
     assert again == {done.id: "succeeded", "job-running": "failed", "job-queued": "succeeded"}
+
+
+# -- batches -------------------------------------------------------------------------------------
+@pytest.fixture
+def batching_queue(executor):
+    """A queue whose batches hold up to three images, its worker held by a running job."""
+    executor.release.clear()
+    queue = JobQueue(executor, max_waiting=10, max_images=lambda job: 3)
+    queue.start()
+    running = queue.submit("m", SPEC, "running", 60)
+    wait_until(lambda: running.state is JobState.RUNNING)
+    yield queue
+    executor.release.set()
+    queue.stop(5)
+
+
+def finish(queue, executor, jobs):
+    executor.release.set()
+    for job in jobs:
+        asyncio.run(job.wait())
+
+
+def test_waiting_jobs_that_can_share_a_call_run_as_one_batch(batching_queue, executor):
+    jobs = [batching_queue.submit("m", SPEC, source, 60) for source in ("a", "b", "c", "d")]
+    finish(batching_queue, executor, jobs)
+    assert executor.order == ["running", "a+b+c", "d"]  # three images at most
+    assert [job.batch for job in jobs] == [3, 3, 3, 1]
+    assert jobs[0].started == jobs[2].started and jobs[0].generated == jobs[2].generated
+    assert all(job.state is JobState.SUCCEEDED and job.images == [f"{job.source}.png"] for job in jobs)
+    assert jobs[0].public()["batch"] == 3
+
+
+def test_no_job_is_overtaken_by_a_later_one_it_could_not_share_with(batching_queue, executor):
+    other = GenerationSpec(prompt="p", seed=0, steps=24)
+    a = batching_queue.submit("m", SPEC, "a", 60)
+    x = batching_queue.submit("m", other, "x", 60)
+    b = batching_queue.submit("m", SPEC, "b", 60)
+    c = batching_queue.submit("other model", SPEC, "c", 60)
+    d = batching_queue.submit("other model", SPEC, "d", 60)
+    chore = batching_queue.run_on_worker(lambda: executor.order.append("chore"))
+    e = batching_queue.submit("other model", SPEC, "e", 60)
+    big = batching_queue.submit("other model", GenerationSpec(prompt="p", seed=0, num_images=3), "big", 60)
+    finish(batching_queue, executor, [a, x, b, c, d, e, big])
+    chore.result(5)
+    # b could share a's call but waits behind x; a chore and too many images end a batch too.
+    assert executor.order == ["running", "a", "x", "b", "c+d", "chore", "e", "big"]
+
+
+def test_a_job_cancelled_inside_a_batch_gets_no_image_and_the_others_go_on(batching_queue, executor):
+    executor.steps = 20
+    jobs = [batching_queue.submit("m", SPEC, source, 60) for source in ("a", "b", "c")]
+    executor.release.set()
+    wait_until(lambda: jobs[1].state is JobState.RUNNING and jobs[1].step >= 1)
+    batching_queue.cancel(jobs[1].id)
+    for job in jobs:
+        asyncio.run(job.wait())
+    assert executor.order[-1] == "a+b+c"
+    assert jobs[1].state is JobState.CANCELLED and jobs[1].images == [] and jobs[1].step < 20
+    assert [job.state for job in (jobs[0], jobs[2])] == [JobState.SUCCEEDED] * 2
+    assert jobs[0].step == 20 and jobs[2].images == ["c.png"]
+
+
+def test_a_batch_that_raises_fails_each_of_its_jobs(executor):
+    def broken(jobs, controls):
+        raise JobFailure("model_not_found", "gone")
+
+    queue = JobQueue(broken, max_waiting=5, max_images=lambda job: 4)
+    executor.release.clear()
+    try:
+        blocker = threading.Event()
+        queue.run_on_worker(lambda: blocker.wait(5))
+        queue.start()
+        jobs = [queue.submit("m", SPEC, source, 60) for source in ("a", "b")]
+        blocker.set()
+        for job in jobs:
+            asyncio.run(job.wait())
+        assert [job.error_code for job in jobs] == ["model_not_found"] * 2
+    finally:
+        queue.stop(5)

@@ -106,13 +106,13 @@ def test_out_of_memory_memory_is_freed_after_the_except_block(monkeypatch, tmp_p
         gc.collect()
         alive_when_freeing.append(activations[0]() is not None)
 
-    monkeypatch.setattr(runtime_module, "run_generation", run_out_of_memory)
+    monkeypatch.setattr(runtime_module, "run_batch", run_out_of_memory)
     pipe = types.SimpleNamespace(unet=torch.nn.Linear(1, 1))
     monkeypatch.setattr(runtime.pipelines, "get", lambda name: LoadedPipeline(name, pipe, {}, 0.0, 0))
     monkeypatch.setattr(runtime.pipelines, "drop_all_but", drop_all_but)
     job = Job(model="m", spec=GenerationSpec(prompt="a cat", seed=1), source="test", deadline=time.time() + 60)
     with pytest.raises(JobFailure) as failure:
-        runtime._execute(job, JobControl(runtime.jobs, job))
+        runtime._execute([job], [JobControl(runtime.jobs, job)])
     assert alive_when_freeing == [False]
     assert failure.value.code == "out_of_memory"
     assert "slicing" not in str(failure.value)  # no advice that was never measured to help
