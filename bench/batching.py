@@ -3,6 +3,7 @@ how close every batched image is to its unbatched twin.
 
     .venv/bin/python -m bench.batching                  # demo model, 64 px, 25 steps
     .venv/bin/python -m bench.batching --rounds 7 --psnr-steps 10
+    .venv/bin/python -m bench.batching --full-size      # SD 1.5 shapes (random weights), 512 px: for a GPU
 
 Throughput: two real `bentoml serve` processes on the demo model, one with the default
 ALICE_MAX_BATCH and one with ALICE_MAX_BATCH=1, started side by side. In each round, 8 clients
@@ -14,7 +15,7 @@ the batch sizes the server's job records report.
 
 PSNR: in-process on the same demo pipeline, for every scheduler: 8 requests with distinct
 prompts and seeds drawn alone, then as one batch; the PSNR of each batched image against its
-twin (the promise: 40 dB or more).
+twin (the promise: 40 dB or more). Both parts run on the GPU when there is one.
 """
 
 from __future__ import annotations
@@ -37,14 +38,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--full-size", action="store_true", help="SD 1.5 architecture, random weights")
+    parser.add_argument("--size", type=int, default=None, help="default: 64, 512 with --full-size")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--scheduler", default="euler")
     parser.add_argument("--psnr-steps", type=int, default=25)
     parser.add_argument("--skip-psnr", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
-    print(f"clients={args.clients} size={args.size} steps={args.steps} scheduler={args.scheduler}")
+    args.size = args.size or (512 if args.full_size else 64)
+    model = "SD 1.5 architecture" if args.full_size else "demo model"
+    print(f"{model}: clients={args.clients} size={args.size} steps={args.steps} scheduler={args.scheduler}")
     if not args.skip_throughput:
         throughput(args)
     if not args.skip_psnr:
@@ -52,8 +56,14 @@ def main() -> None:
 
 
 def throughput(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory() as scratch, alice_environment(Path(scratch), {"ALICE_QUEUE_SIZE": "100"}):
+    env = {"ALICE_QUEUE_SIZE": "100", **({"ALICE_DEFAULT_MODEL": "sd15-arch"} if args.full_size else {})}
+    with tempfile.TemporaryDirectory() as scratch, alice_environment(Path(scratch), env):
         log = Path(scratch)
+        if args.full_size:
+            from alice import model_store
+            from bench.fullsize import save_sd15_architecture
+
+            model_store.import_pipeline_folder(save_sd15_architecture(log / "sd15"), "sd15-arch")
         with running_server(log / "batched.log") as batched, \
                 running_server(log / "single.log", ALICE_MAX_BATCH="1") as single:
             servers = {"batched": batched.url, "max_batch=1": single.url}
@@ -105,8 +115,13 @@ def twins(args: argparse.Namespace) -> None:
     from alice.engine.schedulers import SCHEDULERS
 
     with tempfile.TemporaryDirectory() as scratch:
-        save_demo_pipeline(Path(scratch))
-        pipe = load_pipeline(Path(scratch), choose_placement("cpu"))
+        if args.full_size:
+            from bench.fullsize import save_sd15_architecture
+
+            folder = save_sd15_architecture(Path(scratch) / "sd15")
+        else:
+            save_demo_pipeline(folder := Path(scratch))
+        pipe = load_pipeline(folder, choose_placement())
     config = pipe.scheduler.config
     print(f"PSNR of each batched image against its twin drawn alone ({args.clients} in one call, "
           f"{args.size} px, {args.psnr_steps} steps):")
