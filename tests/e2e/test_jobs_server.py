@@ -52,12 +52,14 @@ def test_many_clients_at_once_all_get_their_own_images(server):
     assert [m["prompt"] for m in metas] == [f"client {i}" for i in range(6)]
     urls = {r.json()["choices"][0]["message"]["image_urls"][0] for r in responses}
     assert len(urls) == 6
-    # One at a time: no two generations overlapped on the worker (a job's images are saved
+    # One pipeline call at a time: the jobs of a batch share theirs (the same start and end, and
+    # `batch` counts them), and no two calls overlapped on the worker (a call's images are saved
     # while the next one generates).
-    jobs = sorted((j for j in httpx.get(f"{server}/v1/jobs").json()["data"] if j["source"] == "chat"),
-                  key=lambda j: j["started"])
+    jobs = [j for j in httpx.get(f"{server}/v1/jobs").json()["data"] if j["source"] == "chat"]
     assert all(a["started"] < a["generated"] <= a["finished"] for a in jobs)
-    assert all(a["generated"] <= b["started"] for a, b in zip(jobs, jobs[1:]))
+    calls = sorted({(j["started"], j["generated"]) for j in jobs})
+    assert all(a[1] <= b[0] for a, b in zip(calls, calls[1:]))
+    assert all(j["batch"] == sum(k["started"] == j["started"] for k in jobs) for j in jobs)
 
 
 def test_async_submit_poll_fetch(server):
