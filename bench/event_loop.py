@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from tests.support import ServerProcess, alice_environment, running_server
+from tests.support import HealthWatch, ServerProcess, alice_environment, running_server
 
 HUGE = 300 << 20
 CHUNK = b"x" * (1 << 20)
@@ -45,41 +45,6 @@ def big_input_b64(side: int = 4096) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)
     return base64.b64encode(buffer.getvalue()).decode()
-
-
-class HealthWatch:
-    """Polls `/health` every 50 ms; the slowest answer and peak memory while it runs."""
-
-    def __init__(self, server: ServerProcess) -> None:
-        self.server = server
-        self.worst_s = 0.0
-        self.polls = 0
-        self.baseline_rss = self.peak_rss = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _rss(self) -> int:
-        return sum(process.memory_info().rss for process in self.server._processes())
-
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.server.url, timeout=120) as client:
-            while not self._stop.is_set():
-                started = time.monotonic()
-                client.get("/health")
-                self.worst_s = max(self.worst_s, time.monotonic() - started)
-                self.polls += 1
-                self.peak_rss = max(self.peak_rss, self._rss())
-                time.sleep(0.05)
-
-    def measure(self, scenario: Callable[[], str]) -> str:
-        self._thread.start()
-        try:
-            outcome = scenario()
-        finally:
-            self._stop.set()
-            self._thread.join(120)
-        return (f"{outcome}; /health slowest {self.worst_s * 1000:.0f} ms over {self.polls} polls; "
-                f"server memory +{(self.peak_rss - self.baseline_rss) / 2**20:.0f} MiB")
 
 
 def big_inputs(server: ServerProcess, image: str, count: int) -> str:
@@ -142,7 +107,9 @@ def main() -> None:
                 ("300 MB body chunked", lambda: huge_body(server, chunked=True)),
             ]
             for title, scenario in scenarios:
-                print(f"{title}: {HealthWatch(server).measure(scenario)}", flush=True)
+                with HealthWatch(server) as watch:
+                    outcome = scenario()
+                print(f"{title}: {outcome}; {watch.summary()}", flush=True)
 
 
 if __name__ == "__main__":

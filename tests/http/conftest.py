@@ -64,6 +64,17 @@ def errors_logged(records: list[logging.LogRecord]) -> list[str]:
             if record.levelno >= logging.ERROR or record.exc_info]
 
 
+def wait_for_state(client: TestClient, state: str, count: int = 1, timeout: float = 30.0) -> list[dict]:
+    """The jobs in `state` once there are `count` of them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = [job for job in client.get("/v1/jobs").json()["data"] if job["state"] == state]
+        if len(jobs) >= count:
+            return jobs
+        time.sleep(0.05)
+    raise AssertionError(f"no {count} job(s) {state}: {client.get('/v1/jobs').json()}")
+
+
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     """An open server (no API key configured)."""

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.http.conftest import start_client
+from tests.http.conftest import start_client, wait_for_state
 
 # Long enough to still be running while the test looks at it; cancelled long before the end.
 SLOW = {"model": "sd/alice-demo", "messages": [{"role": "user", "content": "slow"}],
@@ -17,16 +17,6 @@ SLOW = {"model": "sd/alice-demo", "messages": [{"role": "user", "content": "slow
 @pytest.fixture(scope="module")
 def small_queue_client(tmp_path_factory):
     yield from start_client(tmp_path_factory.mktemp("queue"), ALICE_QUEUE_SIZE="1")
-
-
-def wait_for_state(client, state, count=1, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        jobs = [job for job in client.get("/v1/jobs").json()["data"] if job["state"] == state]
-        if len(jobs) >= count:
-            return jobs
-        time.sleep(0.05)
-    raise AssertionError(f"no {count} job(s) {state}: {client.get('/v1/jobs').json()}")
 
 
 def test_full_queue_then_cancel_queued_and_running(small_queue_client):

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.http.conftest import start_client
+from tests.http.conftest import start_client, wait_for_state
 
 # Long enough to still be running while the test looks at it; cancelled long before the end.
 SLOW = {"prompt": "slow", "width": 256, "height": 256, "steps": 150, "scheduler": "euler"}
@@ -37,16 +37,6 @@ def test_unknown_models(client):
 @pytest.fixture(scope="module")
 def small_queue_client(tmp_path_factory):
     yield from start_client(tmp_path_factory.mktemp("queue"), ALICE_QUEUE_SIZE="2")
-
-
-def wait_for_state(client, state, count=1, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        jobs = [job for job in client.get("/v1/jobs").json()["data"] if job["state"] == state]
-        if len(jobs) >= count:
-            return jobs
-        time.sleep(0.05)
-    raise AssertionError(f"no {count} job(s) {state}: {client.get('/v1/jobs').json()}")
 
 
 def test_load_and_unload_wait_their_turn_and_count_against_the_queue(small_queue_client):
