@@ -59,9 +59,10 @@ def test_openai_sdk_chat_images_and_streaming(server):
     images = client.images.generate(prompt="a fox", model="sd/alice-demo", size="64x64", n=2,
                                     extra_body={"steps": 2, "seed": 4})
     assert len(images.data) == 2 and all(item.url for item in images.data)
-    b64 = client.images.generate(prompt="a fox", size="64x64", response_format="b64_json",
+    # The same request as base64: the same two images (n images are one batch, drawn the same way).
+    b64 = client.images.generate(prompt="a fox", size="64x64", n=2, response_format="b64_json",
                                  extra_body={"steps": 2, "seed": 4})
-    assert base64.b64decode(b64.data[0].b64_json) == httpx.get(images.data[0].url).content
+    assert [base64.b64decode(item.b64_json) for item in b64.data] == [httpx.get(item.url).content for item in images.data]
 
     stream = client.chat.completions.create(
         model="sd/alice-demo",
