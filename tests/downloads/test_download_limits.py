@@ -3,10 +3,12 @@ how big a download may grow, what a finished task leaves behind, and how long ta
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import shutil
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,24 +26,30 @@ def lora(tmp_path_factory) -> Path:
     return write_demo_lora(tmp_path_factory.mktemp("lora"))
 
 
-@pytest.fixture
-def source(lora):
-    """A configured source (the operator's CivitAI), on loopback."""
+@contextlib.contextmanager
+def serving(lora: Path) -> Iterator[FakeSources]:
+    """A fake CivitAI on loopback whose model 1 is `lora`."""
     sources = FakeSources()
     server = start(sources)
     sources.civitai_files[1] = lora
-    yield sources
-    server.shutdown()
+    try:
+        yield sources
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture
+def source(lora):
+    """A configured source (the operator's CivitAI), on loopback."""
+    with serving(lora) as sources:
+        yield sources
 
 
 @pytest.fixture
 def lan_host(lora):
     """Another server on loopback: configured nowhere, so like a host on the LAN."""
-    sources = FakeSources()
-    server = start(sources)
-    sources.civitai_files[1] = lora
-    yield sources
-    server.shutdown()
+    with serving(lora) as sources:
+        yield sources
 
 
 def manager(folder: Path, source: FakeSources, **limits) -> DownloadManager:
