@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import bentoml
 
-from alice.config import configured_max_batch, load_settings
+from alice.config import load_settings, settings_or_defaults
 from alice.http import native, route_labels
 from alice.http.app import http_app
 from alice.http.auth import ApiKeyMiddleware, warn_if_open_beyond_loopback
@@ -19,6 +19,8 @@ from alice.tls import service_ssl_options
 
 # Before BentoML builds the app: its request metrics and access log name routes, not raw paths.
 route_labels.install()
+# Read once at import: BentoML takes `concurrency` and TLS from the decorator.
+_decorator_settings = settings_or_defaults()
 
 
 @bentoml.service(
@@ -28,8 +30,8 @@ route_labels.install()
     # SAM waits 600 s; jobs have their own, shorter deadline. A replica draws up to
     # ALICE_MAX_BATCH images at once (waiting requests share a pipeline call): BentoML's
     # autoscalers scale replicas on `concurrency`.
-    traffic={"timeout": 660, "concurrency": configured_max_batch()},
-    **service_ssl_options(),  # HTTPS when ALICE_TLS_CERTFILE / ALICE_TLS_KEYFILE are set
+    traffic={"timeout": 660, "concurrency": _decorator_settings.max_batch},
+    **service_ssl_options(_decorator_settings),  # HTTPS when ALICE_TLS_CERTFILE / ALICE_TLS_KEYFILE are set
 )
 @bentoml.asgi_app(http_app, path="/")
 class Alice:

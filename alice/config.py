@@ -195,13 +195,13 @@ def load_settings() -> Settings:
         raise ConfigError(_describe(exc, path)) from None
 
 
-def configured_max_batch() -> int:
-    """ALICE_MAX_BATCH as set, for service.py's decorator at import (BentoML's autoscalers scale
-    replicas on `concurrency`); the default when a setting is bad, which the start reports."""
+def settings_or_defaults() -> Settings:
+    """The settings, or every default when one is bad: for service.py's decorator at import
+    (BentoML takes `concurrency` and TLS from it), whose start then reports the bad setting."""
     try:
-        return load_settings().max_batch
+        return load_settings()
     except ConfigError:
-        return Settings.model_fields["max_batch"].default
+        return Settings.model_construct()  # the defaults, without reading the environment again
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

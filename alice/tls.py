@@ -127,19 +127,9 @@ def check_server_files(certfile: Path, keyfile: Path) -> None:
         ) from None
 
 
-def service_ssl_options() -> dict[str, object]:
-    """`@bentoml.service(**...)` options that make BentoML serve HTTPS with the configured files.
-
-    Read when service.py is imported, since BentoML takes TLS from the service's own
-    configuration (as `bentoml serve --ssl-certfile` would set it). Other bad settings are
-    left for the service's start to report, as always.
-    """
-    from alice.config import load_settings
-
-    try:
-        settings = load_settings()
-    except ConfigError:
-        return {}
+def service_ssl_options(settings: Settings) -> dict[str, object]:
+    """`@bentoml.service(**...)` options that make BentoML serve HTTPS with the configured files
+    (as `bentoml serve --ssl-certfile` would set them); none for plain HTTP."""
     ssl_config = bentoml_ssl_config(settings)
     return {"ssl": ssl_config} if ssl_config else {}
 
