@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from tests.downloads.fake_sources import FakeSources, start
+from alice.http.web_routes import WEB_DIR
 from alice.image_store import ImageStore, a1111_parameters
 from tests.support import ROOT, ServerProcess, alice_environment, write_demo_lora
 
@@ -77,16 +78,23 @@ def browser() -> Iterator[Browser]:
 
 
 class Watch:
-    """What the page did that it must not: dialogs (alert), script errors, the key in a URL."""
+    """What the page did that it must not: dialogs (alert), script errors, the key in a URL,
+    a file of its own (a module) that did not load, anything its CSP refused."""
 
     def __init__(self, page: Page) -> None:
         self.dialogs: list[str] = []
         self.errors: list[str] = []
         self.urls: list[str] = []
         self.api_headers: list[dict[str, str]] = []
+        self.modules: list[str] = []
+        self.failed_files: list[str] = []
+        self.refused: list[str] = []
         page.on("dialog", self._dialog)
         page.on("pageerror", lambda error: self.errors.append(str(error)))
         page.on("request", self._request)
+        page.on("response", self._response)
+        page.on("requestfailed", self._failed)
+        page.on("console", self._console)
 
     def _dialog(self, dialog) -> None:
         self.dialogs.append(dialog.message)
@@ -96,11 +104,27 @@ class Watch:
         self.urls.append(request.url)
         if "/v1/" in request.url:
             self.api_headers.append(request.headers)
+        if request.resource_type == "script":
+            self.modules.append(request.url.split("/web/", 1)[-1])
+
+    def _response(self, response) -> None:
+        if "/web/" in response.url and response.status >= 400:
+            self.failed_files.append(f"{response.url}: HTTP {response.status}")
+
+    def _failed(self, request) -> None:
+        if "/web/" in request.url:
+            self.failed_files.append(f"{request.url}: {request.failure}")
+
+    def _console(self, message) -> None:
+        if message.type == "error" and "Content Security Policy" in message.text:
+            self.refused.append(message.text)
 
     def check(self) -> None:
         assert self.dialogs == [], f"the page opened dialogs: {self.dialogs}"
         assert self.errors == [], f"script errors: {self.errors}"
         assert not [url for url in self.urls if API_KEY in url], "the API key appeared in a URL"
+        assert self.failed_files == [], f"the page's own files did not load: {self.failed_files}"
+        assert self.refused == [], f"the page's policy refused: {self.refused}"
 
 
 def keyed_context(browser: Browser, server: ServerProcess, **options) -> BrowserContext:
@@ -241,6 +265,16 @@ def test_key_prompt_then_generate_and_see_the_image_with_its_parameters(browser,
     assert page.locator("#key-input").count() == 0
     watch.check()
     context.close()
+
+
+def test_the_page_loads_every_module_under_its_policy(page, server):
+    page.goto("/web/")
+    expect(page.locator("#dash-server")).to_contain_text("ok")
+    expect(page.locator("#server-status")).to_contain_text("ready")
+    on_disk = {str(path.relative_to(WEB_DIR)) for path in WEB_DIR.rglob("*.js")}
+    assert set(page.watch.modules) == on_disk  # type: ignore[attr-defined]
+    # Modules share only what they export: the page's code puts nothing on window.
+    assert page.evaluate("() => ['el', 'api', 'gen', 'route', 'dashboard'].filter(n => n in window)") == []
 
 
 def test_cancel_a_queued_job_from_the_queue_page(page, server):
