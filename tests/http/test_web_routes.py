@@ -79,6 +79,9 @@ def test_every_module_the_page_imports_is_served_as_javascript_without_a_key(key
     # Every script file in the folder is part of the page (none left behind by a split or a rename).
     on_disk = {"/web/" + str(path.relative_to(WEB_DIR)) for path in WEB_DIR.rglob("*.js")}
     assert set(modules) == on_disk and len(on_disk) > 10
+    # The page names them all for preloading, so they load at once, not one import level at a time.
+    preloads = re.findall(r'<link rel="modulepreload" href="([^"]+)">', keyed_client.get("/web/").text)
+    assert len(preloads) == len(set(preloads)) and {urljoin("/web/", path) for path in preloads} == on_disk - {"/web/app.js"}
 
 
 def test_every_imported_name_is_exported_by_its_module(keyed_client):
