@@ -413,11 +413,12 @@ def test_models_page_lists_searches_downloads_and_deletes(page, server):
     expect(page.locator("#downloads-msg")).to_contain_text("No downloads yet")
 
     # Unload frees the model's memory; Load brings it back, both on the server's worker.
-    demo.get_by_role("button", name="Unload").click()
-    expect(demo.get_by_role("button", name="Load")).to_be_visible()
+    # (Names match exactly: "Load" is also a part of "Unload".)
+    demo.get_by_role("button", name="Unload", exact=True).click()
+    expect(demo.get_by_role("button", name="Load", exact=True)).to_be_visible()
     assert api(server, "GET", "/health").json()["loaded_models"] == []
-    demo.get_by_role("button", name="Load").click()
-    expect(demo.get_by_role("button", name="Unload")).to_be_visible()
+    demo.get_by_role("button", name="Load", exact=True).click()
+    expect(demo.get_by_role("button", name="Unload", exact=True)).to_be_visible()
     assert api(server, "GET", "/health").json()["loaded_models"] == ["alice-demo"]
 
     page.fill("#search-query", "tiny")
@@ -447,6 +448,52 @@ def test_models_page_lists_searches_downloads_and_deletes(page, server):
     page.click("#confirm-ok")
     expect(lora).to_have_count(0)
     assert "inky-style" not in {m["name"] for m in api(server, "GET", "/v1/store/models").json()["data"]}
+
+
+def test_a_late_answer_never_undoes_what_a_click_showed(page, server):
+    """The Models page polls the store; a poll answered after a click's own reload (it left
+    before the click's action finished) must not put the old state back under the pointer."""
+    page.goto("/web/#/models")
+    demo = page.locator("#models-list .model-item[data-name='alice-demo']")
+    expect(demo.get_by_role("button", name="Unload", exact=True)).to_be_visible()
+    held, passed = [], []
+
+    def hold_the_next_poll(route) -> None:
+        if held:
+            passed.append(route.request.url)
+            route.continue_()
+        else:  # answered now (the model still loaded), handed to the page only later
+            held.append((route, route.fetch()))
+
+    def wait_until(condition, what: str) -> None:
+        deadline = time.monotonic() + 15
+        while not condition() and time.monotonic() < deadline:
+            page.wait_for_timeout(50)
+        assert condition(), what
+
+    page.route("**/v1/store/models", hold_the_next_poll)
+    wait_until(lambda: held, "the page did not poll the store")
+    demo.get_by_role("button", name="Unload", exact=True).click()
+    expect(demo.get_by_role("button", name="Load", exact=True)).to_be_visible()
+    # From now on the model is unloaded: no button may say otherwise.
+    page.evaluate("""() => {
+        const list = document.getElementById('models-list');
+        window.sawUnload = false;
+        new MutationObserver(() => {
+            const item = list.querySelector("[data-name='alice-demo']");
+            if (item && item.textContent.includes('Unload')) window.sawUnload = true;
+        }).observe(list, { subtree: true, childList: true, characterData: true });
+    }""")
+    reloads = len(passed)
+    route, stale = held[0]
+    route.fulfill(response=stale)
+    wait_until(lambda: len(passed) > reloads, "the page stopped polling")  # the held poll is done with
+    assert page.evaluate("window.sawUnload") is False, "a late poll showed the model as loaded again"
+    expect(demo.get_by_role("button", name="Load", exact=True)).to_be_visible()
+    page.unroute("**/v1/store/models")
+    demo.get_by_role("button", name="Load", exact=True).click()
+    expect(demo.get_by_role("button", name="Unload", exact=True)).to_be_visible()
+    assert api(server, "GET", "/health").json()["loaded_models"] == ["alice-demo"]
 
 
 def test_settings_page_masks_secrets_and_keeps_user_defaults(page, server):

@@ -22,11 +22,10 @@ export const models = {
     this.storeKey = "";
   },
   async refresh() {
-    const [store, downloads] = await Promise.all([
-      loadStore(),
+    const [, downloads] = await Promise.all([
+      showStore(),
       api("/v1/models/download/status").catch((error) => ({ error })),
     ]);
-    renderStore(store);
     const msg = $("downloads-msg");
     if (downloads.error) {
       setText(msg, managerError(downloads.error));
@@ -45,10 +44,20 @@ export const models = {
     if (finishedOne) {
       toast("Download complete: the model is in the store.");
       this.storeKey = "";
-      renderStore(await loadStore());
+      await showStore();
     }
   },
 };
+
+let storeLoads = 0;
+
+/** Load the store and show it, unless a later load began meanwhile: an answer that left before
+ * a click's action finished must not put the old state back after the click's own reload. */
+async function showStore() {
+  const load = ++storeLoads;
+  const store = await loadStore();
+  if (load === storeLoads) renderStore(store);
+}
 
 function renderStore(store) {
   const key = JSON.stringify(store.map((m) => [m.name, m.kind, m.loaded, m.default, m.size_bytes]));
@@ -91,7 +100,7 @@ async function loadOrUnload(model) {
     toast(managerError(err), true);
   }
   models.storeKey = "";
-  renderStore(await loadStore());
+  await showStore();
 }
 
 async function deleteModel(model) {
@@ -104,7 +113,7 @@ async function deleteModel(model) {
     toast(managerError(err), true);
   }
   models.storeKey = "";
-  renderStore(await loadStore());
+  await showStore();
 }
 
 function downloadItem() {
