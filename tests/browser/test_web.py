@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from tests.downloads.fake_sources import FakeSources, start
+from alice.http.web_routes import WEB_DIR
 from alice.image_store import ImageStore, a1111_parameters
 from tests.support import ROOT, ServerProcess, alice_environment, write_demo_lora
 
@@ -77,16 +78,23 @@ def browser() -> Iterator[Browser]:
 
 
 class Watch:
-    """What the page did that it must not: dialogs (alert), script errors, the key in a URL."""
+    """What the page did that it must not: dialogs (alert), script errors, the key in a URL,
+    a file of its own (a module) that did not load, anything its CSP refused."""
 
     def __init__(self, page: Page) -> None:
         self.dialogs: list[str] = []
         self.errors: list[str] = []
         self.urls: list[str] = []
         self.api_headers: list[dict[str, str]] = []
+        self.modules: list[str] = []
+        self.failed_files: list[str] = []
+        self.refused: list[str] = []
         page.on("dialog", self._dialog)
         page.on("pageerror", lambda error: self.errors.append(str(error)))
         page.on("request", self._request)
+        page.on("response", self._response)
+        page.on("requestfailed", self._failed)
+        page.on("console", self._console)
 
     def _dialog(self, dialog) -> None:
         self.dialogs.append(dialog.message)
@@ -96,11 +104,27 @@ class Watch:
         self.urls.append(request.url)
         if "/v1/" in request.url:
             self.api_headers.append(request.headers)
+        if request.resource_type == "script":
+            self.modules.append(request.url.split("/web/", 1)[-1])
+
+    def _response(self, response) -> None:
+        if "/web/" in response.url and response.status >= 400:
+            self.failed_files.append(f"{response.url}: HTTP {response.status}")
+
+    def _failed(self, request) -> None:
+        if "/web/" in request.url:
+            self.failed_files.append(f"{request.url}: {request.failure}")
+
+    def _console(self, message) -> None:
+        if message.type == "error" and "Content Security Policy" in message.text:
+            self.refused.append(message.text)
 
     def check(self) -> None:
         assert self.dialogs == [], f"the page opened dialogs: {self.dialogs}"
         assert self.errors == [], f"script errors: {self.errors}"
         assert not [url for url in self.urls if API_KEY in url], "the API key appeared in a URL"
+        assert self.failed_files == [], f"the page's own files did not load: {self.failed_files}"
+        assert self.refused == [], f"the page's policy refused: {self.refused}"
 
 
 def keyed_context(browser: Browser, server: ServerProcess, **options) -> BrowserContext:
@@ -243,6 +267,16 @@ def test_key_prompt_then_generate_and_see_the_image_with_its_parameters(browser,
     context.close()
 
 
+def test_the_page_loads_every_module_under_its_policy(page, server):
+    page.goto("/web/")
+    expect(page.locator("#dash-server")).to_contain_text("ok")
+    expect(page.locator("#server-status")).to_contain_text("ready")
+    on_disk = {str(path.relative_to(WEB_DIR)) for path in WEB_DIR.rglob("*.js")}
+    assert set(page.watch.modules) == on_disk  # type: ignore[attr-defined]
+    # Modules share only what they export: the page's code puts nothing on window.
+    assert page.evaluate("() => ['el', 'api', 'gen', 'route', 'dashboard'].filter(n => n in window)") == []
+
+
 def test_cancel_a_queued_job_from_the_queue_page(page, server):
     first = api(server, "POST", "/v1/jobs", json={**SLOW, "prompt": "first slow job"}).json()
     second = api(server, "POST", "/v1/jobs", json={**SLOW, "prompt": "second slow job"}).json()
@@ -379,11 +413,12 @@ def test_models_page_lists_searches_downloads_and_deletes(page, server):
     expect(page.locator("#downloads-msg")).to_contain_text("No downloads yet")
 
     # Unload frees the model's memory; Load brings it back, both on the server's worker.
-    demo.get_by_role("button", name="Unload").click()
-    expect(demo.get_by_role("button", name="Load")).to_be_visible()
+    # (Names match exactly: "Load" is also a part of "Unload".)
+    demo.get_by_role("button", name="Unload", exact=True).click()
+    expect(demo.get_by_role("button", name="Load", exact=True)).to_be_visible()
     assert api(server, "GET", "/health").json()["loaded_models"] == []
-    demo.get_by_role("button", name="Load").click()
-    expect(demo.get_by_role("button", name="Unload")).to_be_visible()
+    demo.get_by_role("button", name="Load", exact=True).click()
+    expect(demo.get_by_role("button", name="Unload", exact=True)).to_be_visible()
     assert api(server, "GET", "/health").json()["loaded_models"] == ["alice-demo"]
 
     page.fill("#search-query", "tiny")
@@ -413,6 +448,52 @@ def test_models_page_lists_searches_downloads_and_deletes(page, server):
     page.click("#confirm-ok")
     expect(lora).to_have_count(0)
     assert "inky-style" not in {m["name"] for m in api(server, "GET", "/v1/store/models").json()["data"]}
+
+
+def test_a_late_answer_never_undoes_what_a_click_showed(page, server):
+    """The Models page polls the store; a poll answered after a click's own reload (it left
+    before the click's action finished) must not put the old state back under the pointer."""
+    page.goto("/web/#/models")
+    demo = page.locator("#models-list .model-item[data-name='alice-demo']")
+    expect(demo.get_by_role("button", name="Unload", exact=True)).to_be_visible()
+    held, passed = [], []
+
+    def hold_the_next_poll(route) -> None:
+        if held:
+            passed.append(route.request.url)
+            route.continue_()
+        else:  # answered now (the model still loaded), handed to the page only later
+            held.append((route, route.fetch()))
+
+    def wait_until(condition, what: str) -> None:
+        deadline = time.monotonic() + 15
+        while not condition() and time.monotonic() < deadline:
+            page.wait_for_timeout(50)
+        assert condition(), what
+
+    page.route("**/v1/store/models", hold_the_next_poll)
+    wait_until(lambda: held, "the page did not poll the store")
+    demo.get_by_role("button", name="Unload", exact=True).click()
+    expect(demo.get_by_role("button", name="Load", exact=True)).to_be_visible()
+    # From now on the model is unloaded: no button may say otherwise.
+    page.evaluate("""() => {
+        const list = document.getElementById('models-list');
+        window.sawUnload = false;
+        new MutationObserver(() => {
+            const item = list.querySelector("[data-name='alice-demo']");
+            if (item && item.textContent.includes('Unload')) window.sawUnload = true;
+        }).observe(list, { subtree: true, childList: true, characterData: true });
+    }""")
+    reloads = len(passed)
+    route, stale = held[0]
+    route.fulfill(response=stale)
+    wait_until(lambda: len(passed) > reloads, "the page stopped polling")  # the held poll is done with
+    assert page.evaluate("window.sawUnload") is False, "a late poll showed the model as loaded again"
+    expect(demo.get_by_role("button", name="Load", exact=True)).to_be_visible()
+    page.unroute("**/v1/store/models")
+    demo.get_by_role("button", name="Load", exact=True).click()
+    expect(demo.get_by_role("button", name="Unload", exact=True)).to_be_visible()
+    assert api(server, "GET", "/health").json()["loaded_models"] == ["alice-demo"]
 
 
 def test_settings_page_masks_secrets_and_keeps_user_defaults(page, server):

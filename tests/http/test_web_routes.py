@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import urljoin
 
 import pytest
 
@@ -33,16 +34,72 @@ def test_bare_web_redirects_to_the_page(keyed_client):
 
 
 def test_the_page_uses_nothing_from_elsewhere_and_writes_no_html():
-    for name in ("index.html", "app.js", "style.css"):
-        text = (WEB_DIR / name).read_text()
+    files = [path for path in WEB_DIR.rglob("*") if path.suffix in (".html", ".js", ".css")]
+    assert len(files) > 3
+    for path in files:
+        text, name = path.read_text(), str(path.relative_to(WEB_DIR))
         assert re.findall(r"https?://[\w-]+\.[\w.-]+|(?:src|href)=[\"']//|url\(\s*[\"']?(?:https?:)?//", text) == [], name
-        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
             assert sink not in text, (name, sink)
+
+
+# `import {a, b as c} from "./x.js";`, `import "./x.js";` (our modules import nothing else), and
+# what a module exports by name.
+IMPORT = re.compile(r'^import\s*(?:\{([^}]*)\}\s*from\s*)?"([^"]+)";', re.MULTILINE)
+EXPORT = re.compile(r"^export\s+(?:async\s+)?(?:function\*?|const|let|class)\s+([\w$]+)", re.MULTILINE)
+
+
+def page_modules(client) -> dict[str, str]:
+    """Every module the page loads, by URL path, fetched as the browser does: from the page's
+    <script type="module">, then each module's imports, resolved against the importing URL."""
+    page = client.get("/web/").text
+    entries = re.findall(r'<script type="module" src="([^"]+)"></script>', page)
+    assert entries == ["app.js"] and "<script>" not in page and " defer" not in page
+    found: dict[str, str] = {}
+    todo = [urljoin("/web/", entry) for entry in entries]
+    while todo:
+        url = todo.pop()
+        if url in found:
+            continue
+        response = client.get(url)
+        assert response.status_code == 200, f"{url}: {response.status_code}"
+        # A module is refused by the browser under nosniff unless it is served as JavaScript.
+        assert response.headers["content-type"] == "text/javascript; charset=utf-8", url
+        assert response.headers["content-security-policy"].startswith("default-src 'none'; script-src 'self';")
+        found[url] = response.text
+        for _, specifier in IMPORT.findall(response.text):
+            # Browsers refuse bare names ("dom.js") without an import map: only relative paths.
+            assert specifier.startswith(("./", "../")) and specifier.endswith(".js"), (url, specifier)
+            todo.append(urljoin(url, specifier))
+    return found
+
+
+def test_every_module_the_page_imports_is_served_as_javascript_without_a_key(keyed_client):
+    modules = page_modules(keyed_client)
+    # Every script file in the folder is part of the page (none left behind by a split or a rename).
+    on_disk = {"/web/" + str(path.relative_to(WEB_DIR)) for path in WEB_DIR.rglob("*.js")}
+    assert set(modules) == on_disk and len(on_disk) > 10
+    # The page names them all for preloading, so they load at once, not one import level at a time.
+    preloads = re.findall(r'<link rel="modulepreload" href="([^"]+)">', keyed_client.get("/web/").text)
+    assert len(preloads) == len(set(preloads)) and {urljoin("/web/", path) for path in preloads} == on_disk - {"/web/app.js"}
+
+
+def test_every_imported_name_is_exported_by_its_module(keyed_client):
+    modules = page_modules(keyed_client)
+    exports = {url: set(EXPORT.findall(text)) for url, text in modules.items()}
+    for url, text in modules.items():
+        # No globals: modules share only what they export.
+        assert not re.search(r"\b(?:window|globalThis|self)\.[\w$]+\s*=[^=]", text), url
+        for names, specifier in IMPORT.findall(text):
+            wanted = {name.split(" as ")[0].strip() for name in names.split(",") if name.strip()}
+            missing = wanted - exports[urljoin(url, specifier)]
+            assert not missing, f"{url} imports {sorted(missing)} that {specifier} does not export"
 
 
 @pytest.mark.parametrize("path", [
     "../http/app.py", "../../service.py", ".hidden.js", "nope.js", "app.js/", "a\\..\\app.js",
     "/etc/passwd", "", "index.html/..", "../web/app.js", "__init__.py", "x/../app.js",
+    "lib/../app.js", "lib/", "lib//dom.js", "pages/.x.js", "lib",
 ])
 def test_nothing_outside_the_folder_or_of_another_kind_is_found(path):
     assert static_file(path) is None
@@ -59,6 +116,7 @@ def test_nothing_outside_the_folder_is_served(keyed_client, path):
 def test_the_files_are_found():
     assert static_file("app.js") == WEB_DIR / "app.js"
     assert static_file("index.html") == WEB_DIR / "index.html"
+    assert static_file("lib/dom.js") == WEB_DIR / "lib" / "dom.js"
 
 
 def test_admin_json_needs_the_key(keyed_client):
