@@ -54,8 +54,9 @@ class Settings(BaseSettings):
     replica_name: str | None = Field(
         None,
         max_length=200,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
         description="This server's name in the job records it runs (with ALICE_DATABASE_URL); "
-        "unset = host name and process id.",
+        "unset = host name and process id (set a stable one: downloads in progress resume under it).",
     )
     job_lease_s: float = Field(
         30,

@@ -71,7 +71,10 @@ class Runtime:
             self._locate_model, self.placement, budget, options, on_load=self._model_loaded
         )
         self.jobs = self._job_queue(settings)
-        self.downloads = DownloadManager.for_settings(settings, settings.data_dir / "downloads")
+        downloads = settings.data_dir / "downloads"
+        if settings.database_url:  # replicas share the data folder; each resumes its own downloads
+            downloads = downloads / replica_name(settings)
+        self.downloads = DownloadManager.for_settings(settings, downloads)
         self.ready = False
         self.load_error: str | None = None
         self._stopping = threading.Event()
@@ -87,7 +90,7 @@ class Runtime:
         from alice.job_stores.postgres import PostgresJobStore  # psycopg only where it is used
         from alice.shared_jobs import SharedJobQueue
 
-        replica = settings.replica_name or f"{socket.gethostname()}-{os.getpid()}"
+        replica = replica_name(settings)
         logger.info("jobs: shared queue in PostgreSQL, this replica is %s", replica)
         return SharedJobQueue(
             self._execute, settings.queue_size, store=PostgresJobStore(settings.database_url.get_secret_value()),
@@ -389,6 +392,10 @@ class Runtime:
                 logger.exception("image retention sweep failed")
             if self._stopping.wait(interval):
                 return
+
+
+def replica_name(settings: Settings) -> str:
+    return settings.replica_name or f"{socket.gethostname()}-{os.getpid()}"
 
 
 def short_reason(exc: BaseException, limit: int = 200) -> str:

@@ -147,7 +147,8 @@ class SharedJobQueue(JobQueue):
         if job.replica != self._replica or job.id not in self._mine:
             return  # only the replica running a job writes its record
         if not self._shared.update(job.record(), self._replica):
-            logger.warning("job %s was failed by another replica (this one missed its lease)", job.id)
+            logger.warning("job %s was failed by another replica (this one missed its lease); stopping it", job.id)
+            job.cancel_requested = True  # no GPU time for a job whose record says it ended
 
     def _finish(self, job: Job, state: JobState, code: str | None = None, error: str | None = None) -> None:
         super()._finish(job, state, code, error)
