@@ -72,6 +72,7 @@ class SharedJobQueue(JobQueue):
             logger.warning("could not sign this replica off the job database", exc_info=True)
 
     def _next_work(self) -> Chore | list[Job] | None:
+        failing = False
         while True:
             with self._lock:
                 if not self._accepting:
@@ -81,9 +82,11 @@ class SharedJobQueue(JobQueue):
                     return self._waiting.popleft()
             try:
                 batch = self._claim()
-            except Exception:
-                logger.exception("claiming a job from the database failed")
-                batch = None
+                failing = False
+            except Exception:  # the database may come back; say so once, not four times a second
+                if not failing:
+                    logger.exception("claiming a job from the database failed")
+                failing, batch = True, None
             if batch:
                 return batch
             with self._lock:

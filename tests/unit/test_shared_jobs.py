@@ -201,3 +201,33 @@ def test_a_periodic_task_runs_on_one_replica_per_interval(url):
     one, two = PostgresJobStore(url), PostgresJobStore(url)
     assert [one.due("retention", 60), two.due("retention", 60), one.due("retention", 60)] == [True, False, False]
     assert two.due("other", 60)
+
+
+def test_a_replica_claims_the_jobs_behind_the_head_that_share_its_call(replicas):
+    other = GenerationSpec(prompt="p", seed=0, steps=24)
+    replica = replicas("one", max_images=lambda job: 3)
+    replica.executor.release.clear()
+    replica.start()
+    running = replica.submit("m", SPEC, "running", 60)
+    wait_until(lambda: running.state is JobState.RUNNING, 10)
+    jobs = [replica.submit("m", spec, source, 60)
+            for spec, source in ((SPEC, "a"), (SPEC, "b"), (SPEC, "c"), (SPEC, "d"), (other, "x"), (SPEC, "e"))]
+    replica.executor.release.set()
+    for job in jobs:
+        asyncio.run(asyncio.wait_for(job.wait(), 30))
+    # Three images at most; x ends the batch it cannot join, and e does not overtake it.
+    assert replica.executor.order == ["running", "a+b+c", "d", "x", "e"]
+    assert [job.batch for job in jobs] == [3, 3, 3, 1, 1, 1]
+    assert all(job.state is JobState.SUCCEEDED for job in jobs)
+
+
+def test_a_replica_that_lost_its_lease_writes_nothing_more(url, replicas):
+    """Its job was failed by another replica: a late write of the old runner does not undo that."""
+    store = PostgresJobStore(url)
+    store.insert(queued_record("job-late", 1000.0), 10, 5)
+    [claimed] = store.claim("slow", 0.1, lambda head: 0, lambda records: [{**records[0], "state": "running"}])
+    time.sleep(0.3)
+    [(expired, _)] = store.expire_leases("interrupted", "gone")
+    assert expired["state"] == "failed"
+    assert not store.update({**claimed, "state": "succeeded", "images": ["late.png"]}, "slow")
+    assert store.get("job-late")["state"] == "failed" and store.get("job-late")["images"] == []
