@@ -195,6 +195,12 @@ class SharedJobQueue(JobQueue):
             for record in self._shared.records(followed):
                 self._follow(record)
         for record, images in self._shared.expire_leases("interrupted", INTERRUPTED):
+            with self._lock:
+                stalled = self._mine.get(record["id"])
+            if stalled:  # this replica's own, its heartbeats late: it stops, and ends it itself
+                stalled.cancel_requested = True
+                logger.warning("job %s: this replica missed its lease; another may have failed it", stalled.id)
+                continue
             job = self._follow(record)
             self._discard_images(images)
             logger.warning("job %s failed: replica %s stopped renewing its lease", job.id, job.replica)
