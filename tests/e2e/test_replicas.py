@@ -77,7 +77,12 @@ def cluster(tmp_path_factory):
                                      stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
             try:
                 base = f"https://127.0.0.1:{https_port}"
-                wait_for(lambda: httpx.get(f"{base}/health", verify=trusting, timeout=2).status_code == 200)
+
+                def answering() -> bool:
+                    assert proxy.poll() is None, f"nginx exited: {(tmp / 'error.log').read_text()}"
+                    return httpx.get(f"{base}/health", verify=trusting, timeout=2).status_code == 200
+
+                wait_for(answering)
                 yield Cluster(base, trusting, replicas, database)
             finally:
                 proxy.terminate()
