@@ -19,6 +19,10 @@ the jobs right behind it while they can share its call and their images fit (`ma
 The first job that cannot join (other settings, a chore, too many images) ends the batch, even
 if a later one could join: no job is ever overtaken by a later job it could not share with.
 Within the batch every job keeps its own progress, cancel, deadline and result.
+
+This is the queue of one server, its records in SQLite. Replicas that share one queue in
+PostgreSQL (ALICE_DATABASE_URL) run `alice.shared_jobs.SharedJobQueue`, the same worker over
+a queue that lives in the database.
 """
 
 from __future__ import annotations
