@@ -25,6 +25,8 @@ import threading
 import time
 from typing import Any, Callable
 
+import psycopg
+
 from alice.engine.generate import GenerationSpec, batch_key
 from alice.job_stores.postgres import PostgresJobStore
 from alice.jobs import CANCELLED, Chore, Job, JobQueue, JobState, QueueFull, DEADLINE
@@ -36,6 +38,14 @@ POLL_S = 0.25
 it follows for other replicas."""
 
 INTERRUPTED = "the server running this job stopped answering (its lease ran out)"
+
+
+class QueueUnavailable(QueueFull):
+    """The shared queue's database cannot be reached: no room for anything until it is back."""
+
+    def __init__(self, retry_after_s: int = 10) -> None:
+        Exception.__init__(self, "the job queue's database cannot be reached; try again later")
+        self.retry_after_s = retry_after_s
 
 
 class SharedJobQueue(JobQueue):
@@ -229,7 +239,11 @@ class SharedJobQueue(JobQueue):
         with self._lock:
             if not self._accepting:
                 raise QueueFull(self._waiting_everywhere, self._retry_after_s())
-        full = self._shared.insert(job.record(), self._max_waiting, replica_timeout_s=self._lease_s)
+        try:
+            full = self._shared.insert(job.record(), self._max_waiting, replica_timeout_s=self._lease_s)
+        except psycopg.OperationalError as exc:  # the database is down or out of reach: 503, as when full
+            logger.warning("cannot queue a job: the job database is unreachable (%s)", type(exc).__name__)
+            raise QueueUnavailable() from None
         if full:
             waiting, average, live = full
             raise QueueFull(waiting, max(1, min(600, round((average or 10.0) * max(1, waiting) / max(1, live)))))

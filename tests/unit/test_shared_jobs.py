@@ -231,3 +231,13 @@ def test_a_replica_that_lost_its_lease_writes_nothing_more(url, replicas):
     assert expired["state"] == "failed"
     assert not store.update({**claimed, "state": "succeeded", "images": ["late.png"]}, "slow")
     assert store.get("job-late")["state"] == "failed" and store.get("job-late")["images"] == []
+
+
+def test_a_submission_while_the_database_is_down_is_refused_with_retry_after():
+    with postgres_server() as own:
+        replica = SharedJobQueue(SteppingExecutor(), 10, store=PostgresJobStore(own), replica="one", lease_s=5)
+        replica.submit("m", SPEC, "before", 60)
+    # The server is gone now.
+    with pytest.raises(QueueFull, match="database cannot be reached") as refused:
+        replica.submit("m", SPEC, "after", 60)
+    assert refused.value.retry_after_s >= 1
