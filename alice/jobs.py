@@ -356,7 +356,7 @@ class JobQueue:
                 return batch
 
     def _mark_running(self, batch: list[Job]) -> None:
-        """(Under the lock.)"""
+        """Make a batch the one being generated (under the lock)."""
         started = time.time()
         for job in batch:
             job.state, job.started = JobState.RUNNING, started
