@@ -142,7 +142,7 @@ def test_a_job_is_read_followed_and_cancelled_from_another_replica(replicas):
     assert other.cancel(job.id).cancel_requested
     asyncio.run(asyncio.wait_for(follow(), 10))
     assert job.state is JobState.CANCELLED and seen.state is JobState.CANCELLED
-    assert time.monotonic() - cancelled_at < 3  # the next heartbeat carries it, the next step stops it
+    assert time.monotonic() - cancelled_at < 5  # the next heartbeat carries it, the next step stops it
     assert job.step < 200 and len(states) >= 2 and states[-1].startswith("cancelled")
     # A queued job, cancelled from the replica that does not hold it, ends at once.
     runner.executor.release.clear()
@@ -171,7 +171,7 @@ def test_a_dead_replicas_job_fails_when_its_lease_runs_out_and_the_queue_goes_on
     survivor.start()
     wait_until(lambda: survivor.get("job-dying").state.finished, 10)
     dying = survivor.get("job-dying")
-    assert time.monotonic() - died < 3
+    assert time.monotonic() - died < 6  # a 1 s lease, checked four times a second (slack for a busy machine)
     assert dying.state is JobState.FAILED and dying.error_code == "interrupted" and dying.replica == "ghost"
     assert dying.images == [] and discarded == ["half.png"]
     wait_until(lambda: survivor.get("job-behind").state.finished, 10)
