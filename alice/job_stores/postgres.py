@@ -212,7 +212,7 @@ class PostgresJobStore:
                 )
                 UPDATE alice_jobs AS job SET state = 'failed', record = job.record || jsonb_build_object(
                     'state', 'failed', 'finished', {NOW}, 'error_code', %s::text, 'error', %s::text,
-                    'images', '[]'::jsonb)
+                    'images', '[]'::jsonb, 'replica', job.replica)
                 FROM expired WHERE job.id = expired.id
                 RETURNING job.{RECORD}, expired.images
                 """,
