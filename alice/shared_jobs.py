@@ -29,7 +29,7 @@ import psycopg
 
 from alice.engine.generate import GenerationSpec, batch_key
 from alice.job_stores.postgres import PostgresJobStore
-from alice.jobs import CANCELLED, Chore, Job, JobQueue, JobState, QueueFull, DEADLINE
+from alice.jobs import CANCELLED, DEADLINE, Chore, Executor, Job, JobQueue, JobState, QueueFull
 
 logger = logging.getLogger("alice.jobs")
 
@@ -49,7 +49,10 @@ class QueueUnavailable(QueueFull):
 
 
 class SharedJobQueue(JobQueue):
-    def __init__(self, execute, max_waiting: int, *, store: PostgresJobStore, replica: str, lease_s: float,
+    """JobQueue's worker and client side over the queue in PostgreSQL; `replica` names this
+    server in the records, `lease_s` is how long its running jobs outlive its last heartbeat."""
+
+    def __init__(self, execute: Executor, max_waiting: int, *, store: PostgresJobStore, replica: str, lease_s: float,
                  **options: Any) -> None:
         super().__init__(execute, max_waiting, **options)
         self._shared = store
@@ -58,7 +61,7 @@ class SharedJobQueue(JobQueue):
         self._poll_s = min(POLL_S, lease_s / 4)
         self._mine: dict[str, Job] = {}  # claimed here and not finished (saving included)
         self._waiting_everywhere = 0
-        self._syncing = threading.Event()
+        self._stop_syncing = threading.Event()
         self._sync_thread = threading.Thread(target=self._sync, name="alice-job-sync", daemon=True)
 
     @property
@@ -73,7 +76,7 @@ class SharedJobQueue(JobQueue):
 
     def stop(self, timeout: float = 30.0) -> None:
         super().stop(timeout)
-        self._syncing.set()
+        self._stop_syncing.set()
         if self._sync_thread.is_alive():
             self._sync_thread.join(5)
         try:
@@ -177,7 +180,7 @@ class SharedJobQueue(JobQueue):
     # -- the sync thread ---------------------------------------------------------------
     def _sync(self) -> None:
         failing = False
-        while not self._syncing.wait(self._poll_s):
+        while not self._stop_syncing.wait(self._poll_s):
             try:
                 self._sync_once()
                 failing = False
