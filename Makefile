@@ -27,10 +27,14 @@ test: venv test-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Debian packages the tests drive: Chromium for the web page (never a downloaded browser),
-# nginx as the TLS-terminating proxy in front of ALICE. CI runs as root.
-TEST_TOOLS := chromium nginx
+# nginx as the TLS-terminating proxy in front of ALICE, PostgreSQL as the job queue replicas
+# share (its server's binaries live off PATH, in /usr/lib/postgresql/<version>/bin). CI runs as root.
+TEST_TOOLS := chromium nginx postgresql
 test-tools:
-	@missing=""; for tool in $(TEST_TOOLS); do command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || missing="$$missing $$tool"; done; \
+	@missing=""; for tool in $(TEST_TOOLS); do \
+		if [ $$tool = postgresql ]; then found=$$(ls /usr/lib/postgresql/*/bin/postgres 2>/dev/null); \
+		else found=$$(command -v $$tool || ls /usr/sbin/$$tool 2>/dev/null); fi; \
+		[ -n "$$found" ] || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
 bento: demo-model

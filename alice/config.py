@@ -45,6 +45,26 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         Path("~/.local/share/alice"), description="Images, job records and downloads in progress."
     )
+    database_url: SecretStr | None = Field(
+        None,
+        repr=False,
+        description="postgresql://user:password@host/db: replicas share one job queue there (see docs/deploy.md); "
+        "unset = job records in SQLite in the data folder, for one server.",
+    )
+    replica_name: str | None = Field(
+        None,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="This server's name in the job records it runs (with ALICE_DATABASE_URL); "
+        "unset = host name and process id (set a stable one: downloads in progress resume under it).",
+    )
+    job_lease_s: float = Field(
+        30,
+        ge=1,
+        le=3600,
+        description="With ALICE_DATABASE_URL: a running job whose server has not renewed its lease for this "
+        "long (the server died) is marked failed.",
+    )
     default_model: str = Field("alice-demo", description="Model served when a request names none.")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N.")
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
@@ -126,6 +146,16 @@ class Settings(BaseSettings):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
 
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _postgres_url(cls, value: Any) -> Any:
+        if value is None or value == "":
+            return None
+        text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        if not text.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql:// (the shared job queue runs on PostgreSQL)")
+        return text
+
     @field_validator("public_url", "civitai_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
@@ -162,6 +192,7 @@ class Settings(BaseSettings):
         view = self.model_dump(mode="json")
         view["api_keys"] = ["****"] * len(self.api_keys)
         view["civitai_api_key"] = "****" if self.civitai_api_key else None
+        view["database_url"] = "****" if self.database_url else None
         return view
 
 

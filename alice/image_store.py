@@ -15,6 +15,7 @@ import re
 import secrets
 import stat
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -224,16 +225,21 @@ class ImageStore:
             return False
         return True
 
-    def remove_partial_files(self) -> int:
+    def remove_partial_files(self, older_than_s: float = 0) -> int:
         """Delete temp files a crash left behind (they never had a servable name).
 
-        Call at start-up only: a save in flight would lose its temp file.
+        Call at start-up only: a save in flight would lose its temp file. In a folder that other
+        servers share, pass `older_than_s`: their saves in flight are younger.
         """
         removed = 0
+        cutoff = time.time() - older_than_s
         with os.scandir(self.root) as entries:
             for entry in entries:
                 if not entry.name.startswith(TEMP_PREFIX) or entry.is_dir(follow_symlinks=False):
                     continue
+                with contextlib.suppress(FileNotFoundError):
+                    if older_than_s and entry.stat(follow_symlinks=False).st_mtime > cutoff:
+                        continue
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
                     removed += 1

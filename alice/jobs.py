@@ -19,6 +19,10 @@ the jobs right behind it while they can share its call and their images fit (`ma
 The first job that cannot join (other settings, a chore, too many images) ends the batch, even
 if a later one could join: no job is ever overtaken by a later job it could not share with.
 Within the batch every job keeps its own progress, cancel, deadline and result.
+
+This is the queue of one server, its records in SQLite. Replicas that share one queue in
+PostgreSQL (ALICE_DATABASE_URL) run `alice.shared_jobs.SharedJobQueue`, the same worker over
+a queue that lives in the database.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from enum import Enum
 from typing import Any, AsyncIterator, Callable
 
 from alice.engine.generate import GenerationSpec, GenerationStopped, batch_key
-from alice.job_store import JobStore
+from alice.job_stores import records
+from alice.job_stores.sqlite import SqliteJobStore
 
 logger = logging.getLogger("alice.jobs")
 
@@ -92,6 +97,7 @@ class Job:
     error_code: str | None = None
     images: list[str] = field(default_factory=list)
     batch: int = 0  # images drawn in one pipeline call with this job's (its own included); 0 = none yet
+    replica: str | None = None  # the server that ran it (ALICE_REPLICA_NAME)
     cancel_requested: bool = False
     _watchers: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
@@ -120,33 +126,29 @@ class Job:
             "batch": self.batch,
             "model": self.model,
             "source": self.source,
+            "replica": self.replica,
             "parameters": dataclasses.asdict(self.spec),
         }
 
     def record(self) -> dict[str, Any]:
-        """What is persisted: the public view plus the deadline."""
-        return {**self.public(), "deadline": self.deadline}
+        """What is persisted (see `records` for its shape)."""
+        return records.job_record(self)
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Job:
-        return cls(
-            model=record["model"],
-            spec=GenerationSpec(**{**record["parameters"], "loras": tuple(map(tuple, record["parameters"].get("loras", ())))}),
-            source=record["source"],
-            deadline=record["deadline"],
-            id=record["id"],
-            state=JobState(record["state"]),
-            created=record["created"],
-            started=record["started"],
-            generated=record.get("generated"),
-            finished=record["finished"],
-            step=record.get("step", 0),
-            total_steps=record.get("total_steps", 0),
-            error=record["error"],
-            error_code=record["error_code"],
-            images=list(record["images"]),
-            batch=record.get("batch", 0),
-        )
+        fields = records.job_fields(record)
+        return cls(**{**fields, "state": JobState(fields["state"])})
+
+    def update_from(self, record: dict[str, Any]) -> bool:
+        """Take what another server wrote into this job's record; True if anything changed."""
+        fields = records.job_fields(record)
+        fields["state"] = JobState(fields["state"])
+        changed = False
+        for name in _FOLLOWED:
+            if getattr(self, name) != fields[name]:
+                setattr(self, name, fields[name])
+                changed = True
+        return changed
 
     async def watch(self) -> AsyncIterator[Job]:
         """Yields the job now and after every change, until it has finished."""
@@ -178,6 +180,11 @@ class Job:
     def _notify(self) -> None:
         for notify in list(self._watchers):
             notify()
+
+
+_FOLLOWED = ("state", "started", "generated", "finished", "step", "total_steps", "error", "error_code", "images",
+             "batch", "replica")
+"""What changes in a job's record while it runs (the rest is fixed at submission)."""
 
 
 class JobControl:
@@ -245,7 +252,7 @@ class JobQueue:
         execute: Executor,
         max_waiting: int,
         *,
-        store: JobStore | None = None,
+        store: SqliteJobStore | None = None,
         discard_images: ImagesHook | None = None,
         on_finish: FinishHook | None = None,
         keep_finished: int = 500,
@@ -320,29 +327,41 @@ class JobQueue:
             except Exception:  # the server stays up and reports the problem on /health
                 logger.exception("warm-up failed")
         while True:
-            with self._lock:
+            work = self._next_work()
+            if work is None:
+                return
+            if isinstance(work, Chore):
+                self._do_chore(work)
+                continue
+            for job in work:
+                self._persist(job)
+            self._run(work)
+
+    def _next_work(self) -> Chore | list[Job] | None:
+        """Wait for the next chore or batch of jobs (marked running); None once stopped."""
+        with self._lock:
+            while True:
                 while self._accepting and not self._waiting:
                     self._lock.wait()
                 if not self._accepting:
-                    return
+                    return None
                 item = self._waiting.popleft()
                 if isinstance(item, Chore):
                     self._chore_running = True
-                elif self._expired(item):
+                    return item
+                if self._expired(item):
                     continue
-                else:
-                    batch = [item, *self._companions(item)]
-                    started = time.time()
-                    for job in batch:
-                        job.state, job.started = JobState.RUNNING, started
-                        job._notify()
-                    self._running = batch
-            if isinstance(item, Chore):
-                self._do_chore(item)
-                continue
-            for job in batch:
-                self._persist(job)
-            self._run(batch)
+                batch = [item, *self._companions(item)]
+                self._mark_running(batch)
+                return batch
+
+    def _mark_running(self, batch: list[Job]) -> None:
+        """Make a batch the one being generated (under the lock)."""
+        started = time.time()
+        for job in batch:
+            job.state, job.started = JobState.RUNNING, started
+            job._notify()
+        self._running = batch
 
     def _expired(self, job: Job) -> bool:
         """End a job that waited past its deadline (under the lock)."""
@@ -520,6 +539,10 @@ class JobQueue:
     def running(self) -> Job | None:
         """The first job of the batch being generated."""
         return self._running[0] if self._running else None
+
+    def is_my_turn(self, task: str, interval_s: float) -> bool:
+        """Whether this server does a periodic task now: always, alone; replicas take turns."""
+        return True
 
     def _retry_after_s(self) -> int:
         """A fair guess at when a slot frees up: the average recent job time times the queue."""

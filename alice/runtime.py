@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import os
 import re
 import secrets
+import socket
 import threading
 from pathlib import Path
 from datetime import timedelta
@@ -35,7 +37,7 @@ from alice.engine.pipelines import (
 from alice.engine.schedulers import a1111_sampler_name
 from alice.image_store import ImageStore, a1111_parameters
 from alice.input_images import decode_input_image, keep_input_image
-from alice.job_store import JobStore
+from alice.job_stores.sqlite import SqliteJobStore
 from alice.jobs import FinishUp, Job, JobControl, JobFailure, JobQueue
 from alice.metrics import Summary, prometheus_metrics
 from alice.protocol.generation import MAX_SEED, GenerationSettings
@@ -49,8 +51,10 @@ class Runtime:
         self.placement = choose_placement(settings.device, settings.dtype)
         self.images = ImageStore(settings.data_dir / "images")
         self.inputs = ImageStore(settings.data_dir / "inputs")  # img2img inputs of queued jobs
-        self.inputs.remove_partial_files()
-        removed = self.images.remove_partial_files()
+        # Replicas share these folders: another one's save in flight is no crash's leftover.
+        partial_age_s = 3600 if settings.database_url else 0
+        self.inputs.remove_partial_files(partial_age_s)
+        removed = self.images.remove_partial_files(partial_age_s)
         if removed:
             logger.warning("removed %d half-written image files left by an earlier run", removed)
         self.summary = Summary()
@@ -66,19 +70,32 @@ class Runtime:
         self.pipelines = PipelineCache(
             self._locate_model, self.placement, budget, options, on_load=self._model_loaded
         )
-        self.jobs = JobQueue(
-            self._execute,
-            max_waiting=settings.queue_size,
-            store=JobStore(settings.data_dir / "jobs.sqlite3"),
-            discard_images=self._discard_images,
-            on_finish=self._job_finished,
-            max_images=self._images_per_call,
-        )
-        self.downloads = DownloadManager.for_settings(settings, settings.data_dir / "downloads")
+        self.jobs = self._job_queue(settings)
+        downloads = settings.data_dir / "downloads"
+        if settings.database_url:  # replicas share the data folder; each resumes its own downloads
+            downloads = downloads / replica_name(settings)
+        self.downloads = DownloadManager.for_settings(settings, downloads)
         self.ready = False
         self.load_error: str | None = None
         self._stopping = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_images, name="alice-retention", daemon=True)
+
+    def _job_queue(self, settings: Settings) -> JobQueue:
+        """The embedded queue (records in SQLite), or with ALICE_DATABASE_URL the queue that
+        replicas share in PostgreSQL."""
+        hooks = dict(discard_images=self._discard_images, on_finish=self._job_finished, max_images=self._images_per_call)
+        if settings.database_url is None:
+            store = SqliteJobStore(settings.data_dir / "jobs.sqlite3")
+            return JobQueue(self._execute, max_waiting=settings.queue_size, store=store, **hooks)
+        from alice.job_stores.postgres import PostgresJobStore  # psycopg only where it is used
+        from alice.shared_jobs import SharedJobQueue
+
+        replica = replica_name(settings)
+        logger.info("jobs: shared queue in PostgreSQL, this replica is %s", replica)
+        return SharedJobQueue(
+            self._execute, settings.queue_size, store=PostgresJobStore(settings.database_url.get_secret_value()),
+            replica=replica, lease_s=settings.job_lease_s, **hooks,
+        )
 
     def start(self) -> Runtime:
         """Start the worker (which loads the default model first) and the retention sweep."""
@@ -361,17 +378,24 @@ class Runtime:
         }
 
     def _sweep_images(self) -> None:
+        interval = self.settings.retention_sweep_interval_s
         while True:
             try:
-                self.images.sweep(
-                    max_age=timedelta(days=self.settings.image_retention_days),
-                    max_total_bytes=int(self.settings.image_retention_gb * 1024**3),
-                )
-                self.inputs.sweep(max_age=timedelta(days=self.settings.image_retention_days), max_total_bytes=None)
+                # Replicas share the folders: one of them sweeps per interval.
+                if self.jobs.is_my_turn("retention", interval * 0.9):
+                    self.images.sweep(
+                        max_age=timedelta(days=self.settings.image_retention_days),
+                        max_total_bytes=int(self.settings.image_retention_gb * 1024**3),
+                    )
+                    self.inputs.sweep(max_age=timedelta(days=self.settings.image_retention_days), max_total_bytes=None)
             except Exception:  # a failed sweep must not end the sweeping
                 logger.exception("image retention sweep failed")
-            if self._stopping.wait(self.settings.retention_sweep_interval_s):
+            if self._stopping.wait(interval):
                 return
+
+
+def replica_name(settings: Settings) -> str:
+    return settings.replica_name or f"{socket.gethostname()}-{os.getpid()}"
 
 
 def short_reason(exc: BaseException, limit: int = 200) -> str:

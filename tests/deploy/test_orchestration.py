@@ -51,11 +51,13 @@ def test_compose_runs_alice_on_the_gpus_with_data_and_model_volumes() -> None:
     assert alice["environment"]["ALICE_API_KEYS"].startswith("${ALICE_API_KEYS:?")  # no open server by accident
 
 
-def test_multi_gpu_compose_gives_each_server_one_gpu_and_shares_images_and_models() -> None:
+def test_multi_gpu_compose_gives_each_server_one_gpu_and_shares_the_queue_images_and_models() -> None:
     compose = load("docker-compose.multi-gpu.yml")
+    postgres = compose["services"]["postgres"]
+    assert postgres["image"].startswith("postgres:") and "pg_isready" in " ".join(postgres["healthcheck"]["test"])
     servers = {name: service for name, service in compose["services"].items() if name.startswith("alice-gpu")}
     assert len(servers) >= 2
-    gpus, data_volumes = [], []
+    gpus, data_volumes, replica_names = [], [], []
     for name, service in servers.items():
         devices = service["deploy"]["resources"]["reservations"]["devices"]
         assert len(devices) == 1 and len(devices[0]["device_ids"]) == 1
@@ -63,10 +65,16 @@ def test_multi_gpu_compose_gives_each_server_one_gpu_and_shares_images_and_model
         volume_by_path = mounts(service)
         data_volumes.append(volume_by_path[DATA])
         assert volume_by_path[f"{DATA}/images"] == "alice-images"
+        assert volume_by_path[f"{DATA}/inputs"] == "alice-inputs"  # any replica may run an img2img job
         assert volume_by_path[STORE] == "alice-models"
-        assert service["depends_on"] == {"models-seed": {"condition": "service_completed_successfully"}}
+        assert service["depends_on"] == {"models-seed": {"condition": "service_completed_successfully"},
+                                         "postgres": {"condition": "service_healthy"}}
         assert_real_settings(set(service["environment"]), f"docker-compose.multi-gpu.yml {name}")
+        assert service["environment"]["ALICE_DATABASE_URL"].startswith("postgresql://alice:${POSTGRES_PASSWORD:?")
+        assert service["environment"]["ALICE_DATABASE_URL"].endswith("@postgres/alice")
+        replica_names.append(service["environment"]["ALICE_REPLICA_NAME"])
     assert len(set(gpus)) == len(gpus) and len(set(data_volumes)) == len(data_volumes)
+    assert len(set(replica_names)) == len(replica_names)
     assert mounts(compose["services"]["models-seed"]) == {SEED_MOUNT: "alice-models"}
     balancer = compose["services"]["lb"]
     assert balancer["depends_on"] == {name: {"condition": "service_healthy"} for name in servers}
@@ -103,7 +111,7 @@ def test_nginx_speaks_only_modern_tls_and_redirects_plain_http() -> None:
 def test_kubernetes_runs_one_gpu_per_pod_with_shared_images_and_models() -> None:
     docs = {(doc["kind"], doc["metadata"]["name"]): doc
             for doc in yaml.safe_load_all((DEPLOY / "kubernetes" / "alice.yaml").read_text(encoding="utf-8"))}
-    for claim in ("alice-images", "alice-models"):
+    for claim in ("alice-images", "alice-inputs", "alice-models"):
         assert docs[("PersistentVolumeClaim", claim)]["spec"]["accessModes"] == ["ReadWriteMany"]
     stateful = docs[("StatefulSet", "alice")]["spec"]
     pod = stateful["template"]["spec"]
@@ -116,14 +124,24 @@ def test_kubernetes_runs_one_gpu_per_pod_with_shared_images_and_models() -> None
     assert container["startupProbe"]["httpGet"]["path"] == container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     by_path = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
-    assert by_path == {DATA: "data", f"{DATA}/images": "images", STORE: "models"}
+    assert by_path == {DATA: "data", f"{DATA}/images": "images", f"{DATA}/inputs": "inputs", STORE: "models"}
     claims = {volume["name"]: volume["persistentVolumeClaim"]["claimName"] for volume in pod["volumes"]}
-    assert claims == {"images": "alice-images", "models": "alice-models"}
+    assert claims == {"images": "alice-images", "inputs": "alice-inputs", "models": "alice-models"}
     assert [template["metadata"]["name"] for template in stateful["volumeClaimTemplates"]] == ["data"]
     (seed,) = pod["initContainers"]
     assert seed["command"] == SEED_COMMAND
     assert seed["volumeMounts"] == [{"name": "models", "mountPath": SEED_MOUNT}]
     assert_real_settings({env["name"] for env in container["env"]}, "kubernetes/alice.yaml")
+    env = {item["name"]: item for item in container["env"]}
+    # One queue in the manifest's PostgreSQL, each pod named after itself in the records.
+    assert env["ALICE_DATABASE_URL"]["value"] == "postgresql://alice:$(DB_PASSWORD)@alice-postgres/alice"
+    assert list(env).index("DB_PASSWORD") < list(env).index("ALICE_DATABASE_URL")  # $(...) sees only earlier ones
+    assert env["ALICE_REPLICA_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    postgres = docs[("StatefulSet", "alice-postgres")]["spec"]
+    assert docs[("Service", "alice-postgres")]["spec"]["selector"] == postgres["selector"]["matchLabels"]
+    (database,) = postgres["template"]["spec"]["containers"]
+    assert {"name": "POSTGRES_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "alice", "key": "db-password"}}} \
+        in database["env"]
     service = docs[("Service", "alice")]["spec"]
     assert service["selector"] == stateful["selector"]["matchLabels"]
     assert service["ports"][0]["targetPort"] == "http"

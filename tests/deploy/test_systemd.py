@@ -69,8 +69,10 @@ def test_one_instance_per_gpu_with_the_shared_image_store() -> None:
     assert env["ALICE_DATA_DIR"] == "/var/lib/alice/gpu%i"
     assert env["BENTOML_HOME"] == environment(parse_unit(SYSTEMD / "alice.service"))["BENTOML_HOME"]
     assert env["BENTOML_PORT"] == "310%i"
-    assert unit["Service"]["BindPaths"] == ["/var/lib/alice/images:/var/lib/alice/gpu%i/images"]
-    assert "alice/images" in unit["Service"]["StateDirectory"][0].split()
+    assert unit["Service"]["BindPaths"] == [
+        "/var/lib/alice/images:/var/lib/alice/gpu%i/images /var/lib/alice/inputs:/var/lib/alice/gpu%i/inputs"]
+    assert {"alice/images", "alice/inputs"} <= set(unit["Service"]["StateDirectory"][0].split())
+    assert env["ALICE_REPLICA_NAME"] == "gpu%i"  # its name in a shared queue's records
     assert "-/etc/alice/alice@%i.env" in unit["Service"]["EnvironmentFile"]
 
 

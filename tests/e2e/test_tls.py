@@ -132,14 +132,16 @@ def test_nginx_terminates_tls_in_front_of_alice_with_sams_call(tmp_path, authori
             proxy.wait(30)
 
 
-def nginx_config(folder: Path, alice_port: int, http_port: int, https_port: int, authority: Path) -> Path:
-    """The shipped conf.d file, with this machine's ports and files in place of the deployment's."""
+def nginx_config(folder: Path, alice_port: int | list[int], http_port: int, https_port: int, authority: Path) -> Path:
+    """The shipped conf.d file, with this machine's ports and files in place of the deployment's
+    (several ALICE ports: round-robin over them)."""
+    ports = alice_port if isinstance(alice_port, list) else [alice_port]
     shipped = (ROOT / "deploy" / "nginx.conf").read_text(encoding="utf-8")
     upstream_start = shipped.index("upstream alice {")
     upstream_end = shipped.index("}", upstream_start) + 1
     site = (
         shipped[:upstream_start]
-        + f"upstream alice {{\n    server 127.0.0.1:{alice_port};\n    keepalive 4;\n}}"
+        + "upstream alice {\n" + "".join(f"    server 127.0.0.1:{port};\n" for port in ports) + "    keepalive 4;\n}"
         + shipped[upstream_end:]
     )
     site = (site.replace("listen 80;", f"listen 127.0.0.1:{http_port};")

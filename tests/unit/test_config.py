@@ -76,3 +76,21 @@ def test_bad_yaml_key_and_file(monkeypatch, tmp_path):
     monkeypatch.setenv("ALICE_CONFIG", str(tmp_path / "missing.yaml"))
     with pytest.raises(ConfigError, match="cannot read"):
         load_settings()
+
+
+def test_the_shared_queue_settings(monkeypatch):
+    """ALICE_DATABASE_URL carries a password: never shown; anything but PostgreSQL is refused."""
+    monkeypatch.setenv("ALICE_DATABASE_URL", "postgresql://alice:db-secret@db/alice")
+    monkeypatch.setenv("ALICE_REPLICA_NAME", "gpu0")
+    monkeypatch.setenv("ALICE_JOB_LEASE_S", "5")
+    settings = load_settings()
+    assert settings.database_url.get_secret_value() == "postgresql://alice:db-secret@db/alice"
+    assert (settings.replica_name, settings.job_lease_s) == ("gpu0", 5)
+    assert "db-secret" not in str(settings.public_view()) and "db-secret" not in repr(settings)
+    monkeypatch.setenv("ALICE_DATABASE_URL", "mysql://alice@db/alice")
+    with pytest.raises(ConfigError, match=r"database_url \(ALICE_DATABASE_URL\).*postgresql://"):
+        load_settings()
+    monkeypatch.setenv("ALICE_DATABASE_URL", "")
+    monkeypatch.setenv("ALICE_REPLICA_NAME", "../gpu0")  # it names a folder of downloads
+    with pytest.raises(ConfigError, match=r"replica_name \(ALICE_REPLICA_NAME\)"):
+        load_settings()

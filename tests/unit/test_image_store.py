@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from alice.image_store import ImageStore, a1111_parameters, encode_png, parse_a1111_parameters
+from alice.image_store import TEMP_PREFIX, ImageStore, a1111_parameters, encode_png, parse_a1111_parameters
 
 VALID_NAME = re.compile(r"[0-9a-f]{32}\.png")
 
@@ -394,3 +394,15 @@ def test_sweep_logs_and_goes_on_when_a_file_cannot_be_deleted(tmp_path, monkeypa
         assert store.sweep(max_age=timedelta(days=30), max_total_bytes=None) == [old]
     assert store.path_for(stuck) is not None
     assert "could not remove" in caplog.text and stuck not in caplog.text
+
+
+def test_in_a_shared_folder_only_old_partial_files_go(tmp_path):
+    """Replicas share the image folder: at start one must not delete another's save in flight."""
+    store = ImageStore(tmp_path / "images")
+    in_flight, left_by_a_crash = store.root / f"{TEMP_PREFIX}now.png", store.root / f"{TEMP_PREFIX}old.png"
+    in_flight.write_bytes(b"x")
+    left_by_a_crash.write_bytes(b"x")
+    os.utime(left_by_a_crash, (time.time() - 7200, time.time() - 7200))
+    assert store.remove_partial_files(older_than_s=3600) == 1
+    assert in_flight.exists() and not left_by_a_crash.exists()
+    assert store.remove_partial_files() == 1 and not in_flight.exists()  # one server alone: all go

@@ -259,7 +259,7 @@ def test_watch_sees_every_state(queue):
 
 
 def test_records_survive_a_restart(tmp_path, executor):
-    from alice.job_store import JobStore
+    from alice.job_stores.sqlite import SqliteJobStore as JobStore
 
     discarded: list[str] = []
     store = JobStore(tmp_path / "jobs.sqlite3")

@@ -1,4 +1,5 @@
-"""Job records in SQLite (`ALICE_DATA_DIR/jobs.sqlite3`), so the queue's history survives a restart.
+"""Job records in SQLite (`ALICE_DATA_DIR/jobs.sqlite3`), so the queue's history survives a restart:
+the embedded store of a single server (the default). Records have the shape of `records`.
 
 A record is written when a job is queued, starts, saves an image and finishes; step
 progress lives in memory only (it changes many times a second and is worthless after
@@ -24,7 +25,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created);
 """
 
 
-class JobStore:
+class SqliteJobStore:
     """A small write-through table of job records (plain dicts)."""
 
     def __init__(self, path: Path) -> None:

@@ -1,0 +1,289 @@
+"""Job records and the one queue that replicas share, in PostgreSQL (`ALICE_DATABASE_URL`).
+
+Plain SQL rather than a queue library: ALICE's worker takes the head job *and* the queued
+jobs right behind it that can share its pipeline call (see `alice.jobs`), follows each job's
+steps, cancels one at its next step and fails one past its deadline; queue libraries
+(procrastinate, pgqueuer) hand out one task at a time to a function and own the task's
+lifecycle, which would leave batching, progress and cancel to be rebuilt around them.
+`SELECT ... FOR UPDATE SKIP LOCKED` is the whole of what they would add here.
+
+Who does what:
+- any replica inserts a job (`insert`, with the global queue bound), reads and cancels any job;
+- a replica's worker claims the oldest queued job and its companions (`claim`), marking them
+  running under its name with a lease; while they run it renews the lease and writes their
+  step (`heartbeat`, a few times a second) and learns of cancels from the answer;
+- any replica fails the jobs whose lease ran out (`expire_leases`): their replica died.
+
+Times of the lease are the database's clock, so replicas' clocks may disagree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+logger = logging.getLogger("alice.jobs.postgres")
+
+# pg_advisory_xact_lock keys: one for schema changes, one that makes "count, then insert" atomic.
+SCHEMA_LOCK = 0x414C494345_01
+SUBMIT_LOCK = 0x414C494345_02
+
+NOW = "extract(epoch from clock_timestamp())"
+
+MIGRATIONS: list[str] = [
+    # 1: jobs (the queue is the rows in state 'queued'), replicas' heartbeats, once-per-cluster timers
+    """
+    CREATE TABLE alice_jobs (
+        seq bigserial UNIQUE,
+        id text PRIMARY KEY,
+        created double precision NOT NULL,
+        state text NOT NULL,
+        replica text,
+        lease_until double precision,
+        cancel_requested boolean NOT NULL DEFAULT false,
+        record jsonb NOT NULL
+    );
+    CREATE INDEX alice_jobs_queued ON alice_jobs (created, seq) WHERE state = 'queued';
+    CREATE INDEX alice_jobs_running ON alice_jobs (lease_until) WHERE state = 'running';
+    CREATE INDEX alice_jobs_by_created ON alice_jobs (created);
+    CREATE TABLE alice_replicas (
+        name text PRIMARY KEY,
+        seen double precision NOT NULL,
+        busy boolean NOT NULL DEFAULT false
+    );
+    CREATE TABLE alice_timers (
+        name text PRIMARY KEY,
+        last double precision NOT NULL
+    );
+    """,
+]
+
+# A record as read back: the stored record plus the cancel flag, which lives in its own column
+# so that the running replica's writes of the record never undo a cancel.
+RECORD = "record || jsonb_build_object('cancel_requested', cancel_requested)"
+
+
+def migrate(db: psycopg.Connection) -> int:
+    """Bring the schema up to date; safe when several replicas start at once (one advisory
+    lock serialises them, and each applies only what is missing). Returns the version."""
+    with db.transaction():
+        db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        db.execute("CREATE TABLE IF NOT EXISTS alice_schema (version integer NOT NULL)")
+        row = db.execute("SELECT version FROM alice_schema").fetchone()
+        version = row[0] if row else 0
+        if not row:
+            db.execute("INSERT INTO alice_schema (version) VALUES (0)")
+        if version > len(MIGRATIONS):
+            raise RuntimeError(
+                f"the job database has schema version {version}, newer than this ALICE knows ({len(MIGRATIONS)}); "
+                "upgrade this replica"
+            )
+        for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+            db.execute(migration)
+            db.execute("UPDATE alice_schema SET version = %s", (number,))
+            logger.info("job database schema upgraded to version %d", number)
+        return len(MIGRATIONS)
+
+
+class PostgresJobStore:
+    """One connection, shared by the worker, the sync thread and request threads under a lock
+    (every statement is short); a broken connection is opened again on next use."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._lock = threading.RLock()
+        self._db = self._connect()
+        migrate(self._db)
+
+    def _connect(self) -> psycopg.Connection:
+        return psycopg.connect(self._url, autocommit=True, connect_timeout=10)
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        with self._lock:
+            if self._db.closed or self._db.broken:
+                logger.warning("job database connection lost; connecting again")
+                self._db = self._connect()
+            yield self._db
+
+    # -- submitting ----------------------------------------------------------------
+    def insert(self, record: dict[str, Any], max_waiting: int, replica_timeout_s: float) -> tuple[int, float | None, int] | None:
+        """Queue a job unless the queue is full: `max_waiting` jobs waiting beyond one per idle
+        replica. None when queued; else (jobs waiting, recent seconds per job, live replicas)."""
+        with self._connection() as db, db.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (SUBMIT_LOCK,))
+            waiting = db.execute("SELECT count(*) FROM alice_jobs WHERE state = 'queued'").fetchone()[0]
+            live, idle = db.execute(
+                f"SELECT count(*), count(*) FILTER (WHERE NOT busy) FROM alice_replicas WHERE seen > {NOW} - %s",
+                (replica_timeout_s,),
+            ).fetchone()
+            if waiting >= max_waiting + idle:
+                average = db.execute(
+                    "SELECT avg((record->>'generated')::float - (record->>'started')::float) FROM "
+                    "(SELECT record FROM alice_jobs WHERE state = 'succeeded' ORDER BY created DESC LIMIT 20) recent"
+                ).fetchone()[0]
+                return waiting, average, live
+            db.execute(
+                "INSERT INTO alice_jobs (id, created, state, record) VALUES (%s, %s, %s, %s)",
+                (record["id"], record["created"], record["state"], Jsonb(record)),
+            )
+            return None
+
+    # -- the worker's side -----------------------------------------------------------
+    def claim(
+        self,
+        replica: str,
+        lease_s: float,
+        room: Callable[[dict[str, Any]], int],
+        choose: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
+    ) -> list[dict[str, Any]]:
+        """Take the oldest queued job no other replica is taking, and those right behind it that
+        `choose` picks to join it; `room(head)` says how many could join at most. `choose`
+        returns the records to store (marked running). Returns them; [] when none waits."""
+        with self._connection() as db, db.transaction():
+            head = db.execute(
+                "SELECT seq, created, record FROM alice_jobs WHERE state = 'queued' "
+                "ORDER BY created, seq LIMIT 1 FOR UPDATE SKIP LOCKED"
+            ).fetchone()
+            if head is None:
+                return []
+            seq, created, head_record = head
+            followers: list[dict[str, Any]] = []
+            if (more := room(head_record)) > 0:
+                followers = [row[0] for row in db.execute(
+                    "SELECT record FROM alice_jobs WHERE state = 'queued' AND (created, seq) > (%s, %s) "
+                    "ORDER BY created, seq LIMIT %s FOR UPDATE SKIP LOCKED",
+                    (created, seq, more),
+                )]
+            chosen = choose([head_record, *followers])
+            for record in chosen:
+                db.execute(
+                    f"UPDATE alice_jobs SET state = %s, replica = %s, lease_until = {NOW} + %s, record = %s "
+                    "WHERE id = %s",
+                    (record["state"], replica, lease_s, Jsonb(record), record["id"]),
+                )
+            return chosen
+
+    def update(self, record: dict[str, Any], replica: str) -> bool:
+        """The running replica writes its job's record; False when the job is no longer its own
+        (its lease ran out and another replica failed it)."""
+        with self._connection() as db:
+            return db.execute(
+                "UPDATE alice_jobs SET state = %s, record = %s WHERE id = %s AND replica = %s AND state = 'running'",
+                (record["state"], Jsonb(record), record["id"], replica),
+            ).rowcount == 1
+
+    def heartbeat(self, replica: str, busy: bool, running: list[tuple[str, int, int]], lease_s: float) -> set[str]:
+        """Say this replica lives; renew the lease of its running jobs (id, step, total steps)
+        and write their progress. Returns the ids of those a client asked to cancel."""
+        cancelled: set[str] = set()
+        with self._connection() as db:
+            db.execute(
+                f"INSERT INTO alice_replicas (name, seen, busy) VALUES (%s, {NOW}, %s) "
+                f"ON CONFLICT (name) DO UPDATE SET seen = {NOW}, busy = EXCLUDED.busy",
+                (replica, busy),
+            )
+            for job_id, step, total in running:
+                row = db.execute(
+                    f"UPDATE alice_jobs SET lease_until = {NOW} + %s, "
+                    "record = record || jsonb_build_object('step', %s::int, 'total_steps', %s::int) "
+                    "WHERE id = %s AND replica = %s AND state = 'running' RETURNING cancel_requested",
+                    (lease_s, step, total, job_id, replica),
+                ).fetchone()
+                if row and row[0]:
+                    cancelled.add(job_id)
+        return cancelled
+
+    def expire_leases(self, error_code: str, error: str) -> list[tuple[dict[str, Any], list[str]]]:
+        """Fail the running jobs whose replica stopped renewing their lease. Returns each one's
+        record and the images it had saved (which no one will hand out)."""
+        with self._connection() as db:
+            rows = db.execute(
+                f"""
+                WITH expired AS (
+                    SELECT id, record->'images' AS images FROM alice_jobs
+                    WHERE state = 'running' AND lease_until < {NOW} FOR UPDATE SKIP LOCKED
+                )
+                UPDATE alice_jobs AS job SET state = 'failed', record = job.record || jsonb_build_object(
+                    'state', 'failed', 'finished', {NOW}, 'error_code', %s::text, 'error', %s::text,
+                    'images', '[]'::jsonb, 'replica', job.replica)
+                FROM expired WHERE job.id = expired.id
+                RETURNING job.{RECORD}, expired.images
+                """,
+                (error_code, error),
+            ).fetchall()
+        return [(record, list(images or ())) for record, images in rows]
+
+    def leave(self, replica: str) -> None:
+        with self._connection() as db:
+            db.execute("DELETE FROM alice_replicas WHERE name = %s", (replica,))
+
+    # -- anyone's side ---------------------------------------------------------------
+    def cancel(self, job_id: str, code: str, error: str) -> tuple[dict[str, Any], bool] | None:
+        """Ask for a job's cancel: a queued one ends now, a running one at its next step (its
+        replica reads the flag). Returns (its record, whether it ended now); None if unknown."""
+        with self._connection() as db:
+            row = db.execute(
+                f"""
+                UPDATE alice_jobs SET cancel_requested = true,
+                    state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
+                    record = CASE WHEN state = 'queued' THEN record || jsonb_build_object(
+                        'state', 'cancelled', 'finished', {NOW}, 'error_code', %s::text, 'error', %s::text)
+                        ELSE record END
+                WHERE id = %s AND state IN ('queued', 'running')
+                RETURNING {RECORD}, state = 'cancelled'
+                """,
+                (code, error, job_id),
+            ).fetchone()
+            if row:
+                return row[0], row[1]
+            row = db.execute(f"SELECT {RECORD} FROM alice_jobs WHERE id = %s", (job_id,)).fetchone()
+        return (row[0], False) if row else None
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        with self._connection() as db:
+            row = db.execute(f"SELECT {RECORD} FROM alice_jobs WHERE id = %s", (job_id,)).fetchone()
+        return row[0] if row else None
+
+    def records(self, ids: list[str]) -> list[dict[str, Any]]:
+        with self._connection() as db:
+            return [row[0] for row in db.execute(f"SELECT {RECORD} FROM alice_jobs WHERE id = ANY(%s)", (ids,))]
+
+    def recent(self, limit: int) -> list[dict[str, Any]]:
+        """The newest `limit` records, newest first."""
+        with self._connection() as db:
+            return [row[0] for row in db.execute(
+                f"SELECT {RECORD} FROM alice_jobs ORDER BY created DESC, seq DESC LIMIT %s", (limit,)
+            )]
+
+    def waiting(self) -> int:
+        with self._connection() as db:
+            return db.execute("SELECT count(*) FROM alice_jobs WHERE state = 'queued'").fetchone()[0]
+
+    def delete_oldest_finished(self, keep: int) -> None:
+        """Forget finished jobs beyond the newest `keep`."""
+        with self._connection() as db:
+            db.execute(
+                "DELETE FROM alice_jobs WHERE state NOT IN ('queued', 'running') AND id NOT IN "
+                "(SELECT id FROM alice_jobs WHERE state NOT IN ('queued', 'running') ORDER BY created DESC LIMIT %s)",
+                (keep,),
+            )
+
+    def due(self, timer: str, interval_s: float) -> bool:
+        """True for exactly one caller per `interval_s` across all replicas (retention sweeps)."""
+        with self._connection() as db:
+            return db.execute(
+                f"INSERT INTO alice_timers (name, last) VALUES (%s, {NOW}) "
+                f"ON CONFLICT (name) DO UPDATE SET last = {NOW} WHERE alice_timers.last < {NOW} - %s RETURNING name",
+                (timer, interval_s),
+            ).fetchone() is not None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

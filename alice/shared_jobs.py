@@ -1,0 +1,293 @@
+"""The job queue of replicas that share one PostgreSQL database (`ALICE_DATABASE_URL`).
+
+Every replica accepts jobs into the one queue (the rows of `alice_jobs` in state queued), and
+every replica's worker claims the oldest job it can take there, with the jobs behind it that
+share its pipeline call, as the embedded queue does (`alice.jobs`). What differs:
+
+- A job's record is the database's: any replica lists, reads and cancels any job. A job
+  submitted here but run elsewhere is followed by polling (`POLL_S`), so a waiting request or
+  an SSE stream sees its steps and its end.
+- The running replica writes its jobs' steps and renews their lease every `POLL_S` (the
+  heartbeat), and learns from the same statement that a client asked to cancel one: the job
+  stops at its next step after that.
+- A replica that dies stops renewing: once the lease (`ALICE_JOB_LEASE_S`) runs out, any
+  replica marks its jobs failed (`interrupted`), not retried: a job that killed one replica
+  (a driver crash, the OOM killer) would take down the next one too. Queued jobs are rows
+  that no replica holds, and wait for the others.
+- Loading or unloading a model is this replica's chore: it waits in this replica's own line
+  and runs before its worker claims the next job.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+import psycopg
+
+from alice.engine.generate import GenerationSpec, batch_key
+from alice.job_stores.postgres import PostgresJobStore
+from alice.jobs import CANCELLED, DEADLINE, Chore, Executor, Job, JobQueue, JobState, QueueFull
+
+logger = logging.getLogger("alice.jobs")
+
+POLL_S = 0.25
+"""How often a replica looks for work, writes progress and renews leases, and reads the jobs
+it follows for other replicas."""
+
+INTERRUPTED = "the server running this job stopped answering (its lease ran out)"
+
+
+class QueueUnavailable(QueueFull):
+    """The shared queue's database cannot be reached: no room for anything until it is back."""
+
+    def __init__(self, retry_after_s: int = 10) -> None:
+        Exception.__init__(self, "the job queue's database cannot be reached; try again later")
+        self.retry_after_s = retry_after_s
+
+
+class SharedJobQueue(JobQueue):
+    """JobQueue's worker and client side over the queue in PostgreSQL; `replica` names this
+    server in the records, `lease_s` is how long its running jobs outlive its last heartbeat."""
+
+    def __init__(self, execute: Executor, max_waiting: int, *, store: PostgresJobStore, replica: str, lease_s: float,
+                 **options: Any) -> None:
+        super().__init__(execute, max_waiting, **options)
+        self._shared = store
+        self._replica = replica
+        self._lease_s = lease_s
+        self._poll_s = min(POLL_S, lease_s / 4)
+        self._mine: dict[str, Job] = {}  # claimed here and not finished (saving included)
+        self._waiting_everywhere = 0
+        self._stop_syncing = threading.Event()
+        self._sync_thread = threading.Thread(target=self._sync, name="alice-job-sync", daemon=True)
+
+    @property
+    def replica(self) -> str:
+        return self._replica
+
+    # -- the worker ----------------------------------------------------------------
+    def start(self, warm_up: Callable[[], None] | None = None) -> None:
+        self._sync_once()
+        self._sync_thread.start()
+        super().start(warm_up)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        super().stop(timeout)
+        self._stop_syncing.set()
+        if self._sync_thread.is_alive():
+            self._sync_thread.join(5)
+        try:
+            self._shared.leave(self._replica)
+        except Exception:  # the database is gone; the row ages out
+            logger.warning("could not sign this replica off the job database", exc_info=True)
+
+    def _next_work(self) -> Chore | list[Job] | None:
+        failing = False
+        while True:
+            with self._lock:
+                if not self._accepting:
+                    return None
+                if self._waiting:  # a chore of this replica
+                    self._chore_running = True
+                    return self._waiting.popleft()
+            try:
+                batch = self._claim()
+                failing = False
+            except Exception:  # the database may come back; say so once, not four times a second
+                if not failing:
+                    logger.exception("claiming a job from the database failed")
+                failing, batch = True, None
+            if batch:
+                return batch
+            with self._lock:
+                if self._accepting and not self._waiting:
+                    self._lock.wait(self._poll_s)
+
+    def _claim(self) -> list[Job] | None:
+        claimed: list[Job] = []
+
+        def choose(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            claimed[:] = self._choose([Job.from_record(record) for record in records])
+            return [job.record() for job in claimed]
+
+        if not self._shared.claim(self._replica, self._lease_s, self._room_behind, choose):
+            return None
+        batch, expired = [], []
+        with self._lock:
+            for fresh in claimed:
+                job = self._jobs.get(fresh.id)
+                if job is None:
+                    self._jobs[fresh.id] = job = fresh
+                else:  # submitted here, watched by its request
+                    job.update_from(fresh.record())
+                self._mine[job.id] = job
+                (expired if time.time() > job.deadline else batch).append(job)
+                job._notify()
+            self._running = batch
+        for job in expired:
+            self._finish(job, JobState.FAILED, DEADLINE, f"the job waited past its deadline ({DEADLINE})")
+        return batch
+
+    def _room_behind(self, head: dict[str, Any]) -> int:
+        """How many queued jobs could join this head's batch at most (each draws an image or more)."""
+        job = Job.from_record(head)
+        return max(0, self._max_images(job) - job.spec.num_images)
+
+    def _choose(self, candidates: list[Job]) -> list[Job]:
+        """The head and the candidates right behind it that share its pipeline call while the
+        images fit (the embedded queue's rule, `JobQueue._companions`), marked running here.
+        Jobs past their deadline are taken too, to be failed."""
+        head, now = candidates[0], time.time()
+        taken = [head]
+        if now <= head.deadline:
+            limit, images = self._max_images(head), head.spec.num_images
+            key = (head.model, batch_key(head.spec))
+            for job in candidates[1:]:
+                if (job.model, batch_key(job.spec)) != key:
+                    break
+                if now > job.deadline:
+                    taken.append(job)
+                    continue
+                if images + job.spec.num_images > limit:
+                    break
+                taken.append(job)
+                images += job.spec.num_images
+        for job in taken:
+            job.state, job.started, job.replica = JobState.RUNNING, now, self._replica
+        return taken
+
+    def _persist(self, job: Job) -> None:
+        if job.replica != self._replica or job.id not in self._mine:
+            return  # only the replica running a job writes its record
+        if not self._shared.update(job.record(), self._replica):
+            logger.warning("job %s was failed by another replica (this one missed its lease); stopping it", job.id)
+            job.cancel_requested = True  # no GPU time for a job whose record says it ended
+
+    def _finish(self, job: Job, state: JobState, code: str | None = None, error: str | None = None) -> None:
+        super()._finish(job, state, code, error)
+        with self._lock:
+            self._mine.pop(job.id, None)
+
+    def _forget_old(self) -> None:
+        """Keep only the jobs someone follows here (under the lock); the database keeps the rest."""
+        for job in [j for j in self._jobs.values() if j.state.finished and not j._watchers]:
+            if job.id not in self._mine:
+                del self._jobs[job.id]
+
+    # -- the sync thread ---------------------------------------------------------------
+    def _sync(self) -> None:
+        failing = False
+        while not self._stop_syncing.wait(self._poll_s):
+            try:
+                self._sync_once()
+                failing = False
+            except Exception:  # the database may come back; say so once, not four times a second
+                if not failing:
+                    logger.exception("job sync with the database failed")
+                failing = True
+
+    def _sync_once(self) -> None:
+        """Heartbeat, progress and cancels of this replica's jobs; news of the jobs it follows;
+        the end of jobs whose replica died."""
+        with self._lock:
+            mine = list(self._mine.values())
+            followed = [job.id for job in self._jobs.values() if not job.state.finished and job.id not in self._mine]
+            busy = bool(self._running) or self._chore_running
+        cancelled = self._shared.heartbeat(
+            self._replica, busy, [(job.id, job.step, job.total_steps) for job in mine], self._lease_s
+        )
+        if cancelled:
+            with self._lock:
+                for job in mine:
+                    if job.id in cancelled:
+                        job.cancel_requested = True
+        if followed:
+            for record in self._shared.records(followed):
+                self._follow(record)
+        for record, images in self._shared.expire_leases("interrupted", INTERRUPTED):
+            with self._lock:
+                stalled = self._mine.get(record["id"])
+            if stalled:  # this replica's own, its heartbeats late: it stops, and ends it itself
+                stalled.cancel_requested = True
+                logger.warning("job %s: this replica missed its lease; another may have failed it", stalled.id)
+                continue
+            job = self._follow(record)
+            self._discard_images(images)
+            logger.warning("job %s failed: replica %s stopped renewing its lease", job.id, job.replica)
+            self._on_finish(job)
+        self._waiting_everywhere = self._shared.waiting()
+        if self._shared.due("trim-job-records", 60):
+            self._shared.delete_oldest_finished(self._keep_finished)
+        with self._lock:
+            self._forget_old()
+
+    def _follow(self, record: dict[str, Any]) -> Job:
+        """This replica's copy of a job run elsewhere, brought up to date (its watchers told)."""
+        with self._lock:
+            job = self._jobs.get(record["id"])
+            if job is None:
+                job = Job.from_record(record)
+                self._jobs[job.id] = job
+            elif job.id not in self._mine and job.update_from(record):
+                job._notify()
+            job.cancel_requested = job.cancel_requested or bool(record.get("cancel_requested"))
+            return job
+
+    # -- the clients' side ------------------------------------------------------------
+    def submit(self, model: str, spec: GenerationSpec, source: str, timeout_s: float) -> Job:
+        job = Job(model=model, spec=spec, source=source, deadline=time.time() + timeout_s)
+        with self._lock:
+            if not self._accepting:
+                raise QueueFull(self._waiting_everywhere, self._retry_after_s())
+        try:
+            full = self._shared.insert(job.record(), self._max_waiting, replica_timeout_s=self._lease_s)
+        except psycopg.OperationalError as exc:  # the database is down or out of reach: 503, as when full
+            logger.warning("cannot queue a job: the job database is unreachable (%s)", type(exc).__name__)
+            raise QueueUnavailable() from None
+        if full:
+            waiting, average, live = full
+            raise QueueFull(waiting, max(1, min(600, round((average or 10.0) * max(1, waiting) / max(1, live)))))
+        with self._lock:
+            self._jobs[job.id] = job
+            self._waiting_everywhere += 1
+            self._lock.notify_all()  # this replica's worker may be idle: look now
+        logger.info("job %s queued (%s, model %s)", job.id, source, model)
+        return job
+
+    def cancel(self, job_id: str) -> Job | None:
+        with self._lock:
+            if job := self._mine.get(job_id):
+                job.cancel_requested = True  # its next step stops it
+        found = self._shared.cancel(job_id, CANCELLED, "the job was cancelled")
+        if found is None:
+            return job
+        record, ended = found
+        job = self._follow(record)
+        if ended:
+            logger.info("job %s cancelled while queued", job.id)
+            self._on_finish(job)
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            if job := self._mine.get(job_id):
+                return job
+        record = self._shared.get(job_id)
+        return self._follow(record) if record else None
+
+    def list(self) -> list[Job]:
+        with self._lock:
+            mine = dict(self._mine)
+        records = self._shared.recent(self._keep_finished + self._max_waiting + 1)
+        return [mine.get(record["id"]) or Job.from_record(record) for record in records]
+
+    @property
+    def waiting(self) -> int:
+        """Jobs waiting in the shared queue (as of the last sync), this replica's chores included."""
+        return self._waiting_everywhere + len(self._waiting)
+
+    def is_my_turn(self, task: str, interval_s: float) -> bool:
+        return self._shared.due(task, interval_s)

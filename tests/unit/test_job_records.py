@@ -1,0 +1,48 @@
+"""The stored job record is ALICE's own versioned shape, and records from before it still load."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+
+from alice.engine.generate import GenerationSpec
+from alice.job_stores import records
+from alice.job_stores.sqlite import SqliteJobStore
+from alice.jobs import Job, JobState
+
+SPEC = GenerationSpec(prompt="a cat", seed=7, width=64, height=64, steps=3, init_image="in.png", strength=0.5,
+                      loras=(("ink", 0.8),))
+
+
+def test_the_record_names_its_version_and_its_own_fields():
+    job = Job(model="m", spec=SPEC, source="sam", deadline=123.0, images=["a.png"], replica="gpu0")
+    record = job.record()
+    assert record["version"] == records.VERSION == 1
+    assert record["spec"] == {
+        "prompt": "a cat", "negative_prompt": "", "seed": 7, "width": 64, "height": 64, "steps": 3,
+        "guidance_scale": 7.5, "scheduler": SPEC.scheduler, "num_images": 1, "init_image": "in.png",
+        "strength": 0.5, "loras": [{"name": "ink", "scale": 0.8}],
+    }
+    assert "parameters" not in record  # not the engine's dataclass dumped as it is
+    again = Job.from_record(json.loads(json.dumps(record)))
+    assert again.spec == SPEC and again.replica == "gpu0" and again.images == ["a.png"] and again.deadline == 123.0
+
+
+def test_a_sqlite_row_from_before_versions_still_loads(tmp_path):
+    """What Job.record() wrote before the versioned shape: the public view with `parameters`."""
+    old = {
+        "id": "job-old", "object": "job", "state": "succeeded", "progress": 1.0, "step": 3, "total_steps": 3,
+        "created": 1.0, "started": 2.0, "generated": 3.0, "finished": 4.0, "error": None, "error_code": None,
+        "images": ["old.png"], "batch": 1, "model": "m", "source": "sam",
+        "parameters": json.loads(json.dumps(dataclasses.asdict(SPEC))), "deadline": 99.0,
+    }
+    path = tmp_path / "jobs.sqlite3"
+    SqliteJobStore(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO jobs (id, created, state, record) VALUES (?, ?, ?, ?)",
+                   ("job-old", 1.0, "succeeded", json.dumps(old)))
+    [record] = SqliteJobStore(path).load_all()
+    job = Job.from_record(record)
+    assert job.spec == SPEC and job.state is JobState.SUCCEEDED and job.images == ["old.png"]
+    assert job.replica is None and job.record()["version"] == 1
