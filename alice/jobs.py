@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import dataclasses
 import logging
 import secrets
 import threading
@@ -37,6 +36,7 @@ from typing import Any, AsyncIterator, Callable
 
 from alice.engine.generate import GenerationSpec, GenerationStopped, batch_key
 from alice.job_store import JobStore
+from alice.protocol.results import job_parameters
 
 logger = logging.getLogger("alice.jobs")
 
@@ -120,7 +120,7 @@ class Job:
             "batch": self.batch,
             "model": self.model,
             "source": self.source,
-            "parameters": dataclasses.asdict(self.spec),
+            "parameters": job_parameters(self.spec),
         }
 
     def record(self) -> dict[str, Any]:

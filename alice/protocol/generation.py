@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import secrets
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from alice.engine.loras import extract_prompt_loras
-from alice.engine.schedulers import DEFAULT_SCHEDULER, canonical_scheduler_name
+from alice.engine.spec import GenerationSpec
+from alice.protocol.schedulers import DEFAULT_SCHEDULER, canonical_scheduler_name
 
 MAX_PROMPT_CHARS = 4000
 MAX_SIDE = 2048
@@ -13,6 +17,21 @@ MAX_SEED = 2**32 - 1
 MODEL_PREFIX = "sd/"
 MAX_INPUT_IMAGE_CHARS = 28_000_000  # 20 MB of image as base64
 MAX_LORAS = 8  # per request, `loras` and `<lora:...>` tags together: each one loads an adapter
+# AUTOMATIC1111's syntax: <lora:name> or <lora:name:0.8>
+PROMPT_LORA_TAG = re.compile(r"<lora:([^:<>]+)(?::\s*([-+]?(?:\d+\.?\d*|\.\d+))\s*)?>", re.IGNORECASE)
+DEFAULT_LORA_SCALE = 1.0
+# The spec's fields a setting of the same name carries over as it is (see to_spec).
+_SPEC_FIELDS = frozenset(field.name for field in dataclasses.fields(GenerationSpec))
+
+
+def extract_prompt_loras(prompt: str) -> tuple[str, list[tuple[str, float]]]:
+    """The prompt without its LoRA tags, and the (name, scale) pairs they asked for."""
+    found = [
+        (m.group(1).strip(), float(m.group(2)) if m.group(2) else DEFAULT_LORA_SCALE)
+        for m in PROMPT_LORA_TAG.finditer(prompt)
+    ]
+    cleaned = re.sub(r"\s{2,}", " ", PROMPT_LORA_TAG.sub("", prompt)).strip(" ,")
+    return cleaned, found
 
 
 def strip_model_prefix(model_id: str) -> str:
@@ -88,6 +107,25 @@ class GenerationSettings(BaseModel):
     @classmethod
     def _strip_prefix(cls, value: str | None) -> str | None:
         return strip_model_prefix(value) or None if value is not None else None
+
+    def to_spec(self, *, native_size: int, max_pixels: int, max_images: int) -> GenerationSpec:
+        """What the engine draws, from any client's settings: the one place they are turned into
+        a GenerationSpec. No size = the model's `native_size`, no seed = a random one; the LoRAs
+        of the `loras` field and of the prompt's tags together; the server's limits held
+        (InvalidRequest names the first problem). Every other setting is carried over by its
+        name. The input image is the caller's to store, as the spec's `init_image`."""
+        values = {name: getattr(self, name) for name in _SPEC_FIELDS & type(self).model_fields.keys()}
+        values.update(
+            width=self.width or native_size,
+            height=self.height or native_size,
+            # Below the top by 16: image i of num_images draws from seed + i.
+            seed=self.seed if self.seed is not None else secrets.randbelow(MAX_SEED + 1 - 16),
+            loras=tuple((choice.name, choice.scale) for choice in self.requested_loras()),
+        )
+        self.model_copy(update={"width": values["width"], "height": values["height"]}).check_limits(
+            max_pixels=max_pixels, max_images=max_images
+        )
+        return GenerationSpec(**values)
 
     def requested_loras(self) -> list[LoraChoice]:
         """The prompt's `<lora:name:scale>` tags, then the `loras` field, held together to the
