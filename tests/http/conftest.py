@@ -22,7 +22,7 @@ OTHER_KEY = "test-key-2"
 
 def start_client(tmp: Path, engine: object | None = None, **env: str) -> Iterator[TestClient]:
     """The service in process; its runtime draws with `engine` (None: the diffusers pipelines)."""
-    with alice_environment(tmp, env) as root, drawing_with(engine):
+    with storing_for(engine), alice_environment(tmp, env) as root, drawing_with(engine):
         from service import Alice
 
         forget_service_metrics()
@@ -49,6 +49,20 @@ def drawing_with(engine: object | None) -> Iterator[None]:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(service, "Runtime", functools.partial(Runtime, engine=engine))
+        yield
+
+
+@contextlib.contextmanager
+def storing_for(engine: object | None) -> Iterator[None]:
+    """A fake engine never loads a stored model, so storing one (the demo) skips the load that
+    checks it: most of a fake client's start."""
+    if engine is None:
+        yield
+        return
+    from alice import model_store
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model_store, "_check_loads", lambda folder: None)
         yield
 
 
