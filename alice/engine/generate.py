@@ -17,10 +17,17 @@ from typing import Any, Callable, Sequence
 import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
+from transformers import CLIPTextModel
 
 from alice.engine.schedulers import build_scheduler
 from alice.engine.spec import GenerationSpec, batch_key  # noqa: F401  (batch_key: the jobs' import)
 from alice.protocol.generation import extract_prompt_loras
+
+# With clip_skip set, diffusers' encode_prompt reads `text_encoder.text_model.final_layer_norm`, but
+# transformers 5.6 flattened CLIPTextModel (transformers#46285): it is its own text model now
+# (diffusers#14124, open).
+if not hasattr(CLIPTextModel, "text_model"):
+    CLIPTextModel.text_model = property(lambda self: self)
 
 StepCallback = Callable[[int, int], None]
 """Called after every denoising step with (steps done, total steps)."""
@@ -224,6 +231,7 @@ def _draw(
             **image_args,
             num_inference_steps=spec.steps,
             guidance_scale=spec.guidance_scale,
+            clip_skip=spec.clip_skip - 1 if spec.clip_skip else None,  # diffusers counts the layers skipped
             generator=generators[0] if single else generators,
             callback_on_step_end=step_end,
             output_type="pil",

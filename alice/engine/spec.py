@@ -30,6 +30,7 @@ class GenerationSpec:
     init_image: str | None = None  # name of the stored input image for img2img
     strength: float = 0.75  # img2img: how much of the input is redrawn (1 = all)
     loras: tuple[tuple[str, float], ...] = ()  # (name, scale), from settings and <lora:...> tags
+    clip_skip: int | None = None  # A1111's count: 1 = the text encoder's last layer; None = the model's default
 
 
 # What may differ between the requests of one pipeline call: each image has its own prompt,

@@ -75,6 +75,10 @@ class GenerationSettings(BaseModel):
     )
     steps: int = Field(25, ge=1, le=150, description="Denoising steps.")
     guidance_scale: float = Field(7.5, ge=0, le=30, allow_inf_nan=False, description="Classifier-free guidance (CFG).")
+    clip_skip: int | None = Field(
+        None, ge=1, le=12, json_schema_extra={"a1111": "Clip skip"},
+        description="Counted as A1111 does: 1 = the text encoder's last layer, 2 = the one before; none = the model's default.",
+    )
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Seed for repeatable images; none = random.")
     scheduler: str = Field(DEFAULT_SCHEDULER, max_length=40, description="Sampler name, e.g. ddim, euler_a, dpm++_2m_karras.")
     num_images: int = Field(1, ge=1, le=16, description="How many images to draw (seeds seed, seed+1, ...).")

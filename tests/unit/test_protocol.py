@@ -110,3 +110,18 @@ def test_a_batch_shares_every_setting_but_the_per_image_ones():
     assert batch_key(img2img) == batch_key(dataclasses.replace(img2img, init_image="y.png"))
     assert batch_key(img2img) != batch_key(dataclasses.replace(img2img, strength=0.3))
     assert batch_key(base) != batch_key(img2img)
+
+
+def test_clip_skip_reaches_every_answer_and_reads_back():
+    """A setting of the schema and the spec shows in the result, the A1111 text and the batch key."""
+    spec = GenerationSettings(prompt="a fox", clip_skip=2, seed=3).to_spec(native_size=64, **LIMITS)
+    assert spec.clip_skip == 2
+    assert GenerationParameters.of(spec).model_dump()["clip_skip"] == 2
+    text = GenerationParameters.of(spec).a1111_text("alice-demo", 0)
+    assert text.endswith(", Clip skip: 2")
+    assert settings_from_a1111(parse_a1111_parameters(text))["clip_skip"] == 2
+    assert batch_key(spec) != batch_key(dataclasses.replace(spec, clip_skip=None))
+    assert "Clip skip" not in GenerationParameters.of(dataclasses.replace(spec, clip_skip=None)).a1111_text("m", 0)
+    for bad in (0, 13):
+        with pytest.raises(ValueError, match="clip_skip"):
+            GenerationSettings(prompt="a fox", clip_skip=bad)
