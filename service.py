@@ -49,7 +49,9 @@ class Alice:
     async def generate(self, ctx: bentoml.Context, **params) -> GenerateResponse:
         """Text to image: the JSON body holds the settings flat; answers PNGs (base64 and URL)."""
         # Errors come back as a JSONResponse, which BentoML passes through as it is.
-        return await native.generate(self.runtime, ctx, GenerateRequest(**params))  # type: ignore[return-value]
+        # BentoML has validated the body against input_spec already: build the model without a second pass.
+        request = GenerateRequest.model_construct(**params)
+        return await native.generate(self.runtime, ctx, request)  # type: ignore[return-value]
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:

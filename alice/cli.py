@@ -71,13 +71,13 @@ def models_evaluate_demo(
     """Generate for held-out colour/shape/background prompts and judge the pixels."""
     from alice.demo_training.evaluate import evaluate
     from alice.engine.demo import DEMO_MODEL_DIR
-    from alice.engine.schedulers import DEFAULT_SCHEDULER
+    from alice.protocol.schedulers import DEFAULT_SCHEDULER, canonical_scheduler_name
 
     result = evaluate(
         model or DEMO_MODEL_DIR,
         steps=steps,
         guidance_scale=guidance,
-        scheduler=scheduler or DEFAULT_SCHEDULER,
+        scheduler=canonical_scheduler_name(scheduler or DEFAULT_SCHEDULER),
         seeds=tuple(range(seeds)),
         save_to=save_to,
     )

@@ -1,5 +1,7 @@
 """The folder of generated PNGs: atomic writes, unguessable names, A1111 metadata, retention.
 
+The A1111 `parameters` text itself is written and read in alice/protocol/a1111.py.
+
 Image URLs (`/images/{name}`) need no key, so a file name is a capability: 128 random
 bits, checked strictly before it ever touches the file system.
 """
@@ -29,94 +31,6 @@ logger = logging.getLogger("alice.images")
 NAME_PATTERN = re.compile(r"[0-9a-f]{32}\.png")
 # Temp files start with a dot and never match NAME_PATTERN, so they are never served or listed.
 TEMP_PREFIX = ".tmp-"
-
-# AUTOMATIC1111's own pattern for one `Key: value` of the settings line (modules/infotext_utils.py).
-_SETTING = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
-_SETTING_KEY = re.compile(r"\w[\w \-/]+")
-_NEGATIVE_PREFIX = "Negative prompt:"
-
-
-class A1111Parameters(TypedDict):
-    """What `parse_a1111_parameters` reads back."""
-
-    prompt: str
-    negative_prompt: str
-    settings: dict[str, str]
-
-
-def _quote(value: str) -> str:
-    """Quote a setting like A1111 does, so commas, colons and newlines don't split the line."""
-    if "," not in value and "\n" not in value and ":" not in value:
-        return value
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _unquote(value: str) -> str:
-    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
-        with contextlib.suppress(ValueError):
-            decoded = json.loads(value)
-            if isinstance(decoded, str):
-                return decoded
-    return value
-
-
-def a1111_parameters(
-    *,
-    prompt: str,
-    negative_prompt: str,
-    steps: int,
-    sampler: str,
-    guidance_scale: float,
-    seed: int,
-    width: int,
-    height: int,
-    model: str,
-    extra: dict[str, str] | None = None,
-) -> str:
-    """The `parameters` text AUTOMATIC1111 writes, which SD tools (and its PNG Info tab) read back."""
-    settings = {
-        "Steps": str(steps),
-        "Sampler": sampler,
-        # A1111 stores cfg_scale as a float and writes str(float): 7 -> "7.0", 7.5 -> "7.5".
-        "CFG scale": str(float(guidance_scale)),
-        "Seed": str(seed),
-        "Size": f"{width}x{height}",
-        "Model": model,
-    }
-    for key, value in (extra or {}).items():
-        # A key A1111's parser can't match would silently corrupt the line; fail where it's written.
-        if not _SETTING_KEY.fullmatch(key):
-            raise ValueError(f"not an A1111 setting name: {key!r}")
-        settings[key] = str(value)
-    lines = [prompt]
-    if negative_prompt:
-        lines.append(f"{_NEGATIVE_PREFIX} {negative_prompt}")
-    lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in settings.items()))
-    return "\n".join(lines)
-
-
-def parse_a1111_parameters(text: str) -> A1111Parameters:
-    """Read A1111 `parameters` text back: prompt, negative prompt and the settings line as a dict.
-
-    Follows A1111's reader: the last line is the settings line when it holds at least three
-    `Key: value` pairs; every line from `Negative prompt:` on is the negative prompt.
-    """
-    *lines, last = text.rstrip("\n").split("\n")
-    if len(_SETTING.findall(last)) < 3:
-        lines.append(last)
-        last = ""
-    prompt: list[str] = []
-    negative: list[str] = []
-    for line in lines:
-        if not negative and line.startswith(_NEGATIVE_PREFIX):
-            negative.append(line.removeprefix(_NEGATIVE_PREFIX).removeprefix(" "))
-        elif negative:
-            negative.append(line)
-        else:
-            prompt.append(line)
-    settings = {key.strip(): _unquote(value.strip()) for key, value in _SETTING.findall(last)}
-    return {"prompt": "\n".join(prompt), "negative_prompt": "\n".join(negative), "settings": settings}
-
 
 def encode_png(image: Image.Image, parameters: str) -> bytes:
     """PNG bytes with a `parameters` text chunk; the same image and text give the same bytes.

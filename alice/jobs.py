@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import dataclasses
 import logging
 import secrets
 import threading
@@ -42,6 +41,7 @@ from typing import Any, AsyncIterator, Callable
 from alice.engine.generate import GenerationSpec, GenerationStopped, batch_key
 from alice.job_stores import records
 from alice.job_stores.sqlite import SqliteJobStore
+from alice.protocol.results import job_parameters
 
 logger = logging.getLogger("alice.jobs")
 
@@ -127,7 +127,7 @@ class Job:
             "model": self.model,
             "source": self.source,
             "replica": self.replica,
-            "parameters": dataclasses.asdict(self.spec),
+            "parameters": job_parameters(self.spec),
         }
 
     def record(self) -> dict[str, Any]:

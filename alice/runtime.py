@@ -7,10 +7,10 @@ native API call into it. Nothing here knows about HTTP.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import re
-import secrets
 import socket
 import threading
 from pathlib import Path
@@ -22,31 +22,26 @@ from PIL import Image
 from alice import __version__, model_store
 from alice.config import Settings
 from alice.downloads.manager import DownloadManager
-from alice.engine.generate import BatchEntry, GenerationSpec, GenerationStopped, images_per_call, run_batch
-from alice.engine.loras import LoraLoadFailed, loras_applied
+from alice.engine.engine import DiffusersEngine, Engine, OutOfMemory
+from alice.engine.generate import BatchEntry, GenerationStopped, images_per_call
+from alice.engine.loras import LoraLoadFailed
 from alice.engine.device import describe_device
-from alice.engine.pipelines import (
-    LoadedPipeline,
-    MemoryOptions,
-    PipelineCache,
-    choose_placement,
-    compile_refusal,
-    host_compiler,
-    unet_is_compiled,
-)
-from alice.engine.schedulers import a1111_sampler_name
-from alice.image_store import ImageStore, a1111_parameters
+from alice.engine.pipelines import LoadedPipeline, MemoryOptions, choose_placement, compile_refusal, host_compiler
+from alice.image_store import ImageStore
 from alice.input_images import decode_input_image, keep_input_image
 from alice.job_stores.sqlite import SqliteJobStore
 from alice.jobs import FinishUp, Job, JobControl, JobFailure, JobQueue
 from alice.metrics import Summary, prometheus_metrics
-from alice.protocol.generation import MAX_SEED, GenerationSettings
+from alice.protocol.generation import GenerationSettings
+from alice.protocol.results import GenerationParameters
 
 logger = logging.getLogger("alice")
 
 
 class Runtime:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+        """`engine` draws the images: by default the diffusers pipelines; tests may hand in
+        another (see alice/engine/engine.py)."""
         self.settings = settings
         self.placement = choose_placement(settings.device, settings.dtype)
         self.images = ImageStore(settings.data_dir / "images")
@@ -58,18 +53,7 @@ class Runtime:
         if removed:
             logger.warning("removed %d half-written image files left by an earlier run", removed)
         self.summary = Summary()
-        budget = int(settings.model_cache_gb * 1024**3) or None  # None: what the device holds
-        options = MemoryOptions(
-            attention_slicing=settings.attention_slicing,
-            vae_tiling=settings.vae_tiling,
-            cpu_offload=settings.cpu_offload,
-            channels_last=settings.channels_last,
-            compile_unet=settings.compile_unet,
-            max_pixels=settings.max_pixels,
-        )
-        self.pipelines = PipelineCache(
-            self._locate_model, self.placement, budget, options, on_load=self._model_loaded
-        )
+        self.pipelines: Engine = engine or self._diffusers_engine()
         self.jobs = self._job_queue(settings)
         downloads = settings.data_dir / "downloads"
         if settings.database_url:  # replicas share the data folder; each resumes its own downloads
@@ -96,6 +80,19 @@ class Runtime:
             self._execute, settings.queue_size, store=PostgresJobStore(settings.database_url.get_secret_value()),
             replica=replica, lease_s=settings.job_lease_s, **hooks,
         )
+
+    def _diffusers_engine(self) -> DiffusersEngine:
+        settings = self.settings
+        budget = int(settings.model_cache_gb * 1024**3) or None  # None: what the device holds
+        options = MemoryOptions(
+            attention_slicing=settings.attention_slicing,
+            vae_tiling=settings.vae_tiling,
+            cpu_offload=settings.cpu_offload,
+            channels_last=settings.channels_last,
+            compile_unet=settings.compile_unet,
+            max_pixels=settings.max_pixels,
+        )
+        return DiffusersEngine(self._locate_model, self.placement, budget, options, on_load=self._model_loaded)
 
     def start(self) -> Runtime:
         """Start the worker (which loads the default model first) and the retention sweep."""
@@ -140,34 +137,19 @@ class Runtime:
         return self.jobs.run_on_worker(lambda: self.pipelines.drop(name))
 
     def submit(self, request: GenerationSettings, source: str) -> Job:
-        """Check a request against the server's limits and queue it (QueueFull when full)."""
+        """Resolve a request into what to draw, check it against the server's limits and
+        store, and queue it (QueueFull when full)."""
         model = self.resolve_model(request.model)
-        if request.width is None or request.height is None:
-            native = model.native_size
-            request = request.model_copy(update={"width": request.width or native, "height": request.height or native})
-        request.check_limits(
-            max_pixels=self.settings.max_pixels, max_images=self.settings.max_images_per_request
+        spec = request.to_spec(
+            native_size=model.native_size,
+            max_pixels=self.settings.max_pixels,
+            max_images=self.settings.max_images_per_request,
         )
-        loras = tuple((choice.name, choice.scale) for choice in request.requested_loras())
-        for name, _ in loras:
+        for name, _ in spec.loras:
             model_store.get_lora(name)  # refuse an unknown LoRA now, not after the queue
-        init_image = None
         if request.input_image:
-            init_image = keep_input_image(decode_input_image(request.input_image, self.images), self.inputs)
-        spec = GenerationSpec(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            width=request.width,
-            height=request.height,
-            steps=request.steps,
-            guidance_scale=request.guidance_scale,
-            seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1 - 16),
-            scheduler=request.scheduler,
-            num_images=request.num_images,
-            init_image=init_image,
-            strength=request.strength,
-            loras=loras,
-        )
+            stored = keep_input_image(decode_input_image(request.input_image, self.images), self.inputs)
+            spec = dataclasses.replace(spec, init_image=stored)
         job = self.jobs.submit(model.name, spec, source, self.settings.request_timeout_s)
         self._update_gauges()
         return job
@@ -248,8 +230,7 @@ class Runtime:
         or what ended it alone (cancelled, past its deadline, its input image gone)."""
         self._update_gauges()
         head = jobs[0]
-        loaded = self._pipeline_for(head.model)
-        spec = head.spec  # the drawing settings every job of the batch shares
+        self._pipeline_for(head.model)  # a load that fails fails the batch, with its reason
         outcomes: list[FinishUp | Exception] = [None] * len(jobs)  # type: ignore[list-item]
         entries: dict[int, BatchEntry] = {}
         for index, (job, control) in enumerate(zip(jobs, controls)):
@@ -261,27 +242,23 @@ class Runtime:
             entries[index] = BatchEntry(job.spec, init_image, control.step, control.should_stop)
         if not entries:
             return outcomes
-        pipe = loaded.image_to_image if spec.init_image else loaded.pipe
 
         def every_job_stops() -> str | None:  # a LoRA's loading is cut short only for nobody
             reasons = [controls[index].should_stop() for index in entries]
             return reasons[0] if all(reasons) else None
 
-        out_of_memory = False
         try:
-            loras = self._lora_files(spec.loras)
-            with loras_applied(pipe, loras, fuse=unet_is_compiled(pipe), should_stop=every_job_stops):
-                results = run_batch(
-                    pipe,
-                    loaded.base_scheduler_config,
-                    list(entries.values()),
-                    max_images=self._images_per_call(head),
-                    on_out_of_memory=lambda: self.pipelines.recover_from_out_of_memory(head.model),
-                )
-        except torch.OutOfMemoryError:
-            out_of_memory = True
+            results = self.pipelines.generate(
+                head.model,
+                list(entries.values()),
+                loras=self._lora_files(head.spec.loras),  # the drawing settings every job of the batch shares
+                max_images=self._images_per_call(head),
+                should_stop=every_job_stops,
+            )
         except GenerationStopped as stop:
             results = [GenerationStopped(controls[index].should_stop() or stop.reason) for index in entries]
+        except OutOfMemory:
+            raise JobFailure("out_of_memory", "the GPU ran out of memory; try a smaller size or fewer images") from None
         except LoraLoadFailed as exc:
             logger.warning("job %s: %s", head.id, exc, exc_info=True)
             raise JobFailure(
@@ -289,9 +266,6 @@ class Runtime:
                 f"LoRA '{exc.name}' does not load into model '{head.model}' (made for another model family, "
                 f"or damaged: {type(exc.__cause__).__name__})",
             ) from None
-        if out_of_memory:  # out of the except block, whose traceback holds the failed run's tensors
-            self.pipelines.recover_from_out_of_memory(head.model)  # the next request works
-            raise JobFailure("out_of_memory", "the GPU ran out of memory; try a smaller size or fewer images")
         for index, result in zip(entries, results):
             if isinstance(result, GenerationStopped):
                 outcomes[index] = result
@@ -307,26 +281,11 @@ class Runtime:
 
     def _saving(self, job: Job, control: JobControl, images: list[Image.Image]) -> FinishUp:
         """The saving of a job's images, with their parameters in A1111's PNG text."""
-        spec = job.spec
-        extra = {"Denoising strength": str(spec.strength)} if spec.init_image else {}
-        if spec.loras:
-            extra["LoRAs"] = " ".join(f"{name}:{scale:g}" for name, scale in spec.loras)
+        parameters = GenerationParameters.of(job.spec)
 
         def save_images() -> None:  # on the finisher thread, while the next job generates
             for index, image in enumerate(images):
-                parameters = a1111_parameters(
-                    prompt=spec.prompt,
-                    negative_prompt=spec.negative_prompt,
-                    steps=spec.steps,
-                    sampler=a1111_sampler_name(spec.scheduler),
-                    guidance_scale=spec.guidance_scale,
-                    seed=spec.seed + index,
-                    width=spec.width,
-                    height=spec.height,
-                    model=job.model,
-                    extra=extra,
-                )
-                control.add_image(self.images.save(image, parameters))
+                control.add_image(self.images.save(image, parameters.a1111_text(job.model, index)))
 
         return save_images
 

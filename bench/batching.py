@@ -112,7 +112,7 @@ def twins(args: argparse.Namespace) -> None:
     from alice.engine.demo import save_demo_pipeline
     from alice.engine.generate import BatchEntry, GenerationSpec, run_batch, run_generation
     from alice.engine.pipelines import choose_placement, load_pipeline
-    from alice.engine.schedulers import SCHEDULERS
+    from alice.protocol.schedulers import A1111_SAMPLERS
 
     with tempfile.TemporaryDirectory() as scratch:
         if args.full_size:
@@ -126,7 +126,7 @@ def twins(args: argparse.Namespace) -> None:
     print(f"PSNR of each batched image against its twin drawn alone ({args.clients} in one call, "
           f"{args.size} px, {args.psnr_steps} steps):")
     worst = float("inf")
-    for name in SCHEDULERS:
+    for name in A1111_SAMPLERS:
         specs = [GenerationSpec(prompt=f"a lighthouse {i}", seed=100 + i, width=args.size, height=args.size,
                                 steps=args.psnr_steps, scheduler=name) for i in range(args.clients)]
         alone = [run_generation(pipe, config, spec).images[0] for spec in specs]

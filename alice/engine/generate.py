@@ -17,33 +17,23 @@ from typing import Any, Callable, Sequence
 import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
+from transformers import CLIPTextModel
 
-from alice.engine.loras import extract_prompt_loras
-from alice.engine.schedulers import DEFAULT_SCHEDULER, build_scheduler, canonical_scheduler_name
+from alice.engine.schedulers import build_scheduler
+from alice.engine.spec import GenerationSpec, batch_key  # noqa: F401  (batch_key: the jobs' import)
+from alice.protocol.generation import extract_prompt_loras
+
+# With clip_skip set, diffusers' encode_prompt reads `text_encoder.text_model.final_layer_norm`, but
+# transformers 5.6 flattened CLIPTextModel (transformers#46285): it is its own text model now
+# (diffusers#14124, open).
+if not hasattr(CLIPTextModel, "text_model"):
+    CLIPTextModel.text_model = property(lambda self: self)
 
 StepCallback = Callable[[int, int], None]
 """Called after every denoising step with (steps done, total steps)."""
 
 StopCheck = Callable[[], "str | None"]
 """Asked after every step; a non-empty reason stops the run at that step."""
-
-
-@dataclass(frozen=True)
-class GenerationSpec:
-    """What to draw. Validated before it gets here; the seed is already chosen."""
-
-    prompt: str
-    seed: int
-    negative_prompt: str = ""
-    width: int = 512
-    height: int = 512
-    steps: int = 25
-    guidance_scale: float = 7.5
-    scheduler: str = DEFAULT_SCHEDULER
-    num_images: int = 1
-    init_image: str | None = None  # name of the stored input image for img2img
-    strength: float = 0.75  # img2img: how much of the input is redrawn (1 = all)
-    loras: tuple[tuple[str, float], ...] = ()  # (name, scale), from settings and <lora:...> tags
 
 
 @dataclass(frozen=True)
@@ -70,16 +60,6 @@ class BatchEntry:
     init_image: Image.Image | None = None
     on_step: StepCallback | None = None
     should_stop: StopCheck | None = None
-
-
-def batch_key(spec: GenerationSpec) -> tuple:
-    """What two requests (of the same model) must have in common to share one pipeline call;
-    prompts, negative prompts, seeds and input images may differ."""
-    img2img = spec.init_image is not None
-    return (
-        spec.width, spec.height, spec.steps, canonical_scheduler_name(spec.scheduler), spec.guidance_scale,
-        img2img, spec.strength if img2img else None, tuple(sorted(spec.loras)),
-    )
 
 
 def images_per_call(spec: GenerationSpec, max_batch: int, max_pixels: int) -> int:
@@ -251,6 +231,7 @@ def _draw(
             **image_args,
             num_inference_steps=spec.steps,
             guidance_scale=spec.guidance_scale,
+            clip_skip=spec.clip_skip - 1 if spec.clip_skip else None,  # diffusers counts the layers skipped
             generator=generators[0] if single else generators,
             callback_on_step_end=step_end,
             output_type="pil",

@@ -11,18 +11,6 @@ import torch
 from diffusers import DiffusionPipeline
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-# AUTOMATIC1111's syntax: <lora:name> or <lora:name:0.8>
-PROMPT_TAG = re.compile(r"<lora:([^:<>]+)(?::\s*([-+]?(?:\d+\.?\d*|\.\d+))\s*)?>", re.IGNORECASE)
-DEFAULT_SCALE = 1.0
-
-
-def extract_prompt_loras(prompt: str) -> tuple[str, list[tuple[str, float]]]:
-    """The prompt without its LoRA tags, and the (name, scale) pairs they asked for."""
-    found = [(m.group(1).strip(), float(m.group(2)) if m.group(2) else DEFAULT_SCALE) for m in PROMPT_TAG.finditer(prompt)]
-    cleaned = re.sub(r"\s{2,}", " ", PROMPT_TAG.sub("", prompt)).strip(" ,")
-    return cleaned, found
-
-
 class LoraLoadFailed(Exception):
     """A stored LoRA that does not load into the pipeline it was asked for with (its cause chained)."""
 

@@ -1,4 +1,4 @@
-"""Scheduler (sampler) names as SD users say them, mapped to diffusers schedulers.
+"""The diffusers scheduler for each of ALICE's scheduler names (alice/protocol/schedulers.py).
 
 A fresh scheduler is built for every request from the pipeline's own scheduler config:
 the pipeline object is shared between requests, its scheduler holds per-run state.
@@ -24,10 +24,7 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-# One UNet call a step. DPM++ SDE Karras (the default before) is second order: two calls a step,
-# 49 for 25 steps, for the same held-out accuracy on the demo model (bench/schedulers.py,
-# bench/RESULTS.md). Every name stays accepted; SAM sends its own (ddim).
-DEFAULT_SCHEDULER = "dpm++_2m_karras"
+from alice.protocol.schedulers import A1111_SAMPLERS
 
 # torchsde warns on every DPM++ SDE run when the last timestep exceeds its interval by a
 # float rounding error; it is harmless and would flood the logs.
@@ -37,7 +34,6 @@ warnings.filterwarnings("ignore", message="Should have tb<=t1", category=UserWar
 @dataclass(frozen=True)
 class SchedulerSpec:
     cls: type[SchedulerMixin]
-    a1111_name: str  # the "Sampler:" name AUTOMATIC1111 writes into PNG metadata
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -45,36 +41,23 @@ _KARRAS = {"use_karras_sigmas": True}
 _DPMPP_2M = {"algorithm_type": "dpmsolver++", "solver_order": 2}
 
 SCHEDULERS: dict[str, SchedulerSpec] = {
-    "ddim": SchedulerSpec(DDIMScheduler, "DDIM"),
-    "pndm": SchedulerSpec(PNDMScheduler, "PLMS", {"skip_prk_steps": True}),  # as SD ships it
-    "lms": SchedulerSpec(LMSDiscreteScheduler, "LMS"),
-    "euler": SchedulerSpec(EulerDiscreteScheduler, "Euler"),
-    "euler_a": SchedulerSpec(EulerAncestralDiscreteScheduler, "Euler a"),
-    "dpm++": SchedulerSpec(DPMSolverMultistepScheduler, "DPM++ 2M", _DPMPP_2M),
-    "dpm++_karras": SchedulerSpec(DPMSolverMultistepScheduler, "DPM++ 2M Karras", {**_DPMPP_2M, **_KARRAS}),
-    "dpm++_sde": SchedulerSpec(DPMSolverSDEScheduler, "DPM++ SDE"),
-    "dpm++_sde_karras": SchedulerSpec(DPMSolverSDEScheduler, "DPM++ SDE Karras", _KARRAS),
-    "dpm++_2m": SchedulerSpec(DPMSolverMultistepScheduler, "DPM++ 2M", _DPMPP_2M),
-    "dpm++_2m_karras": SchedulerSpec(DPMSolverMultistepScheduler, "DPM++ 2M Karras", {**_DPMPP_2M, **_KARRAS}),
-    "heun": SchedulerSpec(HeunDiscreteScheduler, "Heun"),
-    "unipc": SchedulerSpec(UniPCMultistepScheduler, "UniPC"),
-    "lcm": SchedulerSpec(LCMScheduler, "LCM"),
+    "ddim": SchedulerSpec(DDIMScheduler),
+    "pndm": SchedulerSpec(PNDMScheduler, {"skip_prk_steps": True}),  # as SD ships it
+    "lms": SchedulerSpec(LMSDiscreteScheduler),
+    "euler": SchedulerSpec(EulerDiscreteScheduler),
+    "euler_a": SchedulerSpec(EulerAncestralDiscreteScheduler),
+    "dpm++": SchedulerSpec(DPMSolverMultistepScheduler, _DPMPP_2M),
+    "dpm++_karras": SchedulerSpec(DPMSolverMultistepScheduler, {**_DPMPP_2M, **_KARRAS}),
+    "dpm++_sde": SchedulerSpec(DPMSolverSDEScheduler),
+    "dpm++_sde_karras": SchedulerSpec(DPMSolverSDEScheduler, _KARRAS),
+    "dpm++_2m": SchedulerSpec(DPMSolverMultistepScheduler, _DPMPP_2M),
+    "dpm++_2m_karras": SchedulerSpec(DPMSolverMultistepScheduler, {**_DPMPP_2M, **_KARRAS}),
+    "heun": SchedulerSpec(HeunDiscreteScheduler),
+    "unipc": SchedulerSpec(UniPCMultistepScheduler),
+    "lcm": SchedulerSpec(LCMScheduler),
 }
-ALIASES = {"euler_ancestral": "euler_a"}
-SCHEDULER_NAMES = sorted([*SCHEDULERS, *ALIASES])
-
-
-class UnknownScheduler(ValueError):
-    """The request named a scheduler ALICE does not have."""
-
-
-def canonical_scheduler_name(name: str) -> str:
-    """The canonical name for a case-insensitive name or alias; UnknownScheduler otherwise."""
-    key = name.strip().lower()
-    key = ALIASES.get(key, key)
-    if key not in SCHEDULERS:
-        raise UnknownScheduler(f"unknown scheduler '{name}'; accepted: {', '.join(SCHEDULER_NAMES)}")
-    return key
+# Every name the protocol accepts draws with something, and nothing else is here.
+assert SCHEDULERS.keys() == A1111_SAMPLERS.keys(), "alice/protocol/schedulers.py and this table disagree"
 
 
 def build_scheduler(name: str, base_config: Any, seed: int | list[int]) -> SchedulerMixin:
@@ -84,12 +67,8 @@ def build_scheduler(name: str, base_config: Any, seed: int | list[int]) -> Sched
     which would make seeded requests unrepeatable. For a batch, `seed` lists one seed per
     image: diffusers' BatchedBrownianTree then gives each image its own tree.
     """
-    spec = SCHEDULERS[canonical_scheduler_name(name)]
+    spec = SCHEDULERS[name]  # a canonical name: the protocol checked the client's
     options = dict(spec.options)
     if spec.cls is DPMSolverSDEScheduler:
         options["noise_sampler_seed"] = seed
     return spec.cls.from_config(base_config, **options)
-
-
-def a1111_sampler_name(name: str) -> str:
-    return SCHEDULERS[canonical_scheduler_name(name)].a1111_name

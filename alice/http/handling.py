@@ -15,6 +15,7 @@ from alice.http.errors import ApiError, job_error
 from alice.http.urls import base_url, image_url
 from alice.jobs import Job
 from alice.protocol.generation import GenerationSettings
+from alice.protocol.results import GenerationResult
 from alice.runtime import Runtime
 
 
@@ -81,25 +82,4 @@ def image_urls(request: Request, runtime: Runtime, job: Job) -> list[str]:
 
 def result_metadata(job: Job) -> dict[str, Any]:
     """What a client may want to know about how its images were made."""
-    spec = job.spec
-    started, finished = job.started or job.created, job.finished or job.created
-    return {
-        "job_id": job.id,
-        "model": job.model,
-        "prompt": spec.prompt,
-        "negative_prompt": spec.negative_prompt,
-        "seed": spec.seed,
-        "seeds": [spec.seed + i for i in range(len(job.images))],
-        "steps": spec.steps,
-        "guidance_scale": spec.guidance_scale,
-        "scheduler": spec.scheduler,
-        "width": spec.width,
-        "height": spec.height,
-        "num_images": len(job.images),
-        **({"strength": spec.strength, "img2img": True} if spec.init_image else {}),
-        "timings": {
-            "queued_s": round(started - job.created, 4),
-            "generation_s": round(finished - started, 4),
-            "total_s": round(finished - job.created, 4),
-        },
-    }
+    return GenerationResult.from_job(job).model_dump(mode="json")

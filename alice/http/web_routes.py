@@ -15,12 +15,12 @@ from starlette.responses import FileResponse, RedirectResponse, Response
 
 from alice import __version__, model_store
 from alice.config import Settings, env_name
-from alice.engine.loras import extract_prompt_loras
-from alice.engine.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES, SCHEDULERS
 from alice.http.errors import ApiError
 from alice.http.handling import get_runtime
-from alice.image_store import StoredImage, parse_a1111_parameters
+from alice.image_store import StoredImage
+from alice.protocol.a1111 import parse_a1111_parameters, settings_from_a1111
 from alice.protocol.generation import MAX_PROMPT_CHARS, MAX_SEED, MAX_SIDE, GenerationSettings
+from alice.protocol.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES
 from alice.runtime import Runtime
 
 router = APIRouter()
@@ -102,10 +102,6 @@ def static_file(path: str) -> Path | None:
 
 # -- gallery ----------------------------------------------------------------------------------
 
-# A1111 writes the sampler's display name; several of ours share one, the later (explicit) name wins.
-_SCHEDULER_BY_SAMPLER = {spec.a1111_name: name for name, spec in SCHEDULERS.items()}
-
-
 def gallery_item(image: StoredImage) -> dict[str, Any]:
     """One stored image with its A1111 parameters read back, and as `/generate` settings."""
     parsed = parse_a1111_parameters(image.parameters) if image.parameters else None
@@ -116,47 +112,8 @@ def gallery_item(image: StoredImage) -> dict[str, Any]:
         "created": image.created.timestamp(),
         "parameters_text": image.parameters,
         "parameters": parsed,
-        "generation": _generation_settings(parsed) if parsed else None,
+        "generation": settings_from_a1111(parsed) if parsed else None,
     }
-
-
-def _generation_settings(parsed: dict[str, Any]) -> dict[str, Any]:
-    """What to send to `/generate` to draw this image again (as far as the text tells)."""
-    settings: dict[str, str] = parsed["settings"]
-    out: dict[str, Any] = {"prompt": parsed["prompt"], "negative_prompt": parsed["negative_prompt"]}
-
-    def number(key: str, kind: type) -> Any:
-        try:
-            return kind(settings[key])
-        except (KeyError, ValueError):
-            return None
-
-    for field, key, kind in (("steps", "Steps", int), ("guidance_scale", "CFG scale", float),
-                             ("seed", "Seed", int), ("strength", "Denoising strength", float)):
-        value = number(key, kind)
-        if value is not None:
-            out[field] = value
-    width, _, height = settings.get("Size", "").partition("x")
-    if width.isdigit() and height.isdigit():
-        out["width"], out["height"] = int(width), int(height)
-    if settings.get("Sampler") in _SCHEDULER_BY_SAMPLER:
-        out["scheduler"] = _SCHEDULER_BY_SAMPLER[settings["Sampler"]]
-    if settings.get("Model"):
-        out["model"] = settings["Model"]
-    loras = []
-    # The text lists the prompt's <lora:...> tags too; asked for again in `loras` they would be twice.
-    _, tagged = extract_prompt_loras(out["prompt"])
-    for part in settings.get("LoRAs", "").split():
-        name, _, scale = part.rpartition(":")
-        if name in {tag for tag, _ in tagged}:
-            continue
-        try:
-            loras.append({"name": name, "scale": float(scale)})
-        except ValueError:
-            continue
-    if loras:
-        out["loras"] = loras
-    return out
 
 
 @router.get("/v1/gallery")
@@ -224,8 +181,7 @@ def settings(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
         "schedulers": SCHEDULER_NAMES,
         "default_scheduler": DEFAULT_SCHEDULER,
         "defaults": {
-            name: fields[name].default
-            for name in ("width", "height", "steps", "guidance_scale", "num_images", "strength")
+            name: field.get_default(call_default_factory=True) for name, field in fields.items() if not field.is_required()
         } | {"scheduler": DEFAULT_SCHEDULER, "model": current.default_model},
         "limits": {
             "max_pixels": current.max_pixels,

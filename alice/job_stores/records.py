@@ -1,24 +1,25 @@
 """A job's stored record: its own versioned shape, apart from the engine's dataclasses.
 
-Both stores (SQLite, PostgreSQL) keep this JSON. It names every field itself, so renaming or
-adding a field of `GenerationSpec` or `Job` changes no stored record until this module says
-so; `version` tells readers which shape they hold. Records written before the shape had a
-version (version 0) held `dataclasses.asdict(GenerationSpec)` under `parameters`: they are
-still read.
+Both stores (SQLite, PostgreSQL) keep this JSON. The job's fields are named here, so a
+renamed `Job` attribute changes no stored record; the drawing settings are stored by name,
+LoRAs as {name, scale}. A setting added to `GenerationSpec` (with its default) is stored
+without a change here and older records read as that default; a reader skips names it does
+not know (a record from a newer replica in the shared queue). A change of a field's meaning
+or shape is a new `version`. Records written before the shape had a version (version 0) held
+`dataclasses.asdict(GenerationSpec)` under `parameters`: they are still read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from alice.engine.generate import GenerationSpec
+from alice.engine.spec import GenerationSpec
 
 VERSION = 1
 
-_SPEC_FIELDS = (
-    "prompt", "negative_prompt", "seed", "width", "height", "steps", "guidance_scale", "scheduler",
-    "num_images", "init_image", "strength",
-)
+# Every drawing setting but the LoRAs, whose stored shape is their own.
+_SPEC_FIELDS = tuple(field.name for field in dataclasses.fields(GenerationSpec) if field.name != "loras")
 
 
 def spec_record(spec: GenerationSpec) -> dict[str, Any]:

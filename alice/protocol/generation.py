@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import secrets
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from alice.engine.loras import extract_prompt_loras
-from alice.engine.schedulers import DEFAULT_SCHEDULER, canonical_scheduler_name
+from alice.engine.spec import GenerationSpec
+from alice.protocol.schedulers import DEFAULT_SCHEDULER, canonical_scheduler_name
 
 MAX_PROMPT_CHARS = 4000
 MAX_SIDE = 2048
@@ -13,6 +17,21 @@ MAX_SEED = 2**32 - 1
 MODEL_PREFIX = "sd/"
 MAX_INPUT_IMAGE_CHARS = 28_000_000  # 20 MB of image as base64
 MAX_LORAS = 8  # per request, `loras` and `<lora:...>` tags together: each one loads an adapter
+# AUTOMATIC1111's syntax: <lora:name> or <lora:name:0.8>
+PROMPT_LORA_TAG = re.compile(r"<lora:([^:<>]+)(?::\s*([-+]?(?:\d+\.?\d*|\.\d+))\s*)?>", re.IGNORECASE)
+DEFAULT_LORA_SCALE = 1.0
+# The spec's fields a setting of the same name carries over as it is (see to_spec).
+_SPEC_FIELDS = frozenset(field.name for field in dataclasses.fields(GenerationSpec))
+
+
+def extract_prompt_loras(prompt: str) -> tuple[str, list[tuple[str, float]]]:
+    """The prompt without its LoRA tags, and the (name, scale) pairs they asked for."""
+    found = [
+        (m.group(1).strip(), float(m.group(2)) if m.group(2) else DEFAULT_LORA_SCALE)
+        for m in PROMPT_LORA_TAG.finditer(prompt)
+    ]
+    cleaned = re.sub(r"\s{2,}", " ", PROMPT_LORA_TAG.sub("", prompt)).strip(" ,")
+    return cleaned, found
 
 
 def strip_model_prefix(model_id: str) -> str:
@@ -56,6 +75,10 @@ class GenerationSettings(BaseModel):
     )
     steps: int = Field(25, ge=1, le=150, description="Denoising steps.")
     guidance_scale: float = Field(7.5, ge=0, le=30, allow_inf_nan=False, description="Classifier-free guidance (CFG).")
+    clip_skip: int | None = Field(
+        None, ge=1, le=12, json_schema_extra={"a1111": "Clip skip"},
+        description="Counted as A1111 does: 1 = the text encoder's last layer, 2 = the one before; none = the model's default.",
+    )
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Seed for repeatable images; none = random.")
     scheduler: str = Field(DEFAULT_SCHEDULER, max_length=40, description="Sampler name, e.g. ddim, euler_a, dpm++_2m_karras.")
     num_images: int = Field(1, ge=1, le=16, description="How many images to draw (seeds seed, seed+1, ...).")
@@ -88,6 +111,25 @@ class GenerationSettings(BaseModel):
     @classmethod
     def _strip_prefix(cls, value: str | None) -> str | None:
         return strip_model_prefix(value) or None if value is not None else None
+
+    def to_spec(self, *, native_size: int, max_pixels: int, max_images: int) -> GenerationSpec:
+        """What the engine draws, from any client's settings: the one place they are turned into
+        a GenerationSpec. No size = the model's `native_size`, no seed = a random one; the LoRAs
+        of the `loras` field and of the prompt's tags together; the server's limits held
+        (InvalidRequest names the first problem). Every other setting is carried over by its
+        name. The input image is the caller's to store, as the spec's `init_image`."""
+        values = {name: getattr(self, name) for name in _SPEC_FIELDS & type(self).model_fields.keys()}
+        values.update(
+            width=self.width or native_size,
+            height=self.height or native_size,
+            # Below the top by 16: image i of num_images draws from seed + i.
+            seed=self.seed if self.seed is not None else secrets.randbelow(MAX_SEED + 1 - 16),
+            loras=tuple((choice.name, choice.scale) for choice in self.requested_loras()),
+        )
+        self.model_copy(update={"width": values["width"], "height": values["height"]}).check_limits(
+            max_pixels=max_pixels, max_images=max_images
+        )
+        return GenerationSpec(**values)
 
     def requested_loras(self) -> list[LoraChoice]:
         """The prompt's `<lora:name:scale>` tags, then the `loras` field, held together to the

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from alice.protocol.generation import GenerationSettings
+from alice.protocol.results import GenerationResult
 
 
 class GenerateRequest(GenerationSettings):
@@ -20,22 +21,7 @@ class GeneratedImage(BaseModel):
     b64_json: str = Field(description="The PNG, base64-encoded; the same bytes as the URL serves.")
 
 
-class Timings(BaseModel):
-    queued_s: float
-    generation_s: float
-    total_s: float
+class GenerateResponse(GenerationResult):  # type: ignore[misc, valid-type]
+    """How the images were made, and the images."""
 
-
-class GenerateResponse(BaseModel):
-    job_id: str
     images: list[GeneratedImage]
-    seed: int = Field(description="Seed of the first image; image i used seed + i.")
-    model: str
-    scheduler: str
-    steps: int
-    guidance_scale: float
-    width: int
-    height: int
-    prompt: str
-    negative_prompt: str
-    timings: Timings

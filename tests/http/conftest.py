@@ -1,8 +1,10 @@
-"""In-process HTTP tests: the real BentoML app (routing, mounts, middleware) on the demo model."""
+"""In-process HTTP tests: the real BentoML app (routing, mounts, middleware) on the demo model,
+or on a fake engine (tests/fake_engine.py) where the wire format is the point, not the pixels."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -11,21 +13,57 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+from tests.fake_engine import FakeEngine
 from tests.support import alice_environment, forget_service_metrics
 
 API_KEY = "test-key-1"
 OTHER_KEY = "test-key-2"
 
 
-def start_client(tmp: Path, **env: str) -> Iterator[TestClient]:
-    with alice_environment(tmp, env) as root:
+def start_client(tmp: Path, engine: object | None = None, **env: str) -> Iterator[TestClient]:
+    """The service in process; its runtime draws with `engine` (None: the diffusers pipelines)."""
+    with storing_for(engine), alice_environment(tmp, env) as root, drawing_with(engine):
         from service import Alice
 
         forget_service_metrics()
         with TestClient(Alice.to_asgi(), base_url="http://testserver") as client:
             client.data_dir = root / "data"  # type: ignore[attr-defined]
+            client.engine = engine  # type: ignore[attr-defined]
             wait_ready(client)
             yield client
+
+
+def start_fake_client(tmp: Path, step_seconds: float = 0.0, **env: str) -> Iterator[TestClient]:
+    """The service in process over a FakeEngine: the wire formats in milliseconds."""
+    yield from start_client(tmp, FakeEngine(step_seconds), **env)
+
+
+@contextlib.contextmanager
+def drawing_with(engine: object | None) -> Iterator[None]:
+    """The service's Runtime gets `engine` (the seam Runtime(settings, engine) offers)."""
+    if engine is None:
+        yield
+        return
+    import service
+    from alice.runtime import Runtime
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(service, "Runtime", functools.partial(Runtime, engine=engine))
+        yield
+
+
+@contextlib.contextmanager
+def storing_for(engine: object | None) -> Iterator[None]:
+    """A fake engine never loads a stored model, so storing one (the demo) skips the load that
+    checks it: most of a fake client's start."""
+    if engine is None:
+        yield
+        return
+    from alice import model_store
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model_store, "_check_loads", lambda folder: None)
+        yield
 
 
 def wait_ready(client: TestClient, timeout: float = 300.0) -> None:
@@ -75,13 +113,21 @@ def wait_for_state(client: TestClient, state: str, count: int = 1, timeout: floa
     raise AssertionError(f"no {count} job(s) {state}: {client.get('/v1/jobs').json()}")
 
 
+def module_engine(request: pytest.FixtureRequest) -> FakeEngine | None:
+    """A FakeEngine for a module marked `fake_engine` (`pytestmark = pytest.mark.fake_engine`),
+    else None: the real pipelines."""
+    return FakeEngine() if request.node.get_closest_marker("fake_engine") else None
+
+
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+def client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     """An open server (no API key configured)."""
-    yield from start_client(tmp_path_factory.mktemp("open"))
+    yield from start_client(tmp_path_factory.mktemp("open"), module_engine(request))
 
 
 @pytest.fixture(scope="module")
-def keyed_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+def keyed_client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     """A server with two API keys."""
-    yield from start_client(tmp_path_factory.mktemp("keyed"), ALICE_API_KEYS=f"{API_KEY}, {OTHER_KEY}")
+    yield from start_client(
+        tmp_path_factory.mktemp("keyed"), module_engine(request), ALICE_API_KEYS=f"{API_KEY}, {OTHER_KEY}"
+    )

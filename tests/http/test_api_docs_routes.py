@@ -3,12 +3,17 @@ and an OpenAPI document FastAPI builds without warnings."""
 
 from __future__ import annotations
 
+import pytest
+
 import warnings
 
 from fastapi.openapi.utils import get_openapi
 
 from alice.http.app import http_app
 from tests.http.conftest import API_KEY
+
+# The wire format is the point here, not the pixels: a fake engine draws (tests/fake_engine.py).
+pytestmark = pytest.mark.fake_engine
 
 KEY = {"Authorization": f"Bearer {API_KEY}"}
 

@@ -6,6 +6,9 @@ import pytest
 
 from tests.http.conftest import API_KEY, OTHER_KEY
 
+# The wire format is the point here, not the pixels: a fake engine draws (tests/fake_engine.py).
+pytestmark = pytest.mark.fake_engine
+
 GENERATE = {"prompt": "a cat", "width": 64, "height": 64, "steps": 2, "seed": 1}
 CHAT = {"model": "sd/alice-demo", "messages": [{"role": "user", "content": "a cat"}],
         "metadata": {"width": 64, "height": 64, "steps": 2}}

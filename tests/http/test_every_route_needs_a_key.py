@@ -11,6 +11,9 @@ from starlette.routing import Mount
 from alice.http.app import http_app
 from alice.http.auth import is_open
 
+# The wire format is the point here, not the pixels: a fake engine draws (tests/fake_engine.py).
+pytestmark = pytest.mark.fake_engine
+
 DUMMY = {"name": "0" * 32 + ".png", "model_id": "sd/alice-demo", "job_id": "job-x", "task_id": "dl-x", "path": "x"}
 
 

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import torch
 
-from alice import runtime as runtime_module
+from alice.engine import engine as engine_module
 
 SAM = {"messages": [{"role": "user", "content": "x"}], "metadata": {"width": 64, "height": 64, "steps": 2}}
 
 
 def fail_once(monkeypatch, error: Exception) -> None:
-    real = runtime_module.run_batch
+    real = engine_module.run_batch
 
     def failing(*args, **kwargs):
-        monkeypatch.setattr(runtime_module, "run_batch", real)
+        monkeypatch.setattr(engine_module, "run_batch", real)
         raise error
 
-    monkeypatch.setattr(runtime_module, "run_batch", failing)
+    monkeypatch.setattr(engine_module, "run_batch", failing)
 
 
 def test_out_of_memory_is_a_clear_503_and_the_next_request_works(client, monkeypatch):

@@ -8,6 +8,9 @@ import io
 import pytest
 from PIL import Image
 
+# The wire format is the point here, not the pixels: a fake engine draws (tests/fake_engine.py).
+pytestmark = pytest.mark.fake_engine
+
 SMALL = {"width": 64, "height": 64, "steps": 4}
 
 

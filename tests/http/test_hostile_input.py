@@ -11,6 +11,9 @@ from PIL import Image, PngImagePlugin
 
 from tests.http.conftest import errors_logged, server_log
 
+# The wire format is the point here, not the pixels: a fake engine draws (tests/fake_engine.py).
+pytestmark = pytest.mark.fake_engine
+
 CHAT = "/v1/chat/completions"
 JSON = {"content-type": "application/json"}
 

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.http.conftest import start_client, wait_for_state
+from tests.http.conftest import start_fake_client, wait_for_state
 
 # Long enough to still be running while the test looks at it; cancelled long before the end.
 SLOW = {"model": "sd/alice-demo", "messages": [{"role": "user", "content": "slow"}],
@@ -16,7 +16,8 @@ SLOW = {"model": "sd/alice-demo", "messages": [{"role": "user", "content": "slow
 
 @pytest.fixture(scope="module")
 def small_queue_client(tmp_path_factory):
-    yield from start_client(tmp_path_factory.mktemp("queue"), ALICE_QUEUE_SIZE="1")
+    # The queue's shapes, not the pixels: a fake engine whose 150 steps take 15 s.
+    yield from start_fake_client(tmp_path_factory.mktemp("queue"), step_seconds=0.1, ALICE_QUEUE_SIZE="1")
 
 
 def test_full_queue_then_cancel_queued_and_running(small_queue_client):

@@ -8,7 +8,7 @@ import io
 import pytest
 from PIL import Image
 
-from alice.image_store import parse_a1111_parameters
+from alice.protocol.a1111 import parse_a1111_parameters
 from tests.http.conftest import start_client
 from tests.support import write_demo_lora
 

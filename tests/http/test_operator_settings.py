@@ -7,12 +7,12 @@ import time
 
 import pytest
 
-from tests.http.conftest import start_client
+from tests.http.conftest import start_fake_client
 
 
 @pytest.fixture(scope="module")
 def proxied_client(tmp_path_factory):
-    yield from start_client(
+    yield from start_fake_client(
         tmp_path_factory.mktemp("operator"),
         ALICE_PUBLIC_URL="https://images.example.org/alice/",
         ALICE_RETENTION_SWEEP_INTERVAL_S="1",

@@ -16,6 +16,9 @@ from alice.http.request_bodies import MAX_BODY_BYTES
 from alice.input_images import MAX_INPUT_BYTES, MAX_INPUT_PIXELS
 from tests.http.conftest import errors_logged, server_log
 
+# The wire format is the point here, not the pixels: a fake engine draws (tests/fake_engine.py).
+pytestmark = pytest.mark.fake_engine
+
 SMALL = {"width": 64, "height": 64, "steps": 2, "strength": 0.5}  # img2img runs steps x strength
 
 

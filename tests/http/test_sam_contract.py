@@ -8,6 +8,9 @@ import json
 import pytest
 from PIL import Image
 
+# The wire format is the point here, not the pixels: a fake engine draws (tests/fake_engine.py).
+pytestmark = pytest.mark.fake_engine
+
 SAM_REQUEST = {
     "model": "sd/alice-demo",
     "messages": [{"role": "user", "content": "a lighthouse at dusk"}],

@@ -10,6 +10,9 @@ import pytest
 from alice.http.web_routes import WEB_DIR, static_file
 from tests.http.conftest import API_KEY, OTHER_KEY
 
+# The wire format is the point here, not the pixels: a fake engine draws (tests/fake_engine.py).
+pytestmark = pytest.mark.fake_engine
+
 KEY = {"Authorization": f"Bearer {API_KEY}"}
 
 

@@ -18,6 +18,7 @@ from alice.engine.generate import (
     run_batch,
     run_generation,
 )
+from alice.protocol.schedulers import canonical_scheduler_name
 from tests.unit.test_schedulers import CONTRACT_NAMES
 
 
@@ -29,7 +30,8 @@ def psnr(a, b) -> float:
 
 def specs(scheduler: str = "euler", steps: int = 3, count: int = 3) -> list[GenerationSpec]:
     return [GenerationSpec(prompt=f"a red circle {i}", negative_prompt="blue" * (i % 2), seed=40 + 7 * i,
-                           width=64, height=64, steps=steps, scheduler=scheduler) for i in range(count)]
+                           width=64, height=64, steps=steps, scheduler=canonical_scheduler_name(scheduler))
+            for i in range(count)]
 
 
 class CallCounter:
@@ -144,7 +146,7 @@ def test_out_of_memory_splits_the_batch_in_halves_once(demo_pipeline):
 
 def test_what_may_share_a_call():
     base = GenerationSpec(prompt="a", seed=1, width=64, height=64, scheduler="dpm++_sde_karras")
-    same = GenerationSpec(prompt="b", seed=2, negative_prompt="c", width=64, height=64, scheduler="DPM++_SDE_Karras")
+    same = GenerationSpec(prompt="b", seed=2, negative_prompt="c", width=64, height=64, scheduler="dpm++_sde_karras")
     assert batch_key(base) == batch_key(same)
     for change in ({"width": 128}, {"steps": 24}, {"scheduler": "euler"}, {"guidance_scale": 7},
                    {"loras": (("x", 1.0),)}, {"init_image": "in.png"}):

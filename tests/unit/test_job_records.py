@@ -22,7 +22,7 @@ def test_the_record_names_its_version_and_its_own_fields():
     assert record["spec"] == {
         "prompt": "a cat", "negative_prompt": "", "seed": 7, "width": 64, "height": 64, "steps": 3,
         "guidance_scale": 7.5, "scheduler": SPEC.scheduler, "num_images": 1, "init_image": "in.png",
-        "strength": 0.5, "loras": [{"name": "ink", "scale": 0.8}],
+        "strength": 0.5, "clip_skip": None, "loras": [{"name": "ink", "scale": 0.8}],
     }
     assert "parameters" not in record  # not the engine's dataclass dumped as it is
     again = Job.from_record(json.loads(json.dumps(record)))
@@ -46,3 +46,15 @@ def test_a_sqlite_row_from_before_versions_still_loads(tmp_path):
     job = Job.from_record(record)
     assert job.spec == SPEC and job.state is JobState.SUCCEEDED and job.images == ["old.png"]
     assert job.replica is None and job.record()["version"] == 1
+
+
+def test_a_setting_added_to_the_spec_is_kept_and_older_or_newer_records_still_load():
+    """A queued job keeps every setting across a restart (clip_skip came after version 1); a
+    record without it reads as its default, and a name this ALICE does not know (a newer
+    replica's record in the shared queue) is skipped."""
+    job = Job(model="m", spec=dataclasses.replace(SPEC, clip_skip=2), source="sam", deadline=1.0)
+    record = json.loads(json.dumps(job.record()))
+    assert Job.from_record(record).spec.clip_skip == 2
+    del record["spec"]["clip_skip"]
+    record["spec"]["a_later_setting"] = 3
+    assert Job.from_record(record).spec == SPEC

@@ -88,6 +88,7 @@ def test_out_of_memory_memory_is_freed_after_the_except_block(monkeypatch, tmp_p
 
     from alice import runtime as runtime_module
     from alice.config import Settings
+    from alice.engine import engine as engine_module
     from alice.engine.generate import GenerationSpec
     from alice.engine.pipelines import LoadedPipeline
     from alice.jobs import Job, JobControl, JobFailure
@@ -106,7 +107,7 @@ def test_out_of_memory_memory_is_freed_after_the_except_block(monkeypatch, tmp_p
         gc.collect()
         alive_when_freeing.append(activations[0]() is not None)
 
-    monkeypatch.setattr(runtime_module, "run_batch", run_out_of_memory)
+    monkeypatch.setattr(engine_module, "run_batch", run_out_of_memory)
     pipe = types.SimpleNamespace(unet=torch.nn.Linear(1, 1))
     monkeypatch.setattr(runtime.pipelines, "get", lambda name: LoadedPipeline(name, pipe, {}, 0.0, 0))
     monkeypatch.setattr(runtime.pipelines, "drop_all_but", drop_all_but)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from alice.engine.generate import GenerationSpec, run_generation
-from alice.engine.schedulers import SCHEDULER_NAMES, UnknownScheduler, canonical_scheduler_name
+from alice.protocol.schedulers import SCHEDULER_NAMES, UnknownScheduler, canonical_scheduler_name
 
 CONTRACT_NAMES = ["ddim", "pndm", "lms", "euler", "euler_a", "euler_ancestral", "dpm++", "dpm++_karras",
                   "dpm++_sde", "dpm++_sde_karras", "dpm++_2m", "dpm++_2m_karras", "heun", "unipc", "lcm"]
@@ -28,7 +28,8 @@ def test_unknown_name_lists_the_accepted_ones():
 @pytest.mark.parametrize("name", CONTRACT_NAMES)
 def test_each_scheduler_draws_repeatably(demo_pipeline, name, steps):
     pipe, config = demo_pipeline
-    spec = GenerationSpec(prompt="a red circle", seed=5, width=64, height=64, steps=steps, scheduler=name)
+    spec = GenerationSpec(prompt="a red circle", seed=5, width=64, height=64, steps=steps,
+                          scheduler=canonical_scheduler_name(name))
     first = np.asarray(run_generation(pipe, config, spec).images[0])
     second = np.asarray(run_generation(pipe, config, spec).images[0])
     assert first.shape == (64, 64, 3)

@@ -1,0 +1,56 @@
+"""Scheduler (sampler) names as SD users say them: data only, so clients' names are checked
+without diffusers. The engine maps each canonical name to a diffusers class
+(alice/engine/schedulers.py)."""
+
+from __future__ import annotations
+
+# One UNet call a step. DPM++ SDE Karras (the default before) is second order: two calls a step,
+# 49 for 25 steps, for the same held-out accuracy on the demo model (bench/schedulers.py,
+# bench/RESULTS.md). Every name stays accepted; SAM sends its own (ddim).
+DEFAULT_SCHEDULER = "dpm++_2m_karras"
+
+# Canonical name -> the "Sampler:" name AUTOMATIC1111 writes into PNG metadata.
+A1111_SAMPLERS: dict[str, str] = {
+    "ddim": "DDIM",
+    "pndm": "PLMS",
+    "lms": "LMS",
+    "euler": "Euler",
+    "euler_a": "Euler a",
+    "dpm++": "DPM++ 2M",
+    "dpm++_karras": "DPM++ 2M Karras",
+    "dpm++_sde": "DPM++ SDE",
+    "dpm++_sde_karras": "DPM++ SDE Karras",
+    "dpm++_2m": "DPM++ 2M",
+    "dpm++_2m_karras": "DPM++ 2M Karras",
+    "heun": "Heun",
+    "unipc": "UniPC",
+    "lcm": "LCM",
+}
+ALIASES = {"euler_ancestral": "euler_a"}
+SCHEDULER_NAMES = sorted([*A1111_SAMPLERS, *ALIASES])
+
+# A1111 writes the sampler's display name; several of ours share one, the later (explicit) name wins.
+_SCHEDULER_BY_SAMPLER = {sampler: name for name, sampler in A1111_SAMPLERS.items()}
+
+
+class UnknownScheduler(ValueError):
+    """The request named a scheduler ALICE does not have."""
+
+
+def canonical_scheduler_name(name: str) -> str:
+    """The canonical name for a case-insensitive name or alias; UnknownScheduler otherwise."""
+    key = name.strip().lower()
+    key = ALIASES.get(key, key)
+    if key not in A1111_SAMPLERS:
+        raise UnknownScheduler(f"unknown scheduler '{name}'; accepted: {', '.join(SCHEDULER_NAMES)}")
+    return key
+
+
+def a1111_sampler_name(name: str) -> str:
+    """A1111's name for a canonical scheduler name."""
+    return A1111_SAMPLERS[name]
+
+
+def scheduler_for_sampler(sampler: str) -> str | None:
+    """Our name for A1111's "Sampler:" name, or None for one we do not have."""
+    return _SCHEDULER_BY_SAMPLER.get(sampler)

@@ -1,0 +1,127 @@
+"""The protocol package: clients' settings in, one spec out, one result model back; no diffusers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+
+from alice.engine.spec import GenerationSpec, batch_key
+from alice.protocol.a1111 import parse_a1111_parameters, settings_from_a1111
+from alice.protocol.generation import GenerationSettings, InvalidRequest
+from alice.protocol.openai import ChatCompletionRequest, ImagesRequest, chat_settings, images_settings
+from alice.protocol.results import GenerationParameters, GenerationResult, job_parameters
+from tests.support import ROOT
+
+LIMITS = {"max_pixels": 1024 * 1024, "max_images": 4}
+
+
+def test_importing_the_protocol_imports_neither_diffusers_nor_torch():
+    """Clients' settings are checked without the engine's libraries (scheduler names are data)."""
+    code = (
+        "import importlib, pkgutil, sys, json; import alice.protocol as p\n"
+        "for m in pkgutil.iter_modules(p.__path__): importlib.import_module('alice.protocol.' + m.name)\n"
+        "print(json.dumps(sorted(n for n in ('torch', 'diffusers', 'transformers') if n in sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == []
+
+
+def test_every_client_shape_gives_the_same_spec():
+    """Native, chat metadata (camelCase, aliases) and the Images API meet in one conversion."""
+    native = GenerationSettings(prompt="a fox", width=64, height=64, steps=3, guidance_scale=5, seed=9,
+                                scheduler="DDIM", num_images=2)
+    chat = GenerationSettings.model_validate(chat_settings(ChatCompletionRequest.model_validate({
+        "messages": [{"role": "user", "content": "a fox"}],
+        "metadata": {"size": "64x64", "numInferenceSteps": 3, "cfgScale": 5, "seed": 9, "sampler": "ddim", "n": 2},
+    })))
+    images = GenerationSettings.model_validate(images_settings(ImagesRequest(
+        prompt="a fox", size="64x64", n=2, steps=3, guidance_scale=5, seed=9, scheduler="Ddim")))
+    specs = [settings.to_spec(native_size=512, **LIMITS) for settings in (native, chat, images)]
+    assert specs[0] == specs[1] == specs[2]
+    assert specs[0] == GenerationSpec(prompt="a fox", seed=9, width=64, height=64, steps=3, guidance_scale=5,
+                                      scheduler="ddim", num_images=2)
+
+
+def test_the_spec_gets_the_native_size_a_seed_and_every_lora():
+    spec = GenerationSettings(prompt="a boat <lora:ink:0.5>", loras=[{"name": "sea"}]).to_spec(
+        native_size=768, **LIMITS)
+    assert (spec.width, spec.height) == (768, 768)
+    assert 0 <= spec.seed <= 2**32 - 1 - 16  # room for seed + i of num_images
+    assert spec.loras == (("ink", 0.5), ("sea", 1.0))
+    assert spec.prompt == "a boat <lora:ink:0.5>"  # as written; the engine keeps tags from the text encoder
+
+
+def test_the_spec_holds_the_servers_limits():
+    with pytest.raises(InvalidRequest) as error:
+        GenerationSettings(prompt="x", num_images=5).to_spec(native_size=64, **LIMITS)
+    assert error.value.param == "num_images"
+    with pytest.raises(InvalidRequest) as error:
+        GenerationSettings(prompt="x").to_spec(native_size=2048, **LIMITS)  # the native size counts too
+    assert error.value.param == "width"
+
+
+class FinishedJob:
+    id = "job-1"
+    model = "alice-demo"
+    created, started, finished = 100.0, 101.5, 104.0
+    spec = GenerationSpec(prompt="a kite <lora:ink:0.5>", negative_prompt="rain", seed=7, width=64, height=96,
+                          steps=4, guidance_scale=6, scheduler="euler_a", num_images=2, init_image="in.png",
+                          strength=0.6, loras=(("ink", 0.5),))
+
+
+def test_one_result_serves_every_answer():
+    result = GenerationResult.from_job(FinishedJob())
+    metadata = result.model_dump(mode="json")
+    assert metadata["job_id"] == "job-1" and metadata["model"] == "alice-demo"
+    assert metadata["seeds"] == [7, 8] and metadata["img2img"] is True and metadata["strength"] == 0.6
+    assert metadata["timings"] == {"queued_s": 1.5, "generation_s": 2.5, "total_s": 4.0}
+    assert "init_image" not in metadata  # the stored input's name is the server's business
+    # Every setting of the spec shows, under its own name.
+    hidden = {"init_image"}
+    for field in dataclasses.fields(GenerationSpec):
+        if field.name not in hidden:
+            assert field.name in metadata, field.name
+    # The job list shows the spec's settings, which read back into the same spec.
+    parameters = job_parameters(FinishedJob.spec)
+    assert GenerationParameters.model_validate(parameters).model_dump() == dataclasses.asdict(FinishedJob.spec)
+
+
+def test_the_a1111_text_reads_back_into_the_same_settings():
+    text = GenerationParameters.of(FinishedJob.spec).a1111_text("alice-demo", 1)
+    assert text.splitlines()[-1].startswith(
+        "Steps: 4, Sampler: Euler a, CFG scale: 6.0, Seed: 8, Size: 64x96, Model: alice-demo, Denoising strength: 0.6")
+    again = settings_from_a1111(parse_a1111_parameters(text))
+    assert again == {"prompt": "a kite <lora:ink:0.5>", "negative_prompt": "rain", "steps": 4, "guidance_scale": 6.0,
+                     "seed": 8, "strength": 0.6, "width": 64, "height": 96, "scheduler": "euler_a",
+                     "model": "alice-demo"}  # the tag's LoRA is not asked for twice
+    GenerationSettings.model_validate(again)
+
+
+def test_a_batch_shares_every_setting_but_the_per_image_ones():
+    base = GenerationSpec(prompt="a", seed=1, width=64, height=64)
+    assert batch_key(base) == batch_key(dataclasses.replace(base, prompt="b", seed=2, negative_prompt="c",
+                                                            num_images=3))
+    assert batch_key(base) == batch_key(dataclasses.replace(base, strength=0.3))  # text-to-image ignores it
+    img2img = dataclasses.replace(base, init_image="x.png")
+    assert batch_key(img2img) == batch_key(dataclasses.replace(img2img, init_image="y.png"))
+    assert batch_key(img2img) != batch_key(dataclasses.replace(img2img, strength=0.3))
+    assert batch_key(base) != batch_key(img2img)
+
+
+def test_clip_skip_reaches_every_answer_and_reads_back():
+    """A setting of the schema and the spec shows in the result, the A1111 text and the batch key."""
+    spec = GenerationSettings(prompt="a fox", clip_skip=2, seed=3).to_spec(native_size=64, **LIMITS)
+    assert spec.clip_skip == 2
+    assert GenerationParameters.of(spec).model_dump()["clip_skip"] == 2
+    text = GenerationParameters.of(spec).a1111_text("alice-demo", 0)
+    assert text.endswith(", Clip skip: 2")
+    assert settings_from_a1111(parse_a1111_parameters(text))["clip_skip"] == 2
+    assert batch_key(spec) != batch_key(dataclasses.replace(spec, clip_skip=None))
+    assert "Clip skip" not in GenerationParameters.of(dataclasses.replace(spec, clip_skip=None)).a1111_text("m", 0)
+    for bad in (0, 13):
+        with pytest.raises(ValueError, match="clip_skip"):
+            GenerationSettings(prompt="a fox", clip_skip=bad)
