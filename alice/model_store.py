@@ -81,6 +81,11 @@ class StoredModel:
         only a request without a size needs it."""
         return native_size(self.path)
 
+    @property
+    def text_encoder_layers(self) -> int | None:
+        """Layers of its (smallest) text encoder, which bound `clip_skip`; None = unknown."""
+        return text_encoder_layers(self.path)
+
 
 def validate_model_name(name: str) -> str:
     """Return `name` if it is a valid model id; it also keeps a user-given id from naming a path."""
@@ -291,6 +296,16 @@ def native_size(folder: Path) -> int:
     if isinstance(sample, list):  # some configs give [height, width]
         sample = sample[0]
     return int(sample) * 2 ** (len(blocks) - 1) if isinstance(sample, int) and sample > 0 else 512
+
+
+def text_encoder_layers(folder: Path) -> int | None:
+    """The fewest hidden layers of a pipeline folder's text encoders (SDXL has two)."""
+    layers = [
+        _read_json(folder / encoder / "config.json").get("num_hidden_layers")
+        for encoder in ("text_encoder", "text_encoder_2")
+    ]
+    known = [count for count in layers if isinstance(count, int) and count > 0]
+    return min(known) if known else None
 
 
 def _read_json(path: Path) -> dict[str, Any]:

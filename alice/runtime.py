@@ -144,6 +144,7 @@ class Runtime:
             native_size=model.native_size,
             max_pixels=self.settings.max_pixels,
             max_images=self.settings.max_images_per_request,
+            text_encoder_layers=model.text_encoder_layers,
         )
         for name, _ in spec.loras:
             model_store.get_lora(name)  # refuse an unknown LoRA now, not after the queue

@@ -112,7 +112,9 @@ class GenerationSettings(BaseModel):
     def _strip_prefix(cls, value: str | None) -> str | None:
         return strip_model_prefix(value) or None if value is not None else None
 
-    def to_spec(self, *, native_size: int, max_pixels: int, max_images: int) -> GenerationSpec:
+    def to_spec(
+        self, *, native_size: int, max_pixels: int, max_images: int, text_encoder_layers: int | None = None
+    ) -> GenerationSpec:
         """What the engine draws, from any client's settings: the one place they are turned into
         a GenerationSpec. No size = the model's `native_size`, no seed = a random one; the LoRAs
         of the `loras` field and of the prompt's tags together; the server's limits held
@@ -127,7 +129,7 @@ class GenerationSettings(BaseModel):
             loras=tuple((choice.name, choice.scale) for choice in self.requested_loras()),
         )
         self.model_copy(update={"width": values["width"], "height": values["height"]}).check_limits(
-            max_pixels=max_pixels, max_images=max_images
+            max_pixels=max_pixels, max_images=max_images, text_encoder_layers=text_encoder_layers
         )
         return GenerationSpec(**values)
 
@@ -163,8 +165,9 @@ class GenerationSettings(BaseModel):
             seen.add(choice.name)
         return chosen
 
-    def check_limits(self, *, max_pixels: int, max_images: int) -> None:
-        """Limits that come from the operator's configuration, not the schema (sizes chosen)."""
+    def check_limits(self, *, max_pixels: int, max_images: int, text_encoder_layers: int | None = None) -> None:
+        """Limits that come from the operator's configuration and the model, not the schema
+        (sizes chosen)."""
         assert self.width is not None and self.height is not None, "choose the size first"
         if self.width * self.height > max_pixels:
             raise InvalidRequest(
@@ -177,6 +180,13 @@ class GenerationSettings(BaseModel):
                 "num_images",
                 f"num_images = {self.num_images} is over this server's limit of {max_images} "
                 "(ALICE_MAX_IMAGES_PER_REQUEST)",
+            )
+        # diffusers reads hidden state -clip_skip of the encoder's layers + 1: none further back.
+        if self.clip_skip is not None and text_encoder_layers and self.clip_skip > text_encoder_layers + 1:
+            raise InvalidRequest(
+                "clip_skip",
+                f"clip_skip = {self.clip_skip} is beyond this model's text encoder, which has "
+                f"{text_encoder_layers} layers: at most {text_encoder_layers + 1}",
             )
         # diffusers' img2img runs int(steps x strength) of the steps; none left is its crash.
         if self.input_image is not None and int(self.steps * self.strength) < 1:

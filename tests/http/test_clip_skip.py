@@ -34,3 +34,13 @@ def test_clip_skip_out_of_range_is_a_400_naming_it(client):
     assert any(d["loc"][-1] == "clip_skip" and "12" in d["msg"] for d in response.json()["detail"])
     response = client.post("/v1/images/generations", json={"prompt": "a fox", "size": "64x64", "clip_skip": 0})
     assert response.status_code == 400 and response.json()["error"]["param"] == "clip_skip"
+
+
+def test_clip_skip_beyond_the_models_text_encoder_is_a_400_before_the_queue(client):
+    """The demo's text encoder has 2 layers: clip_skip 3 reads its embeddings, 4 is nothing."""
+    assert client.post("/generate", json={"prompt": "a fox", "clip_skip": 3, **SMALL}).status_code == 200
+    response = client.post("/v1/images/generations", json={"prompt": "a fox", "size": "64x64", "clip_skip": 4})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "clip_skip" and "2 layers" in error["message"] and "at most 3" in error["message"]
+    assert client.get("/v1/jobs").json()["data"][0]["parameters"]["clip_skip"] == 3  # nothing queued after
