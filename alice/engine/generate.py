@@ -12,14 +12,15 @@ from __future__ import annotations
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-import torch
-from diffusers import DiffusionPipeline
 from PIL import Image
 
 from alice.engine.loras import extract_prompt_loras
 from alice.engine.schedulers import DEFAULT_SCHEDULER, build_scheduler, canonical_scheduler_name
+
+if TYPE_CHECKING:  # torch itself is imported where it runs: see alice/engine/__init__.py
+    from diffusers import DiffusionPipeline
 
 StepCallback = Callable[[int, int], None]
 """Called after every denoising step with (steps done, total steps)."""
@@ -136,6 +137,8 @@ def run_batch(
     The caller must own the pipeline for the duration (ALICE runs one generation at a time):
     the scheduler is replaced for every call.
     """
+    import torch
+
     started = time.perf_counter()
     rows: list[Row] = [(index, e.spec.seed + i) for index, e in enumerate(entries) for i in range(e.spec.num_images)]
     pending: deque[tuple[list[Row], bool]] = deque(  # (rows, may still be split on out-of-memory)
@@ -212,6 +215,8 @@ def _draw(
     progress: _Progress,
 ) -> list[Image.Image]:
     """One pipeline call for `call`'s rows: their images, in order."""
+    import torch
+
     indices = list(dict.fromkeys(index for index, _ in call))
     seeds = [seed for _, seed in call]
     spec = entries[call[0][0]].spec  # the drawing settings all entries share

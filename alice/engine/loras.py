@@ -6,10 +6,12 @@ import contextlib
 import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from diffusers import DiffusionPipeline
-from peft.tuners.tuners_utils import BaseTunerLayer
+if TYPE_CHECKING:  # imported where they run: see alice/engine/__init__.py
+    import torch
+    from diffusers import DiffusionPipeline
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
 # AUTOMATIC1111's syntax: <lora:name> or <lora:name:0.8>
 PROMPT_TAG = re.compile(r"<lora:([^:<>]+)(?::\s*([-+]?(?:\d+\.?\d*|\.\d+))\s*)?>", re.IGNORECASE)
@@ -58,6 +60,8 @@ def loras_applied(
     if not loras:
         yield
         return
+    import torch
+
     saved: list[tuple[torch.Tensor, torch.Tensor]] = []
     try:
         names = []
@@ -92,6 +96,9 @@ def _adapted_components(pipe: DiffusionPipeline) -> list[str]:
 
 
 def _tuner_layers(module: object) -> list[BaseTunerLayer]:
+    import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     if not isinstance(module, torch.nn.Module):
         return []
     return [layer for layer in module.modules() if isinstance(layer, BaseTunerLayer)]

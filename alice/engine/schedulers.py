@@ -8,21 +8,10 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    DPMSolverSDEScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    HeunDiscreteScheduler,
-    LCMScheduler,
-    LMSDiscreteScheduler,
-    PNDMScheduler,
-    UniPCMultistepScheduler,
-)
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
+if TYPE_CHECKING:  # diffusers is imported when a scheduler is built: see alice/engine/__init__.py
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 # One UNet call a step. DPM++ SDE Karras (the default before) is second order: two calls a step,
 # 49 for 25 steps, for the same held-out accuracy on the demo model (bench/schedulers.py,
@@ -36,29 +25,35 @@ warnings.filterwarnings("ignore", message="Should have tb<=t1", category=UserWar
 
 @dataclass(frozen=True)
 class SchedulerSpec:
-    cls: type[SchedulerMixin]
+    class_name: str  # of a diffusers scheduler
     a1111_name: str  # the "Sampler:" name AUTOMATIC1111 writes into PNG metadata
     options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cls(self) -> type[SchedulerMixin]:
+        import diffusers
+
+        return getattr(diffusers, self.class_name)
 
 
 _KARRAS = {"use_karras_sigmas": True}
 _DPMPP_2M = {"algorithm_type": "dpmsolver++", "solver_order": 2}
 
 SCHEDULERS: dict[str, SchedulerSpec] = {
-    "ddim": SchedulerSpec(DDIMScheduler, "DDIM"),
-    "pndm": SchedulerSpec(PNDMScheduler, "PLMS", {"skip_prk_steps": True}),  # as SD ships it
-    "lms": SchedulerSpec(LMSDiscreteScheduler, "LMS"),
-    "euler": SchedulerSpec(EulerDiscreteScheduler, "Euler"),
-    "euler_a": SchedulerSpec(EulerAncestralDiscreteScheduler, "Euler a"),
-    "dpm++": SchedulerSpec(DPMSolverMultistepScheduler, "DPM++ 2M", _DPMPP_2M),
-    "dpm++_karras": SchedulerSpec(DPMSolverMultistepScheduler, "DPM++ 2M Karras", {**_DPMPP_2M, **_KARRAS}),
-    "dpm++_sde": SchedulerSpec(DPMSolverSDEScheduler, "DPM++ SDE"),
-    "dpm++_sde_karras": SchedulerSpec(DPMSolverSDEScheduler, "DPM++ SDE Karras", _KARRAS),
-    "dpm++_2m": SchedulerSpec(DPMSolverMultistepScheduler, "DPM++ 2M", _DPMPP_2M),
-    "dpm++_2m_karras": SchedulerSpec(DPMSolverMultistepScheduler, "DPM++ 2M Karras", {**_DPMPP_2M, **_KARRAS}),
-    "heun": SchedulerSpec(HeunDiscreteScheduler, "Heun"),
-    "unipc": SchedulerSpec(UniPCMultistepScheduler, "UniPC"),
-    "lcm": SchedulerSpec(LCMScheduler, "LCM"),
+    "ddim": SchedulerSpec("DDIMScheduler", "DDIM"),
+    "pndm": SchedulerSpec("PNDMScheduler", "PLMS", {"skip_prk_steps": True}),  # as SD ships it
+    "lms": SchedulerSpec("LMSDiscreteScheduler", "LMS"),
+    "euler": SchedulerSpec("EulerDiscreteScheduler", "Euler"),
+    "euler_a": SchedulerSpec("EulerAncestralDiscreteScheduler", "Euler a"),
+    "dpm++": SchedulerSpec("DPMSolverMultistepScheduler", "DPM++ 2M", _DPMPP_2M),
+    "dpm++_karras": SchedulerSpec("DPMSolverMultistepScheduler", "DPM++ 2M Karras", {**_DPMPP_2M, **_KARRAS}),
+    "dpm++_sde": SchedulerSpec("DPMSolverSDEScheduler", "DPM++ SDE"),
+    "dpm++_sde_karras": SchedulerSpec("DPMSolverSDEScheduler", "DPM++ SDE Karras", _KARRAS),
+    "dpm++_2m": SchedulerSpec("DPMSolverMultistepScheduler", "DPM++ 2M", _DPMPP_2M),
+    "dpm++_2m_karras": SchedulerSpec("DPMSolverMultistepScheduler", "DPM++ 2M Karras", {**_DPMPP_2M, **_KARRAS}),
+    "heun": SchedulerSpec("HeunDiscreteScheduler", "Heun"),
+    "unipc": SchedulerSpec("UniPCMultistepScheduler", "UniPC"),
+    "lcm": SchedulerSpec("LCMScheduler", "LCM"),
 }
 ALIASES = {"euler_ancestral": "euler_a"}
 SCHEDULER_NAMES = sorted([*SCHEDULERS, *ALIASES])
@@ -86,7 +81,7 @@ def build_scheduler(name: str, base_config: Any, seed: int | list[int]) -> Sched
     """
     spec = SCHEDULERS[canonical_scheduler_name(name)]
     options = dict(spec.options)
-    if spec.cls is DPMSolverSDEScheduler:
+    if spec.class_name == "DPMSolverSDEScheduler":
         options["noise_sampler_seed"] = seed
     return spec.cls.from_config(base_config, **options)
 
