@@ -19,7 +19,7 @@ from PIL import Image
 from alice.engine.loras import extract_prompt_loras
 from alice.engine.schedulers import DEFAULT_SCHEDULER, build_scheduler, canonical_scheduler_name
 
-if TYPE_CHECKING:  # torch itself is imported where it runs: see alice/engine/__init__.py
+if TYPE_CHECKING:  # imported where they run: see alice/engine/__init__.py
     from diffusers import DiffusionPipeline
 
 StepCallback = Callable[[int, int], None]
