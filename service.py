@@ -15,6 +15,7 @@ from alice.http.request_bodies import BodyLimitMiddleware
 from alice.logs import configure_logging
 from alice.protocol.native import GenerateRequest, GenerateResponse
 from alice.runtime import Runtime
+from alice.start_phases import StartPhases
 from alice.tls import service_ssl_options
 
 # Before BentoML builds the app: its request metrics and access log name routes, not raw paths.
@@ -36,10 +37,14 @@ _decorator_settings = settings_or_defaults()
 @bentoml.asgi_app(http_app, path="/")
 class Alice:
     def __init__(self) -> None:
+        phases = StartPhases("imports and BentoML setup")  # logged once the default model is loaded
         settings = load_settings()
         configure_logging(settings.log_level)
         warn_if_open_beyond_loopback(settings.api_keys, tls=settings.tls_certfile is not None)
-        self.runtime = Runtime(settings).start()
+        phases.done("settings")
+        self.runtime = Runtime(settings)
+        phases.done("runtime")
+        self.runtime.start(phases)
 
     def __is_ready__(self) -> bool:
         """`/readyz` stays not-ready until the default model is loaded."""

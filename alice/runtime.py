@@ -16,7 +16,6 @@ import threading
 from pathlib import Path
 from datetime import timedelta
 
-import torch
 from PIL import Image
 
 from alice import __version__, model_store
@@ -34,6 +33,7 @@ from alice.jobs import FinishUp, Job, JobControl, JobFailure, JobQueue
 from alice.metrics import Summary, prometheus_metrics
 from alice.protocol.generation import GenerationSettings
 from alice.protocol.results import GenerationParameters
+from alice.start_phases import StartPhases
 
 logger = logging.getLogger("alice")
 
@@ -94,8 +94,9 @@ class Runtime:
         )
         return DiffusersEngine(self._locate_model, self.placement, budget, options, on_load=self._model_loaded)
 
-    def start(self) -> Runtime:
-        """Start the worker (which loads the default model first) and the retention sweep."""
+    def start(self, phases: StartPhases | None = None) -> Runtime:
+        """Start the worker (which loads the default model first) and the retention sweep;
+        the load ends the start's `phases`, which are logged then."""
         logger.info(
             "ALICE %s starting on %s (%s)", __version__, describe_device(self.placement.facts), self.placement.dtype
         )
@@ -104,7 +105,7 @@ class Runtime:
         compiler_found = host_compiler(self.placement.is_gpu) is not None
         if self.settings.compile_unet and (refusal := compile_refusal(self.placement.facts, compiler_found=compiler_found)):
             logger.warning("ALICE_COMPILE_UNET is on, but %s: the UNet runs eager", refusal)
-        self.jobs.start(warm_up=self._load_default_model)
+        self.jobs.start(warm_up=lambda: self._warm_up(phases))
         self.downloads.start()
         self._sweeper.start()
         return self
@@ -180,9 +181,17 @@ class Runtime:
     def _locate_model(self, name: str):
         return model_store.get_model(name).path
 
+    def _warm_up(self, phases: StartPhases | None) -> None:
+        self._load_default_model()
+        if phases:
+            phases.done("default model")
+            logger.info(phases.summary(ready=self.ready))
+
     def _load_default_model(self) -> None:
         """The warm-up: load the default model. Whatever stops it shows on `/health` (status
         error, and why) and in the log; the server stays up and answers what it can."""
+        import torch  # here, not at the top: see alice/engine/__init__.py
+
         name = self.settings.default_model
         try:
             self.pipelines.get(name)
@@ -215,6 +224,8 @@ class Runtime:
     def _pipeline_for(self, name: str) -> LoadedPipeline:
         """A model's pipeline, loaded if need be; a load that runs out of memory fails the job
         as `out_of_memory`, as a generation that does (not as an internal error)."""
+        import torch
+
         try:
             return self.pipelines.get(name)
         except model_store.ModelNotFound as exc:  # deleted between submission and run
@@ -319,12 +330,16 @@ class Runtime:
         metrics.queue_depth.set(self.jobs.waiting)
         metrics.running.set(1 if self.jobs.running else 0)
         if self.placement.is_gpu:
+            import torch
+
             metrics.gpu_memory_bytes.set(torch.cuda.memory_allocated(self.placement.device))
 
     def metrics_summary(self) -> dict:
         """The JSON summary behind `GET /v1/metrics`."""
         gpu = None
         if self.placement.is_gpu:
+            import torch
+
             device = self.placement.device  # the configured card, not device 0
             free, total = torch.cuda.mem_get_info(device)
             gpu = {"allocated_bytes": torch.cuda.memory_allocated(device), "free_bytes": free, "total_bytes": total}

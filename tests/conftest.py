@@ -1,4 +1,4 @@
-"""Fixtures shared by every test directory."""
+"""Fixtures shared by every test directory, and the end-of-session check for leftover servers."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.server_guard import pytest_configure, pytest_sessionfinish  # noqa: F401  (hooks)
 from tests.support import private_bentoml_home
 
 

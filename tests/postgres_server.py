@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support import free_port, kill_tree
+from tests.support import free_port, kill_all, process_tree
 
 
 def postgres_bin() -> Path | None:
@@ -71,7 +71,7 @@ def postgres_server() -> Iterator[str]:
                 process.wait(20)
             except subprocess.TimeoutExpired:
                 pass
-            kill_tree(process)
+            kill_all(process_tree(process.pid))
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import socket
@@ -11,8 +12,10 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 from bentoml._internal.configuration.containers import BentoMLContainer
@@ -77,9 +80,18 @@ def forget_service_metrics() -> None:
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# Each server the tests start carries a mark in its environment, which its processes inherit:
+# "<session>/<number>", the session being this importing process (a pytest run, a bench). By the
+# mark a server's processes are found even once BentoML's worker, which runs in a session of its
+# own, has lost its parent; and the end of a test session finds what it left behind without
+# touching anyone else's servers on a shared machine (tests/conftest.py).
+SERVER_MARK = "TESTS_SERVER_MARK"
+SESSION = uuid.uuid4().hex
+_server_numbers = itertools.count(1)
+
+
 def process_tree(pid: int) -> list[psutil.Process]:
-    """A process and all it started: BentoML's workers run in sessions of their own, so killing
-    the server's process group leaves them behind."""
+    """A process and all it started (while they are still its descendants)."""
     try:
         root = psutil.Process(pid)
         return [root, *root.children(recursive=True)]
@@ -87,43 +99,60 @@ def process_tree(pid: int) -> list[psutil.Process]:
         return []
 
 
-def kill_tree(process: subprocess.Popen) -> None:
-    """SIGKILL to a process and everything it started; waits until they are gone."""
-    processes = process_tree(process.pid)
-    for member in processes:
+def marked_processes(mark: str, *, prefix: bool = False) -> list[psutil.Process]:
+    """This user's processes whose SERVER_MARK is `mark` (or starts with it)."""
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):  # gone meanwhile, or another user's
+            value = process.environ().get(SERVER_MARK)
+            if value is not None and (value.startswith(mark) if prefix else value == mark):
+                found.append(process)
+    return found
+
+
+def kill_all(processes: list[psutil.Process], timeout: float = 30) -> None:
+    """SIGKILL to each process; waits until they are gone."""
+    for process in processes:
         with contextlib.suppress(psutil.Error):
-            member.kill()
-    psutil.wait_procs(processes, timeout=30)
-    process.wait(30)
-
-
+            process.kill()
+    psutil.wait_procs(processes, timeout=timeout)
 
 
 class ServerProcess:
-    """`bentoml serve service:Alice` in its own process group, as an operator runs it."""
+    """`bentoml serve` in its own process group, as an operator runs it: `service:Alice` from
+    the repository, or another `target` (a Bento's folder) from `cwd`."""
 
-    def __init__(self, log: Path, *, verify: ssl.SSLContext | bool = True, **env: str) -> None:
-        """`env` adds ALICE_* settings; with ALICE_TLS_CERTFILE it serves HTTPS, which the
-        wait for readiness checks with `verify` (an SSL context trusting its authority)."""
+    def __init__(self, log: Path, *, verify: ssl.SSLContext | bool = True, target: str = "service:Alice",
+                 cwd: Path = ROOT, base_env: dict[str, str] | None = None, **env: str) -> None:
+        """`env` adds ALICE_* settings to `base_env` (this process's environment by default);
+        with ALICE_TLS_CERTFILE it serves HTTPS, which the wait for readiness checks with
+        `verify` (an SSL context trusting its authority)."""
         self.port = free_port()
         scheme = "https" if env.get("ALICE_TLS_CERTFILE") else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.verify = verify
         self.log_path = log
+        self.mark = f"{SESSION}/{next(_server_numbers)}"
+        self.ready_after: float | None = None  # seconds from the start to the first /readyz 200
+        self._seen: dict[int, psutil.Process] = {}  # every process of the server met so far
+        self._cpu: dict[int, float] = {}  # the CPU seconds each had used when last looked at
         self._log = open(log, "ab")
+        self._started = time.monotonic()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "service:Alice", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=ROOT, env={**os.environ, **env}, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=cwd, env={**(os.environ if base_env is None else base_env), **env, SERVER_MARK: self.mark},
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
     def wait_ready(self, stalled_after: float = 90, limit: float = 900) -> ServerProcess:
         """Wait for `/readyz`, for as long as the server keeps making progress.
 
-        A cold start takes about 10 s on a quiet machine and over 130 s on a loaded one, so
+        A cold start takes under 10 s on a quiet machine and over 130 s on a loaded one, so
         a fixed timeout either fails busy machines or waits for nothing on broken servers.
-        The wait goes on while the server's processes keep using CPU; it gives up when they
-        have used none for `stalled_after` seconds, or after `limit` in all. On giving up it
-        stops the server, so a failed start never leaves processes behind, and says why.
+        The wait goes on while the server's processes keep using CPU, however slowly the
+        machine's load lets them; it gives up when they have used none for `stalled_after`
+        seconds, or after `limit` in all. On giving up it stops the server, so a failed start
+        never leaves processes behind, and says why.
         """
         import httpx
 
@@ -135,6 +164,7 @@ class ServerProcess:
                     raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log()}")
                 try:
                     if httpx.get(f"{self.url}/readyz", timeout=5, verify=self.verify).status_code == 200:
+                        self.ready_after = time.monotonic() - self._started
                         return self
                 except httpx.HTTPError:
                     pass
@@ -146,8 +176,9 @@ class ServerProcess:
                     why = (f"its processes used no CPU for {now - last_progress:.0f} s"
                            if now - last_progress > stalled_after else f"still starting after {limit:.0f} s")
                     raise AssertionError(
-                        f"server not ready after {now - started:.0f} s ({why}; {cpu:.1f} s of CPU used; "
-                        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores):\n{self.log()}"
+                        f"server not ready after {now - started:.0f} s ({why}; {cpu:.1f} s of CPU used by "
+                        f"{len(self._cpu)} processes; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} "
+                        f"cores):\n{self.log()}"
                     )
                 time.sleep(0.25)
         except BaseException:
@@ -155,12 +186,12 @@ class ServerProcess:
             raise
 
     def _cpu_seconds(self) -> float:
-        total = 0.0
+        """CPU used by the server's processes so far, those gone (a restarted worker) included."""
         for process in self._processes():
             with contextlib.suppress(psutil.Error):
                 times = process.cpu_times()
-                total += times.user + times.system
-        return total
+                self._cpu[process.pid] = times.user + times.system
+        return sum(self._cpu.values())
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
@@ -182,10 +213,16 @@ class ServerProcess:
 
     def kill(self) -> None:
         """SIGKILL to every process of the server: a crash or a power cut."""
-        kill_tree(self.process)
+        processes = {process.pid: process for process in [*self._processes(), *marked_processes(self.mark)]}
+        kill_all(list(processes.values()))
+        self.process.wait(30)
 
     def _processes(self) -> list[psutil.Process]:
-        return process_tree(self.process.pid)
+        """The server's processes still running: the first one's descendants, and any met
+        before (BentoML's worker stays a process of the server after its parent is gone)."""
+        for process in process_tree(self.process.pid):
+            self._seen.setdefault(process.pid, process)
+        return [process for process in self._seen.values() if process.is_running()]
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -242,8 +279,9 @@ class HealthWatch:
 
 
 @contextlib.contextmanager
-def running_server(log: Path, *, verify: ssl.SSLContext | bool = True, **env: str) -> Iterator[ServerProcess]:
-    server = ServerProcess(log, verify=verify, **env)
+def running_server(log: Path, **options: Any) -> Iterator[ServerProcess]:
+    """A ready ServerProcess (`options` as it takes them) for the block, stopped after it."""
+    server = ServerProcess(log, **options)
     try:
         yield server.wait_ready()
     finally:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from huggingface_hub import HfApi
-from huggingface_hub.hf_api import RepoFile
+if TYPE_CHECKING:  # imported when first used: the service's main process never is (alice/engine/__init__.py)
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 CONFIG_SUFFIXES = (".json", ".txt", ".model")  # configs, tokenizer vocabularies and merges
@@ -42,6 +43,8 @@ def token() -> str | None:
 
 
 def api() -> HfApi:
+    from huggingface_hub import HfApi
+
     return HfApi(endpoint=endpoint(), token=token() or False)
 
 
@@ -69,6 +72,8 @@ def search(query: str, limit: int, sort: str) -> list[dict[str, Any]]:
 def plan(repo_id: str, filename: str | None, revision: str) -> RepoPlan:
     """Which files to fetch: one named file, or a diffusers pipeline's configs and weights
     (safetensors only, the fp16 variant where the repo has one)."""
+    from huggingface_hub.hf_api import RepoFile
+
     try:
         commit = api().model_info(repo_id, revision=revision).sha or revision
         tree = [f for f in api().list_repo_tree(repo_id, revision=commit, recursive=True, expand=True)

@@ -12,12 +12,13 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-
-import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from typing import TYPE_CHECKING
 
 from alice.engine.tokenizer import COMMON_WORDS, write_offline_clip_tokenizer
+
+if TYPE_CHECKING:  # imported where they run: see alice/engine/__init__.py
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
 
 DEMO_MODEL_NAME = "alice-demo"
 DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "demo_model"
@@ -27,6 +28,8 @@ _MAX_TOKENS = 16
 
 
 def _offline_tokenizer(whole_words: tuple[str, ...]) -> CLIPTokenizer:
+    from transformers import CLIPTokenizer
+
     with tempfile.TemporaryDirectory() as scratch:
         write_offline_clip_tokenizer(Path(scratch), _MAX_TOKENS, whole_words)
         return CLIPTokenizer.from_pretrained(scratch)
@@ -38,6 +41,8 @@ def demo_scheduler() -> DDIMScheduler:
     Linear betas up to 0.02 (not SD's scaled_linear to 0.012) end in almost pure noise, so
     flat colours cannot leak through the last training step into what sampling expects.
     """
+    from diffusers import DDIMScheduler
+
     return DDIMScheduler(
         num_train_timesteps=1000,
         beta_start=0.0001,
@@ -55,6 +60,10 @@ def build_demo_architecture(seed: int = 0, whole_words: tuple[str, ...] = COMMON
 
     `whole_words` become single tokens (the trainer passes its vocabulary).
     """
+    import torch
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
     tokenizer = _offline_tokenizer(whole_words)
     text_config = CLIPTextConfig(
         vocab_size=len(tokenizer),

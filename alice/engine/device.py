@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
+if TYPE_CHECKING:  # imported where it runs: see alice/engine/__init__.py
+    import torch
 
 GiB = 1024**3
 MiB = 1024**2
@@ -45,6 +46,8 @@ class DeviceFacts:
 def resolve_device(device: str = "auto") -> str:
     """`auto` becomes cuda when a GPU is visible, else cpu; other values are kept."""
     if device == "auto":
+        import torch
+
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
 
@@ -52,6 +55,7 @@ def resolve_device(device: str = "auto") -> str:
 def read_device_facts(device: str) -> DeviceFacts:
     """Ask torch about `device` (cpu, cuda or cuda:N): the card named, not device 0."""
     import psutil
+    import torch
 
     host = psutil.virtual_memory().total
     if not device.startswith("cuda"):
@@ -96,6 +100,8 @@ def check_device_supported(facts: DeviceFacts) -> None:
         return
     if torch_can_drive(facts.capability, facts.arch_list):
         return
+    import torch
+
     major, minor = facts.capability
     if (5, 0) <= facts.capability < (7, 5):
         advice = "use the cu126 image/flavour (torch CUDA 12.6 build with sm_50/sm_60/sm_70 kernels)"
@@ -122,6 +128,8 @@ def auto_dtype(facts: DeviceFacts) -> torch.dtype:
     torch only emulates it (`torch.cuda.is_bf16_supported()` is true there too): matmuls run
     slowly and SDPA's fast kernels refuse it. Half precision on the CPU is slower and less exact.
     """
+    import torch
+
     if not facts.is_gpu:
         return torch.float32
     return torch.bfloat16 if facts.capability >= (8, 0) else torch.float16
@@ -260,6 +268,8 @@ def footprint(
 ) -> Footprint:
     """A pipeline's footprint under `preset` for images up to `pixels`; its weights' sizes as
     measured when given, else the family's released checkpoint's."""
+    import torch
+
     scale = 2 if dtype == torch.float32 else 1
     weights = weights if weights is not None else WEIGHTS_16BIT[preset.family] * scale
     if not facts.is_gpu:

@@ -10,8 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
-import torch
-
 from alice.engine.generate import BatchEntry, GenerationOutput, GenerationStopped, StopCheck, run_batch
 from alice.engine.loras import loras_applied
 from alice.engine.pipelines import MemoryPreset, PipelineCache, unet_is_compiled
@@ -60,6 +58,8 @@ class DiffusersEngine(PipelineCache):
         self, model: str, entries: Sequence[BatchEntry], *, loras: Sequence[LoraFile], max_images: int,
         should_stop: StopCheck,
     ) -> list[GenerationOutput | GenerationStopped]:
+        import torch  # here, not at the top: see alice/engine/__init__.py
+
         loaded = self.get(model)
         pipe = loaded.image_to_image if entries[0].spec.init_image else loaded.pipe
         try:

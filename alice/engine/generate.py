@@ -12,22 +12,27 @@ from __future__ import annotations
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-import torch
-from diffusers import DiffusionPipeline
 from PIL import Image
-from transformers import CLIPTextModel
 
 from alice.engine.schedulers import build_scheduler
 from alice.engine.spec import GenerationSpec, batch_key  # noqa: F401  (batch_key: the jobs' import)
 from alice.protocol.generation import extract_prompt_loras
 
-# With clip_skip set, diffusers' encode_prompt reads `text_encoder.text_model.final_layer_norm`, but
-# transformers 5.6 flattened CLIPTextModel (transformers#46285): it is its own text model now
-# (diffusers#14124, open).
-if not hasattr(CLIPTextModel, "text_model"):
-    CLIPTextModel.text_model = property(lambda self: self)
+
+def _let_diffusers_skip_clip_layers() -> None:
+    """With clip_skip set, diffusers' encode_prompt reads `text_encoder.text_model.final_layer_norm`,
+    but transformers 5.6 flattened CLIPTextModel (transformers#46285): it is its own text model
+    now (diffusers#14124, open). Run before the first pipeline call (transformers is imported
+    where it is used: see alice/engine/__init__.py)."""
+    from transformers import CLIPTextModel
+
+    if not hasattr(CLIPTextModel, "text_model"):
+        CLIPTextModel.text_model = property(lambda self: self)
+
+if TYPE_CHECKING:  # imported where they run: see alice/engine/__init__.py
+    from diffusers import DiffusionPipeline
 
 StepCallback = Callable[[int, int], None]
 """Called after every denoising step with (steps done, total steps)."""
@@ -116,6 +121,8 @@ def run_batch(
     The caller must own the pipeline for the duration (ALICE runs one generation at a time):
     the scheduler is replaced for every call.
     """
+    import torch
+
     started = time.perf_counter()
     rows: list[Row] = [(index, e.spec.seed + i) for index, e in enumerate(entries) for i in range(e.spec.num_images)]
     pending: deque[tuple[list[Row], bool]] = deque(  # (rows, may still be split on out-of-memory)
@@ -192,9 +199,13 @@ def _draw(
     progress: _Progress,
 ) -> list[Image.Image]:
     """One pipeline call for `call`'s rows: their images, in order."""
+    import torch
+
     indices = list(dict.fromkeys(index for index, _ in call))
     seeds = [seed for _, seed in call]
     spec = entries[call[0][0]].spec  # the drawing settings all entries share
+    if spec.clip_skip:
+        _let_diffusers_skip_clip_layers()
     # Alone, exactly the arguments of an unbatched run (a list of one would differ in no bit,
     # but this keeps it obvious). In a batch, one generator per image for its starting noise
     # and the noise ancestral samplers draw (diffusers hands a list to scheduler.step), and

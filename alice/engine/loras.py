@@ -6,10 +6,12 @@ import contextlib
 import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from diffusers import DiffusionPipeline
-from peft.tuners.tuners_utils import BaseTunerLayer
+if TYPE_CHECKING:  # imported where they run: see alice/engine/__init__.py
+    import torch
+    from diffusers import DiffusionPipeline
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
 class LoraLoadFailed(Exception):
     """A stored LoRA that does not load into the pipeline it was asked for with (its cause chained)."""
@@ -46,6 +48,8 @@ def loras_applied(
     if not loras:
         yield
         return
+    import torch
+
     saved: list[tuple[torch.Tensor, torch.Tensor]] = []
     try:
         names = []
@@ -80,6 +84,9 @@ def _adapted_components(pipe: DiffusionPipeline) -> list[str]:
 
 
 def _tuner_layers(module: object) -> list[BaseTunerLayer]:
+    import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     if not isinstance(module, torch.nn.Module):
         return []
     return [layer for layer in module.modules() if isinstance(layer, BaseTunerLayer)]

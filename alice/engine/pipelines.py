@@ -10,12 +10,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
-
-import torch
-from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image, DiffusionPipeline
-from diffusers.utils import logging as diffusers_logging
-from transformers import PreTrainedModel
+from typing import TYPE_CHECKING, Any, Callable
 
 from alice.engine.device import (
     FAMILIES,
@@ -32,6 +27,10 @@ from alice.engine.device import (
     resolve_device,
     resolve_preset,
 )
+
+if TYPE_CHECKING:  # imported where they run: see alice/engine/__init__.py
+    import torch
+    from diffusers import DiffusionPipeline
 
 logger = logging.getLogger("alice.engine")
 
@@ -53,6 +52,8 @@ def choose_placement(device: str = "auto", dtype: str = "auto", facts: DeviceFac
     """The configured device (CUDA when `auto` finds a GPU, else the CPU) read once; with dtype
     `auto`, bf16 from Ampere on, fp16 on older cards, fp32 on the CPU (see `auto_dtype`).
     `facts` stand in for reading the device (tests describe a card that is not there)."""
+    import torch
+
     facts = facts or read_device_facts(resolve_device(device))
     chosen = auto_dtype(facts) if dtype == "auto" else getattr(torch, dtype)
     return DevicePlacement(device=facts.device, dtype=chosen, facts=facts)
@@ -82,6 +83,10 @@ def load_pipeline(
     Attention runs through torch's scaled_dot_product_attention, diffusers' default on torch 2.
     Raises UnsupportedDevice when the installed torch has no kernels for the card.
     """
+    import torch
+    from diffusers import AutoPipelineForText2Image
+    from diffusers.utils import logging as diffusers_logging
+
     placement = placement or choose_placement()
     check_device_supported(placement.facts)
     preset = preset or memory_preset(folder, placement, options)
@@ -186,6 +191,9 @@ def enable_vae_tiling(vae: torch.nn.Module, above: int) -> None:
 def _copy_mapped_text_encoders(pipe: DiffusionPipeline) -> None:
     """Diffusers passes `disable_mmap` to its own models only; the transformers text encoders
     still map their files, so their tensors are copied into the process's memory here."""
+    import torch
+    from transformers import PreTrainedModel
+
     with torch.no_grad():
         for component in pipe.components.values():
             if isinstance(component, PreTrainedModel):
@@ -195,6 +203,8 @@ def _copy_mapped_text_encoders(pipe: DiffusionPipeline) -> None:
 
 def pipeline_bytes(pipe: DiffusionPipeline) -> int:
     """Memory its weights take: the sum over every torch module of the pipeline."""
+    import torch
+
     return sum(_module_bytes(c) for c in pipe.components.values() if isinstance(c, torch.nn.Module))
 
 
@@ -202,6 +212,8 @@ def weights_footprint(
     pipe: DiffusionPipeline, preset: MemoryPreset, placement: DevicePlacement, pixels: int
 ) -> Footprint:
     """A loaded pipeline's footprint from its measured weights."""
+    import torch
+
     sizes = {name: _module_bytes(c) for name, c in pipe.components.items() if isinstance(c, torch.nn.Module)}
     return footprint(
         preset, placement.facts, placement.dtype, pixels,
@@ -230,6 +242,8 @@ class LoadedPipeline:
     def image_to_image(self) -> DiffusionPipeline:
         """The img2img variant, sharing the loaded modules (no second copy of the weights)."""
         if self._image_to_image is None:
+            from diffusers import AutoPipelineForImage2Image
+
             self._image_to_image = AutoPipelineForImage2Image.from_pipe(self.pipe)
             self._image_to_image.set_progress_bar_config(disable=True)
         return self._image_to_image
@@ -347,6 +361,8 @@ class PipelineCache:
         """Return freed memory to the device (after an eviction or an out-of-memory error)."""
         gc.collect()
         if self._placement.is_gpu:
+            import torch
+
             torch.cuda.empty_cache()
 
 

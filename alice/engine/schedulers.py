@@ -8,21 +8,10 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    DPMSolverSDEScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    HeunDiscreteScheduler,
-    LCMScheduler,
-    LMSDiscreteScheduler,
-    PNDMScheduler,
-    UniPCMultistepScheduler,
-)
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
+if TYPE_CHECKING:  # diffusers is imported when a scheduler is built: see alice/engine/__init__.py
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from alice.protocol.schedulers import A1111_SAMPLERS
 
@@ -33,28 +22,34 @@ warnings.filterwarnings("ignore", message="Should have tb<=t1", category=UserWar
 
 @dataclass(frozen=True)
 class SchedulerSpec:
-    cls: type[SchedulerMixin]
+    class_name: str  # of a diffusers scheduler
     options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cls(self) -> type[SchedulerMixin]:
+        import diffusers
+
+        return getattr(diffusers, self.class_name)
 
 
 _KARRAS = {"use_karras_sigmas": True}
 _DPMPP_2M = {"algorithm_type": "dpmsolver++", "solver_order": 2}
 
 SCHEDULERS: dict[str, SchedulerSpec] = {
-    "ddim": SchedulerSpec(DDIMScheduler),
-    "pndm": SchedulerSpec(PNDMScheduler, {"skip_prk_steps": True}),  # as SD ships it
-    "lms": SchedulerSpec(LMSDiscreteScheduler),
-    "euler": SchedulerSpec(EulerDiscreteScheduler),
-    "euler_a": SchedulerSpec(EulerAncestralDiscreteScheduler),
-    "dpm++": SchedulerSpec(DPMSolverMultistepScheduler, _DPMPP_2M),
-    "dpm++_karras": SchedulerSpec(DPMSolverMultistepScheduler, {**_DPMPP_2M, **_KARRAS}),
-    "dpm++_sde": SchedulerSpec(DPMSolverSDEScheduler),
-    "dpm++_sde_karras": SchedulerSpec(DPMSolverSDEScheduler, _KARRAS),
-    "dpm++_2m": SchedulerSpec(DPMSolverMultistepScheduler, _DPMPP_2M),
-    "dpm++_2m_karras": SchedulerSpec(DPMSolverMultistepScheduler, {**_DPMPP_2M, **_KARRAS}),
-    "heun": SchedulerSpec(HeunDiscreteScheduler),
-    "unipc": SchedulerSpec(UniPCMultistepScheduler),
-    "lcm": SchedulerSpec(LCMScheduler),
+    "ddim": SchedulerSpec("DDIMScheduler"),
+    "pndm": SchedulerSpec("PNDMScheduler", {"skip_prk_steps": True}),  # as SD ships it
+    "lms": SchedulerSpec("LMSDiscreteScheduler"),
+    "euler": SchedulerSpec("EulerDiscreteScheduler"),
+    "euler_a": SchedulerSpec("EulerAncestralDiscreteScheduler"),
+    "dpm++": SchedulerSpec("DPMSolverMultistepScheduler", _DPMPP_2M),
+    "dpm++_karras": SchedulerSpec("DPMSolverMultistepScheduler", {**_DPMPP_2M, **_KARRAS}),
+    "dpm++_sde": SchedulerSpec("DPMSolverSDEScheduler"),
+    "dpm++_sde_karras": SchedulerSpec("DPMSolverSDEScheduler", _KARRAS),
+    "dpm++_2m": SchedulerSpec("DPMSolverMultistepScheduler", _DPMPP_2M),
+    "dpm++_2m_karras": SchedulerSpec("DPMSolverMultistepScheduler", {**_DPMPP_2M, **_KARRAS}),
+    "heun": SchedulerSpec("HeunDiscreteScheduler"),
+    "unipc": SchedulerSpec("UniPCMultistepScheduler"),
+    "lcm": SchedulerSpec("LCMScheduler"),
 }
 # Every name the protocol accepts draws with something, and nothing else is here.
 assert SCHEDULERS.keys() == A1111_SAMPLERS.keys(), "alice/protocol/schedulers.py and this table disagree"
@@ -69,6 +64,6 @@ def build_scheduler(name: str, base_config: Any, seed: int | list[int]) -> Sched
     """
     spec = SCHEDULERS[name]  # a canonical name: the protocol checked the client's
     options = dict(spec.options)
-    if spec.cls is DPMSolverSDEScheduler:
+    if spec.class_name == "DPMSolverSDEScheduler":
         options["noise_sampler_seed"] = seed
     return spec.cls.from_config(base_config, **options)

@@ -12,18 +12,20 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-from diffusers.utils import logging as diffusers_logging
 from safetensors import safe_open
+
+if TYPE_CHECKING:  # imported where they run: see alice/engine/__init__.py
+    import torch
 
 logger = logging.getLogger("alice.engine")
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # alice/configs/{sd15,sd2,sdxl}
 _UNET = "model.diffusion_model."
 _VAE = "first_stage_model."
-_PIPELINES = {"sd15": StableDiffusionPipeline, "sd2": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
+# diffusers' pipeline class per family, imported at conversion: see alice/engine/__init__.py
+_PIPELINES = {"sd15": "StableDiffusionPipeline", "sd2": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
 # ModelSpec metadata (written by kohya's sd-scripts and others): "v" or "epsilon".
 _PREDICTION_TYPES = {"v": "v_prediction", "v_prediction": "v_prediction", "epsilon": "epsilon"}
 
@@ -98,8 +100,11 @@ def convert_single_file(path: Path, out_dir: Path, family: str, *, config_dir: P
         raise ValueError(f"unknown model family {family!r}; expected one of {', '.join(_PIPELINES)}")
     config_dir = Path(config_dir) if config_dir is not None else CONFIGS / family
     header = _read_header(path)
+    import diffusers
+    from diffusers.utils import logging as diffusers_logging
+
     diffusers_logging.disable_progress_bar()
-    pipe = _PIPELINES[family].from_single_file(
+    pipe = getattr(diffusers, _PIPELINES[family]).from_single_file(
         str(path), config=str(config_dir), local_files_only=True, dtype=_half_precision(header)
     )
     prediction_type = _PREDICTION_TYPES.get(header.metadata.get("modelspec.prediction_type", "").strip().lower())
@@ -116,6 +121,8 @@ def convert_single_file(path: Path, out_dir: Path, family: str, *, config_dir: P
 def _half_precision(header: _Header) -> torch.dtype | None:
     """fp16 or bf16 when most of the UNet's weights are stored so (they stay so); None loads
     float32, diffusers' default."""
+    import torch
+
     counts = Counter(dtype for key, dtype in header.dtypes.items() if key.startswith(_UNET))
     name = counts.most_common(1)[0][0] if counts else "F32"
     return {"F16": torch.float16, "BF16": torch.bfloat16}.get(name)

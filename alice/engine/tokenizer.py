@@ -13,8 +13,6 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from transformers import CLIPTokenizer
-
 # Frequent English words that are single tokens in every version of this tokenizer.
 COMMON_WORDS = ("a", "the", "and", "in", "on", "of")
 _SPECIAL = ["<|startoftext|>", "<|endoftext|>"]
@@ -75,6 +73,8 @@ def write_offline_clip_tokenizer(
     written too: tools that convert original checkpoints and older loaders read those,
     transformers 5 reads tokenizer.json.
     """
+    from transformers import CLIPTokenizer  # imported here: see alice/engine/__init__.py
+
     directory.mkdir(parents=True, exist_ok=True)
     merges = learn_merges(whole_words)
     (directory / "vocab.json").write_text(json.dumps(_vocabulary(merges), ensure_ascii=False), encoding="utf-8")

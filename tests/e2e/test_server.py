@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import openai
 import pytest
 from PIL import Image
 
-from tests.support import alice_environment, running_server
+from tests.support import ServerProcess, alice_environment, running_server
 
 pytestmark = pytest.mark.e2e
 
@@ -22,10 +23,33 @@ API_KEY = "e2e-key"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("e2e")
     with alice_environment(tmp, {"ALICE_API_KEYS": API_KEY}), running_server(tmp / "server.log") as running:
-        yield running.url
+        yield running
+
+
+@pytest.fixture(scope="module")
+def server(started: ServerProcess) -> str:
+    return started.url
+
+
+def test_the_start_is_timed_phase_by_phase_and_reading_the_service_loads_no_torch(started):
+    [line] = [line for line in started.log().splitlines() if "INFO alice: start: " in line]
+    found = re.search(r"start: (.+); ready ([\d.]+) s after the process started, ([\d.]+) s after "
+                      r"`bentoml serve` started$", line)
+    assert found, line
+    phases = {name: float(seconds) for name, seconds in re.findall(r"([a-zA-Z ]+) ([\d.]+) s(?:, |$)", found[1])}
+    assert list(phases) == ["imports and BentoML setup", "settings", "runtime", "default model"], line
+    worker_s, server_s = float(found[2]), float(found[3])
+    assert abs(sum(phases.values()) - worker_s) < 0.1, line
+    # The server's first process started first; the test saw /readyz answer after both.
+    assert 0 < worker_s <= server_s <= started.ready_after + 0.5, (line, started.ready_after)
+    # `bentoml serve` imports the service only to read its definition; the worker loads torch.
+    libraries = {process.pid: {m.path for m in process.memory_maps() if "libtorch" in m.path}
+                 for process in started._processes()}
+    assert not libraries[started.process.pid], "the server's first process loaded torch"
+    assert len(libraries) == 2 and any(libraries.values())
 
 
 def test_bentoml_client_generate_with_keyword_arguments(server):
