@@ -46,10 +46,11 @@ def models_train_demo(
     checkpoint_every: int = typer.Option(0, min=0, help="Also save the model every N denoiser steps, in OUTPUT/checkpoints."),
     earlier: Path = typer.Option(None, help="Go on training from this trained demo model's weights, not from scratch."),
 ) -> None:
-    """Train the demo model from scratch on procedural shapes (about 45 minutes on 2 CPU cores).
+    """Train the demo model on procedural shapes, from scratch or on from an earlier one.
 
-    The shipped weights in alice/demo_model/ came from this command with its defaults; copy a
-    new result there and run `alice models demo` to serve it.
+    The shipped weights in alice/demo_model/ came from this command (its training.json has the
+    plans; README's "The demo model" the commands); copy a new result there and run
+    `alice models demo` to serve it. On a busy machine OMP_NUM_THREADS=1 trains fastest.
     """
     from dataclasses import replace
 

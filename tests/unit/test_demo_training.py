@@ -168,3 +168,7 @@ def test_the_evaluation_counts_each_check_over_all_pictures() -> None:
     shares = evaluation.shares()
     assert shares["shape colour"] == 1.0 and shares["background"] == 0.5 and shares["both colours"] == 0.5
     assert evaluation.summary().startswith("2 held-out prompts: shape colour 100.0%, background 50.0%")
+    small = Scene("red", "triangle", "blue", "small")
+    evaluation.results.append((small, small.caption(), judge(draw(small), small)))
+    assert evaluation.shares(("small",))["shape"] == 1.0 and evaluation.count(("small",)) == 1
+    assert evaluation.summary().endswith("shape by size: medium and large 100.0% of 2, small 100.0% of 1")
