@@ -64,6 +64,6 @@ def test_generate_draws_the_asked_picture_with_the_default_sampler(client):
         assert response.status_code == 200, response.text
         png = base64.b64decode(response.json()["images"][0]["b64_json"])
         pictures.append((scene, prompt, Image.open(io.BytesIO(png))))
-    # measured with the shipped model: both colours 71 of 72, shape 47 of 72 (65%); a model that
-    # drew every shape the same would get a third of the shapes right
-    _assert_mostly_right(pictures, {"both colours": 0.85, "shape": 0.5})
+    # measured with the shipped model: both colours 71 of 72, shape 47 of 72 (65%); the first
+    # release drew 41 shapes right (57%), a model that drew every shape the same would get 24
+    _assert_mostly_right(pictures, {"both colours": 0.85, "shape": 0.58})
