@@ -40,21 +40,25 @@ def models_train_demo(
     output: Path = typer.Option(Path("demo-model"), help="Folder to write the trained diffusers pipeline to."),
     seed: int = typer.Option(0, help="Seed for the data, the initial weights and the training order."),
     vae_steps: int = typer.Option(None, min=1, help="Autoencoder training steps (default: the shipped recipe)."),
+    vae_batch: int = typer.Option(None, min=1, help="Autoencoder batch size (default: the shipped recipe)."),
     unet_steps: int = typer.Option(None, min=1, help="Denoiser training steps (default: the shipped recipe)."),
     images: int = typer.Option(None, min=64, help="Pictures in the training set (default: the shipped recipe)."),
+    checkpoint_every: int = typer.Option(0, min=0, help="Also save the model every N denoiser steps, in OUTPUT/checkpoints."),
+    earlier: Path = typer.Option(None, help="Go on training from this trained demo model's weights, not from scratch."),
 ) -> None:
-    """Train the demo model from scratch on procedural shapes (about 45 minutes on 2 CPU cores).
+    """Train the demo model on procedural shapes, from scratch or on from an earlier one.
 
-    The shipped weights in alice/demo_model/ came from this command with its defaults; copy a
-    new result there and run `alice models demo` to serve it.
+    The shipped weights in alice/demo_model/ came from this command (its training.json has the
+    plans; README's "The demo model" the commands); copy a new result there and run
+    `alice models demo` to serve it. On a busy machine OMP_NUM_THREADS=1 trains fastest.
     """
     from dataclasses import replace
 
     from alice.demo_training.train import TrainingPlan, train_demo
 
-    chosen = {"seed": seed, "vae_steps": vae_steps, "unet_steps": unet_steps, "images": images}
+    chosen = {"seed": seed, "vae_steps": vae_steps, "vae_batch": vae_batch, "unet_steps": unet_steps, "images": images}
     plan = replace(TrainingPlan(), **{key: value for key, value in chosen.items() if value is not None})
-    report = train_demo(output, plan)
+    report = train_demo(output, plan, checkpoint_every=checkpoint_every, earlier=earlier)
     typer.echo(f"{output}: autoencoder {report['autoencoder_psnr_db']} dB, "
                f"denoiser loss {report['denoiser_loss']}, {report['minutes']} min")
 

@@ -13,7 +13,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from alice.demo_training.judge import Verdict, judge
-from alice.demo_training.shapes import Scene, evaluation_scenes
+from alice.demo_training.shapes import Scene, evaluation_prompts
 from alice.engine.generate import GenerationSpec, run_generation
 from alice.engine.pipelines import choose_placement, load_pipeline
 from alice.protocol.schedulers import DEFAULT_SCHEDULER
@@ -23,18 +23,30 @@ from alice.protocol.schedulers import DEFAULT_SCHEDULER
 class Evaluation:
     results: list[tuple[Scene, str, Verdict]] = field(default_factory=list)  # scene, prompt, verdict
 
-    def shares(self) -> dict[str, float]:
-        """The share of pictures that pass each check, by the check's name."""
-        count = max(len(self.results), 1)
+    def shares(self, sizes: tuple[str, ...] | None = None) -> dict[str, float]:
+        """The share of pictures that pass each check, by the check's name; `sizes` keeps only
+        the prompts of those sizes ("" is the default size, the medium one)."""
+        results = [result for result in self.results if sizes is None or result[0].size in sizes]
+        count = max(len(results), 1)
         return {
-            name: sum(check(scene, verdict) for scene, _, verdict in self.results) / count
+            name: sum(check(scene, verdict) for scene, _, verdict in results) / count
             for name, check in CHECKS.items()
         }
 
+    def count(self, sizes: tuple[str, ...]) -> int:
+        return sum(scene.size in sizes for scene, _, _ in self.results)
+
     def summary(self) -> str:
         shares = ", ".join(f"{name} {share:.1%}" for name, share in self.shares().items())
-        return f"{len(self.results)} held-out prompts: {shares}"
+        by_size = ", ".join(
+            f"{label} {self.shares(sizes)['shape']:.1%} of {self.count(sizes)}" for label, sizes in SIZE_GROUPS.items()
+        )
+        return f"{len(self.results)} held-out prompts: {shares}; shape by size: {by_size}"
 
+
+# The size groups the summary reports the shape for apart: small shapes cover one or two of the
+# 8x8 latent cells, the others three or more.
+SIZE_GROUPS = {"medium and large": ("", "large"), "small": ("small",)}
 
 # What is judged right, in the order the summary reports it.
 CHECKS = {
@@ -55,19 +67,22 @@ def evaluate(
     seeds: tuple[int, ...] = (0,),
     progress: bool = True,
     save_to: Path | None = None,
+    keep_pictures: list[Image.Image] | None = None,
 ) -> Evaluation:
-    """Draw every evaluation scene once per seed and judge each picture."""
+    """Draw every evaluation prompt once per seed and judge each picture (also appended to
+    `keep_pictures`, when given)."""
     pipe = load_pipeline(Path(model_dir), choose_placement("cpu"))
     base_config = pipe.scheduler.config
     evaluation = Evaluation()
-    jobs = [(scene, seed) for scene in evaluation_scenes() for seed in seeds]
-    for index, (scene, seed) in enumerate(tqdm(jobs, desc="evaluating", disable=not progress, unit="image")):
-        prompt = scene.caption()
+    jobs = [(scene, prompt, seed) for scene, prompt in evaluation_prompts() for seed in seeds]
+    for index, (scene, prompt, seed) in enumerate(tqdm(jobs, desc="evaluating", disable=not progress, unit="image")):
         spec = GenerationSpec(
             prompt=prompt, seed=seed, width=64, height=64, steps=steps, guidance_scale=guidance_scale, scheduler=scheduler
         )
         image: Image.Image = run_generation(pipe, base_config, spec).images[0]
         evaluation.results.append((scene, prompt, judge(image, scene)))
+        if keep_pictures is not None:
+            keep_pictures.append(image)
         if save_to is not None:
             save_to.mkdir(parents=True, exist_ok=True)
             image.save(save_to / f"{index:03d}-{prompt.replace(' ', '_').replace(',', '')}.png")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,19 +39,24 @@ POSITIONS = {
     "bottom left": (0.28, 0.72),
     "bottom right": (0.72, 0.72),
 }
-# How a person might write the same picture; {size} may be empty, {where} too.
-_TEMPLATES = (
+_MIDDLE = ("middle", "center")
+# How a person might write the same picture; {size} may be empty, {where} too. "a" becomes
+# "an" before a vowel ("an orange circle"). Every one fits the tokenizer's 16 tokens.
+TEMPLATES = (
     "a {size} {colour} {shape} on a {background} background{where_comma}",
     "{size} {colour} {shape} on {background}{where_comma}",
     "a {size} {colour} {shape} {where_in} on a {background} background",
     "a picture of a {size} {colour} {shape} on {background}{where_comma}",
+    "a {size} {colour} {shape} with a {background} background{where_comma}",
+    "a {size} {colour} {shape} on a {background} background {where_in}",
+    "{size} {colour} {shape} {where_in} with a {background} background",
 )
 WORDS = (
     *COLOURS,
     *SHAPES,
     *(word for words in SIZE_WORDS.values() for phrase in words for word in phrase.split()),
     *(word for place in POSITIONS for word in place.split()),
-    *"a the and in on of picture background middle center corner".split(),
+    *"a an the and in on of with picture background middle center corner".split(),
 )
 
 
@@ -78,8 +84,8 @@ class Scene:
         if self.position:
             where_comma, where_in = f", {self.position}", f"in the {self.position} corner"
         else:
-            where_comma, where_in = "", "in the middle"
-        text = _TEMPLATES[template].format(
+            where_comma, where_in = "", f"in the {rng.choice(_MIDDLE) if rng else _MIDDLE[0]}"
+        text = TEMPLATES[template].format(
             size=size_word,
             colour=self.colour,
             shape=self.shape,
@@ -87,7 +93,8 @@ class Scene:
             where_comma=where_comma,
             where_in=where_in,
         )
-        return " ".join(text.split())  # an empty size leaves a double space
+        text = " ".join(text.split())  # an empty size leaves a double space
+        return re.sub(r"\ba (?=[aeiou])", "an ", text)
 
 
 def draw(scene: Scene, jitter: random.Random | None = None) -> Image.Image:
@@ -148,16 +155,30 @@ def training_scenes(count: int, seed: int) -> tuple[list[Scene], list[str], np.n
         colour, shape, background = rng.choice(allowed)
         scene = Scene(colour, shape, background, rng.choice(list(SIZES)), rng.choice(list(POSITIONS)))
         scenes.append(scene)
-        captions.append(scene.caption(rng.randrange(len(_TEMPLATES)), rng))
+        captions.append(scene.caption(rng.randrange(len(TEMPLATES)), rng))
         pixels[i] = np.asarray(draw(scene, rng))
     return scenes, captions, pixels
 
 
-def evaluation_scenes(seed: int = 1) -> list[Scene]:
-    """Two scenes per held-out combination: one in the middle, one at a random size and place."""
+def evaluation_prompts(seed: int = 1) -> list[tuple[Scene, str]]:
+    """Four prompts per held-out combination, each with the scene it asks for.
+
+    First, as the evaluation always had: one in the middle at the default size, one at a
+    random size and place, both in the first phrasing. Then two more at random sizes and
+    places in the other phrasings, so every way of writing a picture is judged too.
+    """
     rng = random.Random(seed)
-    scenes = []
+    prompts = []
     for colour, shape, background in held_out_combinations():
-        scenes.append(Scene(colour, shape, background))
-        scenes.append(Scene(colour, shape, background, rng.choice(list(SIZES)), rng.choice(list(POSITIONS))))
-    return scenes
+        middle = Scene(colour, shape, background)
+        anywhere = Scene(colour, shape, background, rng.choice(list(SIZES)), rng.choice(list(POSITIONS)))
+        prompts += [(middle, middle.caption()), (anywhere, anywhere.caption())]
+    for index, (colour, shape, background) in enumerate(held_out_combinations() * 2):
+        scene = Scene(colour, shape, background, rng.choice(list(SIZES)), rng.choice(list(POSITIONS)))
+        prompts.append((scene, scene.caption(1 + index % (len(TEMPLATES) - 1), rng)))
+    return prompts
+
+
+def evaluation_scenes(seed: int = 1) -> list[Scene]:
+    """The scenes of `evaluation_prompts`, in the same order."""
+    return [scene for scene, _ in evaluation_prompts(seed)]

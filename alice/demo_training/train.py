@@ -9,6 +9,7 @@ measured to draw the asked colours on a 2-core CPU in well under an hour.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
@@ -40,6 +41,10 @@ class TrainingPlan:
     unet_batch: int = 64
     # Share of captions left empty, so classifier-free guidance has an unconditional model.
     empty_caption_share: float = 0.1
+    # Extra loss weight on pixels near an edge: a shape's corners are a few pixels of 4,096, and
+    # without it the autoencoder rounds them off (a square or triangle comes back a blob).
+    vae_edge_weight: float = 4.0
+    vae_learning_rate: float = 1e-3
 
 
 def _as_tensor(pixels: np.ndarray) -> torch.Tensor:
@@ -47,10 +52,16 @@ def _as_tensor(pixels: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
+def _near_an_edge(batch: torch.Tensor) -> torch.Tensor:
+    """1 where a pixel differs from its 5x5 neighbourhood's mean (within 2 px of an edge), else 0."""
+    blurred = F.avg_pool2d(batch, 5, stride=1, padding=2, count_include_pad=False)
+    return ((batch - blurred).abs().amax(dim=1, keepdim=True) > 0.05).float()
+
+
 def train_autoencoder(vae, pixels: np.ndarray, plan: TrainingPlan, generator: torch.Generator, progress: bool) -> float:
     """Fit the VAE to the pictures; returns the last PSNR in dB, measured on a fixed batch."""
     vae.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=plan.vae_learning_rate, weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(optimizer, 100, plan.vae_steps)
     bar = tqdm(range(plan.vae_steps), desc="autoencoder", disable=not progress, unit="step")
     for _ in bar:
@@ -58,7 +69,9 @@ def train_autoencoder(vae, pixels: np.ndarray, plan: TrainingPlan, generator: to
         posterior = vae.encode(batch).latent_dist
         decoded = vae.decode(posterior.sample(generator)).sample
         # L1 beside MSE keeps edges crisp; the KL term only stops latents drifting far off.
-        loss = F.mse_loss(decoded, batch) + 0.5 * F.l1_loss(decoded, batch) + 1e-6 * posterior.kl().mean()
+        error = (decoded - batch) ** 2 + 0.5 * (decoded - batch).abs()
+        weight = 1 + plan.vae_edge_weight * _near_an_edge(batch)
+        loss = (weight * error).mean() / weight.mean() + 1e-6 * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -99,8 +112,15 @@ def encode_captions(
     return states, torch.tensor([position[caption] for caption in captions]), states[position[""]]
 
 
-def train_denoiser(unet, scheduler_config, latents, states, caption_index, empty, plan, generator, progress) -> float:
-    """Fit the UNet to predict the noise; returns the last smoothed loss. Leaves EMA weights in `unet`."""
+def train_denoiser(
+    unet, scheduler_config, latents, states, caption_index, empty, plan, generator, progress,
+    checkpoint=None, checkpoint_every: int = 0,
+) -> float:
+    """Fit the UNet to predict the noise; returns the last smoothed loss. Leaves EMA weights in `unet`.
+
+    `checkpoint(step)` is called every `checkpoint_every` steps with the EMA weights in
+    `unet`, to save them; training goes on with its own weights afterwards.
+    """
     noise_schedule = DDPMScheduler.from_config(scheduler_config)
     alphas = noise_schedule.alphas_cumprod
     snr = alphas / (1 - alphas)
@@ -112,7 +132,7 @@ def train_denoiser(unet, scheduler_config, latents, states, caption_index, empty
     batch = plan.unet_batch
     smoothed = None
     bar = tqdm(range(plan.unet_steps), desc="denoiser", disable=not progress, unit="step")
-    for _ in bar:
+    for step in bar:
         pick = torch.randint(len(latents), (batch,), generator=generator)
         clean = latents[pick]
         condition = states[caption_index[pick]].clone()
@@ -132,21 +152,66 @@ def train_denoiser(unet, scheduler_config, latents, states, caption_index, empty
         ema.step(unet.parameters())
         smoothed = loss.item() if smoothed is None else 0.98 * smoothed + 0.02 * loss.item()
         bar.set_postfix(loss=f"{smoothed:.4f}", refresh=False)
+        if checkpoint and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < plan.unet_steps:
+            ema.store(unet.parameters())
+            ema.copy_to(unet.parameters())
+            checkpoint(step + 1)
+            ema.restore(unet.parameters())
     ema.copy_to(unet.parameters())
     unet.eval().requires_grad_(False)
     return float(smoothed or 0.0)
 
 
-def train_demo(output: Path, plan: TrainingPlan = TrainingPlan(), progress: bool = True) -> dict:
+def _save(pipe: StableDiffusionPipeline, folder: Path) -> None:
+    # Half precision halves the committed files; the service loads them in its own dtype.
+    copy.deepcopy(pipe).to(torch.float16).save_pretrained(str(folder), safe_serialization=True)
+
+
+def start_from(pipe: StableDiffusionPipeline, folder: Path) -> None:
+    """Load a trained demo's weights into `pipe`, built for the current vocabulary, to train on.
+
+    Words the earlier model knew keep their embeddings (matched by token, since ids move when
+    words are added), so its text encoder gives the same states for every caption it saw;
+    new words keep `pipe`'s random ones.
+    """
+    earlier = StableDiffusionPipeline.from_pretrained(str(folder), dtype=torch.float32)
+    pipe.unet.load_state_dict(earlier.unet.state_dict())
+    pipe.vae.load_state_dict(earlier.vae.state_dict())
+    earlier_rows = earlier.text_encoder.get_input_embeddings().weight.detach()
+    text = {key: value for key, value in earlier.text_encoder.state_dict().items() if "token_embedding" not in key}
+    earlier_ids = earlier.tokenizer.get_vocab()
+    rows = pipe.text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        for token, index in pipe.tokenizer.get_vocab().items():
+            if token in earlier_ids:
+                rows[index] = earlier_rows[earlier_ids[token]]
+    missing, unexpected = pipe.text_encoder.load_state_dict(text, strict=False)
+    assert [key for key in missing if "token_embedding" not in key] == [] and not unexpected, (missing, unexpected)
+
+
+def train_demo(
+    output: Path,
+    plan: TrainingPlan = TrainingPlan(),
+    progress: bool = True,
+    checkpoint_every: int = 0,
+    earlier: Path | None = None,
+) -> dict:
     """Train the demo model and save it to `output` as a diffusers folder (fp16 safetensors).
 
+    From scratch, or with `earlier` from that trained demo's weights (both stages go on from
+    them: the autoencoder, then the UNet on the latents of the autoencoder so trained).
+
+    With `checkpoint_every`, the UNet's EMA weights so far are also saved every that many steps
+    as whole pipelines in `output/checkpoints/step-N`, to evaluate while training goes on.
     Returns what was measured; it is also written to `output/training.json`.
     """
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     random.seed(plan.seed)
     torch.manual_seed(plan.seed)
     generator = torch.Generator().manual_seed(plan.seed)
     pipe = build_demo_architecture(plan.seed, whole_words=shapes.WORDS)
+    if earlier is not None:
+        start_from(pipe, earlier)
     log.info("drawing %d training pictures", plan.images)
     _, captions, pixels = shapes.training_scenes(plan.images, plan.seed)
 
@@ -155,17 +220,21 @@ def train_demo(output: Path, plan: TrainingPlan = TrainingPlan(), progress: bool
     latents = encode_latents(pipe.vae, pixels)
     states, caption_index, empty = encode_captions(pipe, captions)
     loss = train_denoiser(
-        pipe.unet, pipe.scheduler.config, latents, states, caption_index, empty, plan, generator, progress
+        pipe.unet, pipe.scheduler.config, latents, states, caption_index, empty, plan, generator, progress,
+        checkpoint=lambda step: _save(pipe, output / "checkpoints" / f"step-{step}"), checkpoint_every=checkpoint_every,
     )
-
-    # Half precision halves the committed files; the service loads them in its own dtype.
-    pipe.to(torch.float16).save_pretrained(str(output), safe_serialization=True)
+    _save(pipe, output)
     report = {
         "plan": asdict(plan),
+        # What training went on from: that model's own report, so the whole recipe is here.
+        **({"started_from": json.loads((earlier / "training.json").read_text())} if earlier else {}),
         "autoencoder_psnr_db": round(psnr, 2),
         "denoiser_loss": round(loss, 5),
         "distinct_captions": len(states) - 1,
         "minutes": round((time.monotonic() - started) / 60, 1),
+        # Process CPU time, all threads together: on a shared machine the wall clock also counts
+        # the time others had the cores.
+        "cpu_minutes": round((time.process_time() - cpu_started) / 60, 1),
         "torch_threads": torch.get_num_threads(),
     }
     (output / "training.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -2,8 +2,10 @@
 
 Held-out colour/shape/background combinations (never in its training data) go in as SAM's
 chat completion and as `/generate`; the pictures that come back are judged by their pixels.
-The bound is loose (the measured accuracy is in the README), but a prompt that never reached
-the model would land near one combination in 56 and fail it.
+The bounds sit below what the shipped model was measured to draw on these requests (the
+evaluation's numbers are in the README), but a prompt that never reached the model would
+land near one combination in 56 and fail them, and a model that drew every shape the same
+would fail the shape's.
 """
 
 from __future__ import annotations
@@ -14,29 +16,33 @@ import io
 from PIL import Image
 
 from alice.demo_training.judge import judge
-from alice.demo_training.shapes import evaluation_scenes
+from alice.demo_training.shapes import evaluation_prompts
 from tests.http.test_sam_contract import fetch_png
 
-SCENES = evaluation_scenes()
-AT_LEAST = 2 / 3  # of the pictures must have both the shape's and the background's colour right
+PROMPTS = evaluation_prompts()
+CHECKS = {
+    "both colours": lambda scene, verdict: verdict.colours_right(scene),
+    "shape": lambda scene, verdict: verdict.shape == scene.shape,
+}
 
 
-def _share_right(pictures) -> float:
-    verdicts = [(scene, judge(image, scene)) for scene, image in pictures]
-    wrong = [f"{scene.caption()!r} -> {verdict}" for scene, verdict in verdicts if not verdict.colours_right(scene)]
-    share = 1 - len(wrong) / len(verdicts)
-    assert share >= AT_LEAST, f"{share:.0%} right; wrong: {wrong}"
-    return share
+def _assert_mostly_right(pictures, at_least: dict[str, float]) -> None:
+    """`at_least`: the share of the pictures that must pass each named check."""
+    verdicts = [(scene, prompt, judge(image, scene)) for scene, prompt, image in pictures]
+    for name, bound in at_least.items():
+        wrong = [f"{prompt!r} -> {verdict}" for scene, prompt, verdict in verdicts if not CHECKS[name](scene, verdict)]
+        share = 1 - len(wrong) / len(verdicts)
+        assert share >= bound, f"{name}: {share:.0%} right; wrong: {wrong}"
 
 
-def test_sam_chat_completions_draw_the_asked_colours(client):
+def test_sam_chat_completions_draw_the_asked_picture(client):
     pictures = []
-    for seed, scene in enumerate(SCENES[::2]):  # the half in the middle of the picture
+    for seed, (scene, prompt) in enumerate(PROMPTS[0:48:2]):  # the middle of the picture, default size
         response = client.post(
             "/v1/chat/completions",
             json={
                 "model": "sd/alice-demo",
-                "messages": [{"role": "user", "content": scene.caption()}],
+                "messages": [{"role": "user", "content": prompt}],
                 # SAM's defaults (the contract) at the demo's native size
                 "metadata": {"steps": 25, "guidance_scale": 7.5, "scheduler": "ddim", "width": 64, "height": 64,
                              "seed": seed},
@@ -44,15 +50,20 @@ def test_sam_chat_completions_draw_the_asked_colours(client):
         )
         assert response.status_code == 200, response.text
         [url] = response.json()["choices"][0]["message"]["image_urls"]
-        pictures.append((scene, fetch_png(client, url)))
-    _share_right(pictures)
+        pictures.append((scene, prompt, fetch_png(client, url)))
+    # measured with the shipped model: both colours 24 of 24 (shapes 11 of 24 with DDIM: the
+    # shape is bounded on /generate's 72 below, where one picture moves the share less)
+    _assert_mostly_right(pictures, {"both colours": 0.85})
 
 
-def test_generate_draws_the_asked_colours_with_the_default_sampler(client):
+def test_generate_draws_the_asked_picture_with_the_default_sampler(client):
     pictures = []
-    for seed, scene in enumerate(SCENES[1::2]):  # sizes and places vary
-        response = client.post("/generate", json={"prompt": scene.caption(), "width": 64, "height": 64, "seed": seed})
+    # sizes, places and every phrasing vary
+    for seed, (scene, prompt) in enumerate(PROMPTS[1:48:2] + PROMPTS[48:]):
+        response = client.post("/generate", json={"prompt": prompt, "width": 64, "height": 64, "seed": seed})
         assert response.status_code == 200, response.text
         png = base64.b64decode(response.json()["images"][0]["b64_json"])
-        pictures.append((scene, Image.open(io.BytesIO(png))))
-    _share_right(pictures)
+        pictures.append((scene, prompt, Image.open(io.BytesIO(png))))
+    # measured with the shipped model: both colours 71 of 72, shape 47 of 72 (65%); the first
+    # release drew 41 shapes right (57%), a model that drew every shape the same would get 24
+    _assert_mostly_right(pictures, {"both colours": 0.85, "shape": 0.58})

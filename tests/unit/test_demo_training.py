@@ -17,6 +17,8 @@ from alice.demo_training.shapes import (
     POSITIONS,
     SHAPES,
     SIZES,
+    TEMPLATES,
+    WORDS,
     Scene,
     colour_combinations,
     draw,
@@ -35,6 +37,27 @@ def test_captions_read_like_a_person_wrote_them() -> None:
     assert Scene("green", "square", "white", "large", "bottom right").caption(2) == (
         "a large green square in the bottom right corner on a white background"
     )
+    assert Scene("orange", "circle", "blue").caption() == "an orange circle on a blue background"
+    assert Scene("red", "square", "orange", "", "top right").caption(4) == (
+        "a red square with an orange background, top right"
+    )
+    assert Scene("red", "square", "blue", "small", "top left").caption(5) == (
+        "a small red square on a blue background in the top left corner"
+    )
+    assert Scene("red", "square", "blue").caption(6) == "red square in the middle with a blue background"
+
+
+def test_every_phrasing_fits_the_demo_tokenizer_word_by_word() -> None:
+    """Each caption, at its longest, is whole-word tokens within the 16 the model reads."""
+    from alice.engine.demo import build_demo_architecture
+
+    tokenizer = build_demo_architecture(whole_words=WORDS).tokenizer
+    longest = Scene("purple", "triangle", "orange", "small", "bottom right")
+    for template in range(len(TEMPLATES)):
+        caption = longest.caption(template)
+        tokens = tokenizer.tokenize(caption)
+        assert len(tokens) == len(caption.replace(",", " ,").split()), caption
+        assert len(tokens) + 2 <= tokenizer.model_max_length, caption
 
 
 def test_held_out_combinations_are_balanced_and_never_trained_on() -> None:
@@ -94,6 +117,46 @@ def test_training_runs_end_to_end_and_saves_a_loadable_pipeline(tmp_path: Path) 
     assert image.size == (64, 64)
 
 
+def test_training_goes_on_from_an_earlier_model_and_saves_checkpoints(tmp_path: Path) -> None:
+    """`--earlier`: the earlier weights are where training starts; its report travels along."""
+    plan = TrainingPlan(images=128, vae_steps=2, unet_steps=4, vae_batch=8, unet_batch=8)
+    train_demo(tmp_path / "first", plan, progress=False)
+    report = train_demo(tmp_path / "second", plan, progress=False, checkpoint_every=2, earlier=tmp_path / "first")
+    assert report["started_from"]["plan"] == json.loads((tmp_path / "first" / "training.json").read_text())["plan"]
+    assert (tmp_path / "second" / "checkpoints" / "step-2" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert not (tmp_path / "second" / "checkpoints" / "step-4").exists()  # the last step is the model itself
+
+
+def test_an_earlier_model_keeps_its_words_when_words_are_added(tmp_path: Path) -> None:
+    """Starting from a model with a smaller vocabulary: the words it knew mean what they meant
+    (same text states), though adding words moves their token ids."""
+    from alice.demo_training.train import start_from
+    from alice.engine.demo import build_demo_architecture
+
+    fewer = tuple(word for word in WORDS if word not in ("an", "with"))
+    build_demo_architecture(seed=1, whole_words=fewer).save_pretrained(str(tmp_path / "earlier"))
+    earlier = load_pipeline(tmp_path / "earlier", choose_placement("cpu"))
+    pipe = build_demo_architecture(seed=0, whole_words=WORDS)
+    start_from(pipe, tmp_path / "earlier")
+    caption = "a small red circle on a blue background, top left"
+    ids = pipe.tokenizer(caption, return_tensors="pt").input_ids
+    earlier_ids = earlier.tokenizer(caption, return_tensors="pt").input_ids
+    assert not torch.equal(ids, earlier_ids)  # the ids moved
+    with torch.no_grad():
+        assert torch.allclose(pipe.text_encoder(ids)[0], earlier.text_encoder(earlier_ids)[0].float(), atol=1e-5)
+    assert torch.equal(pipe.unet.conv_in.weight, earlier.unet.conv_in.weight.float())
+
+
+def test_the_autoencoder_weighs_pixels_near_an_edge() -> None:
+    from alice.demo_training.train import _as_tensor, _near_an_edge
+
+    scene = Scene("red", "square", "blue")
+    edges = _near_an_edge(_as_tensor(np.array(draw(scene))[None]))[0, 0]
+    assert edges[0, 0] == 0 and edges[32, 32] == 0  # flat background, flat inside
+    left = round(scene.centre[0] - scene.half_width)
+    assert edges[32, left] == 1 and edges[32, left - 3] == 0  # the square's left edge, and 3 px out
+
+
 def test_the_evaluation_counts_each_check_over_all_pictures() -> None:
     from alice.demo_training.evaluate import Evaluation
 
@@ -105,3 +168,7 @@ def test_the_evaluation_counts_each_check_over_all_pictures() -> None:
     shares = evaluation.shares()
     assert shares["shape colour"] == 1.0 and shares["background"] == 0.5 and shares["both colours"] == 0.5
     assert evaluation.summary().startswith("2 held-out prompts: shape colour 100.0%, background 50.0%")
+    small = Scene("red", "triangle", "blue", "small")
+    evaluation.results.append((small, small.caption(), judge(draw(small), small)))
+    assert evaluation.shares(("small",))["shape"] == 1.0 and evaluation.count(("small",)) == 1
+    assert evaluation.summary().endswith("shape by size: medium and large 100.0% of 2, small 100.0% of 1")
