@@ -6,11 +6,12 @@ shows comes from API routes behind the key, which the page sends as `Authorizati
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import FileResponse, RedirectResponse, Response
 
 from alice import __version__, model_store
@@ -64,20 +65,32 @@ def web_root() -> Response:
 
 
 @router.api_route("/web/", methods=["GET", "HEAD"], include_in_schema=False)
-def web_index() -> Response:
-    return _static("index.html")
+def web_index(request: Request) -> Response:
+    return _static("index.html", request)
 
 
 @router.api_route("/web/{path:path}", methods=["GET", "HEAD"], include_in_schema=False)
-def web_file(path: str) -> Response:
-    return _static(path)
+def web_file(path: str, request: Request) -> Response:
+    return _static(path, request)
 
 
-def _static(path: str) -> Response:
+def _static(path: str, request: Request) -> Response:
+    """The file, or 304 when the browser's copy (its ETag, from the file's time and size) is
+    current: `no-cache` has it ask on every load, and the page is some twenty modules."""
     file = static_file(path)
     if file is None:
         raise ApiError(404, "no such file", code="not_found")
-    return FileResponse(file, media_type=CONTENT_TYPES[file.suffix], headers=STATIC_HEADERS)
+    response = FileResponse(
+        file, media_type=CONTENT_TYPES[file.suffix], headers=STATIC_HEADERS, stat_result=os.stat(file)
+    )
+    if response.headers["etag"] in _entity_tags(request.headers.get("if-none-match", "")):
+        return Response(status_code=304, headers={**STATIC_HEADERS, "ETag": response.headers["etag"]})
+    return response
+
+
+def _entity_tags(header: str) -> set[str]:
+    """The tags of an If-None-Match header, weak ones (W/"...") compared as strong (RFC 9110 13.1.2)."""
+    return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
 
 
 def static_file(path: str) -> Path | None:

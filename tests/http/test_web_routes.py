@@ -173,3 +173,16 @@ def test_store_lists_every_model_with_its_state(keyed_client):
     demo = next(m for m in data if m["name"] == "alice-demo")
     assert demo["kind"] == "pipeline" and demo["type"] == "sd15" and demo["default"] is True
     assert demo["loaded"] is True and demo["size_bytes"] > 0 and demo["id"] == "sd/alice-demo"
+
+
+def test_a_browser_with_a_current_copy_gets_304_and_a_stale_one_the_file(keyed_client):
+    """The page's files are revalidated on every load (no-cache): an unchanged file costs a 304."""
+    first = keyed_client.get("/web/pages/generate.js")
+    tag = first.headers["etag"]
+    again = keyed_client.get("/web/pages/generate.js", headers={"If-None-Match": f'"other", W/{tag}'})
+    assert again.status_code == 304 and again.content == b""
+    assert again.headers["etag"] == tag and again.headers["cache-control"] == "no-cache"
+    assert "content-security-policy" in again.headers
+    stale = keyed_client.get("/web/pages/generate.js", headers={"If-None-Match": '"stale"'})
+    assert stale.status_code == 200 and stale.content == first.content
+    assert keyed_client.get("/web/", headers={"If-None-Match": keyed_client.get("/web/").headers["etag"]}).status_code == 304
