@@ -12,6 +12,7 @@ import os
 import pwd
 import shutil
 import signal
+import threading
 import subprocess
 import tempfile
 import time
@@ -127,3 +128,22 @@ def fresh_database(server_url: str) -> str:
     with psycopg.connect(server_url, autocommit=True) as db:
         db.execute(f"CREATE DATABASE {name}")
     return server_url.rsplit("/", 1)[0] + "/" + name
+
+
+@contextlib.contextmanager
+def table_locked(url: str, hold_s: float):
+    """Another session holds an exclusive lock on the jobs table for `hold_s` (or until the
+    block ends): every statement on it waits, as on a database that hangs."""
+    import psycopg
+
+    db = psycopg.connect(url)
+    db.execute("LOCK TABLE alice_jobs IN ACCESS EXCLUSIVE MODE")
+    timer = threading.Timer(hold_s, db.rollback)
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        with contextlib.suppress(psycopg.Error):
+            db.rollback()
+        db.close()

@@ -17,7 +17,7 @@ from alice.engine.generate import GenerationSpec
 from alice.job_stores.postgres import MIGRATIONS, PostgresJobStore
 from alice.jobs import Job, JobState, QueueFull
 from alice.shared_jobs import QueueUnavailable, SharedJobQueue
-from tests.postgres_server import fresh_database, postgres_bin, postgres_server
+from tests.postgres_server import fresh_database, postgres_bin, postgres_server, table_locked
 from tests.unit.test_jobs import SteppingExecutor, wait_until
 
 pytestmark = pytest.mark.skipif(postgres_bin() is None, reason="PostgreSQL is installed by `make test-tools`")
@@ -278,23 +278,6 @@ def job_log():
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
-
-
-@contextlib.contextmanager
-def table_locked(url: str, hold_s: float):
-    """Another session holds an exclusive lock on the jobs table for `hold_s` (or until the
-    block ends): every statement on it waits, as on a database that hangs."""
-    db = psycopg.connect(url)
-    db.execute("LOCK TABLE alice_jobs IN ACCESS EXCLUSIVE MODE")
-    timer = threading.Timer(hold_s, db.rollback)
-    timer.start()
-    try:
-        yield
-    finally:
-        timer.cancel()
-        with contextlib.suppress(psycopg.Error):
-            db.rollback()
-        db.close()
 
 
 def test_while_the_database_is_down_requests_get_unavailable_and_the_job_running_here_ends(own_server, own_replicas):
