@@ -101,6 +101,8 @@ class SharedJobQueue(JobQueue):
             self._db(self._shared.leave, self._replica)
         except QueueUnavailable:  # the database is gone; this replica's row ages out
             logger.warning("could not sign this replica off the job database: it is unreachable")
+        except Exception:  # stopping goes on
+            logger.exception("the last sync with the job database failed")
         self._shared.close()
 
     # -- the database's availability ----------------------------------------------------
@@ -355,7 +357,11 @@ class SharedJobQueue(JobQueue):
             # (alice.http.handling.wait_for): the statement runs on a thread of its own.
             if known:
                 known.cancel_requested = True
-            self._cancels.submit(self._cancel_in_background, job_id)
+            try:
+                self._cancels.submit(self._cancel_in_background, job_id)
+            except RuntimeError:  # stopping: the last sync sends it
+                with self._lock:
+                    self._cancel_later.add(job_id)
             return known
         return self._cancel(job_id)
 

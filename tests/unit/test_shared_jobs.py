@@ -1,6 +1,7 @@
 """The shared queue against a real PostgreSQL (Debian's, started by the test): claims with
 SKIP LOCKED, replicas that each run jobs once, reads and cancels from another replica, leases
-that run out, the global bound, schema creation by replicas starting together."""
+that run out, the global bound, schema creation by replicas starting together; and the
+database going away: an outage, a restart, a hanging table, a replica stopping mid-claim."""
 
 from __future__ import annotations
 
