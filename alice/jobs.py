@@ -64,6 +64,8 @@ class JobState(str, Enum):
 class QueueFull(Exception):
     """No room in the queue; the client should try again later."""
 
+    code = "queue_full"  # the error code clients see
+
     def __init__(self, waiting: int, retry_after_s: int) -> None:
         super().__init__(f"the queue is full ({waiting} jobs waiting); try again later")
         self.retry_after_s = retry_after_s
@@ -533,6 +535,12 @@ class JobQueue:
 
     @property
     def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def waiting_here(self) -> int:
+        """What waits for this server's own worker (the `alice_queue_depth` gauge): here the
+        whole queue; replicas that share one count only their own chores."""
         return len(self._waiting)
 
     @property

@@ -51,6 +51,22 @@ def prometheus_metrics() -> Metrics:
     )
 
 
+@functools.cache
+def shared_queue_depth() -> Any:
+    """The depth of the queue that replicas share (ALICE_DATABASE_URL), exported by those only.
+
+    Every replica reports the same cluster-wide number, so it is read with max(), never sum();
+    `alice_queue_depth` and `alice_jobs_running` stay each replica's own, to be summed.
+    """
+    from prometheus_client import Gauge
+
+    return Gauge(
+        "alice_shared_queue_depth",
+        "Jobs waiting in the queue all replicas share; cluster-wide, the same on every replica: aggregate with max().",
+        multiprocess_mode="livemax",
+    )
+
+
 @dataclass
 class Summary:
     """The same facts in memory, for `GET /v1/metrics` and the web page."""

@@ -327,7 +327,7 @@ class Runtime:
 
     def _update_gauges(self) -> None:
         metrics = prometheus_metrics()
-        metrics.queue_depth.set(self.jobs.waiting)
+        metrics.queue_depth.set(self.jobs.waiting_here)
         metrics.running.set(1 if self.jobs.running else 0)
         if self.placement.is_gpu:
             import torch

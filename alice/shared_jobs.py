@@ -16,10 +16,19 @@ share its pipeline call, as the embedded queue does (`alice.jobs`). What differs
   that no replica holds, and wait for the others.
 - Loading or unloading a model is this replica's chore: it waits in this replica's own line
   and runs before its worker claims the next job.
+- When the database does not answer, requests that need it get QueueUnavailable (a 503 with
+  Retry-After), said once per outage in the log; the jobs running here run on, their waiting
+  requests get their answer, and their records are written once the database is back. A
+  replica that stops (SIGTERM) hands jobs it claimed but did not start back to the queue.
+- Nothing here blocks the event loop: the HTTP routes call in from worker threads, and a
+  cancel from the loop itself (a client that hung up) is handed to a thread of its own.
+  `/health` and `/metrics` read the copy in memory that the sync thread keeps.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
@@ -30,6 +39,7 @@ import psycopg
 from alice.engine.generate import GenerationSpec, batch_key
 from alice.job_stores.postgres import PostgresJobStore
 from alice.jobs import CANCELLED, DEADLINE, Chore, Executor, Job, JobQueue, JobState, QueueFull
+from alice.metrics import prometheus_metrics, shared_queue_depth
 
 logger = logging.getLogger("alice.jobs")
 
@@ -43,8 +53,10 @@ INTERRUPTED = "the server running this job stopped answering (its lease ran out)
 class QueueUnavailable(QueueFull):
     """The shared queue's database cannot be reached: no room for anything until it is back."""
 
+    code = "database_unavailable"
+
     def __init__(self, retry_after_s: int = 10) -> None:
-        Exception.__init__(self, "the job queue's database cannot be reached; try again later")
+        Exception.__init__(self, "the job database is unreachable; try again later")
         self.retry_after_s = retry_after_s
 
 
@@ -60,7 +72,11 @@ class SharedJobQueue(JobQueue):
         self._lease_s = lease_s
         self._poll_s = min(POLL_S, lease_s / 4)
         self._mine: dict[str, Job] = {}  # claimed here and not finished (saving included)
+        self._unsaved: dict[str, Job] = {}  # jobs run here whose last record the database missed
+        self._cancel_later: set[str] = set()  # cancels the database missed
         self._waiting_everywhere = 0
+        self._outage_since: float | None = None  # time.monotonic() when the database stopped answering
+        self._cancels = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="alice-job-cancel")
         self._stop_syncing = threading.Event()
         self._sync_thread = threading.Thread(target=self._sync, name="alice-job-sync", daemon=True)
 
@@ -76,13 +92,38 @@ class SharedJobQueue(JobQueue):
 
     def stop(self, timeout: float = 30.0) -> None:
         super().stop(timeout)
+        self._cancels.shutdown(wait=True)
         self._stop_syncing.set()
         if self._sync_thread.is_alive():
             self._sync_thread.join(5)
         try:
-            self._shared.leave(self._replica)
-        except Exception:  # the database is gone; the row ages out
-            logger.warning("could not sign this replica off the job database", exc_info=True)
+            self._sync_once()  # the last records and cancels
+            self._db(self._shared.leave, self._replica)
+        except QueueUnavailable:  # the database is gone; this replica's row ages out
+            logger.warning("could not sign this replica off the job database: it is unreachable")
+        except Exception:  # stopping goes on
+            logger.exception("the last sync with the job database failed")
+        self._shared.close()
+
+    # -- the database's availability ----------------------------------------------------
+    def _db(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A call into the store; QueueUnavailable (a 503 for a request) if the database does
+        not answer. The log says once when it stops answering and once when it is back."""
+        try:
+            result = call(*args, **kwargs)
+        except psycopg.OperationalError as exc:
+            with self._lock:
+                first, self._outage_since = self._outage_since is None, self._outage_since or time.monotonic()
+            if first:
+                logger.warning("the job database is unreachable (%s); job requests answer 503 until it is back",
+                               _describe(exc))
+            raise QueueUnavailable() from None
+        if self._outage_since is not None:
+            with self._lock:
+                since, self._outage_since = self._outage_since, None
+            if since is not None:
+                logger.info("the job database answers again (it was unreachable for %.0f s)", time.monotonic() - since)
+        return result
 
     def _next_work(self) -> Chore | list[Job] | None:
         failing = False
@@ -96,12 +137,19 @@ class SharedJobQueue(JobQueue):
             try:
                 batch = self._claim()
                 failing = False
-            except Exception:  # the database may come back; say so once, not four times a second
+            except QueueUnavailable:  # logged once per outage; the next poll tries again
+                batch = None
+            except Exception:  # say so once, not four times a second
                 if not failing:
                     logger.exception("claiming a job from the database failed")
                 failing, batch = True, None
             if batch:
-                return batch
+                with self._lock:
+                    stopping = not self._accepting
+                if not stopping:
+                    return batch
+                self._hand_back(batch)  # SIGTERM came while claiming: another replica runs them
+                return None
             with self._lock:
                 if self._accepting and not self._waiting:
                     self._lock.wait(self._poll_s)
@@ -113,7 +161,7 @@ class SharedJobQueue(JobQueue):
             claimed[:] = self._choose([Job.from_record(record) for record in records])
             return [job.record() for job in claimed]
 
-        if not self._shared.claim(self._replica, self._lease_s, self._room_behind, choose):
+        if not self._db(self._shared.claim, self._replica, self._lease_s, self._room_behind, choose):
             return None
         batch, expired = [], []
         with self._lock:
@@ -130,6 +178,22 @@ class SharedJobQueue(JobQueue):
         for job in expired:
             self._finish(job, JobState.FAILED, DEADLINE, f"the job waited past its deadline ({DEADLINE})")
         return batch
+
+    def _hand_back(self, batch: list[Job]) -> None:
+        """Give jobs claimed here but not started back to the queue, in their place."""
+        ids = [job.id for job in batch]
+        try:
+            self._db(self._shared.release, ids, self._replica)
+        except QueueUnavailable:  # their lease runs out, and another replica fails them
+            logger.warning("could not hand %d claimed jobs back to the queue: the database is unreachable", len(ids))
+            return
+        with self._lock:
+            for job in batch:
+                self._mine.pop(job.id, None)
+                job.state, job.started, job.replica = JobState.QUEUED, None, None
+                job._notify()
+            self._running = []
+        logger.info("stopping: handed %d claimed jobs back to the queue", len(ids))
 
     def _room_behind(self, head: dict[str, Any]) -> int:
         """How many queued jobs could join this head's batch at most (each draws an image or more)."""
@@ -162,7 +226,17 @@ class SharedJobQueue(JobQueue):
     def _persist(self, job: Job) -> None:
         if job.replica != self._replica or job.id not in self._mine:
             return  # only the replica running a job writes its record
-        if not self._shared.update(job.record(), self._replica):
+        try:
+            self._save(job)
+        except QueueUnavailable:  # the job runs on; the sync thread writes its record once it can
+            with self._lock:
+                self._unsaved[job.id] = job
+
+    def _save(self, job: Job) -> None:
+        written = self._db(self._shared.update, job.record(), self._replica)
+        with self._lock:
+            self._unsaved.pop(job.id, None)
+        if not written:
             logger.warning("job %s was failed by another replica (this one missed its lease); stopping it", job.id)
             job.cancel_requested = True  # no GPU time for a job whose record says it ended
 
@@ -184,7 +258,9 @@ class SharedJobQueue(JobQueue):
             try:
                 self._sync_once()
                 failing = False
-            except Exception:  # the database may come back; say so once, not four times a second
+            except QueueUnavailable:  # logged once per outage; the next poll tries again
+                pass
+            except Exception:  # say so once, not four times a second
                 if not failing:
                     logger.exception("job sync with the database failed")
                 failing = True
@@ -193,10 +269,19 @@ class SharedJobQueue(JobQueue):
         """Heartbeat, progress and cancels of this replica's jobs; news of the jobs it follows;
         the end of jobs whose replica died."""
         with self._lock:
+            unsaved, cancels = list(self._unsaved.values()), list(self._cancel_later)
+        for job in unsaved:
+            self._save(job)
+        for job_id in cancels:
+            self._cancel(job_id)
+            with self._lock:
+                self._cancel_later.discard(job_id)
+        with self._lock:
             mine = list(self._mine.values())
             followed = [job.id for job in self._jobs.values() if not job.state.finished and job.id not in self._mine]
             busy = bool(self._running) or self._chore_running
-        cancelled = self._shared.heartbeat(
+        cancelled = self._db(
+            self._shared.heartbeat,
             self._replica, busy, [(job.id, job.step, job.total_steps) for job in mine], self._lease_s
         )
         if cancelled:
@@ -205,9 +290,9 @@ class SharedJobQueue(JobQueue):
                     if job.id in cancelled:
                         job.cancel_requested = True
         if followed:
-            for record in self._shared.records(followed):
+            for record in self._db(self._shared.records, followed):
                 self._follow(record)
-        for record, images in self._shared.expire_leases("interrupted", INTERRUPTED):
+        for record, images in self._db(self._shared.expire_leases, "interrupted", INTERRUPTED):
             with self._lock:
                 stalled = self._mine.get(record["id"])
             if stalled:  # this replica's own, its heartbeats late: it stops, and ends it itself
@@ -218,11 +303,20 @@ class SharedJobQueue(JobQueue):
             self._discard_images(images)
             logger.warning("job %s failed: replica %s stopped renewing its lease", job.id, job.replica)
             self._on_finish(job)
-        self._waiting_everywhere = self._shared.waiting()
-        if self._shared.due("trim-job-records", 60):
-            self._shared.delete_oldest_finished(self._keep_finished)
+        self._waiting_everywhere = self._db(self._shared.waiting)
+        self._publish_gauges()
+        if self._db(self._shared.due, "trim-job-records", 60):
+            self._db(self._shared.delete_oldest_finished, self._keep_finished)
         with self._lock:
             self._forget_old()
+
+    def _publish_gauges(self) -> None:
+        """This replica's own gauges (its line, its running batch), which Prometheus may sum over
+        replicas, and the shared queue's depth, the same on every replica (read it with max())."""
+        metrics = prometheus_metrics()
+        metrics.queue_depth.set(self.waiting_here)
+        metrics.running.set(1 if self.running else 0)
+        shared_queue_depth().set(self._waiting_everywhere)
 
     def _follow(self, record: dict[str, Any]) -> Job:
         """This replica's copy of a job run elsewhere, brought up to date (its watchers told)."""
@@ -242,11 +336,7 @@ class SharedJobQueue(JobQueue):
         with self._lock:
             if not self._accepting:
                 raise QueueFull(self._waiting_everywhere, self._retry_after_s())
-        try:
-            full = self._shared.insert(job.record(), self._max_waiting, replica_timeout_s=self._lease_s)
-        except psycopg.OperationalError as exc:  # the database is down or out of reach: 503, as when full
-            logger.warning("cannot queue a job: the job database is unreachable (%s)", type(exc).__name__)
-            raise QueueUnavailable() from None
+        full = self._db(self._shared.insert, job.record(), self._max_waiting, replica_timeout_s=self._lease_s)
         if full:
             waiting, average, live = full
             raise QueueFull(waiting, max(1, min(600, round((average or 10.0) * max(1, waiting) / max(1, live)))))
@@ -261,7 +351,33 @@ class SharedJobQueue(JobQueue):
         with self._lock:
             if job := self._mine.get(job_id):
                 job.cancel_requested = True  # its next step stops it
-        found = self._shared.cancel(job_id, CANCELLED, "the job was cancelled")
+            known = job or self._jobs.get(job_id)
+        if _on_event_loop():
+            # A request whose client hung up cancels its job from the event loop
+            # (alice.http.handling.wait_for): the statement runs on a thread of its own.
+            if known:
+                known.cancel_requested = True
+            try:
+                self._cancels.submit(self._cancel_in_background, job_id)
+            except RuntimeError:  # stopping: the last sync sends it
+                with self._lock:
+                    self._cancel_later.add(job_id)
+            return known
+        return self._cancel(job_id)
+
+    def _cancel_in_background(self, job_id: str) -> None:
+        try:
+            self._cancel(job_id)
+        except QueueUnavailable:  # the sync thread tries again once the database is back
+            with self._lock:
+                self._cancel_later.add(job_id)
+        except Exception:  # a future would keep it silently
+            logger.exception("cancelling job %s failed", job_id)
+
+    def _cancel(self, job_id: str) -> Job | None:
+        with self._lock:
+            job = self._mine.get(job_id)
+        found = self._db(self._shared.cancel, job_id, CANCELLED, "the job was cancelled")
         if found is None:
             return job
         record, ended = found
@@ -273,15 +389,15 @@ class SharedJobQueue(JobQueue):
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
-            if job := self._mine.get(job_id):
+            if job := self._mine.get(job_id) or self._unsaved.get(job_id):
                 return job
-        record = self._shared.get(job_id)
+        record = self._db(self._shared.get, job_id)
         return self._follow(record) if record else None
 
     def list(self) -> list[Job]:
         with self._lock:
             mine = dict(self._mine)
-        records = self._shared.recent(self._keep_finished + self._max_waiting + 1)
+        records = self._db(self._shared.recent, self._keep_finished + self._max_waiting + 1)
         return [mine.get(record["id"]) or Job.from_record(record) for record in records]
 
     @property
@@ -290,4 +406,21 @@ class SharedJobQueue(JobQueue):
         return self._waiting_everywhere + len(self._waiting)
 
     def is_my_turn(self, task: str, interval_s: float) -> bool:
-        return self._shared.due(task, interval_s)
+        try:
+            return self._db(self._shared.due, task, interval_s)
+        except QueueUnavailable:  # another turn comes once the database is back
+            return False
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _describe(exc: BaseException) -> str:
+    """An error's kind and first line (psycopg's messages name the host, never the password)."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__

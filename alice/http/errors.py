@@ -105,7 +105,7 @@ def from_exception(exc: Exception) -> ApiError | None:
     if isinstance(exc, JobFailure):  # from work done on the worker for a request (loading a model)
         return ApiError(FAILURE_STATUS.get(exc.code, 500), str(exc), code=exc.code)
     if isinstance(exc, QueueFull):
-        return ApiError(503, str(exc), code="queue_full", retry_after_s=exc.retry_after_s)
+        return ApiError(503, str(exc), code=exc.code, retry_after_s=exc.retry_after_s)
     return None
 
 

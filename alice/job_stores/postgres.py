@@ -15,6 +15,12 @@ Who does what:
 - any replica fails the jobs whose lease ran out (`expire_leases`): their replica died.
 
 Times of the lease are the database's clock, so replicas' clocks may disagree.
+
+Connections come from a small pool (psycopg_pool): the worker, the sync thread and request
+threads never queue behind one another's statement, a connection that died with the server
+(a restart, a failover) is checked and replaced before use, and every way the database can
+fail to answer in time ends as `psycopg.OperationalError` within seconds (the pool's wait,
+its bounded line of waiters, the statement timeout), which callers turn into a 503.
 """
 
 from __future__ import annotations
@@ -27,14 +33,30 @@ from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
 
 logger = logging.getLogger("alice.jobs.postgres")
+# The pool warns of every failed connection attempt, several a second while the server is down;
+# alice.shared_jobs says once per outage that the database is gone, and once that it is back.
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 # pg_advisory_xact_lock keys: one for schema changes, one that makes "count, then insert" atomic.
 SCHEMA_LOCK = 0x414C494345_01
 SUBMIT_LOCK = 0x414C494345_02
 
 NOW = "extract(epoch from clock_timestamp())"
+
+CONNECT_TIMEOUT_S = 5
+STATEMENT_TIMEOUT_S = 10
+"""Every statement here takes milliseconds; one that waits this long on a lock or a sick server
+is cancelled, so no thread waits on the database for longer."""
+POOL_SIZE = 8  # the worker, the sync thread, and concurrent requests
+POOL_WAIT_S = 3.0
+"""How long a caller waits for a free connection (or for the server to come back) before it
+gets a PoolTimeout."""
+MAX_CALLERS = POOL_SIZE * 3
+"""Beyond this many callers in the store at once, the next fails at once: a slow database holds
+at most this many request threads, and the server's other routes keep the rest."""
 
 MIGRATIONS: list[str] = [
     # 1: jobs (the queue is the rows in state 'queued'), replicas' heartbeats, once-per-cluster timers
@@ -92,25 +114,41 @@ def migrate(db: psycopg.Connection) -> int:
 
 
 class PostgresJobStore:
-    """One connection, shared by the worker, the sync thread and request threads under a lock
-    (every statement is short); a broken connection is opened again on next use."""
+    """The job tables, through a pool of connections (see the module's notes)."""
 
     def __init__(self, url: str) -> None:
-        self._url = url
-        self._lock = threading.RLock()
-        self._db = self._connect()
-        migrate(self._db)
-
-    def _connect(self) -> psycopg.Connection:
-        return psycopg.connect(self._url, autocommit=True, connect_timeout=10)
+        # Not the pool's max_waiting: a waiter that timed out stays in the pool's line, and once
+        # the line is full while the server is down, the pool never tries to connect again
+        # (psycopg_pool 3.3.3; seen in tests/unit/test_shared_jobs.py's outage test).
+        self._callers = threading.BoundedSemaphore(MAX_CALLERS)
+        # statement_timeout bounds every statement; idle_in_transaction_session_timeout frees
+        # the row locks of a replica that froze inside a claim.
+        options = f"-c statement_timeout={STATEMENT_TIMEOUT_S * 1000} -c idle_in_transaction_session_timeout=60000"
+        self._pool = ConnectionPool(
+            url, min_size=1, max_size=POOL_SIZE, timeout=POOL_WAIT_S,
+            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S, "options": options},
+            check=ConnectionPool.check_connection,
+            # Give up a failed connection attempt at once: the next caller that finds no
+            # connection starts another, so the pool is back as soon as the server is.
+            reconnect_timeout=0, name="alice-jobs", open=False,
+        )
+        try:
+            self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 2)
+            with self._connection() as db:
+                migrate(db)
+        except BaseException:
+            self._pool.close()
+            raise
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
-        with self._lock:
-            if self._db.closed or self._db.broken:
-                logger.warning("job database connection lost; connecting again")
-                self._db = self._connect()
-            yield self._db
+        if not self._callers.acquire(blocking=False):
+            raise psycopg.OperationalError(f"{MAX_CALLERS} statements already wait for the job database")
+        try:
+            with self._pool.connection() as db:
+                yield db
+        finally:
+            self._callers.release()
 
     # -- submitting ----------------------------------------------------------------
     def insert(self, record: dict[str, Any], max_waiting: int, replica_timeout_s: float) -> tuple[int, float | None, int] | None:
@@ -220,6 +258,17 @@ class PostgresJobStore:
             ).fetchall()
         return [(record, list(images or ())) for record, images in rows]
 
+    def release(self, ids: list[str], replica: str) -> None:
+        """Give jobs this replica claimed but did not start back to the queue, where they were
+        (the queue's order is by creation)."""
+        with self._connection() as db:
+            db.execute(
+                "UPDATE alice_jobs SET state = 'queued', replica = NULL, lease_until = NULL, record = record || "
+                "jsonb_build_object('state', 'queued', 'started', NULL, 'replica', NULL) "
+                "WHERE id = ANY(%s) AND replica = %s AND state = 'running'",
+                (ids, replica),
+            )
+
     def leave(self, replica: str) -> None:
         with self._connection() as db:
             db.execute("DELETE FROM alice_replicas WHERE name = %s", (replica,))
@@ -285,5 +334,4 @@ class PostgresJobStore:
             ).fetchone() is not None
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._pool.close()

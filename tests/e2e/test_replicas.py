@@ -137,6 +137,30 @@ def test_a_job_submitted_on_one_replica_is_read_and_cancelled_on_the_other(clust
     assert ended["step"] <= at_cancel + 2, (at_cancel, ended["step"])
 
 
+def gauge(client: httpx.Client, name: str) -> float | None:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_each_replicas_gauges_are_its_own_and_the_shared_depth_is_cluster_wide(cluster):
+    """alice_queue_depth is each replica's own line (sum() over replicas counts the cluster once);
+    alice_shared_queue_depth is the same on every replica (read with max())."""
+    with cluster.client("r0") as r0, cluster.client("r1") as r1:
+        long_ones = [r0.post("/v1/jobs", json={"prompt": f"busy {n}", **LONG}).json()["id"] for n in range(2)]
+        wait_for(lambda: all(cluster.job(job_id, "r1")["state"] == "running" for job_id in long_ones), timeout=120)
+        queued = [r1.post("/v1/jobs", json={"prompt": f"waiting {n}", **TINY}).json()["id"] for n in range(3)]
+        try:
+            wait_for(lambda: gauge(r0, "alice_shared_queue_depth") == 3 == gauge(r1, "alice_shared_queue_depth"))
+            assert gauge(r0, "alice_queue_depth") == 0 == gauge(r1, "alice_queue_depth")
+        finally:
+            for job_id in queued + long_ones:
+                r0.delete(f"/v1/jobs/{job_id}")
+            wait_for(lambda: all(cluster.job(job_id, "r0")["state"] == "cancelled" for job_id in queued + long_ones),
+                     timeout=120)
+
+
 def test_kill_9_of_the_replica_running_a_job(cluster):
     """Its job fails (interrupted, not retried) within the lease; the jobs queued behind run on the other."""
     with cluster.client("r0") as r0, cluster.client("r1") as r1:

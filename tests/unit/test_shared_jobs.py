@@ -1,20 +1,24 @@
 """The shared queue against a real PostgreSQL (Debian's, started by the test): claims with
 SKIP LOCKED, replicas that each run jobs once, reads and cancels from another replica, leases
-that run out, the global bound, schema creation by replicas starting together."""
+that run out, the global bound, schema creation by replicas starting together; and the
+database going away: an outage, a restart, a hanging table, a replica stopping mid-claim."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import threading
 import time
 
+import psycopg
 import pytest
 
 from alice.engine.generate import GenerationSpec
 from alice.job_stores.postgres import MIGRATIONS, PostgresJobStore
 from alice.jobs import Job, JobState, QueueFull
-from alice.shared_jobs import SharedJobQueue
-from tests.postgres_server import fresh_database, postgres_bin, postgres_server
+from alice.shared_jobs import QueueUnavailable, SharedJobQueue
+from tests.postgres_server import fresh_database, postgres_bin, postgres_server, table_locked
 from tests.unit.test_jobs import SteppingExecutor, wait_until
 
 pytestmark = pytest.mark.skipif(postgres_bin() is None, reason="PostgreSQL is installed by `make test-tools`")
@@ -34,8 +38,25 @@ def url(server):
 
 
 @pytest.fixture
+def own_server():
+    """A server of the test's own, to stop and restart."""
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
 def replicas(url):
-    """Two started replicas on one database, each with its own stepping executor."""
+    """Replicas on one database, each with its own stepping executor (made, not started)."""
+    yield from _replicas(url)
+
+
+@pytest.fixture
+def own_replicas(own_server):
+    """Replicas on the test's own server."""
+    yield from _replicas(own_server)
+
+
+def _replicas(url):
     made = []
 
     def make(name: str, steps: int = 5, step_s: float = 0.02, lease_s: float = 2.0, **options):
@@ -238,6 +259,131 @@ def test_a_submission_while_the_database_is_down_is_refused_with_retry_after():
         replica = SharedJobQueue(SteppingExecutor(), 10, store=PostgresJobStore(own), replica="one", lease_s=5)
         replica.submit("m", SPEC, "before", 60)
     # The server is gone now.
-    with pytest.raises(QueueFull, match="database cannot be reached") as refused:
+    with pytest.raises(QueueFull, match="the job database is unreachable") as refused:
         replica.submit("m", SPEC, "after", 60)
     assert refused.value.retry_after_s >= 1
+
+
+@contextlib.contextmanager
+def job_log():
+    """What alice.jobs logs in the block (ALICE's loggers may not reach the root)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("alice.jobs")
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def test_while_the_database_is_down_requests_get_unavailable_and_the_job_running_here_ends(own_server, own_replicas):
+    replica = own_replicas("one", steps=40, step_s=0.05, lease_s=30)
+    replica.start()
+    with job_log() as log:
+        job = replica.submit("m", SPEC, "outage", 60)
+        wait_until(lambda: job.step >= 2, 10)
+        own_server.server.stop()
+        # Its request still gets its answer: the job runs on, its image is kept.
+        asyncio.run(asyncio.wait_for(job.wait(), 30))
+        assert job.state is JobState.SUCCEEDED and job.images == ["outage.png"]
+        assert replica.get(job.id) is job  # from memory
+        for call in (replica.list, lambda: replica.get("job-elsewhere"), lambda: replica.cancel("job-elsewhere"),
+                     lambda: replica.submit("m", SPEC, "refused", 60)):
+            with pytest.raises(QueueUnavailable, match="the job database is unreachable") as refused:
+                call()
+            assert refused.value.retry_after_s >= 1 and refused.value.code == "database_unavailable"
+        own_server.server.start()
+        # Once it is back, the record says what became of the job.
+        store = PostgresJobStore(own_server)
+        wait_until(lambda: store.get(job.id)["state"] == "succeeded", 20)
+        assert store.get(job.id)["images"] == ["outage.png"]
+        deadline = time.monotonic() + 10
+        while not any(record.levelno == logging.INFO and "answers again" in record.getMessage() for record in log):
+            assert time.monotonic() < deadline, [record.getMessage() for record in log]
+            time.sleep(0.05)
+        store.close()
+    warnings = [record for record in log if record.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "unreachable" in warnings[0].getMessage()  # once per outage
+    assert not [record for record in log if record.levelno >= logging.ERROR or record.exc_info]
+
+
+def test_replicas_carry_on_when_the_database_restarts(own_server, own_replicas):
+    store = PostgresJobStore(own_server)
+    store.insert(queued_record("job-before", 1000.0), 10, 5)
+    one, two = own_replicas("one", steps=40, step_s=0.05, lease_s=30), own_replicas("two", lease_s=30)
+    one.start()
+    running = one.submit("m", SPEC, "across", 60)
+    wait_until(lambda: running.state is JobState.RUNNING and running.step >= 2, 10)
+    own_server.server.restart()
+    # The store's connections died with the server: the first statement after gets a new one.
+    assert store.get("job-before")["id"] == "job-before"
+    two.start()
+    asyncio.run(asyncio.wait_for(running.wait(), 30))
+    assert running.state is JobState.SUCCEEDED
+    after = [replica.submit("m", SPEC, f"after{index}", 60) for index, replica in enumerate((one, two, one, two))]
+    for job in after:
+        asyncio.run(asyncio.wait_for(job.wait(), 30))
+    assert all(job.state is JobState.SUCCEEDED for job in after)
+    wait_until(lambda: store.get(running.id)["state"] == "succeeded", 10)
+    store.close()
+
+
+def test_a_cancel_from_the_event_loop_does_not_wait_for_the_database(url, replicas):
+    replica = replicas("one")  # not started: the job stays queued
+    job = replica.submit("m", SPEC, "hung up", 60)
+
+    async def hang_up() -> float:
+        started = time.monotonic()
+        replica.cancel(job.id)  # what a request whose client hung up does, on the loop
+        return time.monotonic() - started
+
+    with table_locked(url, hold_s=2):
+        took = asyncio.run(hang_up())
+    assert took < 0.1, f"the event loop waited {took:.2f} s for the database"
+    store = PostgresJobStore(url)
+    wait_until(lambda: store.get(job.id)["state"] == "cancelled", 10)  # it still reached the database
+    store.close()
+
+
+def test_gauges_are_this_replicas_own_and_the_shared_depth_is_separate(url, replicas):
+    from prometheus_client import REGISTRY
+
+    store = PostgresJobStore(url)
+    for index in range(3):  # queued by other replicas
+        store.insert(queued_record(f"job-{index}", 1000.0 + index), 10, 5)
+    replica = replicas("one")
+    replica._sync_once()
+    assert REGISTRY.get_sample_value("alice_shared_queue_depth") == 3
+    assert REGISTRY.get_sample_value("alice_queue_depth") == 0  # none waits for this replica's own worker
+    assert REGISTRY.get_sample_value("alice_jobs_running") == 0
+    assert replica.waiting == 3  # /health and Retry-After still see the whole queue
+    store.close()
+
+
+def test_a_replica_stopping_hands_back_the_jobs_it_claimed_but_did_not_start(url, replicas):
+    stopping, other = replicas("stopping"), replicas("other")
+    job = stopping.submit("m", SPEC, "handed back", 60)
+    choose, inside = stopping._choose, threading.Event()
+
+    def choose_while_sigterm_arrives(candidates):
+        taken = choose(candidates)
+        inside.set()
+        wait_until(lambda: not stopping._accepting, 10)
+        return taken
+
+    stopping._choose = choose_while_sigterm_arrives
+    stopping.start()
+    assert inside.wait(10)
+    stopping.stop(10)
+    assert stopping.executor.order == []
+    store = PostgresJobStore(url)
+    assert store.get(job.id)["state"] == "queued" and store.get(job.id)["replica"] is None
+    other.start()
+    wait_until(lambda: store.get(job.id)["state"] == "succeeded", 10)
+    assert store.get(job.id)["replica"] == "other" and other.executor.order == ["handed back"]
+    store.close()
