@@ -67,10 +67,14 @@ def test_one_instance_per_gpu_with_the_shared_image_store() -> None:
     env = environment(unit)
     assert env["CUDA_VISIBLE_DEVICES"] == "%i"
     assert env["ALICE_DATA_DIR"] == "/var/lib/alice/gpu%i"
-    assert env["BENTOML_HOME"] == environment(parse_unit(SYSTEMD / "alice.service"))["BENTOML_HOME"]
+    # A BentoML home of its own (BentoML empties $BENTOML_HOME/prometheus_multiproc_dir at every
+    # start), with the one model store alice.service uses bound into it.
+    assert env["BENTOML_HOME"] == "/var/lib/alice/gpu%i/bentoml"
+    shared_store = environment(parse_unit(SYSTEMD / "alice.service"))["BENTOML_HOME"] + "/models"
     assert env["BENTOML_PORT"] == "310%i"
     assert unit["Service"]["BindPaths"] == [
-        "/var/lib/alice/images:/var/lib/alice/gpu%i/images /var/lib/alice/inputs:/var/lib/alice/gpu%i/inputs"]
+        "/var/lib/alice/images:/var/lib/alice/gpu%i/images /var/lib/alice/inputs:/var/lib/alice/gpu%i/inputs "
+        f"{shared_store}:/var/lib/alice/gpu%i/bentoml/models"]
     assert {"alice/images", "alice/inputs"} <= set(unit["Service"]["StateDirectory"][0].split())
     assert env["ALICE_REPLICA_NAME"] == "gpu%i"  # its name in a shared queue's records
     assert "-/etc/alice/alice@%i.env" in unit["Service"]["EnvironmentFile"]

@@ -67,7 +67,8 @@ def cluster(tmp_path_factory):
         replicas: dict[str, ServerProcess] = {}
         try:
             for name in ("r0", "r1"):  # both start at once: the schema is made once, under a lock
-                replicas[name] = ServerProcess(root / f"{name}.log", ALICE_REPLICA_NAME=name, **settings)
+                replicas[name] = ServerProcess(root / f"{name}.log", ALICE_REPLICA_NAME=name,
+                                               BENTOML_HOME=str(replica_home(root, name)), **settings)
             for replica in replicas.values():
                 replica.wait_ready()
             http_port, https_port = free_port(), free_port()
@@ -90,6 +91,17 @@ def cluster(tmp_path_factory):
         finally:
             for replica in replicas.values():
                 replica.close()
+
+
+def replica_home(root: Path, name: str) -> Path:
+    """A BentoML home of the replica's own whose model store is the shared one, as
+    deploy/systemd/alice@.service lays them out: BentoML keeps its metrics files in
+    $BENTOML_HOME/prometheus_multiproc_dir and empties that folder at every start, so replicas
+    sharing one home would wipe and sum each other's metrics."""
+    home = root / f"home-{name}"
+    home.mkdir()
+    (home / "models").symlink_to(root / "bentoml" / "models")
+    return home
 
 
 def chat(client: httpx.Client, prompt: str) -> httpx.Response:
@@ -154,6 +166,7 @@ def test_each_replicas_gauges_are_its_own_and_the_shared_depth_is_cluster_wide(c
         try:
             wait_for(lambda: gauge(r0, "alice_shared_queue_depth") == 3 == gauge(r1, "alice_shared_queue_depth"))
             assert gauge(r0, "alice_queue_depth") == 0 == gauge(r1, "alice_queue_depth")
+            assert gauge(r0, "alice_jobs_running") == 1 == gauge(r1, "alice_jobs_running")  # one job each
         finally:
             for job_id in queued + long_ones:
                 r0.delete(f"/v1/jobs/{job_id}")
