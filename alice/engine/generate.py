@@ -9,10 +9,11 @@ draws alone: bit for bit when it is alone in its call, and to the last bits of t
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from PIL import Image
 
@@ -20,16 +21,6 @@ from alice.engine.schedulers import build_scheduler
 from alice.engine.spec import GenerationSpec, batch_key  # noqa: F401  (batch_key: the jobs' import)
 from alice.protocol.generation import extract_prompt_loras
 
-
-def _let_diffusers_skip_clip_layers() -> None:
-    """With clip_skip set, diffusers' encode_prompt reads `text_encoder.text_model.final_layer_norm`,
-    but transformers 5.6 flattened CLIPTextModel (transformers#46285): it is its own text model
-    now (diffusers#14124, open). Run before the first pipeline call (transformers is imported
-    where it is used: see alice/engine/__init__.py)."""
-    from transformers import CLIPTextModel
-
-    if not hasattr(CLIPTextModel, "text_model"):
-        CLIPTextModel.text_model = property(lambda self: self)
 
 if TYPE_CHECKING:  # imported where they run: see alice/engine/__init__.py
     from diffusers import DiffusionPipeline
@@ -39,6 +30,25 @@ StepCallback = Callable[[int, int], None]
 
 StopCheck = Callable[[], "str | None"]
 """Asked after every step; a non-empty reason stops the run at that step."""
+
+
+@contextlib.contextmanager
+def _clip_layers_reachable(pipe: DiffusionPipeline) -> Iterator[None]:
+    """With clip_skip set, diffusers' encode_prompt reads `text_encoder.text_model.final_layer_norm`,
+    but transformers 5.6 flattened CLIPTextModel (transformers#46285): it is its own text model
+    now (diffusers#14124, open). For the call, this pipeline's encoder names itself `text_model`:
+    in its own __dict__, not as a registered submodule (no cycle in its state dict), and not on
+    the class, where it misled diffusers' single-file conversion of every later model in the
+    process into leaving the text encoder's weights unloaded."""
+    encoder = getattr(pipe, "text_encoder", None)
+    if encoder is None or hasattr(encoder, "text_model"):
+        yield
+        return
+    object.__setattr__(encoder, "text_model", encoder)
+    try:
+        yield
+    finally:
+        vars(encoder).pop("text_model", None)
 
 
 @dataclass(frozen=True)
@@ -204,8 +214,6 @@ def _draw(
     indices = list(dict.fromkeys(index for index, _ in call))
     seeds = [seed for _, seed in call]
     spec = entries[call[0][0]].spec  # the drawing settings all entries share
-    if spec.clip_skip:
-        _let_diffusers_skip_clip_layers()
     # Alone, exactly the arguments of an unbatched run (a list of one would differ in no bit,
     # but this keeps it obvious). In a batch, one generator per image for its starting noise
     # and the noise ancestral samplers draw (diffusers hands a list to scheduler.step), and
@@ -235,7 +243,7 @@ def _draw(
             pipeline._interrupt = True
         return kwargs
 
-    with torch.inference_mode():
+    with torch.inference_mode(), _clip_layers_reachable(pipe) if spec.clip_skip else contextlib.nullcontext():
         result = pipe(
             prompt=prompts[0] if single else prompts,
             negative_prompt=(negatives[0] or None) if single else negatives,
