@@ -54,10 +54,12 @@ class Runtime:
             logger.warning("removed %d half-written image files left by an earlier run", removed)
         self.summary = Summary()
         self.pipelines: Engine = engine or self._diffusers_engine()
+        # This server's name among replicas that share a job database; None when it runs alone.
+        self.replica = replica_name(settings) if settings.database_url else None
         self.jobs = self._job_queue(settings)
         downloads = settings.data_dir / "downloads"
-        if settings.database_url:  # replicas share the data folder; each resumes its own downloads
-            downloads = downloads / replica_name(settings)
+        if self.replica:  # replicas share the data folder; each resumes its own downloads
+            downloads = downloads / self.replica
         self.downloads = DownloadManager.for_settings(settings, downloads)
         self.ready = False
         self.load_error: str | None = None
@@ -74,11 +76,10 @@ class Runtime:
         from alice.job_stores.postgres import PostgresJobStore  # psycopg only where it is used
         from alice.shared_jobs import SharedJobQueue
 
-        replica = replica_name(settings)
-        logger.info("jobs: shared queue in PostgreSQL, this replica is %s", replica)
+        logger.info("jobs: shared queue in PostgreSQL, this replica is %s", self.replica)
         return SharedJobQueue(
             self._execute, settings.queue_size, store=PostgresJobStore(settings.database_url.get_secret_value()),
-            replica=replica, lease_s=settings.job_lease_s, **hooks,
+            replica=self.replica, lease_s=settings.job_lease_s, **hooks,
         )
 
     def _diffusers_engine(self) -> DiffusersEngine:

@@ -8,8 +8,9 @@ share its pipeline call, as the embedded queue does (`alice.jobs`). What differs
   submitted here but run elsewhere is followed by polling (`POLL_S`), so a waiting request or
   an SSE stream sees its steps and its end.
 - The running replica writes its jobs' steps and renews their lease every `POLL_S` (the
-  heartbeat), and learns from the same statement that a client asked to cancel one: the job
-  stops at its next step after that.
+  heartbeat). A cancel asked on any replica reaches it at once (PostgreSQL's LISTEN/NOTIFY, on
+  a thread of its own) and the job stops at its next step; the heartbeat's answer carries the
+  same flag, should the listening connection have been down.
 - A replica that dies stops renewing: once the lease (`ALICE_JOB_LEASE_S`) runs out, any
   replica marks its jobs failed (`interrupted`), not retried: a job that killed one replica
   (a driver crash, the OOM killer) would take down the next one too. Queued jobs are rows
@@ -79,6 +80,10 @@ class SharedJobQueue(JobQueue):
         self._cancels = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="alice-job-cancel")
         self._stop_syncing = threading.Event()
         self._sync_thread = threading.Thread(target=self._sync, name="alice-job-sync", daemon=True)
+        self._cancel_listener = threading.Thread(
+            target=store.follow_cancels, args=(self._cancel_heard, self._stop_syncing, self._poll_s),
+            name="alice-job-cancels", daemon=True,
+        )
 
     @property
     def replica(self) -> str:
@@ -88,14 +93,16 @@ class SharedJobQueue(JobQueue):
     def start(self, warm_up: Callable[[], None] | None = None) -> None:
         self._sync_once()
         self._sync_thread.start()
+        self._cancel_listener.start()
         super().start(warm_up)
 
     def stop(self, timeout: float = 30.0) -> None:
         super().stop(timeout)
         self._cancels.shutdown(wait=True)
         self._stop_syncing.set()
-        if self._sync_thread.is_alive():
-            self._sync_thread.join(5)
+        for thread in (self._sync_thread, self._cancel_listener):
+            if thread.is_alive():
+                thread.join(5)
         try:
             self._sync_once()  # the last records and cancels
             self._db(self._shared.leave, self._replica)
@@ -364,6 +371,14 @@ class SharedJobQueue(JobQueue):
                     self._cancel_later.add(job_id)
             return known
         return self._cancel(job_id)
+
+    def _cancel_heard(self, job_id: str) -> None:
+        """A client asked, on some replica, to cancel a running job: if it runs here, its next
+        step stops it."""
+        with self._lock:
+            if job := self._mine.get(job_id):
+                job.cancel_requested = True
+                logger.debug("job %s: cancel heard at step %d", job_id, job.step)
 
     def _cancel_in_background(self, job_id: str) -> None:
         try:

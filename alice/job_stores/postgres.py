@@ -11,7 +11,11 @@ Who does what:
 - any replica inserts a job (`insert`, with the global queue bound), reads and cancels any job;
 - a replica's worker claims the oldest queued job and its companions (`claim`), marking them
   running under its name with a lease; while they run it renews the lease and writes their
-  step (`heartbeat`, a few times a second) and learns of cancels from the answer;
+  step (`heartbeat`, a few times a second);
+- a cancel of a running job is also a NOTIFY on `CANCEL_CHANNEL`, which each replica LISTENs
+  to on a connection of its own (`follow_cancels`), so the running replica hears it at once and
+  stops at its next step, however short a step is; the heartbeat's answer carries the same
+  flags, for a replica whose listening connection was down when the cancel came;
 - any replica fails the jobs whose lease ran out (`expire_leases`): their replica died.
 
 Times of the lease are the database's clock, so replicas' clocks may disagree.
@@ -54,6 +58,7 @@ POOL_SIZE = 8  # the worker, the sync thread, and concurrent requests
 POOL_WAIT_S = 3.0
 """How long a caller waits for a free connection (or for the server to come back) before it
 gets a PoolTimeout."""
+CANCEL_CHANNEL = "alice_job_cancel"  # payload: the job's id
 MAX_CALLERS = POOL_SIZE * 3
 """Beyond this many callers in the store at once, the next fails at once: a slow database holds
 at most this many request threads, and the server's other routes keep the rest."""
@@ -121,6 +126,7 @@ class PostgresJobStore:
         # the line is full while the server is down, the pool never tries to connect again
         # (psycopg_pool 3.3.3; seen in tests/unit/test_shared_jobs.py's outage test).
         self._callers = threading.BoundedSemaphore(MAX_CALLERS)
+        self._url = url
         # statement_timeout bounds every statement; idle_in_transaction_session_timeout frees
         # the row locks of a replica that froze inside a claim.
         options = f"-c statement_timeout={STATEMENT_TIMEOUT_S * 1000} -c idle_in_transaction_session_timeout=60000"
@@ -291,9 +297,27 @@ class PostgresJobStore:
                 (code, error, job_id),
             ).fetchone()
             if row:
+                if not row[1]:  # running: tell its replica now, not at its next heartbeat
+                    db.execute("SELECT pg_notify(%s, %s)", (CANCEL_CHANNEL, job_id))
                 return row[0], row[1]
             row = db.execute(f"SELECT {RECORD} FROM alice_jobs WHERE id = %s", (job_id,)).fetchone()
         return (row[0], False) if row else None
+
+    def follow_cancels(self, on_cancel: Callable[[str], None], stop: threading.Event, poll_s: float) -> None:
+        """Call `on_cancel(job_id)` for every running job a client asks to cancel, anywhere, as
+        it is asked, until `stop` is set (checked every `poll_s`). Runs on a thread of its own,
+        with a connection of its own (a LISTENing connection cannot go back to the pool). While
+        the database is away it tries again every second; cancels asked meanwhile reach the
+        running replica through its heartbeat."""
+        while not stop.is_set():
+            try:
+                with psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as db:
+                    db.execute(f"LISTEN {CANCEL_CHANNEL}")
+                    while not stop.is_set():
+                        for note in db.notifies(timeout=poll_s):
+                            on_cancel(note.payload)
+            except psycopg.OperationalError:
+                stop.wait(1.0)
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         with self._connection() as db:

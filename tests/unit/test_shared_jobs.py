@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from alice.engine.generate import GenerationSpec
-from alice.job_stores.postgres import MIGRATIONS, PostgresJobStore
+from alice.job_stores.postgres import CANCEL_CHANNEL, MIGRATIONS, PostgresJobStore
 from alice.jobs import Job, JobState, QueueFull
 from alice.shared_jobs import QueueUnavailable, SharedJobQueue
 from tests.postgres_server import fresh_database, postgres_bin, postgres_server, table_locked
@@ -176,6 +176,44 @@ def test_a_job_is_read_followed_and_cancelled_from_another_replica(replicas):
     assert other.cancel(queued.id).state is JobState.CANCELLED
     wait_until(lambda: queued.state is JobState.CANCELLED, 5)  # the submitter's copy follows
     assert runner.get(queued.id).error_code == "cancelled"
+
+
+def _listeners(url: str) -> list[int]:
+    """Server processes of the connections that LISTEN for cancels."""
+    with psycopg.connect(url, autocommit=True) as db:
+        return [pid for (pid,) in db.execute(
+            "SELECT pid FROM pg_stat_activity WHERE query = %s AND datname = current_database()",
+            (f"LISTEN {CANCEL_CHANNEL}",),
+        )]
+
+
+def test_a_cancel_from_another_replica_stops_the_job_at_its_next_step(url, replicas):
+    """Heard at once (LISTEN/NOTIFY), however short a step is: steps of 20 ms here, where the
+    heartbeat alone (every 0.25 s) would let a dozen more run. With the listening connection
+    killed, the heartbeat still carries the cancel; the listener then comes back by itself."""
+    runner, other = replicas("runner", steps=1000, step_s=0.02), replicas("other")
+    runner.start()
+    wait_until(lambda: len(_listeners(url)) == 1, 10)
+
+    def cancel_while_running(name: str) -> tuple[Job, int]:
+        job = runner.submit("m", SPEC, name, 60)
+        wait_until(lambda: job.step >= 3, 10)
+        at_cancel = job.step
+        assert other.cancel(job.id).cancel_requested
+        wait_until(lambda: job.state is JobState.CANCELLED, 5)
+        return job, at_cancel
+
+    for name in ("first", "second"):
+        job, at_cancel = cancel_while_running(name)
+        assert job.step <= at_cancel + 2, (at_cancel, job.step)
+    [listener] = _listeners(url)
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("SELECT pg_terminate_backend(%s)", (listener,))
+    job, _ = cancel_while_running("while the listener is away")  # the heartbeat's answer
+    assert job.error_code == "cancelled"
+    wait_until(lambda: len(_listeners(url)) == 1, 10)
+    job, at_cancel = cancel_while_running("after it came back")
+    assert job.step <= at_cancel + 2, (at_cancel, job.step)
 
 
 def test_a_dead_replicas_job_fails_when_its_lease_runs_out_and_the_queue_goes_on(url, replicas):
