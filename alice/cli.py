@@ -39,9 +39,13 @@ def models_demo() -> None:
 def models_train_demo(
     output: Path = typer.Option(Path("demo-model"), help="Folder to write the trained diffusers pipeline to."),
     seed: int = typer.Option(0, help="Seed for the data, the initial weights and the training order."),
-    vae_steps: int = typer.Option(None, min=1, help="Autoencoder training steps (default: the shipped recipe)."),
+    vae_steps: int = typer.Option(
+        None, min=0, help="Autoencoder training steps (default: the shipped recipe; 0 keeps --earlier's)."),
     vae_batch: int = typer.Option(None, min=1, help="Autoencoder batch size (default: the shipped recipe)."),
-    unet_steps: int = typer.Option(None, min=1, help="Denoiser training steps (default: the shipped recipe)."),
+    unet_steps: int = typer.Option(
+        None, min=0, help="Denoiser training steps (default: the shipped recipe; 0 keeps --earlier's)."),
+    vae_learning_rate: float = typer.Option(
+        None, min=0, help="Autoencoder peak learning rate (default: the shipped recipe)."),
     images: int = typer.Option(None, min=64, help="Pictures in the training set (default: the shipped recipe)."),
     checkpoint_every: int = typer.Option(0, min=0, help="Also save the model every N denoiser steps, in OUTPUT/checkpoints."),
     earlier: Path = typer.Option(None, help="Go on training from this trained demo model's weights, not from scratch."),
@@ -56,7 +60,10 @@ def models_train_demo(
 
     from alice.demo_training.train import TrainingPlan, train_demo
 
-    chosen = {"seed": seed, "vae_steps": vae_steps, "vae_batch": vae_batch, "unet_steps": unet_steps, "images": images}
+    if earlier is None and 0 in (vae_steps, unet_steps):
+        raise typer.BadParameter("0 steps keeps a stage of an earlier model: name it with --earlier")
+    chosen = {"seed": seed, "vae_steps": vae_steps, "vae_batch": vae_batch, "unet_steps": unet_steps, "images": images,
+              "vae_learning_rate": vae_learning_rate}
     plan = replace(TrainingPlan(), **{key: value for key, value in chosen.items() if value is not None})
     report = train_demo(output, plan, checkpoint_every=checkpoint_every, earlier=earlier)
     typer.echo(f"{output}: autoencoder {report['autoencoder_psnr_db']} dB, "

@@ -78,10 +78,15 @@ def train_autoencoder(vae, pixels: np.ndarray, plan: TrainingPlan, generator: to
         schedule.step()
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
     vae.eval().requires_grad_(False)
-    with torch.no_grad():
-        check = _as_tensor(pixels[:256])
-        decoded = vae.decode(vae.encode(check).latent_dist.mode()).sample.clamp(-1, 1)
-        mse = F.mse_loss((decoded + 1) / 2, (check + 1) / 2).item()
+    return autoencoder_psnr(vae, pixels)
+
+
+@torch.no_grad()
+def autoencoder_psnr(vae, pixels: np.ndarray) -> float:
+    """How well the autoencoder gives back the first 256 pictures, in dB."""
+    check = _as_tensor(pixels[:256])
+    decoded = vae.decode(vae.encode(check).latent_dist.mode()).sample.clamp(-1, 1)
+    mse = F.mse_loss((decoded + 1) / 2, (check + 1) / 2).item()
     return 10 * float(np.log10(1 / max(mse, 1e-10)))
 
 
@@ -215,22 +220,28 @@ def train_demo(
     log.info("drawing %d training pictures", plan.images)
     _, captions, pixels = shapes.training_scenes(plan.images, plan.seed)
 
-    psnr = train_autoencoder(pipe.vae, pixels, plan, generator, progress)
+    # A stage of 0 steps keeps the earlier model's: the two stages can run as two commands.
+    if plan.vae_steps:
+        psnr = train_autoencoder(pipe.vae, pixels, plan, generator, progress)
+    else:
+        psnr = autoencoder_psnr(pipe.vae.eval(), pixels)
     log.info("autoencoder: %.1f dB PSNR", psnr)
-    latents = encode_latents(pipe.vae, pixels)
-    states, caption_index, empty = encode_captions(pipe, captions)
-    loss = train_denoiser(
-        pipe.unet, pipe.scheduler.config, latents, states, caption_index, empty, plan, generator, progress,
-        checkpoint=lambda step: _save(pipe, output / "checkpoints" / f"step-{step}"), checkpoint_every=checkpoint_every,
-    )
+    loss = None
+    if plan.unet_steps:
+        latents = encode_latents(pipe.vae, pixels)
+        states, caption_index, empty = encode_captions(pipe, captions)
+        loss = train_denoiser(
+            pipe.unet, pipe.scheduler.config, latents, states, caption_index, empty, plan, generator, progress,
+            checkpoint=lambda step: _save(pipe, output / "checkpoints" / f"step-{step}"), checkpoint_every=checkpoint_every,
+        )
     _save(pipe, output)
     report = {
         "plan": asdict(plan),
         # What training went on from: that model's own report, so the whole recipe is here.
         **({"started_from": json.loads((earlier / "training.json").read_text())} if earlier else {}),
         "autoencoder_psnr_db": round(psnr, 2),
-        "denoiser_loss": round(loss, 5),
-        "distinct_captions": len(states) - 1,
+        "denoiser_loss": None if loss is None else round(loss, 5),
+        "distinct_captions": len(set(captions)),
         "minutes": round((time.monotonic() - started) / 60, 1),
         # Process CPU time, all threads together: on a shared machine the wall clock also counts
         # the time others had the cores.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,26 @@ def test_training_goes_on_from_an_earlier_model_and_saves_checkpoints(tmp_path: 
     assert report["started_from"]["plan"] == json.loads((tmp_path / "first" / "training.json").read_text())["plan"]
     assert (tmp_path / "second" / "checkpoints" / "step-2" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert not (tmp_path / "second" / "checkpoints" / "step-4").exists()  # the last step is the model itself
+
+
+def test_a_stage_of_no_steps_keeps_the_earlier_models(tmp_path: Path) -> None:
+    """The autoencoder and the denoiser can be trained by two commands: 0 steps keeps a stage."""
+    from safetensors.torch import load_file
+
+    def weights(folder: Path, part: str) -> dict:
+        return load_file(next((folder / part).glob("*.safetensors")))
+
+    plan = TrainingPlan(images=128, vae_steps=2, unet_steps=2, vae_batch=8, unet_batch=8)
+    train_demo(tmp_path / "first", plan, progress=False)
+    autoencoder_only = train_demo(tmp_path / "vae", replace(plan, unet_steps=0), progress=False, earlier=tmp_path / "first")
+    denoiser_only = train_demo(tmp_path / "unet", replace(plan, vae_steps=0), progress=False, earlier=tmp_path / "vae")
+    assert autoencoder_only["denoiser_loss"] is None and denoiser_only["denoiser_loss"] > 0
+    for folder, kept, trained, earlier in ((tmp_path / "vae", "unet", "vae", tmp_path / "first"),
+                                           (tmp_path / "unet", "vae", "unet", tmp_path / "vae")):
+        before, after = weights(earlier, kept), weights(folder, kept)
+        assert all(torch.equal(before[name], after[name]) for name in before), (folder, kept)
+        before, after = weights(earlier, trained), weights(folder, trained)
+        assert not all(torch.equal(before[name], after[name]) for name in before), (folder, trained)
 
 
 def test_an_earlier_model_keeps_its_words_when_words_are_added(tmp_path: Path) -> None:
