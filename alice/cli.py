@@ -78,11 +78,18 @@ def models_evaluate_demo(
     scheduler: str = typer.Option(None, help="Sampler name (default: the service's default)."),
     seeds: int = typer.Option(1, min=1, help="Images per held-out prompt (seeds 0, 1, ...)."),
     save_to: Path = typer.Option(None, help="Also write each image here, named by its prompt."),
+    autoencoder: bool = typer.Option(
+        False, help="Instead, judge the shapes after the autoencoder's round trip alone (the model's ceiling)."),
 ) -> None:
     """Generate for held-out colour/shape/background prompts and judge the pixels."""
-    from alice.demo_training.evaluate import evaluate
+    from alice.demo_training.evaluate import autoencoder_round_trip, evaluate
     from alice.engine.demo import DEMO_MODEL_DIR
     from alice.protocol.schedulers import DEFAULT_SCHEDULER, canonical_scheduler_name
+
+    if autoencoder:
+        shares = autoencoder_round_trip(model or DEMO_MODEL_DIR)
+        typer.echo("shape after the autoencoder alone: " + ", ".join(f"{size} {share:.1%}" for size, share in shares.items()))
+        return
 
     result = evaluate(
         model or DEMO_MODEL_DIR,

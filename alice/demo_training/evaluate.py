@@ -13,7 +13,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from alice.demo_training.judge import Verdict, judge
-from alice.demo_training.shapes import Scene, evaluation_prompts
+from alice.demo_training.shapes import Scene, evaluation_prompts, training_scenes
 from alice.engine.generate import GenerationSpec, run_generation
 from alice.engine.pipelines import choose_placement, load_pipeline
 from alice.protocol.schedulers import DEFAULT_SCHEDULER
@@ -87,3 +87,24 @@ def evaluate(
             save_to.mkdir(parents=True, exist_ok=True)
             image.save(save_to / f"{index:03d}-{prompt.replace(' ', '_').replace(',', '')}.png")
     return evaluation
+
+
+def autoencoder_round_trip(model_dir: Path, count: int = 600, seed: int = 7) -> dict[str, float]:
+    """The share of shapes the judge still reads right after the model's autoencoder alone
+    (encode, decode) on `count` drawn scenes, by size: the most the whole model could draw."""
+    import numpy as np
+    import torch
+    from diffusers import AutoencoderKL
+
+    from alice.demo_training.train import _as_tensor
+
+    vae = AutoencoderKL.from_pretrained(Path(model_dir) / "vae", torch_dtype=torch.float32).eval()
+    scenes, _, pixels = training_scenes(count, seed)
+    right: dict[str, list[bool]] = {}
+    with torch.no_grad():
+        for start in range(0, count, 100):
+            batch = _as_tensor(pixels[start : start + 100])
+            decoded = vae.decode(vae.encode(batch).latent_dist.mode()).sample.clamp(-1, 1)
+            for scene, picture in zip(scenes[start:], ((decoded + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()):
+                right.setdefault(scene.size or "medium", []).append(judge(Image.fromarray(picture), scene).shape == scene.shape)
+    return {size: round(float(np.mean(right[size])), 3) for size in ("large", "medium", "small") if size in right}

@@ -193,3 +193,13 @@ def test_the_evaluation_counts_each_check_over_all_pictures() -> None:
     evaluation.results.append((small, small.caption(), judge(draw(small), small)))
     assert evaluation.shares(("small",))["shape"] == 1.0 and evaluation.count(("small",)) == 1
     assert evaluation.summary().endswith("shape by size: medium and large 100.0% of 2, small 100.0% of 1")
+
+
+def test_the_shipped_autoencoder_gives_back_the_shapes_it_is_shown() -> None:
+    """`alice models evaluate-demo --autoencoder`: the ceiling of what the model can draw."""
+    from alice.demo_training.evaluate import autoencoder_round_trip
+    from alice.engine.demo import DEMO_MODEL_DIR
+
+    shares = autoencoder_round_trip(DEMO_MODEL_DIR, count=200)
+    assert list(shares) == ["large", "medium", "small"]
+    assert shares["large"] >= 0.9 and shares["medium"] >= 0.75, shares
