@@ -46,6 +46,9 @@ def models_train_demo(
         None, min=0, help="Denoiser training steps (default: the shipped recipe; 0 keeps --earlier's)."),
     vae_learning_rate: float = typer.Option(
         None, min=0, help="Autoencoder peak learning rate (default: the shipped recipe)."),
+    unet_learning_rate: float = typer.Option(None, min=0, help="Denoiser peak learning rate (default: the shipped recipe)."),
+    guided_loss_weight: float = typer.Option(
+        None, min=0, help="Weight of the denoiser's loss on the guided prediction (default: the shipped recipe)."),
     images: int = typer.Option(None, min=64, help="Pictures in the training set (default: the shipped recipe)."),
     checkpoint_every: int = typer.Option(0, min=0, help="Also save the model every N denoiser steps, in OUTPUT/checkpoints."),
     earlier: Path = typer.Option(None, help="Go on training from this trained demo model's weights, not from scratch."),
@@ -63,7 +66,8 @@ def models_train_demo(
     if earlier is None and 0 in (vae_steps, unet_steps):
         raise typer.BadParameter("0 steps keeps a stage of an earlier model: name it with --earlier")
     chosen = {"seed": seed, "vae_steps": vae_steps, "vae_batch": vae_batch, "unet_steps": unet_steps, "images": images,
-              "vae_learning_rate": vae_learning_rate}
+              "vae_learning_rate": vae_learning_rate, "unet_learning_rate": unet_learning_rate,
+              "guided_loss_weight": guided_loss_weight}
     plan = replace(TrainingPlan(), **{key: value for key, value in chosen.items() if value is not None})
     report = train_demo(output, plan, checkpoint_every=checkpoint_every, earlier=earlier)
     typer.echo(f"{output}: autoencoder {report['autoencoder_psnr_db']} dB, "

@@ -128,6 +128,19 @@ def test_training_goes_on_from_an_earlier_model_and_saves_checkpoints(tmp_path: 
     assert not (tmp_path / "second" / "checkpoints" / "step-4").exists()  # the last step is the model itself
 
 
+def test_the_guided_loss_trains_the_empty_caption_too(tmp_path: Path) -> None:
+    """With `guided_loss_weight` the empty caption's prediction is in the loss of captioned
+    pictures as well: the same seed and data train a different denoiser."""
+    from safetensors.torch import load_file
+
+    plan = TrainingPlan(images=128, vae_steps=1, unet_steps=3, vae_batch=8, unet_batch=8, empty_caption_share=0.0)
+    for name, weight in (("plain", 0.0), ("guided", 1.0)):
+        report = train_demo(tmp_path / name, replace(plan, guided_loss_weight=weight), progress=False)
+        assert report["plan"]["guided_loss_weight"] == weight and report["denoiser_loss"] > 0
+    plain, guided = (load_file(tmp_path / name / "unet" / "diffusion_pytorch_model.safetensors") for name in ("plain", "guided"))
+    assert any(not torch.equal(plain[key], guided[key]) for key in plain)
+
+
 def test_a_stage_of_no_steps_keeps_the_earlier_models(tmp_path: Path) -> None:
     """The autoencoder and the denoiser can be trained by two commands: 0 steps keeps a stage."""
     from safetensors.torch import load_file
