@@ -215,4 +215,4 @@ def test_the_shipped_autoencoder_gives_back_the_shapes_it_is_shown() -> None:
 
     shares = autoencoder_round_trip(DEMO_MODEL_DIR, count=200)
     assert list(shares) == ["large", "medium", "small"]
-    assert shares["large"] >= 0.9 and shares["medium"] >= 0.75, shares
+    assert shares["large"] >= 0.95 and shares["medium"] >= 0.95, shares  # both 100% measured
