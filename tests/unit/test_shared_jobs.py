@@ -165,13 +165,16 @@ def test_a_job_is_read_followed_and_cancelled_from_another_replica(replicas):
     assert job.state is JobState.CANCELLED and seen.state is JobState.CANCELLED
     assert time.monotonic() - cancelled_at < 5  # the next heartbeat carries it, the next step stops it
     assert job.step < 200 and len(states) >= 2 and states[-1].startswith("cancelled")
-    # A queued job, cancelled from the replica that does not hold it, ends at once.
+    # A queued job, cancelled from the replica that does not hold it, ends at once. Both
+    # replicas are kept busy first; either may take either job (whoever claims first), and
+    # holds it: a job that ran to its end at once would leave a replica free.
     runner.executor.release.clear()
+    other.executor.release.clear()
     busy = runner.submit("m", SPEC, "busy", 60)
     wait_until(lambda: busy.state is JobState.RUNNING, 10)
-    other.executor.release.clear()
-    held = other.submit("m", SPEC, "held", 60)
+    held = other.submit("m", SPEC, "held", 60)  # after the first is claimed: not in its batch
     wait_until(lambda: held.state is JobState.RUNNING, 10)
+    assert {busy.replica, held.replica} == {"runner", "other"}
     queued = runner.submit("m", SPEC, "queued", 60)
     assert other.cancel(queued.id).state is JobState.CANCELLED
     wait_until(lambda: queued.state is JobState.CANCELLED, 5)  # the submitter's copy follows
