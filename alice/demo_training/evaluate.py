@@ -96,15 +96,13 @@ def autoencoder_round_trip(model_dir: Path, count: int = 600, seed: int = 7) -> 
     import torch
     from diffusers import AutoencoderKL
 
-    from alice.demo_training.train import _as_tensor
+    from alice.demo_training.train import autoencode
 
     vae = AutoencoderKL.from_pretrained(Path(model_dir) / "vae", torch_dtype=torch.float32).eval()
     scenes, _, pixels = training_scenes(count, seed)
     right: dict[str, list[bool]] = {}
-    with torch.no_grad():
-        for start in range(0, count, 100):
-            batch = _as_tensor(pixels[start : start + 100])
-            decoded = vae.decode(vae.encode(batch).latent_dist.mode()).sample.clamp(-1, 1)
-            for scene, picture in zip(scenes[start:], ((decoded + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()):
-                right.setdefault(scene.size or "medium", []).append(judge(Image.fromarray(picture), scene).shape == scene.shape)
+    for start in range(0, count, 100):
+        decoded = autoencode(vae, pixels[start : start + 100])
+        for scene, picture in zip(scenes[start:], ((decoded + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()):
+            right.setdefault(scene.size or "medium", []).append(judge(Image.fromarray(picture), scene).shape == scene.shape)
     return {size: round(float(np.mean(right[size])), 3) for size in ("large", "medium", "small") if size in right}

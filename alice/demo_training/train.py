@@ -89,11 +89,15 @@ def train_autoencoder(vae, pixels: np.ndarray, plan: TrainingPlan, generator: to
 
 
 @torch.no_grad()
+def autoencode(vae, pixels: np.ndarray) -> torch.Tensor:
+    """The pictures after the autoencoder's round trip (encode, decode), in [-1, 1]."""
+    return vae.decode(vae.encode(_as_tensor(pixels)).latent_dist.mode()).sample.clamp(-1, 1)
+
+
 def autoencoder_psnr(vae, pixels: np.ndarray) -> float:
     """How well the autoencoder gives back the first 256 pictures, in dB."""
     check = _as_tensor(pixels[:256])
-    decoded = vae.decode(vae.encode(check).latent_dist.mode()).sample.clamp(-1, 1)
-    mse = F.mse_loss((decoded + 1) / 2, (check + 1) / 2).item()
+    mse = F.mse_loss((autoencode(vae, pixels[:256]) + 1) / 2, (check + 1) / 2).item()
     return 10 * float(np.log10(1 / max(mse, 1e-10)))
 
 
