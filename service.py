@@ -14,9 +14,9 @@ from alice.http.auth import ApiKeyMiddleware, warn_if_open_beyond_loopback
 from alice.http.request_bodies import BodyLimitMiddleware
 from alice.logs import configure_logging
 from alice.protocol.native import GenerateRequest, GenerateResponse
-from alice.runtime import Runtime
-from alice.start_phases import StartPhases
-from alice.tls import service_ssl_options
+from alice.serving.runtime import Runtime
+from alice.serving.start_phases import StartPhases
+from alice.http.tls import service_ssl_options
 
 # Before BentoML builds the app: its request metrics and access log name routes, not raw paths.
 route_labels.install()

@@ -20,7 +20,7 @@ logging.getLogger("transformers.utils.import_utils").addFilter(
 
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
-from alice import model_store  # noqa: E402
+from alice.models import store as model_store  # noqa: E402
 from alice.logs import configure_logging  # noqa: E402
 
 app = typer.Typer(help="ALICE: self-hosted Stable Diffusion.", no_args_is_help=True, add_completion=False)
@@ -255,7 +255,7 @@ def tls_init(
     Install the authority's ca.pem once on each client (the Mac running SAM); ALICE serves
     with server.pem and server.key. Existing keys are never overwritten.
     """
-    from alice import tls
+    from alice.http import tls
 
     folder = folder or _settings().data_dir / "tls"
     try:

@@ -60,7 +60,7 @@ def throughput(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as scratch, alice_environment(Path(scratch), env):
         log = Path(scratch)
         if args.full_size:
-            from alice import model_store
+            from alice.models import store as model_store
             from bench.fullsize import save_sd15_architecture
 
             model_store.import_pipeline_folder(save_sd15_architecture(log / "sd15"), "sd15-arch")

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch._dynamo.utils import counters
 
-from alice import model_store
+from alice.models import store as model_store
 from alice.engine.device import MemoryOptions, MemoryPreset
 from alice.engine.generate import GenerationSpec, run_generation
 from alice.engine.loras import loras_applied

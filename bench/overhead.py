@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from alice import model_store
+from alice.models import store as model_store
 from alice.engine.generate import GenerationSpec, run_generation
 from alice.engine.pipelines import choose_placement, load_pipeline
 from tests.support import alice_environment, running_server

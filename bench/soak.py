@@ -20,7 +20,7 @@ import psutil
 
 from alice.config import load_settings
 from alice.protocol.generation import GenerationSettings
-from alice.runtime import Runtime
+from alice.serving.runtime import Runtime
 from tests.support import alice_environment
 
 

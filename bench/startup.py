@@ -81,7 +81,7 @@ def describe(label: str, starts: list[Start]) -> str:
 
 
 def model_switching(tmp: Path) -> str:
-    from alice import model_store
+    from alice.models import store as model_store
     from alice.engine.demo import save_untrained_demo
 
     save_untrained_demo(tmp / "second", seed=1)

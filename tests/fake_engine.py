@@ -14,7 +14,7 @@ from typing import Sequence
 
 from PIL import Image
 
-from alice import model_store
+from alice.models import store as model_store
 from alice.engine.generate import BatchEntry, GenerationOutput, GenerationStopped, StopCheck
 
 

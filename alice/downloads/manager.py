@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import httpx
 
-from alice import model_store
+from alice.models import store as model_store
 from alice.config import Settings
 from alice.downloads import huggingface
 from alice.downloads.addresses import AddressPolicy, Network, checked_client

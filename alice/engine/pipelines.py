@@ -61,7 +61,7 @@ def choose_placement(device: str = "auto", dtype: str = "auto", facts: DeviceFac
 
 def pipeline_family(folder: Path) -> str:
     """sd15, sd2 or sdxl, read from the folder's configs (the model store's own detection)."""
-    from alice.model_store import detect_family  # imported here: the model store imports this module
+    from alice.models.store import detect_family  # imported here: the model store imports this module
 
     return detect_family(folder)
 

@@ -20,10 +20,10 @@ from alice.http.errors import ApiError, from_exception
 from alice.http.handling import get_runtime
 from alice.downloads.civitai import CivitAIError
 from alice.downloads.huggingface import HubError
-from alice.jobs import JobFailure, QueueFull
-from alice.model_store import InvalidModelName, ModelNotFound
+from alice.jobs.queue import JobFailure, QueueFull
+from alice.models.store import InvalidModelName, ModelNotFound
 from alice.protocol.generation import InvalidRequest
-from alice.runtime import Runtime
+from alice.serving.runtime import Runtime
 
 logger = logging.getLogger("alice.http")
 

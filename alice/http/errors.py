@@ -14,8 +14,8 @@ from starlette.responses import JSONResponse
 
 from alice.downloads.civitai import CivitAIError
 from alice.downloads.huggingface import HubError
-from alice.jobs import Job, JobFailure, JobState, QueueFull
-from alice.model_store import InvalidModelName, LoraNotFound, ModelNotFound
+from alice.jobs.queue import Job, JobFailure, JobState, QueueFull
+from alice.models.store import InvalidModelName, LoraNotFound, ModelNotFound
 from alice.protocol.generation import InvalidRequest
 from alice.protocol.openai import error_body
 

@@ -13,10 +13,10 @@ from starlette.requests import Request
 
 from alice.http.errors import ApiError, job_error
 from alice.http.urls import base_url, image_url
-from alice.jobs import Job
+from alice.jobs.queue import Job
 from alice.protocol.generation import GenerationSettings
 from alice.protocol.results import GenerationResult
-from alice.runtime import Runtime
+from alice.serving.runtime import Runtime
 
 
 def get_runtime() -> Runtime:

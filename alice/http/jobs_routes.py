@@ -9,9 +9,9 @@ from starlette.responses import JSONResponse
 
 from alice.http.errors import ApiError
 from alice.http.handling import get_runtime, image_urls, read_json_object, submit
-from alice.jobs import Job
+from alice.jobs.queue import Job
 from alice.protocol.native import GenerateRequest
-from alice.runtime import Runtime
+from alice.serving.runtime import Runtime
 
 router = APIRouter(prefix="/v1")
 

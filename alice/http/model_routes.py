@@ -9,14 +9,14 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
-from alice import model_store
+from alice.models import store as model_store
 from alice.downloads import huggingface
 from alice.downloads.manager import DownloadTask
 from alice.http.errors import ApiError
 from alice.http.handling import get_runtime, read_json_object
 from alice.protocol import models as mp
 from alice.protocol.generation import strip_model_prefix
-from alice.runtime import Runtime
+from alice.serving.runtime import Runtime
 
 router = APIRouter(prefix="/v1/models")
 

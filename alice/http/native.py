@@ -8,7 +8,7 @@ from starlette.responses import JSONResponse
 from alice.http.errors import from_exception
 from alice.http.handling import image_b64, image_urls, submit, wait_for
 from alice.protocol.native import GeneratedImage, GenerateRequest, GenerateResponse
-from alice.runtime import Runtime
+from alice.serving.runtime import Runtime
 
 
 async def generate(runtime: Runtime, ctx: bentoml.Context, request: GenerateRequest) -> GenerateResponse | JSONResponse:

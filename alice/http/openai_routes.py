@@ -11,14 +11,14 @@ from fastapi import APIRouter, Depends, Request
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, StreamingResponse
 
-from alice import model_store
+from alice.models import store as model_store
 from alice.http.errors import ApiError, job_error
 from alice.http.handling import get_runtime, image_b64, image_urls, read_json_object, result_metadata, submit, wait_for
-from alice.input_images import MAX_INPUT_BYTES
-from alice.jobs import Job
+from alice.images.inputs import MAX_INPUT_BYTES
+from alice.jobs.queue import Job
 from alice.protocol import openai as oa
 from alice.protocol.generation import GenerationSettings, strip_model_prefix
-from alice.runtime import Runtime
+from alice.serving.runtime import Runtime
 
 logger = logging.getLogger("alice.http")
 router = APIRouter()

@@ -19,7 +19,7 @@ from alice.protocol.generation import GenerationSettings
 from alice.protocol.schedulers import a1111_sampler_name
 
 if TYPE_CHECKING:
-    from alice.jobs import Job
+    from alice.jobs.queue import Job
 
 
 class Timings(BaseModel):

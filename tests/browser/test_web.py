@@ -19,7 +19,7 @@ from PIL import Image
 
 from tests.downloads.fake_sources import FakeSources, start
 from alice.http.web_routes import WEB_DIR
-from alice.image_store import ImageStore
+from alice.images.store import ImageStore
 from alice.protocol.a1111 import a1111_parameters
 from tests.support import ROOT, ServerProcess, alice_environment, write_demo_lora
 

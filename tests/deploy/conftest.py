@@ -67,7 +67,7 @@ def build_image(base: Path, bentofile_path: Path) -> ImageBuild:
     from bentoml._internal.configuration.containers import BentoMLContainer
     from bentoml._internal.container import construct_containerfile
 
-    from alice import model_store
+    from alice.models import store as model_store
 
     home, out, scratch = base / "bentoml", base / "out", base / "tmp"
     for folder in (home / "bentos", home / "tmp", out, scratch):

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from alice import tls
+from alice.http import tls
 from tests.deploy.conftest import ImageBuild
 from tests.support import free_port
 

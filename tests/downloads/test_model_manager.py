@@ -105,7 +105,7 @@ def test_checksum_mismatch_fails_and_stores_nothing(client):
     task = wait_task(client, client.post("/v1/models/download/civitai",
                                          json={"modelId": 102, "modelType": "LORA"}).json()["id"])
     assert task["status"] == "failed" and "checksum" in task["error"]
-    from alice import model_store
+    from alice.models import store as model_store
 
     assert "broken-hash" not in {m.name for m in model_store.list_models()}
 
@@ -124,7 +124,7 @@ def test_cancel_a_download_mid_way(client, sources):
         assert task["status"] == "cancelled" and 0 < task["downloadedSize"] < (task["totalSize"] or 1e12)
     finally:
         sources.slow = False
-    from alice import model_store
+    from alice.models import store as model_store
 
     assert "slow-style" not in {m.name for m in model_store.list_models()}
     assert not (client.data_dir / "downloads" / task_id).exists()

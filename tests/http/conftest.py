@@ -45,7 +45,7 @@ def drawing_with(engine: object | None) -> Iterator[None]:
         yield
         return
     import service
-    from alice.runtime import Runtime
+    from alice.serving.runtime import Runtime
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(service, "Runtime", functools.partial(Runtime, engine=engine))
@@ -59,7 +59,7 @@ def storing_for(engine: object | None) -> Iterator[None]:
     if engine is None:
         yield
         return
-    from alice import model_store
+    from alice.models import store as model_store
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(model_store, "_check_loads", lambda folder: None)

@@ -37,7 +37,7 @@ def write_lora_that_fails_half_way(folder):
 def compiled_client(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("compiled")
     for client in start_client(tmp, ALICE_COMPILE_UNET="true"):
-        from alice import model_store
+        from alice.models import store as model_store
 
         model_store.import_lora_file(write_demo_lora(tmp / "inky", seed=0), "inky")
         model_store.import_lora_file(write_demo_lora(tmp / "blotchy", seed=1), "blotchy")

@@ -15,7 +15,7 @@ def client_without_default(tmp_path_factory) -> TestClient:
     tmp = tmp_path_factory.mktemp("switch")
     # A model cache big enough for one demo model (about 5 MB) but not two.
     with alice_environment(tmp, {"ALICE_DEFAULT_MODEL": "not-stored", "ALICE_MODEL_CACHE_GB": "0.007"}):
-        from alice import model_store
+        from alice.models import store as model_store
         from alice.engine.demo import save_untrained_demo
         from service import Alice
 

@@ -115,7 +115,7 @@ def test_a_newer_card_on_the_cu126_build_is_told_to_use_the_default_image():
 
 def test_an_unsupported_card_shows_on_health_and_in_the_log(monkeypatch, tmp_path, caplog):
     from alice.config import Settings
-    from alice.runtime import Runtime
+    from alice.serving.runtime import Runtime
 
     FakeCards(monkeypatch, arch_list=CU130)
     runtime = Runtime(Settings(device="cuda:1", data_dir=tmp_path))
@@ -188,7 +188,7 @@ def test_auto_dtype_is_judged_on_the_configured_card_not_device_0(monkeypatch):
 
 def test_memory_metrics_read_the_configured_card(monkeypatch, tmp_path):
     from alice.config import Settings
-    from alice.runtime import Runtime
+    from alice.serving.runtime import Runtime
 
     cards = FakeCards(monkeypatch)
     runtime = Runtime(Settings(device="cuda:1", data_dir=tmp_path))

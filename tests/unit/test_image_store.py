@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from alice.image_store import TEMP_PREFIX, ImageStore, encode_png
+from alice.images.store import TEMP_PREFIX, ImageStore, encode_png
 from alice.protocol.a1111 import a1111_parameters, parse_a1111_parameters
 
 VALID_NAME = re.compile(r"[0-9a-f]{32}\.png")

@@ -7,9 +7,9 @@ import json
 import sqlite3
 
 from alice.engine.generate import GenerationSpec
-from alice.job_stores import records
-from alice.job_stores.sqlite import SqliteJobStore
-from alice.jobs import Job, JobState
+from alice.jobs import records
+from alice.jobs.sqlite import SqliteJobStore
+from alice.jobs.queue import Job, JobState
 
 SPEC = GenerationSpec(prompt="a cat", seed=7, width=64, height=64, steps=3, init_image="in.png", strength=0.5,
                       loras=(("ink", 0.8),))

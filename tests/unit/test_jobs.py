@@ -9,7 +9,7 @@ import time
 import pytest
 
 from alice.engine.generate import GenerationSpec, GenerationStopped
-from alice.jobs import JobFailure, JobQueue, JobState, QueueFull
+from alice.jobs.queue import JobFailure, JobQueue, JobState, QueueFull
 
 SPEC = GenerationSpec(prompt="p", seed=0)
 
@@ -259,7 +259,7 @@ def test_watch_sees_every_state(queue):
 
 
 def test_records_survive_a_restart(tmp_path, executor):
-    from alice.job_stores.sqlite import SqliteJobStore as JobStore
+    from alice.jobs.sqlite import SqliteJobStore as JobStore
 
     discarded: list[str] = []
     store = JobStore(tmp_path / "jobs.sqlite3")

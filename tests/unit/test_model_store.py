@@ -11,9 +11,9 @@ from pathlib import Path
 import bentoml
 import pytest
 
-from alice import model_store
+from alice.models import store as model_store
 from alice.engine.demo import DEMO_MODEL_NAME, save_demo_pipeline
-from alice.model_store import InvalidModelName, ModelNotFound
+from alice.models.store import InvalidModelName, ModelNotFound
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +166,7 @@ def test_retrained_demo_weights_are_stored_as_a_new_version(bentoml_home: Path, 
 
 @pytest.mark.parametrize(("folder", "side"), [("sd15", 512), ("sd2", 768), ("sdxl", 1024)])
 def test_native_size_is_what_each_family_was_trained_at(folder: str, side: int) -> None:
-    assert model_store.native_size(Path(model_store.__file__).parent / "configs" / folder) == side
+    assert model_store.native_size(Path(model_store.__file__).parents[1] / "configs" / folder) == side
 
 
 def test_the_demo_is_native_at_64_and_its_stored_record_says_so(bentoml_home: Path) -> None:

@@ -86,12 +86,12 @@ def test_out_of_memory_memory_is_freed_after_the_except_block(monkeypatch, tmp_p
 
     import torch
 
-    from alice import runtime as runtime_module
+    from alice.serving import runtime as runtime_module
     from alice.config import Settings
     from alice.engine import engine as engine_module
     from alice.engine.generate import GenerationSpec
     from alice.engine.pipelines import LoadedPipeline
-    from alice.jobs import Job, JobControl, JobFailure
+    from alice.jobs.queue import Job, JobControl, JobFailure
 
     runtime = runtime_module.Runtime(Settings(device="cpu", data_dir=tmp_path))
     activations: list[weakref.ref] = []

@@ -15,9 +15,9 @@ import psycopg
 import pytest
 
 from alice.engine.generate import GenerationSpec
-from alice.job_stores.postgres import CANCEL_CHANNEL, MIGRATIONS, PostgresJobStore
-from alice.jobs import Job, JobState, QueueFull
-from alice.shared_jobs import QueueUnavailable, SharedJobQueue
+from alice.jobs.postgres import CANCEL_CHANNEL, MIGRATIONS, PostgresJobStore
+from alice.jobs.queue import Job, JobState, QueueFull
+from alice.jobs.shared import QueueUnavailable, SharedJobQueue
 from tests.postgres_server import fresh_database, postgres_bin, postgres_server, table_locked
 from tests.unit.test_jobs import SteppingExecutor, wait_until
 

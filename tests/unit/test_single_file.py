@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from transformers import CLIPTokenizer
 from typer.testing import CliRunner
 
-from alice import model_store
+from alice.models import store as model_store
 from alice.cli import app
 from alice.engine.demo import build_demo_architecture, save_untrained_demo
 from alice.engine.pipelines import choose_placement, load_pipeline

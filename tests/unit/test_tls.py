@@ -11,7 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from alice import tls
+from alice.http import tls
 from alice.config import ConfigError, Settings
 
 

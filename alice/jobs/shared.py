@@ -38,8 +38,8 @@ from typing import Any, Callable
 import psycopg
 
 from alice.engine.generate import GenerationSpec, batch_key
-from alice.job_stores.postgres import PostgresJobStore
-from alice.jobs import CANCELLED, DEADLINE, Chore, Executor, Job, JobQueue, JobState, QueueFull
+from alice.jobs.postgres import PostgresJobStore
+from alice.jobs.queue import CANCELLED, DEADLINE, Chore, Executor, Job, JobQueue, JobState, QueueFull
 from alice.metrics import prometheus_metrics, shared_queue_depth
 
 logger = logging.getLogger("alice.jobs")

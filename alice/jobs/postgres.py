@@ -41,7 +41,7 @@ from psycopg_pool import ConnectionPool
 
 logger = logging.getLogger("alice.jobs.postgres")
 # The pool warns of every failed connection attempt, several a second while the server is down;
-# alice.shared_jobs says once per outage that the database is gone, and once that it is back.
+# alice.jobs.shared says once per outage that the database is gone, and once that it is back.
 logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 # pg_advisory_xact_lock keys: one for schema changes, one that makes "count, then insert" atomic.

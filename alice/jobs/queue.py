@@ -21,7 +21,7 @@ if a later one could join: no job is ever overtaken by a later job it could not 
 Within the batch every job keeps its own progress, cancel, deadline and result.
 
 This is the queue of one server, its records in SQLite. Replicas that share one queue in
-PostgreSQL (ALICE_DATABASE_URL) run `alice.shared_jobs.SharedJobQueue`, the same worker over
+PostgreSQL (ALICE_DATABASE_URL) run `alice.jobs.shared.SharedJobQueue`, the same worker over
 a queue that lives in the database.
 """
 
@@ -39,8 +39,8 @@ from enum import Enum
 from typing import Any, AsyncIterator, Callable
 
 from alice.engine.generate import GenerationSpec, GenerationStopped, batch_key
-from alice.job_stores import records
-from alice.job_stores.sqlite import SqliteJobStore
+from alice.jobs import records
+from alice.jobs.sqlite import SqliteJobStore
 from alice.protocol.results import job_parameters
 
 logger = logging.getLogger("alice.jobs")

@@ -18,7 +18,8 @@ from datetime import timedelta
 
 from PIL import Image
 
-from alice import __version__, model_store
+from alice import __version__
+from alice.models import store as model_store
 from alice.config import Settings
 from alice.downloads.manager import DownloadManager
 from alice.engine.engine import DiffusersEngine, Engine, OutOfMemory
@@ -26,14 +27,14 @@ from alice.engine.generate import BatchEntry, GenerationStopped, images_per_call
 from alice.engine.loras import LoraLoadFailed
 from alice.engine.device import describe_device
 from alice.engine.pipelines import LoadedPipeline, MemoryOptions, choose_placement, compile_refusal, host_compiler
-from alice.image_store import ImageStore
-from alice.input_images import decode_input_image, keep_input_image
-from alice.job_stores.sqlite import SqliteJobStore
-from alice.jobs import FinishUp, Job, JobControl, JobFailure, JobQueue
+from alice.images.store import ImageStore
+from alice.images.inputs import decode_input_image, keep_input_image
+from alice.jobs.sqlite import SqliteJobStore
+from alice.jobs.queue import FinishUp, Job, JobControl, JobFailure, JobQueue
 from alice.metrics import Summary, prometheus_metrics
 from alice.protocol.generation import GenerationSettings
 from alice.protocol.results import GenerationParameters
-from alice.start_phases import StartPhases
+from alice.serving.start_phases import StartPhases
 
 logger = logging.getLogger("alice")
 
@@ -73,8 +74,8 @@ class Runtime:
         if settings.database_url is None:
             store = SqliteJobStore(settings.data_dir / "jobs.sqlite3")
             return JobQueue(self._execute, max_waiting=settings.queue_size, store=store, **hooks)
-        from alice.job_stores.postgres import PostgresJobStore  # psycopg only where it is used
-        from alice.shared_jobs import SharedJobQueue
+        from alice.jobs.postgres import PostgresJobStore  # psycopg only where it is used
+        from alice.jobs.shared import SharedJobQueue
 
         logger.info("jobs: shared queue in PostgreSQL, this replica is %s", self.replica)
         return SharedJobQueue(

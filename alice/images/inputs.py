@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 from PIL import Image, UnidentifiedImageError
 
-from alice.image_store import ImageStore
+from alice.images.store import ImageStore
 from alice.protocol.generation import InvalidRequest
 
 MAX_INPUT_BYTES = 20 * 1024 * 1024

@@ -1,0 +1,1 @@
+"""Images on disk: the generated ones and the img2img inputs of queued jobs."""

@@ -1,0 +1,1 @@
+"""The job queue: one FIFO and one worker, its records in SQLite or, shared by replicas, in PostgreSQL."""

@@ -1,0 +1,1 @@
+"""The model store: stored pipelines and LoRAs, and how checkpoints get in."""
