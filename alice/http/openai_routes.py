@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from alice.models import store as model_store
 from alice.http.errors import ApiError, job_error
 from alice.http.handling import get_runtime, image_b64, image_urls, read_json_object, result_metadata, submit, wait_for
-from alice.images.inputs import MAX_INPUT_BYTES
+from alice.protocol.input_images import MAX_INPUT_BYTES
 from alice.jobs.queue import Job
 from alice.protocol import openai as oa
 from alice.protocol.generation import GenerationSettings, strip_model_prefix

@@ -27,8 +27,8 @@ from alice.engine.generate import BatchEntry, GenerationStopped, images_per_call
 from alice.engine.loras import LoraLoadFailed
 from alice.engine.device import describe_device
 from alice.engine.pipelines import LoadedPipeline, MemoryOptions, choose_placement, compile_refusal, host_compiler
-from alice.images.store import ImageStore
-from alice.images.inputs import decode_input_image, keep_input_image
+from alice.images.store import ImageStore, keep_input_image
+from alice.protocol.input_images import decode_input_image
 from alice.jobs.sqlite import SqliteJobStore
 from alice.jobs.queue import FinishUp, Job, JobControl, JobFailure, JobQueue
 from alice.metrics import Summary, prometheus_metrics

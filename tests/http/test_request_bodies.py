@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from alice.http.request_bodies import MAX_BODY_BYTES
-from alice.images.inputs import MAX_INPUT_BYTES, MAX_INPUT_PIXELS
+from alice.protocol.input_images import MAX_INPUT_BYTES, MAX_INPUT_PIXELS
 from tests.http.conftest import errors_logged, server_log
 
 # The wire format is the point here, not the pixels: a fake engine draws (tests/fake_engine.py).

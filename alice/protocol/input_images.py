@@ -1,4 +1,4 @@
-"""Input images for img2img: decoded from what clients send, checked, kept for the job.
+"""Input images for img2img as clients send them: decoded and checked before the queue.
 
 Clients send base64, a data URI, or the URL of an image ALICE itself served. URLs are
 resolved in ALICE's own image store by name and never fetched: fetching arbitrary URLs
@@ -59,14 +59,3 @@ def _served_image(url: str, generated: ImageStore, param: str) -> bytes:
     if file is None:
         raise InvalidRequest(param, f"{param}: only images this server made (/images/<name>) can be given by URL")
     return file.read_bytes()
-
-
-def keep_input_image(image: Image.Image, inputs: ImageStore) -> str:
-    """Store the decoded input as PNG so the queued job (and its record) can refer to it by name.
-
-    The file is read once by the job and deleted after it, so it is compressed lightly: at
-    Pillow's default level a 4096x4096 input took twice as long to write.
-    """
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
-    return inputs.save_png(buffer.getvalue())
