@@ -41,7 +41,6 @@ from typing import Any, AsyncIterator, Callable
 from alice.engine.generate import GenerationSpec, GenerationStopped, batch_key
 from alice.jobs import records
 from alice.jobs.sqlite import SqliteJobStore
-from alice.protocol.results import job_parameters
 
 logger = logging.getLogger("alice.jobs")
 
@@ -108,29 +107,6 @@ class Job:
         if self.state is JobState.SUCCEEDED:
             return 1.0
         return self.step / self.total_steps if self.total_steps else 0.0
-
-    def public(self) -> dict[str, Any]:
-        """The job as the API shows it (behind the API key, so parameters are included)."""
-        return {
-            "id": self.id,
-            "object": "job",
-            "state": self.state.value,
-            "progress": round(self.progress, 4),
-            "step": self.step,
-            "total_steps": self.total_steps,
-            "created": self.created,
-            "started": self.started,
-            "generated": self.generated,
-            "finished": self.finished,
-            "error": self.error,
-            "error_code": self.error_code,
-            "images": list(self.images),
-            "batch": self.batch,
-            "model": self.model,
-            "source": self.source,
-            "replica": self.replica,
-            "parameters": job_parameters(self.spec),
-        }
 
     def record(self) -> dict[str, Any]:
         """What is persisted (see `records` for its shape)."""

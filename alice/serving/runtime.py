@@ -33,7 +33,7 @@ from alice.jobs.sqlite import SqliteJobStore
 from alice.jobs.queue import FinishUp, Job, JobControl, JobFailure, JobQueue
 from alice.metrics import Summary, prometheus_metrics
 from alice.protocol.generation import GenerationSettings
-from alice.protocol.results import GenerationParameters
+from alice.protocol.results import GenerationParameters, public_job
 from alice.serving.start_phases import StartPhases
 
 logger = logging.getLogger("alice")
@@ -348,7 +348,7 @@ class Runtime:
         running = self.jobs.running
         return {
             **self.summary.snapshot(),
-            "queue": {"waiting": self.jobs.waiting, "running": running.public() if running else None},
+            "queue": {"waiting": self.jobs.waiting, "running": public_job(running) if running else None},
             "loaded_models": self.pipelines.names(),
             "device": self.placement.device,
             "gpu_memory": gpu,

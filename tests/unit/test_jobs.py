@@ -10,6 +10,7 @@ import pytest
 
 from alice.engine.generate import GenerationSpec, GenerationStopped
 from alice.jobs.queue import JobFailure, JobQueue, JobState, QueueFull
+from alice.protocol.results import public_job
 
 SPEC = GenerationSpec(prompt="p", seed=0)
 
@@ -318,7 +319,7 @@ def test_waiting_jobs_that_can_share_a_call_run_as_one_batch(batching_queue, exe
     assert [job.batch for job in jobs] == [3, 3, 3, 1]
     assert jobs[0].started == jobs[2].started and jobs[0].generated == jobs[2].generated
     assert all(job.state is JobState.SUCCEEDED and job.images == [f"{job.source}.png"] for job in jobs)
-    assert jobs[0].public()["batch"] == 3
+    assert public_job(jobs[0])["batch"] == 3
 
 
 def test_no_job_is_overtaken_by_a_later_one_it_could_not_share_with(batching_queue, executor):
