@@ -72,16 +72,19 @@ class Runtime:
         replicas share in PostgreSQL."""
         hooks = dict(discard_images=self._discard_images, on_finish=self._job_finished, max_images=self._images_per_call)
         if settings.database_url is None:
-            store = SqliteJobStore(settings.data_dir / "jobs.sqlite3")
-            return JobQueue(self._execute, max_waiting=settings.queue_size, store=store, **hooks)
+            from alice.jobs.local import LocalJobs
+
+            backend = LocalJobs(SqliteJobStore(settings.data_dir / "jobs.sqlite3"))
+            return JobQueue(self._execute, max_waiting=settings.queue_size, backend=backend, **hooks)
         from alice.jobs.postgres import PostgresJobStore  # psycopg only where it is used
-        from alice.jobs.shared import SharedJobQueue
+        from alice.jobs.shared import SharedJobs
 
         logger.info("jobs: shared queue in PostgreSQL, this replica is %s", self.replica)
-        return SharedJobQueue(
-            self._execute, settings.queue_size, store=PostgresJobStore(settings.database_url.get_secret_value()),
-            replica=self.replica, lease_s=settings.job_lease_s, **hooks,
+        shared = SharedJobs(
+            PostgresJobStore(settings.database_url.get_secret_value()), replica=self.replica,
+            lease_s=settings.job_lease_s,
         )
+        return JobQueue(self._execute, settings.queue_size, backend=shared, **hooks)
 
     def _diffusers_engine(self) -> DiffusersEngine:
         settings = self.settings

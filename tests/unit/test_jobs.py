@@ -260,11 +260,12 @@ def test_watch_sees_every_state(queue):
 
 
 def test_records_survive_a_restart(tmp_path, executor):
+    from alice.jobs.local import LocalJobs
     from alice.jobs.sqlite import SqliteJobStore as JobStore
 
     discarded: list[str] = []
     store = JobStore(tmp_path / "jobs.sqlite3")
-    queue = JobQueue(executor, max_waiting=5, store=store)
+    queue = JobQueue(executor, max_waiting=5, backend=LocalJobs(store))
     queue.start()
     done = queue.submit("m", SPEC, "done", 60)
     asyncio.run(done.wait())
@@ -275,7 +276,7 @@ def test_records_survive_a_restart(tmp_path, executor):
     store.save(running)
     store.save(queued)
 
-    restarted = JobQueue(executor, max_waiting=5, store=JobStore(tmp_path / "jobs.sqlite3"),
+    restarted = JobQueue(executor, max_waiting=5, backend=LocalJobs(JobStore(tmp_path / "jobs.sqlite3")),
                          discard_images=discarded.extend)
     interrupted = restarted.get("job-running")
     assert interrupted.state is JobState.FAILED and interrupted.error_code == "interrupted"
