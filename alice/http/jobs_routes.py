@@ -11,13 +11,14 @@ from alice.http.errors import ApiError
 from alice.http.handling import get_runtime, image_urls, read_json_object, submit
 from alice.jobs.queue import Job
 from alice.protocol.native import GenerateRequest
+from alice.protocol.results import public_job
 from alice.serving.runtime import Runtime
 
 router = APIRouter(prefix="/v1")
 
 
 def job_view(job: Job, request: Request, runtime: Runtime) -> dict[str, Any]:
-    return {**job.public(), "image_urls": image_urls(request, runtime, job)}
+    return {**public_job(job), "image_urls": image_urls(request, runtime, job)}
 
 
 @router.post("/jobs", status_code=202)

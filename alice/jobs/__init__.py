@@ -1,1 +1,2 @@
-"""The job queue: one FIFO and one worker, its records in SQLite or, shared by replicas, in PostgreSQL."""
+"""The job queue: one worker (`queue`) over one backend (`backend`): one server's FIFO with its
+records in SQLite (`local`), or the queue that replicas share in PostgreSQL (`shared`)."""

@@ -2,7 +2,9 @@
 
 Every replica accepts jobs into the one queue (the rows of `alice_jobs` in state queued), and
 every replica's worker claims the oldest job it can take there, with the jobs behind it that
-share its pipeline call, as the embedded queue does (`alice.jobs`). What differs:
+share its pipeline call, by the same rule as one server (`alice.jobs.batching`). This is the
+queue's backend (`alice.jobs.backend`); the worker and each job's lifecycle are `JobQueue`'s.
+What differs from one server (`alice.jobs.local`):
 
 - A job's record is the database's: any replica lists, reads and cancels any job. A job
   submitted here but run elsewhere is followed by polling (`POLL_S`), so a waiting request or
@@ -37,9 +39,10 @@ from typing import Any, Callable
 
 import psycopg
 
-from alice.engine.generate import GenerationSpec, batch_key
+from alice.jobs.backend import QueueSide
+from alice.jobs.batching import companions
+from alice.jobs.job import CANCELLED, DEADLINE, Chore, Job, JobState, QueueFull
 from alice.jobs.postgres import PostgresJobStore
-from alice.jobs.queue import CANCELLED, DEADLINE, Chore, Executor, Job, JobQueue, JobState, QueueFull
 from alice.metrics import prometheus_metrics, shared_queue_depth
 
 logger = logging.getLogger("alice.jobs")
@@ -61,17 +64,17 @@ class QueueUnavailable(QueueFull):
         self.retry_after_s = retry_after_s
 
 
-class SharedJobQueue(JobQueue):
-    """JobQueue's worker and client side over the queue in PostgreSQL; `replica` names this
+class SharedJobs:
+    """A JobBackend (see `alice.jobs.backend`) over the queue in PostgreSQL; `replica` names this
     server in the records, `lease_s` is how long its running jobs outlive its last heartbeat."""
 
-    def __init__(self, execute: Executor, max_waiting: int, *, store: PostgresJobStore, replica: str, lease_s: float,
-                 **options: Any) -> None:
-        super().__init__(execute, max_waiting, **options)
+    def __init__(self, store: PostgresJobStore, *, replica: str, lease_s: float) -> None:
         self._shared = store
         self._replica = replica
         self._lease_s = lease_s
         self._poll_s = min(POLL_S, lease_s / 4)
+        self._chores: list[Chore] = []  # this replica's own line, run before it claims the next job
+        self._jobs: dict[str, Job] = {}  # the jobs someone follows here (the database keeps the rest)
         self._mine: dict[str, Job] = {}  # claimed here and not finished (saving included)
         self._unsaved: dict[str, Job] = {}  # jobs run here whose last record the database missed
         self._cancel_later: set[str] = set()  # cancels the database missed
@@ -89,15 +92,17 @@ class SharedJobQueue(JobQueue):
     def replica(self) -> str:
         return self._replica
 
+    def attach(self, queue: QueueSide) -> None:
+        self._queue = queue
+        self._lock = queue.lock
+
     # -- the worker ----------------------------------------------------------------
-    def start(self, warm_up: Callable[[], None] | None = None) -> None:
+    def start(self) -> None:
         self._sync_once()
         self._sync_thread.start()
         self._cancel_listener.start()
-        super().start(warm_up)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        super().stop(timeout)
+    def stop(self) -> None:
         self._cancels.shutdown(wait=True)
         self._stop_syncing.set()
         for thread in (self._sync_thread, self._cancel_listener):
@@ -132,15 +137,16 @@ class SharedJobQueue(JobQueue):
                 logger.info("the job database answers again (it was unreachable for %.0f s)", time.monotonic() - since)
         return result
 
-    def _next_work(self) -> Chore | list[Job] | None:
+    def next_work(self) -> Chore | list[Job] | None:
         failing = False
         while True:
             with self._lock:
-                if not self._accepting:
+                if not self._queue.accepting:
                     return None
-                if self._waiting:  # a chore of this replica
-                    self._chore_running = True
-                    return self._waiting.popleft()
+                if self._chores:
+                    chore = self._chores.pop(0)
+                    self._queue.mark_running(chore)
+                    return chore
             try:
                 batch = self._claim()
                 failing = False
@@ -152,16 +158,18 @@ class SharedJobQueue(JobQueue):
                 failing, batch = True, None
             if batch:
                 with self._lock:
-                    stopping = not self._accepting
-                if not stopping:
-                    return batch
+                    if self._queue.accepting:
+                        self._queue.mark_running(batch)
+                        return batch
                 self._hand_back(batch)  # SIGTERM came while claiming: another replica runs them
                 return None
             with self._lock:
-                if self._accepting and not self._waiting:
+                if self._queue.accepting and not self._chores:
                     self._lock.wait(self._poll_s)
 
     def _claim(self) -> list[Job] | None:
+        """Claim the oldest queued job and its companions, marked running under this replica's
+        name; the ones past their deadline are failed. Returns the rest (None: none waited)."""
         claimed: list[Job] = []
 
         def choose(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -181,9 +189,8 @@ class SharedJobQueue(JobQueue):
                 self._mine[job.id] = job
                 (expired if time.time() > job.deadline else batch).append(job)
                 job._notify()
-            self._running = batch
         for job in expired:
-            self._finish(job, JobState.FAILED, DEADLINE, f"the job waited past its deadline ({DEADLINE})")
+            self._queue.end(job, JobState.FAILED, DEADLINE, f"the job waited past its deadline ({DEADLINE})")
         return batch
 
     def _hand_back(self, batch: list[Job]) -> None:
@@ -199,38 +206,29 @@ class SharedJobQueue(JobQueue):
                 self._mine.pop(job.id, None)
                 job.state, job.started, job.replica = JobState.QUEUED, None, None
                 job._notify()
-            self._running = []
         logger.info("stopping: handed %d claimed jobs back to the queue", len(ids))
 
     def _room_behind(self, head: dict[str, Any]) -> int:
         """How many queued jobs could join this head's batch at most (each draws an image or more)."""
         job = Job.from_record(head)
-        return max(0, self._max_images(job) - job.spec.num_images)
+        return max(0, self._queue.max_images(job) - job.spec.num_images)
 
     def _choose(self, candidates: list[Job]) -> list[Job]:
-        """The head and the candidates right behind it that share its pipeline call while the
-        images fit (the embedded queue's rule, `JobQueue._companions`), marked running here.
-        Jobs past their deadline are taken too, to be failed."""
+        """The head and the candidates right behind it that join its batch (`alice.jobs.batching`),
+        marked running here. Jobs past their deadline are taken too, to be failed."""
         head, now = candidates[0], time.time()
         taken = [head]
         if now <= head.deadline:
-            limit, images = self._max_images(head), head.spec.num_images
-            key = (head.model, batch_key(head.spec))
-            for job in candidates[1:]:
-                if (job.model, batch_key(job.spec)) != key:
-                    break
-                if now > job.deadline:
-                    taken.append(job)
-                    continue
-                if images + job.spec.num_images > limit:
-                    break
-                taken.append(job)
-                images += job.spec.num_images
+            found = companions(head, candidates[1:], self._queue.max_images(head), now)
+            taken += candidates[1 : 1 + found.taken]  # joined and expired, in queue order
         for job in taken:
             job.state, job.started, job.replica = JobState.RUNNING, now, self._replica
         return taken
 
-    def _persist(self, job: Job) -> None:
+    def add_chore(self, chore: Chore) -> None:
+        self._chores.append(chore)
+
+    def persist(self, job: Job) -> None:
         if job.replica != self._replica or job.id not in self._mine:
             return  # only the replica running a job writes its record
         try:
@@ -247,10 +245,10 @@ class SharedJobQueue(JobQueue):
             logger.warning("job %s was failed by another replica (this one missed its lease); stopping it", job.id)
             job.cancel_requested = True  # no GPU time for a job whose record says it ended
 
-    def _finish(self, job: Job, state: JobState, code: str | None = None, error: str | None = None) -> None:
-        super()._finish(job, state, code, error)
+    def ended(self, job: Job) -> None:
         with self._lock:
             self._mine.pop(job.id, None)
+            self._forget_old()
 
     def _forget_old(self) -> None:
         """Keep only the jobs someone follows here (under the lock); the database keeps the rest."""
@@ -286,7 +284,7 @@ class SharedJobQueue(JobQueue):
         with self._lock:
             mine = list(self._mine.values())
             followed = [job.id for job in self._jobs.values() if not job.state.finished and job.id not in self._mine]
-            busy = bool(self._running) or self._chore_running
+            busy = self._queue.busy
         cancelled = self._db(
             self._shared.heartbeat,
             self._replica, busy, [(job.id, job.step, job.total_steps) for job in mine], self._lease_s
@@ -307,13 +305,13 @@ class SharedJobQueue(JobQueue):
                 logger.warning("job %s: this replica missed its lease; another may have failed it", stalled.id)
                 continue
             job = self._follow(record)
-            self._discard_images(images)
+            self._queue.discard_images(images)
             logger.warning("job %s failed: replica %s stopped renewing its lease", job.id, job.replica)
-            self._on_finish(job)
+            self._queue.on_finish(job)
         self._waiting_everywhere = self._db(self._shared.waiting)
         self._publish_gauges()
         if self._db(self._shared.due, "trim-job-records", 60):
-            self._db(self._shared.delete_oldest_finished, self._keep_finished)
+            self._db(self._shared.delete_oldest_finished, self._queue.keep_finished)
         with self._lock:
             self._forget_old()
 
@@ -322,7 +320,7 @@ class SharedJobQueue(JobQueue):
         replicas, and the shared queue's depth, the same on every replica (read it with max())."""
         metrics = prometheus_metrics()
         metrics.queue_depth.set(self.waiting_here)
-        metrics.running.set(1 if self.running else 0)
+        metrics.running.set(1 if self._queue.running else 0)
         shared_queue_depth().set(self._waiting_everywhere)
 
     def _follow(self, record: dict[str, Any]) -> Job:
@@ -338,12 +336,11 @@ class SharedJobQueue(JobQueue):
             return job
 
     # -- the clients' side ------------------------------------------------------------
-    def submit(self, model: str, spec: GenerationSpec, source: str, timeout_s: float) -> Job:
-        job = Job(model=model, spec=spec, source=source, deadline=time.time() + timeout_s)
+    def submit(self, job: Job) -> None:
         with self._lock:
-            if not self._accepting:
-                raise QueueFull(self._waiting_everywhere, self._retry_after_s())
-        full = self._db(self._shared.insert, job.record(), self._max_waiting, replica_timeout_s=self._lease_s)
+            if not self._queue.accepting:
+                raise QueueFull(self._waiting_everywhere, self._queue.retry_after_s())
+        full = self._db(self._shared.insert, job.record(), self._queue.max_waiting, replica_timeout_s=self._lease_s)
         if full:
             waiting, average, live = full
             raise QueueFull(waiting, max(1, min(600, round((average or 10.0) * max(1, waiting) / max(1, live)))))
@@ -351,8 +348,6 @@ class SharedJobQueue(JobQueue):
             self._jobs[job.id] = job
             self._waiting_everywhere += 1
             self._lock.notify_all()  # this replica's worker may be idle: look now
-        logger.info("job %s queued (%s, model %s)", job.id, source, model)
-        return job
 
     def cancel(self, job_id: str) -> Job | None:
         with self._lock:
@@ -399,7 +394,7 @@ class SharedJobQueue(JobQueue):
         job = self._follow(record)
         if ended:
             logger.info("job %s cancelled while queued", job.id)
-            self._on_finish(job)
+            self._queue.on_finish(job)
         return job
 
     def get(self, job_id: str) -> Job | None:
@@ -412,13 +407,18 @@ class SharedJobQueue(JobQueue):
     def list(self) -> list[Job]:
         with self._lock:
             mine = dict(self._mine)
-        records = self._db(self._shared.recent, self._keep_finished + self._max_waiting + 1)
+        records = self._db(self._shared.recent, self._queue.keep_finished + self._queue.max_waiting + 1)
         return [mine.get(record["id"]) or Job.from_record(record) for record in records]
 
     @property
     def waiting(self) -> int:
         """Jobs waiting in the shared queue (as of the last sync), this replica's chores included."""
-        return self._waiting_everywhere + len(self._waiting)
+        return self._waiting_everywhere + len(self._chores)
+
+    @property
+    def waiting_here(self) -> int:
+        """Only this replica's chores wait for its own worker; the jobs wait for any replica's."""
+        return len(self._chores)
 
     def is_my_turn(self, task: str, interval_s: float) -> bool:
         try:

@@ -108,3 +108,28 @@ class GenerationResult(GenerationParameters):  # type: ignore[misc, valid-type]
 def job_parameters(spec: GenerationSpec) -> dict[str, Any]:
     """A job's `parameters` as `/v1/jobs` shows them."""
     return GenerationParameters.of(spec).model_dump(mode="json")
+
+
+def public_job(job: Job) -> dict[str, Any]:
+    """A job as the API shows it (`/v1/jobs`, the metrics summary's running job). Behind the API
+    key, so its parameters are included. Here, not on `Job`: the queue knows nothing of the API."""
+    return {
+        "id": job.id,
+        "object": "job",
+        "state": job.state.value,
+        "progress": round(job.progress, 4),
+        "step": job.step,
+        "total_steps": job.total_steps,
+        "created": job.created,
+        "started": job.started,
+        "generated": job.generated,
+        "finished": job.finished,
+        "error": job.error,
+        "error_code": job.error_code,
+        "images": list(job.images),
+        "batch": job.batch,
+        "model": job.model,
+        "source": job.source,
+        "replica": job.replica,
+        "parameters": job_parameters(job.spec),
+    }

@@ -33,7 +33,7 @@ from alice.jobs.sqlite import SqliteJobStore
 from alice.jobs.queue import FinishUp, Job, JobControl, JobFailure, JobQueue
 from alice.metrics import Summary, prometheus_metrics
 from alice.protocol.generation import GenerationSettings
-from alice.protocol.results import GenerationParameters
+from alice.protocol.results import GenerationParameters, public_job
 from alice.serving.start_phases import StartPhases
 
 logger = logging.getLogger("alice")
@@ -72,16 +72,19 @@ class Runtime:
         replicas share in PostgreSQL."""
         hooks = dict(discard_images=self._discard_images, on_finish=self._job_finished, max_images=self._images_per_call)
         if settings.database_url is None:
-            store = SqliteJobStore(settings.data_dir / "jobs.sqlite3")
-            return JobQueue(self._execute, max_waiting=settings.queue_size, store=store, **hooks)
+            from alice.jobs.local import LocalJobs
+
+            backend = LocalJobs(SqliteJobStore(settings.data_dir / "jobs.sqlite3"))
+            return JobQueue(self._execute, max_waiting=settings.queue_size, backend=backend, **hooks)
         from alice.jobs.postgres import PostgresJobStore  # psycopg only where it is used
-        from alice.jobs.shared import SharedJobQueue
+        from alice.jobs.shared import SharedJobs
 
         logger.info("jobs: shared queue in PostgreSQL, this replica is %s", self.replica)
-        return SharedJobQueue(
-            self._execute, settings.queue_size, store=PostgresJobStore(settings.database_url.get_secret_value()),
-            replica=self.replica, lease_s=settings.job_lease_s, **hooks,
+        shared = SharedJobs(
+            PostgresJobStore(settings.database_url.get_secret_value()), replica=self.replica,
+            lease_s=settings.job_lease_s,
         )
+        return JobQueue(self._execute, settings.queue_size, backend=shared, **hooks)
 
     def _diffusers_engine(self) -> DiffusersEngine:
         settings = self.settings
@@ -348,7 +351,7 @@ class Runtime:
         running = self.jobs.running
         return {
             **self.summary.snapshot(),
-            "queue": {"waiting": self.jobs.waiting, "running": running.public() if running else None},
+            "queue": {"waiting": self.jobs.waiting, "running": public_job(running) if running else None},
             "loaded_models": self.pipelines.names(),
             "device": self.placement.device,
             "gpu_memory": gpu,

@@ -10,6 +10,7 @@ import pytest
 
 from alice.engine.generate import GenerationSpec, GenerationStopped
 from alice.jobs.queue import JobFailure, JobQueue, JobState, QueueFull
+from alice.protocol.results import public_job
 
 SPEC = GenerationSpec(prompt="p", seed=0)
 
@@ -21,6 +22,7 @@ class SteppingExecutor:
     def __init__(self, steps: int = 5, step_s: float = 0.01) -> None:
         self.steps, self.step_s = steps, step_s
         self.order: list[str] = []
+        self.step_times: dict[str, list[float]] = {}  # per job (its source): time.time() of each step
         self.release = threading.Event()  # cleared: generations wait before their first step
         self.release.set()
         self.saving = threading.Event()  # cleared: saves wait
@@ -36,6 +38,7 @@ class SteppingExecutor:
             time.sleep(self.step_s)
             for index, control in enumerate(controls):
                 if outcomes[index] is None:
+                    self.step_times.setdefault(jobs[index].source, []).append(time.time())
                     control.step(step, self.steps)
                     if reason := control.should_stop():
                         outcomes[index] = GenerationStopped(reason)
@@ -161,15 +164,20 @@ def test_cancel_queued_and_running(queue, executor):
 
 
 def test_deadline_in_the_queue_and_while_running(executor):
-    executor.steps, executor.step_s = 50, 0.02
+    """A running job stops at its first step past its deadline; a job whose deadline passes
+    while it waits never runs. The deadlines are seconds (a loaded machine starts the first job
+    well within them), the check is in steps: what it guards against is a job that runs on."""
+    executor.steps, executor.step_s = 1000, 0.02  # 20 s, should the deadline not stop it
     queue = JobQueue(executor, max_waiting=5)
     queue.start()
     try:
-        slow = queue.submit("m", SPEC, "slow", 0.2)
-        late = queue.submit("m", SPEC, "late", 0.1)
+        slow = queue.submit("m", SPEC, "slow", 2.0)
+        late = queue.submit("m", SPEC, "late", 1.0)  # behind slow, which runs past this deadline
         asyncio.run(late.wait())
         asyncio.run(slow.wait())
-        assert slow.state is JobState.FAILED and slow.error_code == "timeout" and slow.step < 50
+        assert slow.state is JobState.FAILED and slow.error_code == "timeout" and slow.step < 1000
+        steps_past_deadline = [at for at in executor.step_times["slow"] if at > slow.deadline]
+        assert len(steps_past_deadline) <= 1, steps_past_deadline  # the step that saw it, no more
         assert late.state is JobState.FAILED and "deadline" in late.error
         assert executor.order == ["slow"]
     finally:
@@ -259,11 +267,12 @@ def test_watch_sees_every_state(queue):
 
 
 def test_records_survive_a_restart(tmp_path, executor):
+    from alice.jobs.local import LocalJobs
     from alice.jobs.sqlite import SqliteJobStore as JobStore
 
     discarded: list[str] = []
     store = JobStore(tmp_path / "jobs.sqlite3")
-    queue = JobQueue(executor, max_waiting=5, store=store)
+    queue = JobQueue(executor, max_waiting=5, backend=LocalJobs(store))
     queue.start()
     done = queue.submit("m", SPEC, "done", 60)
     asyncio.run(done.wait())
@@ -274,7 +283,7 @@ def test_records_survive_a_restart(tmp_path, executor):
     store.save(running)
     store.save(queued)
 
-    restarted = JobQueue(executor, max_waiting=5, store=JobStore(tmp_path / "jobs.sqlite3"),
+    restarted = JobQueue(executor, max_waiting=5, backend=LocalJobs(JobStore(tmp_path / "jobs.sqlite3")),
                          discard_images=discarded.extend)
     interrupted = restarted.get("job-running")
     assert interrupted.state is JobState.FAILED and interrupted.error_code == "interrupted"
@@ -318,7 +327,7 @@ def test_waiting_jobs_that_can_share_a_call_run_as_one_batch(batching_queue, exe
     assert [job.batch for job in jobs] == [3, 3, 3, 1]
     assert jobs[0].started == jobs[2].started and jobs[0].generated == jobs[2].generated
     assert all(job.state is JobState.SUCCEEDED and job.images == [f"{job.source}.png"] for job in jobs)
-    assert jobs[0].public()["batch"] == 3
+    assert public_job(jobs[0])["batch"] == 3
 
 
 def test_no_job_is_overtaken_by_a_later_one_it_could_not_share_with(batching_queue, executor):
