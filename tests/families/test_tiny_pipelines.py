@@ -17,6 +17,8 @@ EXPECTED_CLASS = {
     "flux-schnell": "FluxPipeline",
     "chroma": "ChromaPipeline",
     "z-image": "ZImagePipeline",
+    "flux2-klein": "Flux2KleinPipeline",
+    "qwen-image": "QwenImagePipeline",
 }
 MAX_BYTES = 5_000_000
 
@@ -29,7 +31,8 @@ def _draw(pipe: object, seed: int) -> np.ndarray:
     import torch
 
     result = pipe(  # type: ignore[operator]
-        "a red circle on a blue square",
+        # By keyword: FLUX.2's pipelines take `image` first, so a positional prompt is an image.
+        prompt="a red circle on a blue square",
         height=64,
         width=64,
         num_inference_steps=2,

@@ -61,15 +61,15 @@ def clip_tokenizer() -> Any:
 def t5_tokenizer() -> Any:
     """A SentencePiece-style Unigram T5 tokenizer: <pad>=0, </s>=1, <unk>=2 as in T5.
 
-    Pieces are the listed words (with the word-start marker) and single letters, so any
-    ASCII prompt tokenizes without <unk>. `extra_ids=0`: the 100 sentinel tokens are for
+    Pieces are the listed words (with the word-start marker) and single letters, so ASCII
+    letters and digits never become <unk> (other characters do, as in T5). `extra_ids=0`: the 100 sentinel tokens are for
     T5's pre-training only and would just grow the embedding table.
     """
     from transformers import T5Tokenizer
 
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
     pieces += [("▁" + word, -1.0) for word in WORDS]
-    pieces += [(ch, -5.0) for ch in "abcdefghijklmnopqrstuvwxyz0123456789.,!?'-"]
+    pieces += [(ch, -5.0) for ch in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?'-"]
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=T5_TOKENS)
 
 
@@ -291,18 +291,54 @@ QWEN_CHAT_TEMPLATE = (
     "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
 )
 QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
+QWEN_VISION_SPECIALS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+# Qwen-Image drops the first 34 tokens of its prompt template (its system prompt) from the
+# encoder's output: 34 is the real tokenizer's count. These pieces (as Qwen's pre-tokenizer
+# cuts the template) are made single tokens so the tiny tokenizer gives 34 too.
+QWEN_IMAGE_PIECES = (
+    "system user Describe the image by detailing color shape size texture quantity text"
+    " spatial relationships of objects and background"
+).split()
 
 
-def qwen_tokenizer() -> Any:
-    """Byte-level BPE Qwen2Tokenizer: the 256 byte symbols, no merges, Qwen's special
-    tokens and a chat template; every string tokenizes (one token per byte)."""
+def _byte_level_merges(pieces: list[str]) -> list[tuple[str, str]]:
+    """BPE training (most frequent pair first) on `pieces` until each is one symbol, in
+    byte-level form: like alice/engine/tokenizer.py's `learn_merges`, without CLIP's </w>."""
+    from collections import Counter
+
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    to_symbol = bytes_to_unicode()
+    spelled = [[to_symbol[b] for b in piece.encode("utf-8")] for piece in dict.fromkeys(pieces)]
+    merges: list[tuple[str, str]] = []
+    while pairs := Counter(pair for symbols in spelled for pair in zip(symbols, symbols[1:])):
+        best = max(pairs, key=lambda pair: pairs[pair])  # ties: first seen, so deterministic
+        merges.append(best)
+        for symbols in spelled:
+            i = 0
+            while i < len(symbols) - 1:
+                if (symbols[i], symbols[i + 1]) == best:
+                    symbols[i : i + 2] = [symbols[i] + symbols[i + 1]]
+                i += 1
+    return merges
+
+
+def qwen_tokenizer(vision_tokens: bool = False) -> Any:
+    """Byte-level BPE Qwen2Tokenizer: the 256 byte symbols plus merges for a few words,
+    Qwen's special tokens and a chat template; any string tokenizes without unknowns."""
     from transformers import Qwen2Tokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    symbols = list(bytes_to_unicode().values())
-    vocab = {symbol: index for index, symbol in enumerate([*symbols, *QWEN_SPECIALS])}
-    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[], model_max_length=T5_TOKENS)
-    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIALS[1:])})
+    # Qwen's pre-tokenizer keeps a word's leading space: " the" is its own piece.
+    words = [*WORDS, *QWEN_IMAGE_PIECES]
+    merges = _byte_level_merges([*words, *(" " + word for word in words)])
+    specials = [*QWEN_SPECIALS, *(QWEN_VISION_SPECIALS if vision_tokens else ())]
+    tokens = [*bytes_to_unicode().values(), *(left + right for left, right in merges), *specials]
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab, merges=merges, model_max_length=T5_TOKENS
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
     tokenizer.chat_template = QWEN_CHAT_TEMPLATE
     return tokenizer
 
@@ -357,10 +393,120 @@ def build_tiny_z_image(folder: Path) -> Path:
     return _save(pipe, folder)
 
 
+def build_tiny_flux2_klein(folder: Path) -> Path:
+    """Flux2KleinPipeline: a Qwen3ForCausalLM, AutoencoderKLFlux2, Flux2Transformer2DModel.
+
+    Klein stacks the Qwen3 hidden states of layers (9, 18, 27) (the pipeline's default
+    `text_encoder_out_layers`), so the tiny Qwen3 keeps 27 layers for the default call to
+    work, and the transformer's `joint_attention_dim` is 3 x the Qwen3 hidden size.
+    FLUX.2's VAE has 32 latent channels, packed 2x2 into 128; it also keeps a BatchNorm
+    over the packed channels whose running stats normalise latents.
+    """
+    from diffusers import AutoencoderKLFlux2, Flux2KleinPipeline, Flux2Transformer2DModel
+
+    tok = qwen_tokenizer()
+    with _seeded():
+        pipe = Flux2KleinPipeline(
+            scheduler=flow_scheduler(dynamic=True),  # mu comes from compute_empirical_mu
+            vae=AutoencoderKLFlux2(
+                block_out_channels=(8, 8, 16, 16),  # 4 blocks: the real 8x downscale
+                layers_per_block=1,
+                latent_channels=32,  # as the real FLUX.2 VAE
+                norm_num_groups=4,
+                sample_size=64,
+            ).eval(),
+            text_encoder=qwen3(tok, layers=27, causal_lm=True),
+            tokenizer=tok,
+            transformer=Flux2Transformer2DModel(
+                patch_size=1,
+                in_channels=128,  # 32 latent channels x 2x2 packing
+                num_layers=1,
+                num_single_layers=1,
+                attention_head_dim=16,
+                num_attention_heads=2,
+                joint_attention_dim=3 * HIDDEN,  # three stacked Qwen3 layers
+                timestep_guidance_channels=32,  # sinusoid width; real 256
+                axes_dims_rope=(4, 4, 4, 4),  # FLUX.2 has 4 rope axes (t, h, w, l); sum = head dim
+                guidance_embeds=False,  # Klein is step-distilled: no guidance embedder
+            ).eval(),
+            is_distilled=True,  # as Klein's model_index.json: guidance_scale is then ignored
+        )
+    return _save(pipe, folder)
+
+
+def build_tiny_qwen_image(folder: Path) -> Path:
+    """QwenImagePipeline: Qwen2.5-VL (last hidden state), AutoencoderKLQwenImage, QwenImageTransformer2DModel.
+
+    The text encoder is the whole vision-language model, as in the real repo (the vision
+    tower is unused for text-to-image but is part of the class); both parts are tiny. Its
+    multimodal rope splits each head's 16 dims into (time, row, col) = 2 x (2, 3, 3).
+    The VAE is Wan's video VAE used on single frames: 16 latent channels, 8x, with
+    per-channel latent mean/std the pipeline applies (the class defaults are the real ones).
+    """
+    from diffusers import AutoencoderKLQwenImage, QwenImagePipeline, QwenImageTransformer2DModel
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    tok = qwen_tokenizer(vision_tokens=True)
+    prefix = "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, spatial relationships of the objects and background:<|im_end|>\n<|im_start|>user\n"
+    assert len(tok(prefix).input_ids) == 34, "the pipeline drops 34 template tokens"
+    ids = {name: tok.convert_tokens_to_ids(name) for name in QWEN_VISION_SPECIALS}
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=HIDDEN,
+            intermediate_size=2 * HIDDEN,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=2 * T5_TOKENS,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
+            bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
+            eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+        ),
+        vision_config=dict(
+            depth=1,
+            hidden_size=16,
+            intermediate_size=32,
+            num_heads=2,
+            out_hidden_size=HIDDEN,  # the merger projects image patches to the text width
+            fullatt_block_indexes=[0],
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    with _seeded():
+        pipe = QwenImagePipeline(
+            scheduler=flow_scheduler(dynamic=True),
+            vae=AutoencoderKLQwenImage(
+                base_dim=8,  # real 96
+                z_dim=16,
+                dim_mult=[1, 2, 4, 4],  # 4 stages: 8x spatial, as the real one
+                num_res_blocks=1,  # real 2
+            ).eval(),
+            text_encoder=Qwen2_5_VLForConditionalGeneration(config).eval(),
+            tokenizer=tok,
+            transformer=QwenImageTransformer2DModel(
+                patch_size=2,
+                in_channels=64,  # 16 latent channels x 2x2 packing
+                out_channels=16,
+                num_layers=1,
+                attention_head_dim=16,
+                num_attention_heads=2,
+                joint_attention_dim=HIDDEN,  # the Qwen2.5-VL hidden size
+                axes_dims_rope=(4, 6, 6),  # sum = head dim
+            ).eval(),
+        )
+    return _save(pipe, folder)
+
+
 BUILDERS = {
     "sd3": build_tiny_sd3,
     "flux": build_tiny_flux,
     "flux-schnell": build_tiny_flux_schnell,
     "chroma": build_tiny_chroma,
     "z-image": build_tiny_z_image,
+    "flux2-klein": build_tiny_flux2_klein,
+    "qwen-image": build_tiny_qwen_image,
 }
