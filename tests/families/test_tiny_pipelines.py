@@ -75,6 +75,8 @@ def _weights_digest(folder: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("family", ["flux", "z-image"])
-def test_building_twice_writes_the_same_weights(family: str, tmp_path: Path, tiny_family: Callable[[str], Path]) -> None:
+def test_building_twice_writes_the_same_weights(
+    family: str, tmp_path: Path, tiny_family: Callable[[str], Path]
+) -> None:
     again = BUILDERS[family](tmp_path / family)
     assert _weights_digest(again) == _weights_digest(tiny_family(family))

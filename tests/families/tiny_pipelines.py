@@ -61,15 +61,16 @@ def clip_tokenizer() -> Any:
 def t5_tokenizer() -> Any:
     """A SentencePiece-style Unigram T5 tokenizer: <pad>=0, </s>=1, <unk>=2 as in T5.
 
-    Pieces are the listed words (with the word-start marker) and single letters, so ASCII
-    letters and digits never become <unk> (other characters do, as in T5). `extra_ids=0`: the 100 sentinel tokens are for
-    T5's pre-training only and would just grow the embedding table.
+    Pieces are the listed words (with the word-start marker) and single ASCII letters, digits
+    and punctuation; anything else becomes <unk>. `extra_ids=0`: T5's 100 sentinel tokens
+    serve its pre-training only and would just grow the embedding table.
     """
     from transformers import T5Tokenizer
 
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
     pieces += [("▁" + word, -1.0) for word in WORDS]
-    pieces += [(ch, -5.0) for ch in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?'-"]
+    characters = "abcdefghijklmnopqrstuvwxyz" "ABCDEFGHIJKLMNOPQRSTUVWXYZ" "0123456789.,!?'-"
+    pieces += [(ch, -5.0) for ch in characters]
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=T5_TOKENS)
 
 
@@ -447,7 +448,10 @@ def build_tiny_qwen_image(folder: Path) -> Path:
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     tok = qwen_tokenizer(vision_tokens=True)
-    prefix = "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, spatial relationships of the objects and background:<|im_end|>\n<|im_start|>user\n"
+    prefix = (  # QwenImagePipeline.prompt_template_encode up to the prompt
+        "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text,"
+        " spatial relationships of the objects and background:<|im_end|>\n<|im_start|>user\n"
+    )
     assert len(tok(prefix).input_ids) == 34, "the pipeline drops 34 template tokens"
     ids = {name: tok.convert_tokens_to_ids(name) for name in QWEN_VISION_SPECIALS}
     config = Qwen2_5_VLConfig(
