@@ -80,3 +80,27 @@ def test_building_twice_writes_the_same_weights(
 ) -> None:
     again = BUILDERS[family](tmp_path / family)
     assert _weights_digest(again) == _weights_digest(tiny_family(family))
+
+
+@pytest.mark.parametrize("family", sorted(EXPECTED_CLASS))
+def test_transformer_loads_from_a_single_file_offline(family: str, tiny_family: Callable[[str], Path]) -> None:
+    """A diffusers-named transformer file loads with `config=` the folder (no hub lookup):
+    the path single-file and GGUF imports take. `subfolder=` is needed once `config=` is set."""
+    import json
+
+    import diffusers
+    import torch
+
+    folder = tiny_family(family)
+    class_name = json.loads((folder / "model_index.json").read_text())["transformer"][1]
+    model_class = getattr(diffusers, class_name)
+    single = model_class.from_single_file(
+        str(folder / "transformer" / "diffusion_pytorch_model.safetensors"),
+        config=str(folder),
+        subfolder="transformer",
+        local_files_only=True,
+    )
+    reference = model_class.from_pretrained(folder, subfolder="transformer").state_dict()
+    loaded = single.state_dict()
+    assert loaded.keys() == reference.keys()
+    assert all(torch.equal(loaded[key], reference[key]) for key in reference)
