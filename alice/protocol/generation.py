@@ -10,6 +10,7 @@ server (None), the input image, the LoRAs as objects, and the prompt's and sched
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import secrets
 from typing import Any
@@ -17,9 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 from pydantic.fields import FieldInfo
 
-# The limits are declared with the spec; the routes import them from here too.
-from alice.engine.spec import MAX_PROMPT_CHARS, MAX_SEED, MAX_SIDE  # noqa: F401
-from alice.engine.spec import GenerationSpec, drawing_settings, setting
+from alice.engine.spec import MAX_SEED, GenerationSpec, drawing_settings, setting
 from alice.protocol.schedulers import canonical_scheduler_name
 
 MODEL_PREFIX = "sd/"
@@ -199,3 +198,20 @@ class GenerationSettings(DrawingSettings):  # type: ignore[misc, valid-type]
                 f"img2img runs int(steps x strength) denoising steps, and steps = {self.steps} x strength = "
                 f"{self.strength:g} leaves none: raise steps or strength",
             )
+
+
+# JSON Schema's words for a limit: what `/v1/settings` serves per setting, as the schema says it.
+LIMIT_WORDS = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum", "multipleOf", "minLength", "maxLength", "maxItems")
+
+
+@functools.cache
+def setting_limits() -> dict[str, dict[str, Any]]:
+    """Each setting's limits as the request schema states them (the spec's declarations):
+    {"steps": {"minimum": 1, "maximum": 150}, "strength": {"exclusiveMinimum": 0, "maximum": 1}, ...}.
+    A setting that may be none (width) has the limits of its value."""
+    limits = {}
+    for name, schema in GenerationSettings.model_json_schema()["properties"].items():
+        found = {word: part[word] for part in (schema, *schema.get("anyOf", ())) for word in LIMIT_WORDS if word in part}
+        if found:
+            limits[name] = found
+    return limits
