@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -20,8 +21,16 @@ logging.getLogger("transformers.utils.import_utils").addFilter(
 
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
+from alice.engine.spec import setting, setting_limit  # noqa: E402
 from alice.models import store as model_store  # noqa: E402
 from alice.logs import configure_logging  # noqa: E402
+
+
+def _setting_option(name: str, **options: Any) -> Any:
+    """A typer option for a drawing setting, with its default and range as GenerationSpec
+    declares them: the service's, with no copy here to drift."""
+    return typer.Option(setting(name).default, min=setting_limit(name, "ge"), max=setting_limit(name, "le"), **options)
+
 
 app = typer.Typer(help="ALICE: self-hosted Stable Diffusion.", no_args_is_help=True, add_completion=False)
 models_app = typer.Typer(help="Models in the Bento model store.", no_args_is_help=True)
@@ -77,9 +86,9 @@ def models_train_demo(
 @models_app.command("evaluate-demo")
 def models_evaluate_demo(
     model: Path = typer.Option(None, help="A demo-shaped diffusers folder (default: the shipped demo model)."),
-    steps: int = typer.Option(25, min=1, max=150),
-    guidance: float = typer.Option(7.5, min=0, max=30),
-    scheduler: str = typer.Option(None, help="Sampler name (default: the service's default)."),
+    steps: int = _setting_option("steps"),
+    guidance: float = _setting_option("guidance_scale"),
+    scheduler: str = _setting_option("scheduler", help="Sampler name."),
     seeds: int = typer.Option(1, min=1, help="Images per held-out prompt (seeds 0, 1, ...)."),
     save_to: Path = typer.Option(None, help="Also write each image here, named by its prompt."),
     autoencoder: bool = typer.Option(
@@ -88,7 +97,7 @@ def models_evaluate_demo(
     """Generate for held-out colour/shape/background prompts and judge the pixels."""
     from alice.demo_training.evaluate import autoencoder_round_trip, evaluate
     from alice.engine.demo import DEMO_MODEL_DIR
-    from alice.protocol.schedulers import DEFAULT_SCHEDULER, canonical_scheduler_name
+    from alice.protocol.schedulers import canonical_scheduler_name
 
     if autoencoder:
         shares = autoencoder_round_trip(model or DEMO_MODEL_DIR)
@@ -99,7 +108,7 @@ def models_evaluate_demo(
         model or DEMO_MODEL_DIR,
         steps=steps,
         guidance_scale=guidance,
-        scheduler=canonical_scheduler_name(scheduler or DEFAULT_SCHEDULER),
+        scheduler=canonical_scheduler_name(scheduler),
         seeds=tuple(range(seeds)),
         save_to=save_to,
     )

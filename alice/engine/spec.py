@@ -1,36 +1,99 @@
 """What the engine draws: one request's settings, resolved and checked (no torch in here).
 
-The protocol builds a GenerationSpec from any client's settings (GenerationSettings.to_spec)
-and cuts every answer from one (alice/protocol/results.py), so a new setting is a field here,
-a field of the schema and an argument of the pipeline call.
+Each drawing setting is declared once, here: a field of GenerationSpec with its default, and
+in its annotation a pydantic `Field` with its limits and description. The protocol derives the
+request schema every route shares from these declarations (alice/protocol/generation.py), the
+answers and the job record follow the spec's fields, and `/v1/settings`, the web page and the
+CLI read defaults and limits from them. So a new setting is a field here (its default, limit
+and description) and an argument of the pipeline call (alice/engine/generate.py).
+
+A field without a `Field` in its annotation (init_image, loras) is the engine's own: the
+request carries it in another shape (`input_image`, `loras` as a list of objects).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import Field
+from pydantic.fields import FieldInfo
 
 from alice.protocol.schedulers import DEFAULT_SCHEDULER
+
+MAX_PROMPT_CHARS = 4000
+MAX_SIDE = 2048
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
 class GenerationSpec:
-    """What to draw. Validated before it gets here; the seed is already chosen and the
-    scheduler name is canonical."""
+    """What to draw. Validated before it gets here (against the limits declared on its fields);
+    the seed is already chosen and the scheduler name is canonical."""
 
-    prompt: str  # as the client wrote it: <lora:...> tags are taken out before the text encoder
-    seed: int
-    negative_prompt: str = ""
-    width: int = 512
-    height: int = 512
-    steps: int = 25
-    guidance_scale: float = 7.5
-    scheduler: str = DEFAULT_SCHEDULER
-    num_images: int = 1
+    # As the client wrote it: <lora:...> tags are taken out before the text encoder.
+    prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="What to draw.")]
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED, description="Seed for repeatable images")]
+    negative_prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS, description="What not to draw.")] = ""
+    width: Annotated[
+        int, Field(ge=64, le=MAX_SIDE, multiple_of=8, description="Image width in pixels, a multiple of 8")
+    ] = 512
+    height: Annotated[
+        int, Field(ge=64, le=MAX_SIDE, multiple_of=8, description="Image height in pixels, a multiple of 8")
+    ] = 512
+    steps: Annotated[int, Field(ge=1, le=150, description="Denoising steps.")] = 25
+    guidance_scale: Annotated[
+        float, Field(ge=0, le=30, allow_inf_nan=False, description="Classifier-free guidance (CFG).")
+    ] = 7.5
+    scheduler: Annotated[
+        str, Field(max_length=40, description="Sampler name, e.g. ddim, euler_a, dpm++_2m_karras.")
+    ] = DEFAULT_SCHEDULER
+    num_images: Annotated[int, Field(ge=1, le=16, description="How many images to draw (seeds seed, seed+1, ...).")] = 1
     init_image: str | None = None  # name of the stored input image for img2img
-    strength: float = 0.75  # img2img: how much of the input is redrawn (1 = all)
+    strength: Annotated[
+        float,
+        Field(gt=0, le=1, allow_inf_nan=False, description="img2img: how much of the input image is redrawn (1 = all)."),
+    ] = 0.75
     loras: tuple[tuple[str, float], ...] = ()  # (name, scale), from settings and <lora:...> tags
-    clip_skip: int | None = None  # A1111's count: 1 = the text encoder's last layer; None = the model's default
+    # "a1111": its label in the A1111 parameters text of each PNG (alice/protocol/a1111.py).
+    clip_skip: Annotated[
+        int | None,
+        Field(
+            ge=1, le=12, json_schema_extra={"a1111": "Clip skip"},
+            description="Counted as A1111 does: 1 = the text encoder's last layer, 2 = the one before; "
+            "none = the model's default.",
+        ),
+    ] = None
+
+
+def drawing_settings() -> dict[str, tuple[Any, Any]]:
+    """The settings a client chooses, as declared on GenerationSpec, in its order: name ->
+    (its type annotated with its pydantic `Field`, its default; `...` when required). The shape
+    pydantic's `create_model` takes."""
+    hints = typing.get_type_hints(GenerationSpec, include_extras=True)
+    return {
+        field.name: (hints[field.name], ... if field.default is dataclasses.MISSING else field.default)
+        for field in dataclasses.fields(GenerationSpec)
+        if any(isinstance(extra, FieldInfo) for extra in getattr(hints[field.name], "__metadata__", ()))
+    }
+
+
+def setting(name: str) -> FieldInfo:
+    """One drawing setting's declaration: `.default`, `.description`, its limits in `.metadata`."""
+    annotation, default = drawing_settings()[name]
+    return FieldInfo.from_annotated_attribute(annotation, default)
+
+
+def setting_limit(name: str, kind: str) -> Any:
+    """A limit of a drawing setting as declared (`ge`, `gt`, `le`, `multiple_of`, `max_length`...),
+    or None."""
+    for constraint in setting(name).metadata:
+        value = getattr(constraint, kind, None)
+        if value is not None:
+            return value
+    return None
 
 
 # What may differ between the requests of one pipeline call: each image has its own prompt,

@@ -21,7 +21,7 @@ from alice.http.errors import ApiError
 from alice.http.handling import get_runtime
 from alice.images.store import StoredImage
 from alice.protocol.a1111 import parse_a1111_parameters, settings_from_a1111
-from alice.protocol.generation import MAX_PROMPT_CHARS, MAX_SEED, MAX_SIDE, GenerationSettings
+from alice.protocol.generation import GenerationSettings, setting_limits
 from alice.protocol.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES
 from alice.serving.runtime import Runtime
 
@@ -182,9 +182,11 @@ def stored_models(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
 
 @router.get("/v1/settings")
 def settings(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
-    """The effective configuration (secrets masked), and what a request may ask for."""
+    """The effective configuration (secrets masked), and what a request may ask for: each
+    setting's default and limits as its declaration states them (the page's form takes both)."""
     current = runtime.settings
     fields = GenerationSettings.model_fields
+    limits = setting_limits()
     return {
         "version": __version__,
         "settings": current.public_view(),
@@ -197,25 +199,17 @@ def settings(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
         "defaults": {
             name: field.get_default(call_default_factory=True) for name, field in fields.items() if not field.is_required()
         } | {"scheduler": DEFAULT_SCHEDULER, "model": current.default_model},
+        "setting_limits": limits,
         "limits": {
             "max_pixels": current.max_pixels,
             "max_images_per_request": current.max_images_per_request,
-            "max_side": MAX_SIDE,
-            "min_side": _bound("width", "ge"),
-            "side_multiple": _bound("width", "multiple_of"),
-            "max_steps": _bound("steps", "le"),
-            "max_guidance_scale": _bound("guidance_scale", "le"),
-            "max_prompt_chars": MAX_PROMPT_CHARS,
-            "max_seed": MAX_SEED,
-            "max_loras": _bound("loras", "max_length"),
+            "max_side": limits["width"]["maximum"],
+            "min_side": limits["width"]["minimum"],
+            "side_multiple": limits["width"]["multipleOf"],
+            "max_steps": limits["steps"]["maximum"],
+            "max_guidance_scale": limits["guidance_scale"]["maximum"],
+            "max_prompt_chars": limits["prompt"]["maxLength"],
+            "max_seed": limits["seed"]["maximum"],
+            "max_loras": limits["loras"]["maxItems"],
         },
     }
-
-
-def _bound(field: str, kind: str) -> Any:
-    """A limit of a generation setting as its schema states it (ge, le, multiple_of, max_length)."""
-    for constraint in GenerationSettings.model_fields[field].metadata:
-        value = getattr(constraint, kind, None)
-        if value is not None:
-            return value
-    return None

@@ -1,19 +1,26 @@
-"""The generation settings every route shares, with their limits."""
+"""The generation settings every route shares, with their limits.
+
+The drawing settings (steps, guidance_scale, clip_skip...) are declared once, on the engine's
+GenerationSpec (alice/engine/spec.py), with their defaults, limits and descriptions; the schema
+here is derived from them, so a new one shows in every route without a line here. Declared here
+are only what a request says differently from the spec: the model, a size or seed left to the
+server (None), the input image, the LoRAs as objects, and the prompt's and scheduler's checks.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import secrets
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic.fields import FieldInfo
 
-from alice.engine.spec import GenerationSpec
-from alice.protocol.schedulers import DEFAULT_SCHEDULER, canonical_scheduler_name
+from alice.engine.spec import MAX_SEED, GenerationSpec, drawing_settings, setting
+from alice.protocol.schedulers import canonical_scheduler_name
 
-MAX_PROMPT_CHARS = 4000
-MAX_SIDE = 2048
-MAX_SEED = 2**32 - 1
 MODEL_PREFIX = "sd/"
 MAX_INPUT_IMAGE_CHARS = 28_000_000  # 20 MB of image as base64
 MAX_LORAS = 8  # per request, `loras` and `<lora:...>` tags together: each one loads an adapter
@@ -53,42 +60,38 @@ class LoraChoice(BaseModel):
     scale: float = Field(1.0, ge=-5, le=5, allow_inf_nan=False, description="Strength of the LoRA.")
 
 
-class GenerationSettings(BaseModel):
+def _or_none(name: str, none_means: str) -> Any:
+    """The spec's setting `name` as a request may leave it out: its limits, default None (the
+    server chooses), and its description saying what none means."""
+    declared = setting(name)
+    return FieldInfo.merge_field_infos(declared, default=None, description=f"{declared.description}; none = {none_means}.")
+
+
+# Every drawing setting of the spec, declared there: type, default, limits, description.
+DrawingSettings = create_model(
+    "DrawingSettings",
+    __doc__="The spec's drawing settings as a request sets them (alice/engine/spec.py declares them).",
+    **drawing_settings(),
+)
+
+
+class GenerationSettings(DrawingSettings):  # type: ignore[misc, valid-type]
     """Prompt and knobs of one text-to-image request, as SD users name them."""
 
     model_config = ConfigDict(extra="ignore")
 
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="What to draw.")
-    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="What not to draw.")
     model: str | None = Field(
         None, max_length=200, description="Stored model name, with or without the `sd/` prefix; none = the default."
     )
     # None = the model's native size (512 for SD 1.5, 768 for SD 2.x, 1024 for SDXL, 64 for the
     # demo), as diffusers chooses it: a model drawn far from its training size draws badly.
-    width: int | None = Field(
-        None, ge=64, le=MAX_SIDE, multiple_of=8,
-        description="Image width in pixels, a multiple of 8; none = the model's native size.",
-    )
-    height: int | None = Field(
-        None, ge=64, le=MAX_SIDE, multiple_of=8,
-        description="Image height in pixels, a multiple of 8; none = the model's native size.",
-    )
-    steps: int = Field(25, ge=1, le=150, description="Denoising steps.")
-    guidance_scale: float = Field(7.5, ge=0, le=30, allow_inf_nan=False, description="Classifier-free guidance (CFG).")
-    clip_skip: int | None = Field(
-        None, ge=1, le=12, json_schema_extra={"a1111": "Clip skip"},
-        description="Counted as A1111 does: 1 = the text encoder's last layer, 2 = the one before; none = the model's default.",
-    )
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Seed for repeatable images; none = random.")
-    scheduler: str = Field(DEFAULT_SCHEDULER, max_length=40, description="Sampler name, e.g. ddim, euler_a, dpm++_2m_karras.")
-    num_images: int = Field(1, ge=1, le=16, description="How many images to draw (seeds seed, seed+1, ...).")
+    width: int | None = _or_none("width", "the model's native size")
+    height: int | None = _or_none("height", "the model's native size")
+    seed: int | None = _or_none("seed", "random")
     input_image: str | None = Field(
         None,
         max_length=MAX_INPUT_IMAGE_CHARS,
         description="img2img: the starting image as base64, a data URI, or the URL of an image this server made.",
-    )
-    strength: float = Field(
-        0.75, gt=0, le=1, allow_inf_nan=False, description="img2img: how much of the input image is redrawn (1 = all)."
     )
     loras: list[LoraChoice] = Field(
         default_factory=list, max_length=MAX_LORAS,
@@ -195,3 +198,20 @@ class GenerationSettings(BaseModel):
                 f"img2img runs int(steps x strength) denoising steps, and steps = {self.steps} x strength = "
                 f"{self.strength:g} leaves none: raise steps or strength",
             )
+
+
+# JSON Schema's words for a limit: what `/v1/settings` serves per setting, as the schema says it.
+LIMIT_WORDS = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum", "multipleOf", "minLength", "maxLength", "maxItems")
+
+
+@functools.cache
+def setting_limits() -> dict[str, dict[str, Any]]:
+    """Each setting's limits as the request schema states them (the spec's declarations):
+    {"steps": {"minimum": 1, "maximum": 150}, "strength": {"exclusiveMinimum": 0, "maximum": 1}, ...}.
+    A setting that may be none (width) has the limits of its value."""
+    limits = {}
+    for name, schema in GenerationSettings.model_json_schema()["properties"].items():
+        found = {word: part[word] for part in (schema, *schema.get("anyOf", ())) for word in LIMIT_WORDS if word in part}
+        if found:
+            limits[name] = found
+    return limits

@@ -519,6 +519,31 @@ def test_settings_page_masks_secrets_and_keeps_user_defaults(page, server):
     expect(page.locator("#gen-negative")).to_have_value("watermark")
 
 
+def test_the_forms_take_their_limits_from_the_server(page, server):
+    """index.html writes no limit of a setting: the inputs take theirs from /v1/settings, which
+    serves the schema's (one declaration, alice/engine/spec.py), when the form is shown."""
+    html = (WEB_DIR / "index.html").read_text(encoding="utf-8")
+    written = re.findall(r'<(?:input|textarea) id="(?:gen|def)-[^"]+"[^>]*\b(?:min|max|maxlength)="', html)
+    assert written == [], f"limits written into index.html: {written}"
+    served = api(server, "GET", "/v1/settings").json()
+    limits = served["setting_limits"]
+    page.goto("/web/#/generate")
+    guidance = page.locator("#gen-guidance")
+    expect(guidance).to_have_attribute("max", str(limits["guidance_scale"]["maximum"]))
+    expect(guidance).to_have_attribute("min", str(limits["guidance_scale"]["minimum"]))
+    expect(page.locator("#gen-steps")).to_have_attribute("max", str(limits["steps"]["maximum"]))
+    width = page.locator("#gen-width")
+    expect(width).to_have_attribute("step", str(limits["width"]["multipleOf"]))
+    expect(width).to_have_attribute("max", str(limits["width"]["maximum"]))
+    expect(page.locator("#gen-prompt")).to_have_attribute("maxlength", str(limits["prompt"]["maxLength"]))
+    count = min(limits["num_images"]["maximum"], served["limits"]["max_images_per_request"])
+    expect(page.locator("#gen-count")).to_have_attribute("max", str(count))
+    expect(page.locator("#gen-strength")).to_have_attribute("min", "0.05")  # over 0: one step above it
+    expect(page.locator("#gen-guidance")).to_have_value(str(served["defaults"]["guidance_scale"]))
+    page.click("#nav a[data-page=settings]")
+    expect(page.locator("#def-guidance")).to_have_attribute("max", str(limits["guidance_scale"]["maximum"]))
+
+
 def test_every_page_fits_a_phone_screen(browser, server):
     # Something on every page: an image in the gallery, a finished job in the queue.
     assert api(server, "POST", "/generate", json={**QUICK, "steps": 2, "prompt": "a phone-sized test of "

@@ -186,3 +186,22 @@ def test_a_browser_with_a_current_copy_gets_304_and_a_stale_one_the_file(keyed_c
     stale = keyed_client.get("/web/pages/generate.js", headers={"If-None-Match": '"stale"'})
     assert stale.status_code == 200 and stale.content == first.content
     assert keyed_client.get("/web/", headers={"If-None-Match": keyed_client.get("/web/").headers["etag"]}).status_code == 304
+
+
+def test_settings_serve_each_settings_limits_as_the_schema_states_them(keyed_client):
+    """The page's form takes its min/max from here: the limits of the schema the API docs
+    serve, so there is no second copy of them to drift."""
+    info = keyed_client.get("/v1/settings", headers=KEY).json()
+    document = keyed_client.get("/docs.json", headers=KEY).json()
+    body = document["paths"]["/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    while "$ref" in body:
+        body = document["components"]["schemas"][body["$ref"].rsplit("/", 1)[-1]]
+    assert {"steps", "guidance_scale", "width"} <= body["properties"].keys()
+    words = ("minimum", "exclusiveMinimum", "maximum", "multipleOf", "minLength", "maxLength", "maxItems")
+    for name, schema in body["properties"].items():
+        stated = {word: part[word] for part in (schema, *schema.get("anyOf", ())) for word in words if word in part}
+        assert info["setting_limits"].get(name, {}) == stated, name
+    assert info["setting_limits"]["guidance_scale"] == {"minimum": 0, "maximum": 30}
+    assert info["setting_limits"]["strength"] == {"exclusiveMinimum": 0, "maximum": 1}
+    assert info["limits"]["max_guidance_scale"] == info["setting_limits"]["guidance_scale"]["maximum"]
+    assert info["defaults"]["steps"] == 25 and info["defaults"]["guidance_scale"] == 7.5

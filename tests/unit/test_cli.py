@@ -8,10 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from alice.cli import app
 from alice.engine.demo import DEMO_MODEL_NAME, save_demo_pipeline
+from alice.engine.spec import GenerationSpec
+from alice.protocol.schedulers import DEFAULT_SCHEDULER
 
 runner = CliRunner()
 
@@ -85,3 +88,16 @@ def test_python_dash_m_uses_bentoml_home_and_logs_to_stderr(bentoml_home: Path, 
     assert "INFO alice.models: imported" in done.stderr
     assert "torchvision" not in done.stderr and "Loading weights" not in done.stderr
     assert (bentoml_home / "models" / "from-cli").is_dir()
+
+
+def test_evaluate_demo_draws_with_the_services_defaults_and_limits() -> None:
+    """The command's steps, guidance and scheduler are the drawing settings' own declaration
+    (alice/engine/spec.py): no second copy of them."""
+    command = typer.main.get_command(app).commands["models"].commands["evaluate-demo"]  # type: ignore[attr-defined]
+    options = {param.name: param for param in command.params}
+    steps, guidance = options["steps"], options["guidance"]
+    assert (steps.default, steps.min, steps.max) == (GenerationSpec.steps, 1, 150)
+    assert (guidance.default, guidance.min, guidance.max) == (GenerationSpec.guidance_scale, 0, 30)
+    assert options["scheduler"].default == DEFAULT_SCHEDULER
+    refused = runner.invoke(app, ["models", "evaluate-demo", "--steps", "151"])
+    assert refused.exit_code == 2 and "less than or equal to 150" in refused.output

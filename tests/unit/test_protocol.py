@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from alice.engine.spec import GenerationSpec, batch_key
+from alice.engine.spec import GenerationSpec, batch_key, drawing_settings, setting
 from alice.protocol.a1111 import parse_a1111_parameters, settings_from_a1111
 from alice.protocol.generation import GenerationSettings, InvalidRequest
 from alice.protocol.openai import ChatCompletionRequest, ImagesRequest, chat_settings, images_settings
@@ -125,3 +125,23 @@ def test_clip_skip_reaches_every_answer_and_reads_back():
     for bad in (0, 13):
         with pytest.raises(ValueError, match="clip_skip"):
             GenerationSettings(prompt="a fox", clip_skip=bad)
+
+
+def test_every_drawing_setting_is_the_specs_declaration():
+    """The schema takes each drawing setting's type, default, limits and description from the
+    spec (alice/engine/spec.py): declared once, so a new one needs no line in the protocol. A
+    request may leave the size and seed to the server (None); their limits stay the spec's."""
+    declared = drawing_settings()
+    assert {"steps", "guidance_scale", "clip_skip", "scheduler", "strength", "num_images"} <= declared.keys()
+    assert not {"init_image", "loras"} & declared.keys()  # the request has its own shape for these
+    for name in declared:
+        spec_field, request_field = setting(name), GenerationSettings.model_fields[name]
+        assert request_field.metadata == spec_field.metadata, name
+        assert request_field.json_schema_extra == spec_field.json_schema_extra, name
+        if name in {"width", "height", "seed"}:
+            assert request_field.default is None and request_field.description.startswith(spec_field.description)
+        else:
+            assert request_field.default == spec_field.default, name
+            assert request_field.description == spec_field.description, name
+    steps = GenerationSettings.model_json_schema()["properties"]["steps"]
+    assert (steps["minimum"], steps["maximum"], steps["default"]) == (1, 150, GenerationSpec.steps)

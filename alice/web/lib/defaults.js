@@ -1,5 +1,6 @@
 /* The Generate form's starting values: the server's defaults, overlaid with the user's own
- * (kept in this browser by the Settings page). */
+ * (kept in this browser by the Settings page). The server's come from /v1/settings, loaded
+ * before a form is filled (loadSettings): the page keeps no copy of them to drift. */
 import { serverSettings } from "./server.js";
 
 const DEFAULTS_STORAGE = "alice.defaults";
@@ -14,11 +15,7 @@ export function userDefaults() {
 }
 
 export function effectiveDefaults() {
-  const server = (serverSettings && serverSettings.defaults) || {
-    width: null, height: null, steps: 25, guidance_scale: 7.5, num_images: 1, strength: 0.75,
-    scheduler: "dpm++_2m_karras", model: "",
-  };
-  return { negative_prompt: "", ...server, ...userDefaults() };
+  return { ...((serverSettings && serverSettings.defaults) || {}), ...userDefaults() };
 }
 
 /** Throws where the browser lets the page store nothing. */

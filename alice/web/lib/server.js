@@ -1,6 +1,7 @@
 /* What several pages need to know about the server: its settings and limits, its pipelines,
  * everything in its model store. Exported as live bindings: importers see the latest load. */
 import { api } from "./api.js";
+import { $ } from "./dom.js";
 
 export let serverSettings = null;
 export let pipelines = []; // [{name, type, loaded}]
@@ -33,3 +34,24 @@ export async function loadStore() {
 export const modelOptions = () => pipelines.map((m) => [m.name, m.type ? `${m.name} (${m.type})` : m.name]);
 export const schedulerOptions = () => ((serverSettings && serverSettings.schedulers) || []).map((name) => [name, name]);
 export const loraNames = () => stored.filter((m) => m.kind === "lora").map((m) => m.name);
+
+/** Set each input's bounds from its setting's limits as the server's schema states them
+ * (`setting_limits` of /v1/settings): index.html writes none, so they cannot drift from the
+ * server's. `inputs` maps an input's id to its setting's name. An exclusive minimum (strength
+ * over 0) becomes the first step above it; a multiple (sizes) becomes the step. */
+export function applyLimits(inputs) {
+  const limits = (serverSettings && serverSettings.setting_limits) || {};
+  // The schema allows 16 images; this server's operator may allow fewer (ALICE_MAX_IMAGES_PER_REQUEST).
+  const perRequest = serverSettings && serverSettings.limits && serverSettings.limits.max_images_per_request;
+  for (const [id, name] of Object.entries(inputs)) {
+    const input = $(id);
+    const limit = limits[name] || {};
+    if ("multipleOf" in limit) input.step = limit.multipleOf;
+    if ("minimum" in limit) input.min = limit.minimum;
+    else if ("exclusiveMinimum" in limit) input.min = limit.exclusiveMinimum + Number(input.step || 1);
+    let max = limit.maximum;
+    if (name === "num_images" && perRequest) max = Math.min(max ?? perRequest, perRequest);
+    if (max !== undefined) input.max = max;
+    if ("maxLength" in limit) input.maxLength = limit.maxLength;
+  }
+}

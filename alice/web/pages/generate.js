@@ -7,12 +7,19 @@ import { fmtSeconds } from "../lib/format.js";
 import { FINISHED, jobSettings } from "../lib/jobs.js";
 import { toast } from "../lib/overlays.js";
 import { currentPage } from "../lib/router.js";
-import { loadModels, loadSettings, loadStore, modelOptions, schedulerOptions, serverSettings } from "../lib/server.js";
+import { applyLimits, loadModels, loadSettings, loadStore, modelOptions, schedulerOptions } from "../lib/server.js";
 import { addLoraRow, applyToForm, checkForm, readForm, refreshLoraChoices, setInputImage, wireForm } from "./generate-form.js";
 
 let ready = false; // the form holds the defaults (and the user's changes since)
 let pending = null; // what to do once the form is filled (a model chosen on the Models page)
 let runningJob = null; // the id of the job this page waits for
+
+// The form's inputs that hold a setting with limits, by the setting's name.
+const FORM_SETTINGS = {
+  "gen-prompt": "prompt", "gen-negative": "negative_prompt", "gen-width": "width", "gen-height": "height",
+  "gen-count": "num_images", "gen-steps": "steps", "gen-guidance": "guidance_scale", "gen-seed": "seed",
+  "gen-strength": "strength",
+};
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -31,10 +38,7 @@ export const generate = {
     const defaults = effectiveDefaults();
     fillSelect($("gen-model"), modelOptions(), ready ? undefined : defaults.model);
     fillSelect($("gen-scheduler"), schedulerOptions(), ready ? undefined : defaults.scheduler);
-    const limits = serverSettings.limits || {};
-    for (const id of ["gen-width", "gen-height"]) $(id).max = limits.max_side || 2048;
-    $("gen-count").max = limits.max_images_per_request || 4;
-    $("gen-steps").max = limits.max_steps || 150;
+    applyLimits(FORM_SETTINGS);
     if (!ready) {
       applyToForm(defaults, { keepPrompt: true });
       ready = true;

@@ -4,8 +4,14 @@ import { effectiveDefaults, forgetUserDefaults, saveUserDefaults, userDefaults }
 import { $, el, fillKv, fillSelect, setText } from "../lib/dom.js";
 import { getKey, isKeyRequired, setKey, showKeyDialog } from "../lib/key.js";
 import { toast } from "../lib/overlays.js";
-import { loadModels, loadSettings, modelOptions, schedulerOptions } from "../lib/server.js";
+import { applyLimits, loadModels, loadSettings, modelOptions, schedulerOptions } from "../lib/server.js";
 import { defaultsChanged } from "./generate.js";
+
+// The defaults form's inputs that hold a setting with limits, by the setting's name.
+const DEFAULTS_FORM = {
+  "def-width": "width", "def-height": "height", "def-count": "num_images", "def-steps": "steps",
+  "def-guidance": "guidance_scale", "def-negative": "negative_prompt",
+};
 
 export const settings = {
   title: "Settings",
@@ -24,6 +30,7 @@ export const settings = {
   },
   async enter() {
     const [info] = await Promise.all([loadSettings(true), loadModels()]);
+    applyLimits(DEFAULTS_FORM);
     const defaults = effectiveDefaults();
     fillSelect($("def-model"), modelOptions(), defaults.model);
     fillSelect($("def-scheduler"), schedulerOptions(), defaults.scheduler);
@@ -51,11 +58,15 @@ function renderServerSettings(info) {
 
 function renderLimits(info) {
   const limits = info.limits || {};
+  const range = (name) => {
+    const limit = (info.setting_limits || {})[name] || {};
+    return `${limit.minimum ?? limit.exclusiveMinimum}–${limit.maximum}`;
+  };
   fillKv($("limits-list"), [
     ["Largest image", `${limits.max_pixels} pixels (sides ${limits.min_side}–${limits.max_side}, multiples of ${limits.side_multiple})`],
     ["Images per request", String(limits.max_images_per_request)],
-    ["Steps", `1–${limits.max_steps}`],
-    ["Guidance", `0–${limits.max_guidance_scale}`],
+    ["Steps", range("steps")],
+    ["Guidance", range("guidance_scale")],
     ["Prompt length", `${limits.max_prompt_chars} characters`],
     ["LoRAs per request", String(limits.max_loras)],
     ["Schedulers", (info.schedulers || []).join(", ")],
