@@ -88,7 +88,7 @@ def models_evaluate_demo(
     """Generate for held-out colour/shape/background prompts and judge the pixels."""
     from alice.demo_training.evaluate import autoencoder_round_trip, evaluate
     from alice.engine.demo import DEMO_MODEL_DIR
-    from alice.protocol.schedulers import DEFAULT_SCHEDULER, canonical_scheduler_name
+    from alice.engine.scheduler_names import DEFAULT_SCHEDULER, canonical_scheduler_name
 
     if autoencoder:
         shares = autoencoder_round_trip(model or DEMO_MODEL_DIR)

@@ -112,7 +112,7 @@ def twins(args: argparse.Namespace) -> None:
     from alice.engine.demo import save_demo_pipeline
     from alice.engine.generate import BatchEntry, GenerationSpec, run_batch, run_generation
     from alice.engine.pipelines import choose_placement, load_pipeline
-    from alice.protocol.schedulers import A1111_SAMPLERS
+    from alice.engine.scheduler_names import A1111_SAMPLERS
 
     with tempfile.TemporaryDirectory() as scratch:
         if args.full_size:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from alice.protocol.schedulers import DEFAULT_SCHEDULER
+from alice.engine.scheduler_names import DEFAULT_SCHEDULER
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from typing import Any, TypedDict
 
 from pydantic import TypeAdapter, ValidationError
 
+from alice.engine.scheduler_names import scheduler_for_sampler
 from alice.protocol.generation import GenerationSettings, extract_prompt_loras
-from alice.protocol.schedulers import scheduler_for_sampler
 
 # AUTOMATIC1111's own pattern for one `Key: value` of the settings line (modules/infotext_utils.py).
 _SETTING = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')

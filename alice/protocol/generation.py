@@ -8,8 +8,8 @@ import secrets
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from alice.engine.scheduler_names import DEFAULT_SCHEDULER, canonical_scheduler_name
 from alice.engine.spec import GenerationSpec
-from alice.protocol.schedulers import DEFAULT_SCHEDULER, canonical_scheduler_name
 
 MAX_PROMPT_CHARS = 4000
 MAX_SIDE = 2048
