@@ -1,7 +1,7 @@
 """What the engine draws: one request's settings, resolved and checked (no torch in here).
 
 The protocol builds a GenerationSpec from any client's settings (GenerationSettings.to_spec)
-and cuts every answer from one (alice/protocol/results.py), so a new setting is a field here,
+and cuts every answer from one (the protocol's results module), so a new setting is a field here,
 a field of the schema and an argument of the pipeline call.
 """
 
