@@ -60,10 +60,10 @@ def throughput(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as scratch, alice_environment(Path(scratch), env):
         log = Path(scratch)
         if args.full_size:
-            from alice.models import store as model_store
+            from alice.models import checkpoints
             from bench.fullsize import save_sd15_architecture
 
-            model_store.import_pipeline_folder(save_sd15_architecture(log / "sd15"), "sd15-arch")
+            checkpoints.import_pipeline_folder(save_sd15_architecture(log / "sd15"), "sd15-arch")
         with running_server(log / "batched.log") as batched, \
                 running_server(log / "single.log", ALICE_MAX_BATCH="1") as single:
             servers = {"batched": batched.url, "max_batch=1": single.url}
