@@ -14,7 +14,7 @@ import typer
 
 # Importing diffusers makes transformers warn three times that torchvision is missing (it
 # falls back to PIL image processors, which SD does not even use); keep the CLI readable.
-# The filter must be in place before diffusers is imported, hence before model_store.
+# The filter must be in place before diffusers is imported, hence before the model store and its imports.
 logging.getLogger("transformers.utils.import_utils").addFilter(
     lambda record: "requires torchvision" not in record.getMessage()
 )
@@ -22,6 +22,7 @@ logging.getLogger("transformers.utils.import_utils").addFilter(
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
 from alice.engine.spec import setting, setting_limit  # noqa: E402
+from alice.models import checkpoints  # noqa: E402
 from alice.models import store as model_store  # noqa: E402
 from alice.logs import configure_logging  # noqa: E402
 
@@ -40,7 +41,7 @@ app.add_typer(models_app, name="models")
 @models_app.command("demo")
 def models_demo() -> None:
     """Build the embedded demo model (offline) and put it in the model store, once."""
-    model = model_store.ensure_demo_model()
+    model = checkpoints.ensure_demo_model()
     typer.echo(model.tag)
 
 
@@ -97,7 +98,7 @@ def models_evaluate_demo(
     """Generate for held-out colour/shape/background prompts and judge the pixels."""
     from alice.demo_training.evaluate import autoencoder_round_trip, evaluate
     from alice.engine.demo import DEMO_MODEL_DIR
-    from alice.protocol.schedulers import canonical_scheduler_name
+    from alice.engine.scheduler_names import canonical_scheduler_name
 
     if autoencoder:
         shares = autoencoder_round_trip(model or DEMO_MODEL_DIR)
@@ -150,11 +151,11 @@ def models_import(
     """Import a diffusers folder, a single-file checkpoint (converted offline) or a LoRA into the model store."""
     try:
         if lora:
-            model = model_store.import_lora_file(path, name)
+            model = checkpoints.import_lora_file(path, name)
         elif path.is_file():
-            model = model_store.import_checkpoint_file(path, name)
+            model = checkpoints.import_checkpoint_file(path, name)
         else:
-            model = model_store.import_pipeline_folder(path, name)
+            model = checkpoints.import_pipeline_folder(path, name)
     except ValueError as exc:  # InvalidModelName is one too
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -60,10 +60,10 @@ def throughput(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as scratch, alice_environment(Path(scratch), env):
         log = Path(scratch)
         if args.full_size:
-            from alice.models import store as model_store
+            from alice.models import checkpoints
             from bench.fullsize import save_sd15_architecture
 
-            model_store.import_pipeline_folder(save_sd15_architecture(log / "sd15"), "sd15-arch")
+            checkpoints.import_pipeline_folder(save_sd15_architecture(log / "sd15"), "sd15-arch")
         with running_server(log / "batched.log") as batched, \
                 running_server(log / "single.log", ALICE_MAX_BATCH="1") as single:
             servers = {"batched": batched.url, "max_batch=1": single.url}
@@ -112,7 +112,7 @@ def twins(args: argparse.Namespace) -> None:
     from alice.engine.demo import save_demo_pipeline
     from alice.engine.generate import BatchEntry, GenerationSpec, run_batch, run_generation
     from alice.engine.pipelines import choose_placement, load_pipeline
-    from alice.protocol.schedulers import A1111_SAMPLERS
+    from alice.engine.scheduler_names import A1111_SAMPLERS
 
     with tempfile.TemporaryDirectory() as scratch:
         if args.full_size:

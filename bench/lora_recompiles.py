@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch._dynamo.utils import counters
 
-from alice.models import store as model_store
+from alice.models import checkpoints
 from alice.engine.device import MemoryOptions, MemoryPreset
 from alice.engine.generate import GenerationSpec, run_generation
 from alice.engine.loras import loras_applied
@@ -40,7 +40,7 @@ def main() -> None:
         tmp = Path(scratch)
         a, b = write_demo_lora(tmp / "a", seed=0), write_demo_lora(tmp / "b", seed=1)
         pipe = load_pipeline(
-            model_store.ensure_demo_model().path,
+            checkpoints.ensure_demo_model().path,
             choose_placement("cpu"),
             MemoryOptions(compile_unet=True),
             MemoryPreset("sd15", "none", None, False, False),

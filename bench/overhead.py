@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 
+from alice.models import checkpoints
 from alice.models import store as model_store
 from alice.engine.generate import GenerationSpec, run_generation
 from alice.engine.pipelines import choose_placement, load_pipeline
@@ -49,7 +50,7 @@ def main() -> None:
             env["ALICE_DEFAULT_MODEL"] = "sd15-arch"
         with alice_environment(tmp, env):
             if args.full_size:
-                model_store.import_pipeline_folder(save_sd15_architecture(tmp / "sd15"), "sd15-arch")
+                checkpoints.import_pipeline_folder(save_sd15_architecture(tmp / "sd15"), "sd15-arch")
             model = model_store.get_model(env.get("ALICE_DEFAULT_MODEL", "alice-demo"))
             spec = GenerationSpec(prompt="a lighthouse at dusk", seed=1, width=size, height=size, steps=steps,
                                   scheduler="ddim")

@@ -81,11 +81,11 @@ def describe(label: str, starts: list[Start]) -> str:
 
 
 def model_switching(tmp: Path) -> str:
-    from alice.models import store as model_store
+    from alice.models import checkpoints
     from alice.engine.demo import save_untrained_demo
 
     save_untrained_demo(tmp / "second", seed=1)
-    model_store.import_pipeline_folder(tmp / "second", "second")
+    checkpoints.import_pipeline_folder(tmp / "second", "second")
     server = ServerProcess(tmp / "switching.log").wait_ready()
     try:
         body = {"prompt": "x", "width": 64, "height": 64, "steps": 4, "seed": 1}

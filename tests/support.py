@@ -49,10 +49,10 @@ def private_bentoml_home(home: Path) -> Iterator[Path]:
 @contextlib.contextmanager
 def alice_environment(tmp: Path, env: dict[str, str]) -> Iterator[Path]:
     """A private store holding the demo model, a private data folder, and extra ALICE_* settings."""
-    from alice.models import store as model_store
+    from alice.models import checkpoints
 
     with environment({"ALICE_DATA_DIR": str(tmp / "data"), **env}), private_bentoml_home(tmp / "bentoml"):
-        model_store.ensure_demo_model()
+        checkpoints.ensure_demo_model()
         yield tmp
 
 

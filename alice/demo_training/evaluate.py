@@ -16,7 +16,7 @@ from alice.demo_training.judge import Verdict, judge
 from alice.demo_training.shapes import Scene, evaluation_prompts, training_scenes
 from alice.engine.generate import GenerationSpec, run_generation
 from alice.engine.pipelines import choose_placement, load_pipeline
-from alice.protocol.schedulers import DEFAULT_SCHEDULER
+from alice.engine.scheduler_names import DEFAULT_SCHEDULER
 
 
 @dataclass

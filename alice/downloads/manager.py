@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import httpx
 
+from alice.models import checkpoints
 from alice.models import store as model_store
 from alice.config import Settings
 from alice.downloads import huggingface
@@ -238,10 +239,10 @@ class DownloadManager:
 
     def _import(self, path: Path, name: str, *, is_lora: bool, is_pipeline: bool, source: str) -> model_store.StoredModel:
         if is_pipeline:
-            return model_store.import_pipeline_folder(path, name, source=source)
+            return checkpoints.import_pipeline_folder(path, name, source=source)
         if is_lora:
-            return model_store.import_lora_file(path, name, source=source)
-        return model_store.import_checkpoint_file(path, name, source=source)
+            return checkpoints.import_lora_file(path, name, source=source)
+        return checkpoints.import_checkpoint_file(path, name, source=source)
 
     def _reporter(self, task: DownloadTask, done_before: int) -> Callable[[int, int | None], None]:
         """Progress for the task, and a stop when it outgrows the size cap or the disk."""

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from PIL import Image
 
+from alice.engine.prompt_tags import extract_prompt_loras
 from alice.engine.schedulers import build_scheduler
 from alice.engine.spec import GenerationSpec, batch_key  # noqa: F401  (batch_key: the jobs' import)
-from alice.protocol.generation import extract_prompt_loras
 
 
 if TYPE_CHECKING:  # imported where they run: see alice/engine/__init__.py

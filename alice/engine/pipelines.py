@@ -27,6 +27,7 @@ from alice.engine.device import (
     resolve_device,
     resolve_preset,
 )
+from alice.engine.families import detect_family
 
 if TYPE_CHECKING:  # imported where they run: see alice/engine/__init__.py
     import torch
@@ -59,16 +60,9 @@ def choose_placement(device: str = "auto", dtype: str = "auto", facts: DeviceFac
     return DevicePlacement(device=facts.device, dtype=chosen, facts=facts)
 
 
-def pipeline_family(folder: Path) -> str:
-    """sd15, sd2 or sdxl, read from the folder's configs (the model store's own detection)."""
-    from alice.models.store import detect_family  # imported here: the model store imports this module
-
-    return detect_family(folder)
-
-
 def memory_preset(folder: Path, placement: DevicePlacement, options: MemoryOptions) -> MemoryPreset:
     """The layout of a pipeline folder's family on the placement's device."""
-    return resolve_preset(placement.facts, pipeline_family(folder), options, placement.dtype)
+    return resolve_preset(placement.facts, detect_family(folder), options, placement.dtype)
 
 
 def load_pipeline(

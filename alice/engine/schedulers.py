@@ -1,4 +1,4 @@
-"""The diffusers scheduler for each of ALICE's scheduler names (alice/protocol/schedulers.py).
+"""The diffusers scheduler for each of ALICE's scheduler names (alice/engine/scheduler_names.py).
 
 A fresh scheduler is built for every request from the pipeline's own scheduler config:
 the pipeline object is shared between requests, its scheduler holds per-run state.
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # diffusers is imported when a scheduler is built: see alice/engine/__init__.py
     from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from alice.protocol.schedulers import A1111_SAMPLERS
+from alice.engine.scheduler_names import A1111_SAMPLERS
 
 # torchsde warns on every DPM++ SDE run when the last timestep exceeds its interval by a
 # float rounding error; it is harmless and would flood the logs.
@@ -52,7 +52,7 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
     "lcm": SchedulerSpec("LCMScheduler"),
 }
 # Every name the protocol accepts draws with something, and nothing else is here.
-assert SCHEDULERS.keys() == A1111_SAMPLERS.keys(), "alice/protocol/schedulers.py and this table disagree"
+assert SCHEDULERS.keys() == A1111_SAMPLERS.keys(), "alice/engine/scheduler_names.py and this table disagree"
 
 
 def build_scheduler(name: str, base_config: Any, seed: int | list[int]) -> SchedulerMixin:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 from safetensors import safe_open
 
+from alice.engine.families import checkpoint_family, family_named
+
 if TYPE_CHECKING:  # imported where they run: see alice/engine/__init__.py
     import torch
 
@@ -24,8 +26,6 @@ logger = logging.getLogger("alice.engine")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # alice/configs/{sd15,sd2,sdxl}
 _UNET = "model.diffusion_model."
 _VAE = "first_stage_model."
-# diffusers' pipeline class per family, imported at conversion: see alice/engine/__init__.py
-_PIPELINES = {"sd15": "StableDiffusionPipeline", "sd2": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
 # ModelSpec metadata (written by kohya's sd-scripts and others): "v" or "epsilon".
 _PREDICTION_TYPES = {"v": "v_prediction", "v_prediction": "v_prediction", "epsilon": "epsilon"}
 
@@ -56,7 +56,7 @@ def _read_header(path: Path) -> _Header:
 
 
 def detect_checkpoint_family(path: Path) -> str:
-    """`sd15`, `sd2` or `sdxl` for a single-file Stable Diffusion checkpoint, from its tensors.
+    """The family (`sd15`, `sd2`, `sdxl`) of a single-file Stable Diffusion checkpoint, from its tensors.
 
     ValueError for anything else: not safetensors, a LoRA, a VAE or text encoder alone,
     an inpainting model or the SDXL refiner.
@@ -75,15 +75,11 @@ def detect_checkpoint_family(path: Path) -> str:
             f"{path.name} is not a text-to-image checkpoint (its UNet takes {conv_in[1]} channels, "
             "as inpainting models do); only text-to-image checkpoints can be imported"
         )
-    if any(key.startswith("conditioner.embedders.1.") for key in shapes):
-        return "sdxl"  # CLIP ViT-L as embedder 0, OpenCLIP ViT-bigG as embedder 1
-    if any(key.startswith("conditioner.") for key in shapes):
+    family = checkpoint_family(shapes)  # from its text encoders' tensors (alice/engine/families.py)
+    if family is not None:
+        return family
+    if any(key.startswith("conditioner.") for key in shapes):  # SDXL's text encoders, but not both
         raise ValueError(f"{path.name} looks like the SDXL refiner (one text encoder); it cannot be imported alone")
-    context = next((shape[-1] for key, shape in shapes.items() if key.endswith("attn2.to_k.weight")), None)
-    if any(key.startswith("cond_stage_model.model.") for key in shapes) or context == 1024:
-        return "sd2"  # OpenCLIP ViT-H text encoder, 1024-wide cross-attention
-    if any(key.startswith("cond_stage_model.transformer.") for key in shapes):
-        return "sd15"  # CLIP ViT-L text encoder
     raise ValueError(f"{path.name} has no text encoder weights ('cond_stage_model.*'); it cannot be imported")
 
 
@@ -96,15 +92,14 @@ def convert_single_file(path: Path, out_dir: Path, family: str, *, config_dir: P
     SDXL models are v-prediction) overrides the family's default.
     """
     path, out_dir = Path(path), Path(out_dir)
-    if family not in _PIPELINES:
-        raise ValueError(f"unknown model family {family!r}; expected one of {', '.join(_PIPELINES)}")
+    pipeline_class = family_named(family).text_to_image  # ValueError for an unknown family
     config_dir = Path(config_dir) if config_dir is not None else CONFIGS / family
     header = _read_header(path)
     import diffusers
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()
-    pipe = getattr(diffusers, _PIPELINES[family]).from_single_file(
+    pipe = getattr(diffusers, pipeline_class).from_single_file(
         str(path), config=str(config_dir), local_files_only=True, dtype=_half_precision(header)
     )
     prediction_type = _PREDICTION_TYPES.get(header.metadata.get("modelspec.prediction_type", "").strip().lower())

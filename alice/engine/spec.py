@@ -21,7 +21,7 @@ from typing import Annotated, Any
 from pydantic import Field
 from pydantic.fields import FieldInfo
 
-from alice.protocol.schedulers import DEFAULT_SCHEDULER
+from alice.engine.scheduler_names import DEFAULT_SCHEDULER
 
 MAX_PROMPT_CHARS = 4000
 MAX_SIDE = 2048

@@ -17,12 +17,12 @@ from starlette.responses import FileResponse, RedirectResponse, Response
 from alice import __version__
 from alice.models import store as model_store
 from alice.config import Settings, env_name
+from alice.engine.scheduler_names import DEFAULT_SCHEDULER, SCHEDULER_NAMES
 from alice.http.errors import ApiError
 from alice.http.handling import get_runtime
 from alice.images.store import StoredImage
 from alice.protocol.a1111 import parse_a1111_parameters, settings_from_a1111
 from alice.protocol.generation import GenerationSettings, setting_limits
-from alice.protocol.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES
 from alice.serving.runtime import Runtime
 
 router = APIRouter()

@@ -10,8 +10,9 @@ from typing import Any, TypedDict
 
 from pydantic import TypeAdapter, ValidationError
 
-from alice.protocol.generation import GenerationSettings, extract_prompt_loras
-from alice.protocol.schedulers import scheduler_for_sampler
+from alice.engine.prompt_tags import extract_prompt_loras
+from alice.engine.scheduler_names import scheduler_for_sampler
+from alice.protocol.generation import GenerationSettings
 
 # AUTOMATIC1111's own pattern for one `Key: value` of the settings line (modules/infotext_utils.py).
 _SETTING = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')

@@ -11,34 +11,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 import secrets
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 from pydantic.fields import FieldInfo
 
+from alice.engine.prompt_tags import extract_prompt_loras
+from alice.engine.scheduler_names import canonical_scheduler_name
 from alice.engine.spec import MAX_SEED, GenerationSpec, drawing_settings, setting
-from alice.protocol.schedulers import canonical_scheduler_name
 
 MODEL_PREFIX = "sd/"
 MAX_INPUT_IMAGE_CHARS = 28_000_000  # 20 MB of image as base64
 MAX_LORAS = 8  # per request, `loras` and `<lora:...>` tags together: each one loads an adapter
-# AUTOMATIC1111's syntax: <lora:name> or <lora:name:0.8>
-PROMPT_LORA_TAG = re.compile(r"<lora:([^:<>]+)(?::\s*([-+]?(?:\d+\.?\d*|\.\d+))\s*)?>", re.IGNORECASE)
-DEFAULT_LORA_SCALE = 1.0
 # The spec's fields a setting of the same name carries over as it is (see to_spec).
 _SPEC_FIELDS = frozenset(field.name for field in dataclasses.fields(GenerationSpec))
-
-
-def extract_prompt_loras(prompt: str) -> tuple[str, list[tuple[str, float]]]:
-    """The prompt without its LoRA tags, and the (name, scale) pairs they asked for."""
-    found = [
-        (m.group(1).strip(), float(m.group(2)) if m.group(2) else DEFAULT_LORA_SCALE)
-        for m in PROMPT_LORA_TAG.finditer(prompt)
-    ]
-    cleaned = re.sub(r"\s{2,}", " ", PROMPT_LORA_TAG.sub("", prompt)).strip(" ,")
-    return cleaned, found
 
 
 def strip_model_prefix(model_id: str) -> str:

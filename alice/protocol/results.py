@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, create_model
 
+from alice.engine.scheduler_names import a1111_sampler_name
 from alice.engine.spec import GenerationSpec
 from alice.protocol.a1111 import a1111_labels, a1111_parameters
 from alice.protocol.generation import GenerationSettings
-from alice.protocol.schedulers import a1111_sampler_name
 
 if TYPE_CHECKING:
     from alice.jobs.queue import Job

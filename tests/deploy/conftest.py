@@ -67,7 +67,7 @@ def build_image(base: Path, bentofile_path: Path) -> ImageBuild:
     from bentoml._internal.configuration.containers import BentoMLContainer
     from bentoml._internal.container import construct_containerfile
 
-    from alice.models import store as model_store
+    from alice.models import checkpoints
 
     home, out, scratch = base / "bentoml", base / "out", base / "tmp"
     for folder in (home / "bentos", home / "tmp", out, scratch):
@@ -77,7 +77,7 @@ def build_image(base: Path, bentofile_path: Path) -> ImageBuild:
         stack.enter_context(BentoMLContainer.tmp_bento_store_dir.patch(str(home / "tmp")))
         stack.enter_context(environment(OFFLINE))
         stack.enter_context(_temp_folder(scratch))
-        model = model_store.ensure_demo_model()
+        model = checkpoints.ensure_demo_model()
         # As `bentoml build` from the repository root: the bentofile's paths are relative to it.
         with contextlib.chdir(ROOT):
             bento = bentoml.bentos.build_bentofile(

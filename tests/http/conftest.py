@@ -59,10 +59,10 @@ def storing_for(engine: object | None) -> Iterator[None]:
     if engine is None:
         yield
         return
-    from alice.models import store as model_store
+    from alice.models import checkpoints
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(model_store, "_check_loads", lambda folder: None)
+        patch.setattr(checkpoints, "_check_loads", lambda folder: None)
         yield
 
 

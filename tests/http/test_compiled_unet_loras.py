@@ -37,11 +37,11 @@ def write_lora_that_fails_half_way(folder):
 def compiled_client(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("compiled")
     for client in start_client(tmp, ALICE_COMPILE_UNET="true"):
-        from alice.models import store as model_store
+        from alice.models import checkpoints
 
-        model_store.import_lora_file(write_demo_lora(tmp / "inky", seed=0), "inky")
-        model_store.import_lora_file(write_demo_lora(tmp / "blotchy", seed=1), "blotchy")
-        model_store.import_lora_file(write_lora_that_fails_half_way(tmp / "broken"), "broken")
+        checkpoints.import_lora_file(write_demo_lora(tmp / "inky", seed=0), "inky")
+        checkpoints.import_lora_file(write_demo_lora(tmp / "blotchy", seed=1), "blotchy")
+        checkpoints.import_lora_file(write_lora_that_fails_half_way(tmp / "broken"), "broken")
         yield client
 
 

@@ -19,9 +19,9 @@ SMALL = {"width": 64, "height": 64, "steps": 4, "scheduler": "ddim", "seed": 8}
 def lora_client(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("loras")
     for client in start_client(tmp):
-        from alice.models import store as model_store
+        from alice.models import checkpoints
 
-        model_store.import_lora_file(write_demo_lora(tmp / "lora-file"), "inky")
+        checkpoints.import_lora_file(write_demo_lora(tmp / "lora-file"), "inky")
         yield client
 
 

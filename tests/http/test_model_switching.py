@@ -15,12 +15,12 @@ def client_without_default(tmp_path_factory) -> TestClient:
     tmp = tmp_path_factory.mktemp("switch")
     # A model cache big enough for one demo model (about 5 MB) but not two.
     with alice_environment(tmp, {"ALICE_DEFAULT_MODEL": "not-stored", "ALICE_MODEL_CACHE_GB": "0.007"}):
-        from alice.models import store as model_store
+        from alice.models import checkpoints
         from alice.engine.demo import save_untrained_demo
         from service import Alice
 
         save_untrained_demo(tmp / "second", seed=1)
-        model_store.import_pipeline_folder(tmp / "second", "second")
+        checkpoints.import_pipeline_folder(tmp / "second", "second")
         forget_service_metrics()
         with TestClient(Alice.to_asgi()) as client:
             yield client

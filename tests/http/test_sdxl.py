@@ -16,9 +16,9 @@ from tests.support import save_tiny_sdxl_pipeline
 def sdxl_client(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sdxl")
     for client in start_client(tmp):
-        from alice.models import store as model_store
+        from alice.models import checkpoints
 
-        stored = model_store.import_pipeline_folder(save_tiny_sdxl_pipeline(tmp / "tiny-xl"), "tiny-xl")
+        stored = checkpoints.import_pipeline_folder(save_tiny_sdxl_pipeline(tmp / "tiny-xl"), "tiny-xl")
         assert stored.family == "sdxl"
         yield client
 

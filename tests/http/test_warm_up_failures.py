@@ -45,10 +45,10 @@ def settled_health(client: TestClient, timeout: float = 60.0) -> dict:
 
 def store_a_corrupt_copy_of_the_demo() -> None:
     """The demo model stored as `broken`, then its UNet weights overwritten with garbage in the store."""
-    from alice.models import store as model_store
+    from alice.models import checkpoints
     from alice.engine.demo import DEMO_MODEL_DIR
 
-    stored = model_store.import_pipeline_folder(DEMO_MODEL_DIR, "broken")
+    stored = checkpoints.import_pipeline_folder(DEMO_MODEL_DIR, "broken")
     weights = stored.path / "unet" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(b"\x13\x37 not a safetensors file " * 1000)
 

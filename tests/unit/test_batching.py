@@ -18,7 +18,7 @@ from alice.engine.generate import (
     run_batch,
     run_generation,
 )
-from alice.protocol.schedulers import canonical_scheduler_name
+from alice.engine.scheduler_names import canonical_scheduler_name
 from tests.unit.test_schedulers import CONTRACT_NAMES
 
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from alice.cli import app
 from alice.engine.demo import DEMO_MODEL_NAME, save_demo_pipeline
 from alice.engine.spec import GenerationSpec
-from alice.protocol.schedulers import DEFAULT_SCHEDULER
+from alice.engine.scheduler_names import DEFAULT_SCHEDULER
 
 runner = CliRunner()
 

@@ -11,8 +11,10 @@ from pathlib import Path
 import bentoml
 import pytest
 
+from alice.models import checkpoints
 from alice.models import store as model_store
 from alice.engine.demo import DEMO_MODEL_NAME, save_demo_pipeline
+from alice.engine.pipeline_configs import native_size
 from alice.models.store import InvalidModelName, ModelNotFound
 
 
@@ -28,7 +30,7 @@ def _store_names() -> list[str]:
 
 
 def test_import_get_list(bentoml_home: Path, demo_folder: Path) -> None:
-    stored = model_store.import_pipeline_folder(demo_folder, "tiny", source="test")
+    stored = checkpoints.import_pipeline_folder(demo_folder, "tiny", source="test")
     assert stored.name == "tiny" and stored.tag.startswith("tiny:")
     assert stored.family == "sd15" and stored.kind == "pipeline" and stored.source == "test"
     assert stored.path.is_relative_to(bentoml_home / "models")
@@ -44,7 +46,7 @@ def test_import_get_list(bentoml_home: Path, demo_folder: Path) -> None:
 def test_import_leaves_no_staging_copy(bentoml_home: Path, demo_folder: Path, tmp_path: Path, monkeypatch) -> None:
     # bentoml.models.create stages in the temp dir and never cleans it up itself
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
-    model_store.import_pipeline_folder(demo_folder, "tiny")
+    checkpoints.import_pipeline_folder(demo_folder, "tiny")
     assert not list(tmp_path.glob("bentoml-model-*"))
     assert (demo_folder / "model_index.json").is_file()  # the source folder is untouched
 
@@ -52,10 +54,10 @@ def test_import_leaves_no_staging_copy(bentoml_home: Path, demo_folder: Path, tm
 def test_list_shows_only_alice_models_newest_first_by_name(bentoml_home: Path, demo_folder: Path) -> None:
     with bentoml.models.create("someone-elses") as other:
         (Path(other.path) / "weights.bin").write_bytes(b"x")
-    first_b = model_store.import_pipeline_folder(demo_folder, "b-model")
+    first_b = checkpoints.import_pipeline_folder(demo_folder, "b-model")
     time.sleep(0.01)  # versions are ordered by creation time
-    newest_b = model_store.import_pipeline_folder(demo_folder, "b-model")
-    a = model_store.import_pipeline_folder(demo_folder, "a-model")
+    newest_b = checkpoints.import_pipeline_folder(demo_folder, "b-model")
+    a = checkpoints.import_pipeline_folder(demo_folder, "a-model")
     assert newest_b.tag != first_b.tag and newest_b.created > first_b.created
     assert [m.tag for m in model_store.list_models()] == [a.tag, newest_b.tag]
     assert model_store.get_model("b-model").tag == newest_b.tag
@@ -67,9 +69,9 @@ def test_list_shows_only_alice_models_newest_first_by_name(bentoml_home: Path, d
 
 
 def test_delete_removes_every_version(bentoml_home: Path, demo_folder: Path) -> None:
-    model_store.import_pipeline_folder(demo_folder, "gone")
-    model_store.import_pipeline_folder(demo_folder, "gone")
-    kept = model_store.import_pipeline_folder(demo_folder, "kept")
+    checkpoints.import_pipeline_folder(demo_folder, "gone")
+    checkpoints.import_pipeline_folder(demo_folder, "gone")
+    kept = checkpoints.import_pipeline_folder(demo_folder, "kept")
     model_store.delete_model("gone")
     assert [m.tag for m in model_store.list_models()] == [kept.tag]
     with pytest.raises(ModelNotFound, match="'gone' is not in the model store"):
@@ -102,7 +104,7 @@ def test_invalid_names_refused(name: str, bentoml_home: Path, demo_folder: Path)
     with pytest.raises(InvalidModelName):
         model_store.delete_model(name)
     with pytest.raises(InvalidModelName):
-        model_store.import_pipeline_folder(demo_folder, name)
+        checkpoints.import_pipeline_folder(demo_folder, name)
     assert _store_names() == []
 
 
@@ -113,64 +115,49 @@ def _write_configs(folder: Path, class_name: str, cross_attention_dim: int) -> P
     return folder
 
 
-def test_detect_family_from_configs(tmp_path: Path, demo_folder: Path) -> None:
-    assert model_store.detect_family(demo_folder) == "sd15"
-    sdxl = _write_configs(tmp_path / "xl", "StableDiffusionXLPipeline", 2048)
-    assert model_store.detect_family(sdxl) == "sdxl"
-    # the UNet alone is enough (a folder whose index names the plain pipeline class)
-    assert model_store.detect_family(_write_configs(tmp_path / "xl2", "StableDiffusionPipeline", 2048)) == "sdxl"
-    assert model_store.detect_family(_write_configs(tmp_path / "v2", "StableDiffusionPipeline", 1024)) == "sd2"
-    assert model_store.detect_family(_write_configs(tmp_path / "v1", "StableDiffusionPipeline", 768)) == "sd15"
-
-
 def test_folder_that_is_not_a_pipeline_is_refused(bentoml_home: Path, tmp_path: Path, demo_folder: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match="not a diffusers pipeline folder"):
-        model_store.import_pipeline_folder(empty, "empty")
+        checkpoints.import_pipeline_folder(empty, "empty")
     # configs only, no weights: the loader itself must reject it
     configs_only = _write_configs(tmp_path / "configs", "StableDiffusionXLPipeline", 2048)
     with pytest.raises(ValueError, match="does not load as a diffusers pipeline"):
-        model_store.import_pipeline_folder(configs_only, "configs")
+        checkpoints.import_pipeline_folder(configs_only, "configs")
     with pytest.raises(ValueError, match="not a diffusers pipeline folder"):
-        model_store.import_pipeline_folder(tmp_path / "does-not-exist", "missing")
+        checkpoints.import_pipeline_folder(tmp_path / "does-not-exist", "missing")
     # a complete folder whose weights are corrupt
     broken = tmp_path / "broken"
     shutil.copytree(demo_folder, broken)
     for weights in (broken / "unet").glob("*.safetensors"):
         weights.write_bytes(b"not weights")
     with pytest.raises(ValueError, match="does not load as a diffusers pipeline"):
-        model_store.import_pipeline_folder(broken, "broken")
+        checkpoints.import_pipeline_folder(broken, "broken")
     assert _store_names() == [] and model_store.list_models() == []
 
 
 def test_ensure_demo_model_is_idempotent(bentoml_home: Path) -> None:
-    demo = model_store.ensure_demo_model()
+    demo = checkpoints.ensure_demo_model()
     assert demo.name == DEMO_MODEL_NAME and demo.source.startswith("demo:") and demo.family == "sd15"
-    assert model_store.ensure_demo_model() == demo
+    assert checkpoints.ensure_demo_model() == demo
     assert len(bentoml.models.list(DEMO_MODEL_NAME)) == 1
 
 
 def test_retrained_demo_weights_are_stored_as_a_new_version(bentoml_home: Path, tmp_path: Path, monkeypatch) -> None:
-    first = model_store.ensure_demo_model()
+    first = checkpoints.ensure_demo_model()
     retrained = tmp_path / "demo_model"
-    shutil.copytree(model_store.DEMO_MODEL_DIR, retrained)
+    shutil.copytree(checkpoints.DEMO_MODEL_DIR, retrained)
     (retrained / "training.json").write_text('{"retrained": true}')
-    monkeypatch.setattr(model_store, "DEMO_MODEL_DIR", retrained)
-    second = model_store.ensure_demo_model()
+    monkeypatch.setattr(checkpoints, "DEMO_MODEL_DIR", retrained)
+    second = checkpoints.ensure_demo_model()
     assert second.tag != first.tag and second.source != first.source
     assert model_store.get_model(DEMO_MODEL_NAME) == second  # the newest is served
     assert (second.path / "training.json").read_text() == '{"retrained": true}'
-    assert model_store.ensure_demo_model() == second
-
-
-@pytest.mark.parametrize(("folder", "side"), [("sd15", 512), ("sd2", 768), ("sdxl", 1024)])
-def test_native_size_is_what_each_family_was_trained_at(folder: str, side: int) -> None:
-    assert model_store.native_size(Path(model_store.__file__).parents[1] / "configs" / folder) == side
+    assert checkpoints.ensure_demo_model() == second
 
 
 def test_the_demo_is_native_at_64_and_its_stored_record_says_so(bentoml_home: Path) -> None:
     from alice.engine.demo import DEMO_MODEL_DIR
 
-    assert model_store.native_size(DEMO_MODEL_DIR) == 64
-    assert model_store.ensure_demo_model().native_size == 64
+    assert native_size(DEMO_MODEL_DIR) == 64
+    assert checkpoints.ensure_demo_model().native_size == 64

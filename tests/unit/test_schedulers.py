@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from alice.engine.generate import GenerationSpec, run_generation
-from alice.protocol.schedulers import SCHEDULER_NAMES, UnknownScheduler, canonical_scheduler_name
+from alice.engine.scheduler_names import SCHEDULER_NAMES, UnknownScheduler, canonical_scheduler_name
 
 CONTRACT_NAMES = ["ddim", "pndm", "lms", "euler", "euler_a", "euler_ancestral", "dpm++", "dpm++_karras",
                   "dpm++_sde", "dpm++_sde_karras", "dpm++_2m", "dpm++_2m_karras", "heun", "unipc", "lcm"]

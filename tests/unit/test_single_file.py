@@ -15,9 +15,11 @@ from safetensors.torch import save_file
 from transformers import CLIPTokenizer
 from typer.testing import CliRunner
 
+from alice.models import checkpoints
 from alice.models import store as model_store
 from alice.cli import app
 from alice.engine.demo import build_demo_architecture, save_untrained_demo
+from alice.engine.families import detect_family
 from alice.engine.pipelines import choose_placement, load_pipeline
 from alice.engine.single_file import CONFIGS, convert_single_file, detect_checkpoint_family
 from tests.support import write_original_checkpoint
@@ -131,7 +133,7 @@ def test_shipped_config_folder(family: str) -> None:
     folder = CONFIGS / family
     index = json.loads((folder / "model_index.json").read_text())
     assert index["_class_name"] == pipeline_class
-    assert model_store.detect_family(folder) == family  # the stored model's family will agree
+    assert detect_family(folder) == family  # the stored model's family will agree
     assert json.loads((folder / "unet" / "config.json").read_text())["cross_attention_dim"] == context
     for encoder, width in encoders.items():
         assert json.loads((folder / encoder / "config.json").read_text())["hidden_size"] == width
@@ -247,7 +249,7 @@ def test_import_checkpoint_file(
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr("tempfile.tempdir", str(scratch))
-    stored = model_store.import_checkpoint_file(demo["checkpoint"], "from-file", source="civitai:1")
+    stored = checkpoints.import_checkpoint_file(demo["checkpoint"], "from-file", source="civitai:1")
     assert (stored.name, stored.family, stored.kind, stored.source) == ("from-file", "sd15", "pipeline", "civitai:1")
     assert (stored.path / "model_index.json").is_file()
     assert (stored.path / "unet" / "diffusion_pytorch_model.safetensors").is_file()
@@ -260,13 +262,13 @@ def test_import_checkpoint_file(
 def test_import_refusals_store_nothing(bentoml_home: Path, demo, demo_shapes_as_sd15, tmp_path: Path) -> None:
     lora = _fake_checkpoint(tmp_path / "lora.safetensors", {"lora_unet_x.lora_down.weight": (2, 2)})
     with pytest.raises(ValueError, match="is a LoRA"):
-        model_store.import_checkpoint_file(lora, "lora-as-model")
+        checkpoints.import_checkpoint_file(lora, "lora-as-model")
     with pytest.raises(model_store.InvalidModelName):
-        model_store.import_checkpoint_file(demo["checkpoint"], "Bad Name")
+        checkpoints.import_checkpoint_file(demo["checkpoint"], "Bad Name")
     # right names, wrong shapes: the conversion's error becomes a ValueError naming the file
     mismatched = _fake_checkpoint(tmp_path / "odd.safetensors", {**_UNET, **_attn2(768), **_CLIP_L})
     with pytest.raises(ValueError, match="odd.safetensors does not convert as an sd15 checkpoint"):
-        model_store.import_checkpoint_file(mismatched, "odd")
+        checkpoints.import_checkpoint_file(mismatched, "odd")
     assert model_store.list_models() == []
 
 

@@ -1,6 +1,6 @@
-"""Scheduler (sampler) names as SD users say them: data only, so clients' names are checked
-without diffusers. The engine maps each canonical name to a diffusers class
-(alice/engine/schedulers.py)."""
+"""Scheduler (sampler) names as SD users say them: the engine's words, data only (no torch), so
+the protocol checks clients' names with them without diffusers. The engine maps each canonical
+name to a diffusers class (alice/engine/schedulers.py)."""
 
 from __future__ import annotations
 

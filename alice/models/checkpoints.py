@@ -1,0 +1,103 @@
+"""Bringing weights into the model store: a diffusers folder (checked to load with the serving
+code), a single-file checkpoint (converted into such a folder offline first), a LoRA file, and
+the shipped demo. The store itself (alice/models/store.py) only keeps what it is given.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import shutil
+import tempfile
+from pathlib import Path
+
+from safetensors import safe_open
+
+from alice.engine.demo import DEMO_MODEL_DIR, DEMO_MODEL_NAME
+from alice.engine.families import detect_family, lora_family
+from alice.engine.pipelines import choose_placement, load_pipeline
+from alice.engine.single_file import convert_single_file, detect_checkpoint_family
+from alice.models.store import (
+    LORA,
+    LORA_FILE,
+    PIPELINE,
+    ModelNotFound,
+    StoredModel,
+    get_model,
+    store_folder,
+    validate_model_name,
+)
+
+
+def import_pipeline_folder(folder: Path, name: str, *, source: str = "local") -> StoredModel:
+    """Check the folder loads as a pipeline (the serving code path), then store a copy of it."""
+    validate_model_name(name)
+    folder = Path(folder)
+    if not (folder / "model_index.json").is_file():
+        raise ValueError(f"{folder} is not a diffusers pipeline folder (it has no model_index.json)")
+    _check_loads(folder)
+    family = detect_family(folder)
+    return store_folder(folder, name, kind=PIPELINE, family=family, source=source)
+
+
+def import_checkpoint_file(path: Path, name: str, *, source: str = "local") -> StoredModel:
+    """Convert a single-file `.safetensors` checkpoint (SD 1.x, 2.x or SDXL, told apart by its
+    weights) into a diffusers folder offline, then import that like any pipeline folder."""
+    validate_model_name(name)
+    path = Path(path)
+    family = detect_checkpoint_family(path)  # ValueError for a LoRA or anything else
+    with tempfile.TemporaryDirectory(prefix="alice-convert-") as scratch:
+        try:
+            convert_single_file(path, Path(scratch), family)
+        except Exception as exc:  # shapes that do not fit the family, truncated files, ...
+            raise ValueError(f"{path} does not convert as an {family} checkpoint: {type(exc).__name__}: {exc}") from exc
+        return import_pipeline_folder(Path(scratch), name, source=source)
+
+
+def import_lora_file(path: Path, name: str, *, source: str = "local") -> StoredModel:
+    """Store a LoRA `.safetensors` file (kohya/A1111 or diffusers/peft key layout)."""
+    validate_model_name(name)
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            keys = list(weights.keys())
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable .safetensors file ({type(exc).__name__})") from None
+    if not any("lora" in key for key in keys):
+        raise ValueError(f"{path} holds no LoRA weights (no 'lora' tensors)")
+    family = lora_family(keys)
+    with tempfile.TemporaryDirectory(prefix="alice-lora-") as scratch:
+        shutil.copyfile(path, Path(scratch) / LORA_FILE)
+        return store_folder(Path(scratch), name, kind=LORA, family=family, source=source)
+
+
+def ensure_demo_model() -> StoredModel:
+    """The shipped demo model in the store: imported the first time, and again (as a new
+    version) when the shipped weights have changed since, so a retrained demo is served."""
+    source = f"demo:{_demo_fingerprint()}"
+    try:
+        stored = get_model(DEMO_MODEL_NAME)
+        if stored.source == source:
+            return stored
+    except ModelNotFound:
+        pass
+    return import_pipeline_folder(DEMO_MODEL_DIR, DEMO_MODEL_NAME, source=source)
+
+
+def _demo_fingerprint() -> str:
+    """A short digest of the shipped demo's files, names and contents."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in DEMO_MODEL_DIR.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(DEMO_MODEL_DIR)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _check_loads(folder: Path) -> None:
+    """Load the folder with the serving code; any failure means it is not a usable pipeline."""
+    try:
+        pipe = load_pipeline(folder, choose_placement("cpu"))
+    except Exception as exc:  # diffusers raises many kinds for broken folders
+        raise ValueError(f"{folder} does not load as a diffusers pipeline: {type(exc).__name__}: {exc}") from exc
+    del pipe
+    gc.collect()  # real SD weights are gigabytes: do not hold them until the next collection
