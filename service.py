@@ -7,21 +7,23 @@ from __future__ import annotations
 
 import bentoml
 
-from alice.config import load_settings, settings_or_defaults
 from alice.http import native, route_labels
 from alice.http.app import http_app
 from alice.http.auth import ApiKeyMiddleware, warn_if_open_beyond_loopback
+from alice.http.handling import serve_runtime
 from alice.http.request_bodies import BodyLimitMiddleware
 from alice.logs import configure_logging
 from alice.protocol.native import GenerateRequest, GenerateResponse
-from alice.serving.runtime import Runtime
+from alice.serving.service_setup import ServiceSetup
 from alice.serving.start_phases import StartPhases
 from alice.http.tls import service_ssl_options
 
 # Before BentoML builds the app: its request metrics and access log name routes, not raw paths.
 route_labels.install()
-# Read once at import: BentoML takes `concurrency` and TLS from the decorator.
-_decorator_settings = settings_or_defaults()
+# The settings are read once, here at import (BentoML takes `concurrency` and TLS from the
+# decorator); the key check and the runtime get the same ones.
+setup = ServiceSetup()
+_decorator_settings = setup.settings_or_defaults()
 
 
 @bentoml.service(
@@ -38,11 +40,12 @@ _decorator_settings = settings_or_defaults()
 class Alice:
     def __init__(self) -> None:
         phases = StartPhases("imports and BentoML setup")  # logged once the default model is loaded
-        settings = load_settings()
+        settings = setup.settings()  # a bad setting ends the start here, named
         configure_logging(settings.log_level)
         warn_if_open_beyond_loopback(settings.api_keys, tls=settings.tls_certfile is not None)
         phases.done("settings")
-        self.runtime = Runtime(settings)
+        self.runtime = setup.runtime()
+        serve_runtime(http_app, self.runtime)  # the mounted app's handlers find it on its state
         phases.done("runtime")
         self.runtime.start(phases)
 
@@ -61,7 +64,8 @@ class Alice:
     @bentoml.on_shutdown
     def shutdown(self) -> None:
         self.runtime.shutdown()
+        serve_runtime(http_app, None)
 
 
-Alice.add_asgi_middleware(ApiKeyMiddleware)
+Alice.add_asgi_middleware(ApiKeyMiddleware, settings=setup.settings)
 Alice.add_asgi_middleware(BodyLimitMiddleware)  # inside the key check: a stranger learns nothing of limits

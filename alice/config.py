@@ -226,15 +226,6 @@ def load_settings() -> Settings:
         raise ConfigError(_describe(exc, path)) from None
 
 
-def settings_or_defaults() -> Settings:
-    """The settings, or every default when one is bad: for service.py's decorator at import
-    (BentoML takes `concurrency` and TLS from it), whose start then reports the bad setting."""
-    try:
-        return load_settings()
-    except ConfigError:
-        return Settings.model_construct()  # the defaults, without reading the environment again
-
-
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+from collections.abc import Callable
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from alice.config import load_settings
+from alice.config import Settings
 from alice.http.errors import ApiError
 
 logger = logging.getLogger("alice.auth")
@@ -42,9 +43,11 @@ def key_matches(presented: str, keys: list[str]) -> bool:
 class ApiKeyMiddleware:
     """Refuses requests without a configured key with a 401 in the OpenAI envelope."""
 
-    def __init__(self, app: ASGIApp, keys: list[str] | None = None) -> None:
+    def __init__(self, app: ASGIApp, settings: Callable[[], Settings]) -> None:
+        """`settings`: the server's, asked for when BentoML builds the app's middleware (in the
+        worker process, before the service instance starts); a bad one raises ConfigError there."""
         self.app = app
-        self.keys = load_settings().api_keys if keys is None else keys
+        self.keys = settings().api_keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.keys or is_open(scope["path"]):

@@ -7,8 +7,8 @@ import base64
 import json
 from typing import Any
 
-import bentoml
 from starlette.concurrency import run_in_threadpool
+from starlette.applications import Starlette
 from starlette.requests import Request
 
 from alice.http.errors import ApiError, job_error
@@ -19,9 +19,18 @@ from alice.protocol.results import GenerationResult
 from alice.serving.runtime import Runtime
 
 
-def get_runtime() -> Runtime:
-    """The Runtime of the BentoML service instance serving this process."""
-    return bentoml.get_current_service().runtime
+def get_runtime(request: Request) -> Runtime:
+    """The Runtime serving this app: the service puts it on the app's state when it starts
+    (`serve_runtime`), so a handler never reaches for a process-wide service."""
+    runtime = getattr(request.app.state, "runtime", None)
+    if runtime is None:
+        raise RuntimeError("no runtime on the app's state: the service has not started (or has shut down)")
+    return runtime
+
+
+def serve_runtime(app: Starlette, runtime: Runtime | None) -> None:
+    """Let the app's handlers reach `runtime` (None: no longer, the service is shut down)."""
+    app.state.runtime = runtime
 
 
 async def read_json_object(request: Request) -> dict[str, Any]:

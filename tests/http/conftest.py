@@ -4,7 +4,6 @@ or on a fake engine (tests/fake_engine.py) where the wire format is the point, n
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -22,15 +21,11 @@ OTHER_KEY = "test-key-2"
 
 def start_client(tmp: Path, engine: object | None = None, **env: str) -> Iterator[TestClient]:
     """The service in process; its runtime draws with `engine` (None: the diffusers pipelines)."""
-    with storing_for(engine), alice_environment(tmp, env) as root, drawing_with(engine):
-        from service import Alice
-
-        forget_service_metrics()
-        with TestClient(Alice.to_asgi(), base_url="http://testserver") as client:
-            client.data_dir = root / "data"  # type: ignore[attr-defined]
-            client.engine = engine  # type: ignore[attr-defined]
-            wait_ready(client)
-            yield client
+    with storing_for(engine), alice_environment(tmp, env) as root, service_client(engine) as client:
+        client.data_dir = root / "data"  # type: ignore[attr-defined]
+        client.engine = engine  # type: ignore[attr-defined]
+        wait_ready(client)
+        yield client
 
 
 def start_fake_client(tmp: Path, step_seconds: float = 0.0, **env: str) -> Iterator[TestClient]:
@@ -39,17 +34,19 @@ def start_fake_client(tmp: Path, step_seconds: float = 0.0, **env: str) -> Itera
 
 
 @contextlib.contextmanager
-def drawing_with(engine: object | None) -> Iterator[None]:
-    """The service's Runtime gets `engine` (the seam Runtime(settings, engine) offers)."""
-    if engine is None:
-        yield
-        return
-    import service
-    from alice.serving.runtime import Runtime
+def service_client(engine: object | None = None) -> Iterator[TestClient]:
+    """The service's app in process, started (not waited for), serving with the settings of the
+    environment as it is now and drawing with `engine` (None: the diffusers pipelines).
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(service, "Runtime", functools.partial(Runtime, engine=engine))
-        yield
+    A server reads its settings once; this process starts one per test module, each in an
+    environment of its own, so each start is handed its own (the seam ServiceSetup offers)."""
+    import service
+    from alice.config import load_settings
+
+    forget_service_metrics()
+    with service.setup.serving_with(load_settings(), engine), \
+            TestClient(service.Alice.to_asgi(), base_url="http://testserver") as client:
+        yield client
 
 
 @contextlib.contextmanager

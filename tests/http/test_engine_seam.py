@@ -1,4 +1,4 @@
-"""The seam contract tests use: Runtime(settings, engine) draws with the engine it is handed."""
+"""The seam tests use: a start handed an engine (ServiceSetup.serving_with) draws with it."""
 
 from __future__ import annotations
 

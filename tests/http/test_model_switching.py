@@ -7,7 +7,8 @@ import time
 import pytest
 from starlette.testclient import TestClient
 
-from tests.support import alice_environment, forget_service_metrics
+from tests.http.conftest import service_client
+from tests.support import alice_environment
 
 
 @pytest.fixture(scope="module")
@@ -17,12 +18,10 @@ def client_without_default(tmp_path_factory) -> TestClient:
     with alice_environment(tmp, {"ALICE_DEFAULT_MODEL": "not-stored", "ALICE_MODEL_CACHE_GB": "0.007"}):
         from alice.models import checkpoints
         from alice.engine.demo import save_untrained_demo
-        from service import Alice
 
         save_untrained_demo(tmp / "second", seed=1)
         checkpoints.import_pipeline_folder(tmp / "second", "second")
-        forget_service_metrics()
-        with TestClient(Alice.to_asgi()) as client:
+        with service_client() as client:
             yield client
 
 

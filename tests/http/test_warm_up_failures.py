@@ -14,8 +14,8 @@ import torch
 from starlette.testclient import TestClient
 
 from alice.engine import pipelines
-from tests.http.conftest import wait_ready
-from tests.support import alice_environment, forget_service_metrics
+from tests.http.conftest import service_client, wait_ready
+from tests.support import alice_environment
 
 SAM = {"messages": [{"role": "user", "content": "x"}], "metadata": {"width": 64, "height": 64, "steps": 2}}
 
@@ -25,10 +25,7 @@ def server(tmp: Path, prepare_store: Callable[[], None] = lambda: None, **env: s
     """The in-process app, started once the store is prepared, without waiting for it to be ready."""
     with alice_environment(tmp, env):
         prepare_store()
-        from service import Alice
-
-        forget_service_metrics()
-        with TestClient(Alice.to_asgi(), base_url="http://testserver") as client:
+        with service_client() as client:
             yield client
 
 

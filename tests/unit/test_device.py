@@ -119,7 +119,7 @@ def test_an_unsupported_card_shows_on_health_and_in_the_log(monkeypatch, tmp_pat
 
     FakeCards(monkeypatch, arch_list=CU130)
     runtime = Runtime(Settings(device="cuda:1", data_dir=tmp_path))
-    runtime._load_default_model()  # the warm-up, on the worker
+    runtime.worker.load_default_model()  # the warm-up, on the worker
     health = runtime.health()
     assert health["status"] == "error" and not runtime.ready
     assert "use the cu126 image/flavour" in health["error"] and "GTX 1060" in health["error"]
@@ -194,7 +194,7 @@ def test_memory_metrics_read_the_configured_card(monkeypatch, tmp_path):
     runtime = Runtime(Settings(device="cuda:1", data_dir=tmp_path))
     cards.asked.clear()
     gpu_memory = runtime.metrics_summary()["gpu_memory"]
-    runtime._update_gauges()
+    runtime.views.update_gauges()
     assert gpu_memory["total_bytes"] == 6_367_543_296
     assert cards.asked and all(device in (1, "cuda:1") for device in cards.asked)
     health = runtime.health()

@@ -113,7 +113,7 @@ def test_out_of_memory_memory_is_freed_after_the_except_block(monkeypatch, tmp_p
     monkeypatch.setattr(runtime.pipelines, "drop_all_but", drop_all_but)
     job = Job(model="m", spec=GenerationSpec(prompt="a cat", seed=1), source="test", deadline=time.time() + 60)
     with pytest.raises(JobFailure) as failure:
-        runtime._execute([job], [JobControl(runtime.jobs, job)])
+        runtime.worker.execute([job], [JobControl(runtime.jobs, job)])
     assert alive_when_freeing == [False]
     assert failure.value.code == "out_of_memory"
     assert "slicing" not in str(failure.value)  # no advice that was never measured to help

@@ -1,0 +1,183 @@
+"""What the job queue's worker thread runs: the warm-up that loads the default model, and each
+batch of jobs, drawn by the engine and handed back as the saving of their images.
+
+Everything here runs on the one worker thread that owns the GPU (see alice/jobs/queue.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from PIL import Image
+
+from alice.config import Settings
+from alice.engine.engine import Engine, OutOfMemory
+from alice.engine.generate import BatchEntry, GenerationStopped, images_per_call
+from alice.engine.loras import LoraLoadFailed
+from alice.engine.pipelines import LoadedPipeline
+from alice.images.store import ImageStore
+from alice.jobs.queue import FinishUp, Job, JobControl, JobFailure
+from alice.models import store as model_store
+from alice.protocol.results import GenerationParameters
+from alice.serving.readiness import Readiness
+from alice.serving.start_phases import StartPhases
+
+logger = logging.getLogger("alice")
+
+
+class Worker:
+    def __init__(
+        self, settings: Settings, pipelines: Engine, images: ImageStore, inputs: ImageStore, readiness: Readiness,
+        before_batch: Callable[[], None],
+    ) -> None:
+        """`before_batch` runs as each batch starts (the runtime's gauges: the job left the queue)."""
+        self.settings = settings
+        self.pipelines = pipelines
+        self.images = images
+        self.inputs = inputs
+        self.readiness = readiness
+        self._before_batch = before_batch
+
+    # -- the warm-up ----------------------------------------------------------------
+    def warm_up(self, phases: StartPhases | None) -> None:
+        self.load_default_model()
+        if phases:
+            phases.done("default model")
+            logger.info(phases.summary(ready=self.readiness.ready))
+
+    def load_default_model(self) -> None:
+        """The warm-up: load the default model. Whatever stops it shows on `/health` (status
+        error, and why) and in the log; the server stays up and answers what it can."""
+        import torch  # here, not at the top: see alice/engine/__init__.py
+
+        readiness = self.readiness
+        name = self.settings.default_model
+        try:
+            self.pipelines.get(name)
+        except model_store.ModelNotFound:
+            readiness.load_error = (
+                f"the default model '{name}' is not in the model store; "
+                "run `alice models demo` or set ALICE_DEFAULT_MODEL"
+            )
+            logger.error(readiness.load_error)
+            return
+        except torch.OutOfMemoryError:
+            readiness.load_error = f"the default model '{name}' does not fit in the GPU's memory"
+            logger.exception("%s; not ready", readiness.load_error)
+        except Exception as exc:  # a corrupt file, a kernel error, an unsupported card
+            readiness.load_error = f"the default model '{name}' failed to load: {short_reason(exc)}"
+            logger.exception("%s; not ready", readiness.load_error)
+        else:
+            readiness.ready = True
+            logger.info("default model %s loaded; ready", name)
+            return
+        self.pipelines.release_cached_memory()  # out of the except block, whose traceback held the load's tensors
+
+    # -- jobs -----------------------------------------------------------------------
+    def pipeline_for(self, name: str) -> LoadedPipeline:
+        """A model's pipeline, loaded if need be; a load that runs out of memory fails the job
+        as `out_of_memory`, as a generation that does (not as an internal error)."""
+        import torch
+
+        try:
+            return self.pipelines.get(name)
+        except model_store.ModelNotFound as exc:  # deleted between submission and run
+            raise JobFailure("model_not_found", str(exc)) from None
+        except torch.OutOfMemoryError:
+            logger.warning("loading model %s ran out of GPU memory", name)
+        self.pipelines.recover_from_out_of_memory(name)  # out of the except block, which holds the load's tensors
+        raise JobFailure("out_of_memory", f"the GPU ran out of memory loading model '{name}'; try again later")
+
+    def execute(self, jobs: list[Job], controls: list[JobControl]) -> list[FinishUp | Exception]:
+        """Generate a batch of jobs that share their drawing settings (see JobQueue) on the
+        worker, as few pipeline calls as the batch limit allows; return per job the saving of
+        its images, which the queue runs on its finisher thread while the next batch generates,
+        or what ended it alone (cancelled, past its deadline, its input image gone)."""
+        self._before_batch()
+        head = jobs[0]
+        self.pipeline_for(head.model)  # a load that fails fails the batch, with its reason
+        outcomes: list[FinishUp | Exception] = [None] * len(jobs)  # type: ignore[list-item]
+        entries: dict[int, BatchEntry] = {}
+        for index, (job, control) in enumerate(zip(jobs, controls)):
+            try:
+                init_image = self._input_image(job.spec.init_image) if job.spec.init_image else None
+            except JobFailure as failure:  # this job's alone
+                outcomes[index] = failure
+                continue
+            entries[index] = BatchEntry(job.spec, init_image, control.step, control.should_stop)
+        if not entries:
+            return outcomes
+
+        def every_job_stops() -> str | None:  # a LoRA's loading is cut short only for nobody
+            reasons = [controls[index].should_stop() for index in entries]
+            return reasons[0] if all(reasons) else None
+
+        try:
+            results = self.pipelines.generate(
+                head.model,
+                list(entries.values()),
+                loras=self._lora_files(head.spec.loras),  # the drawing settings every job of the batch shares
+                max_images=self.images_per_call(head),
+                should_stop=every_job_stops,
+            )
+        except GenerationStopped as stop:
+            results = [GenerationStopped(controls[index].should_stop() or stop.reason) for index in entries]
+        except OutOfMemory:
+            raise JobFailure("out_of_memory", "the GPU ran out of memory; try a smaller size or fewer images") from None
+        except LoraLoadFailed as exc:
+            logger.warning("job %s: %s", head.id, exc, exc_info=True)
+            raise JobFailure(
+                "lora_failed",
+                f"LoRA '{exc.name}' does not load into model '{head.model}' (made for another model family, "
+                f"or damaged: {type(exc.__cause__).__name__})",
+            ) from None
+        for index, result in zip(entries, results):
+            if isinstance(result, GenerationStopped):
+                outcomes[index] = result
+            else:
+                controls[index].batched(result.batch)
+                outcomes[index] = self._saving(jobs[index], controls[index], result.images)
+        return outcomes
+
+    def images_per_call(self, job: Job) -> int:
+        """The batch limit for jobs like this one: ALICE_MAX_BATCH, within the memory kept for
+        one image of ALICE_MAX_PIXELS."""
+        return images_per_call(job.spec, self.settings.max_batch, self.settings.max_pixels)
+
+    def _saving(self, job: Job, control: JobControl, images: list[Image.Image]) -> FinishUp:
+        """The saving of a job's images, with their parameters in A1111's PNG text."""
+        parameters = GenerationParameters.of(job.spec)
+
+        def save_images() -> None:  # on the finisher thread, while the next job generates
+            for index, image in enumerate(images):
+                control.add_image(self.images.save(image, parameters.a1111_text(job.model, index)))
+
+        return save_images
+
+    def _lora_files(self, loras: tuple[tuple[str, float], ...]) -> list[tuple[str, Path, float]]:
+        try:
+            return [(name, model_store.get_lora(name).path / model_store.LORA_FILE, scale) for name, scale in loras]
+        except model_store.ModelNotFound as exc:  # deleted while the job waited
+            raise JobFailure("model_not_found", str(exc)) from None
+
+    def _input_image(self, name: str) -> Image.Image:
+        path = self.inputs.path_for(name)
+        if path is None:
+            raise JobFailure("input_missing", "the job's input image is gone")
+        with Image.open(path) as image:
+            return image.convert("RGB")
+
+
+def short_reason(exc: BaseException, limit: int = 200) -> str:
+    """An exception as one short line for `/health`, which anyone may read: its type and the
+    first line of its message, with absolute paths cut to their last two parts (a store's file
+    keeps its name, the server's folders stay private). The traceback goes to the log only."""
+    lines = str(exc).strip().splitlines()
+    reason = f"{type(exc).__name__}: {_LEADING_FOLDERS.sub('', lines[0])}" if lines else type(exc).__name__
+    return reason if len(reason) <= limit else reason[: limit - 1] + "…"
+
+
+_LEADING_FOLDERS = re.compile(r"(?:/[^/\s'\"]+)+/(?=[^/\s'\"]+/[^/\s'\"]+)")
