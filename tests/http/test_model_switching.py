@@ -7,7 +7,8 @@ import time
 import pytest
 from starlette.testclient import TestClient
 
-from tests.support import alice_environment, forget_service_metrics
+from harness.environment import alice_environment
+from tests.support import forget_service_metrics
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,9 @@ import torch
 from starlette.testclient import TestClient
 
 from alice.engine import pipelines
+from harness.environment import alice_environment
 from tests.http.conftest import wait_ready
-from tests.support import alice_environment, forget_service_metrics
+from tests.support import forget_service_metrics
 
 SAM = {"messages": [{"role": "user", "content": "x"}], "metadata": {"width": 64, "height": 64, "steps": 2}}
 
