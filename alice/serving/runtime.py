@@ -194,22 +194,27 @@ class Runtime:
         error, and why) and in the log; the server stays up and answers what it can."""
         import torch  # here, not at the top: see alice/engine/__init__.py
 
+        # Each error is logged before `/health` shows it: whoever sees it there (an operator, a
+        # test) then finds it in the log too, however slowly the log's handlers write it.
         name = self.settings.default_model
         try:
             self.pipelines.get(name)
         except model_store.ModelNotFound:
-            self.load_error = (
+            error = (
                 f"the default model '{name}' is not in the model store; "
                 "run `alice models demo` or set ALICE_DEFAULT_MODEL"
             )
-            logger.error(self.load_error)
+            logger.error(error)
+            self.load_error = error
             return
         except torch.OutOfMemoryError:
-            self.load_error = f"the default model '{name}' does not fit in the GPU's memory"
-            logger.exception("%s; not ready", self.load_error)
+            error = f"the default model '{name}' does not fit in the GPU's memory"
+            logger.exception("%s; not ready", error)
+            self.load_error = error
         except Exception as exc:  # a corrupt file, a kernel error, an unsupported card
-            self.load_error = f"the default model '{name}' failed to load: {short_reason(exc)}"
-            logger.exception("%s; not ready", self.load_error)
+            error = f"the default model '{name}' failed to load: {short_reason(exc)}"
+            logger.exception("%s; not ready", error)
+            self.load_error = error
         else:
             self.ready = True
             logger.info("default model %s loaded; ready", name)
