@@ -31,7 +31,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from tests.support import alice_environment, running_server
+from harness.environment import alice_environment
+from harness.server import running_server
 
 
 def main() -> None:

@@ -31,7 +31,9 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from tests.support import HealthWatch, ServerProcess, alice_environment, running_server
+from harness.environment import alice_environment
+from harness.health_watch import HealthWatch
+from harness.server import ServerProcess, running_server
 
 HUGE = 300 << 20
 CHUNK = b"x" * (1 << 20)

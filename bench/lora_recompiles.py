@@ -29,7 +29,8 @@ from alice.engine.device import MemoryOptions, MemoryPreset
 from alice.engine.generate import GenerationSpec, run_generation
 from alice.engine.loras import loras_applied
 from alice.engine.pipelines import choose_placement, load_pipeline
-from tests.support import alice_environment, write_demo_lora
+from harness.environment import alice_environment
+from harness.lora import write_demo_lora
 
 
 def main() -> None:

@@ -28,7 +28,8 @@ from alice.models import checkpoints
 from alice.models import store as model_store
 from alice.engine.generate import GenerationSpec, run_generation
 from alice.engine.pipelines import choose_placement, load_pipeline
-from tests.support import alice_environment, running_server
+from harness.environment import alice_environment
+from harness.server import running_server
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ import psutil
 from alice.config import load_settings
 from alice.protocol.generation import GenerationSettings
 from alice.serving.runtime import Runtime
-from tests.support import alice_environment
+from harness.environment import alice_environment
 
 
 def main() -> None:

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import ROOT, ServerProcess, alice_environment
+from harness.environment import ROOT, alice_environment
+from harness.server import ServerProcess
 
 PHASES = re.compile(r"INFO alice: (start: .*)$", re.MULTILINE)
 

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import alice_environment, running_server
+from harness.environment import alice_environment
+from harness.server import running_server
 
 
 def main() -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.environment import private_bentoml_home
 from tests.server_guard import pytest_configure, pytest_sessionfinish  # noqa: F401  (hooks)
-from tests.support import private_bentoml_home
 
 
 @pytest.fixture

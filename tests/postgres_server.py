@@ -20,7 +20,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support import free_port, kill_all, process_tree
+from harness.ports import free_port
+from harness.processes import kill_all, process_tree
 
 
 def postgres_bin() -> Path | None:

@@ -1,7 +1,7 @@
 """The end of a test session stops any `bentoml serve` it started and left running, and fails.
 
 Every process the session starts carries the session's mark in its environment (see
-SERVER_MARK in tests/support.py), so only this session's leftovers are found: other people's
+SERVER_MARK in harness/processes.py), so only this session's leftovers are found: other people's
 servers on a shared machine are never looked at twice. tests/conftest.py installs these hooks;
 a session of its own can load them with `-p tests.server_guard`.
 """
@@ -13,7 +13,7 @@ import os
 import psutil
 import pytest
 
-from tests.support import SERVER_MARK, SESSION, kill_all, marked_processes
+from harness.processes import SERVER_MARK, SESSION, kill_all, marked_processes
 
 GRACE_S = 10  # a server a fixture is stopping right now
 

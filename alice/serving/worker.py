@@ -53,23 +53,28 @@ class Worker:
         error, and why) and in the log; the server stays up and answers what it can."""
         import torch  # here, not at the top: see alice/engine/__init__.py
 
+        # Each error is logged before `/health` shows it: whoever sees it there (an operator, a
+        # test) then finds it in the log too, however slowly the log's handlers write it.
         readiness = self.readiness
         name = self.settings.default_model
         try:
             self.pipelines.get(name)
         except model_store.ModelNotFound:
-            readiness.load_error = (
+            error = (
                 f"the default model '{name}' is not in the model store; "
                 "run `alice models demo` or set ALICE_DEFAULT_MODEL"
             )
-            logger.error(readiness.load_error)
+            logger.error(error)
+            readiness.load_error = error
             return
         except torch.OutOfMemoryError:
-            readiness.load_error = f"the default model '{name}' does not fit in the GPU's memory"
-            logger.exception("%s; not ready", readiness.load_error)
+            error = f"the default model '{name}' does not fit in the GPU's memory"
+            logger.exception("%s; not ready", error)
+            readiness.load_error = error
         except Exception as exc:  # a corrupt file, a kernel error, an unsupported card
-            readiness.load_error = f"the default model '{name}' failed to load: {short_reason(exc)}"
-            logger.exception("%s; not ready", readiness.load_error)
+            error = f"the default model '{name}' failed to load: {short_reason(exc)}"
+            logger.exception("%s; not ready", error)
+            readiness.load_error = error
         else:
             readiness.ready = True
             logger.info("default model %s loaded; ready", name)

@@ -21,7 +21,9 @@ from tests.downloads.fake_sources import FakeSources, start
 from alice.http.web_routes import WEB_DIR
 from alice.images.store import ImageStore
 from alice.protocol.a1111 import a1111_parameters
-from tests.support import ROOT, ServerProcess, alice_environment, write_demo_lora
+from harness.environment import ROOT, alice_environment
+from harness.lora import write_demo_lora
+from harness.server import ServerProcess
 
 pytestmark = pytest.mark.e2e
 

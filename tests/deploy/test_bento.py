@@ -27,7 +27,7 @@ def test_the_bento_holds_the_service_code_and_nothing_else(image_build: ImageBui
     held = {path.relative_to(src).as_posix() for path in src.rglob("*") if path.is_file()}
     assert expected <= held, f"missing from the Bento: {sorted(expected - held)}"
     assert {"service.py", "pyproject.toml", "bentofile.yaml", "deploy/seed-models.sh", "deploy/healthcheck.py"} <= held
-    strays = sorted(p for p in held if p.startswith(("tests/", "bench/", ".venv/")) or p.endswith(".pyc"))
+    strays = sorted(p for p in held if p.startswith(("tests/", "bench/", "harness/", ".venv/")) or p.endswith(".pyc"))
     assert not strays
 
 

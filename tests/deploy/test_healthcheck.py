@@ -16,8 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from alice.http import tls
+from harness.ports import free_port
 from tests.deploy.conftest import ImageBuild
-from tests.support import free_port
 
 DEAD_PROXY = "http://127.0.0.1:9"  # nothing listens there: going through it would fail
 

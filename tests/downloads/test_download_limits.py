@@ -15,8 +15,10 @@ import pytest
 
 from alice.downloads.fetch import UNREACHABLE
 from alice.downloads.manager import KEEP_FINISHED, DownloadManager
+from harness.environment import private_bentoml_home
+from harness.lora import write_demo_lora
+from harness.ports import free_port
 from tests.downloads.fake_sources import FakeSources, start
-from tests.support import free_port, private_bentoml_home, write_demo_lora
 
 LORA_PATH = "/api/download/models/1"
 

@@ -11,9 +11,9 @@ import pytest
 
 from alice.downloads.fetch import UNREACHABLE
 from alice.engine.demo import save_untrained_demo
+from harness.lora import write_demo_lora
 from tests.downloads.fake_sources import FakeSources, start
 from tests.http.conftest import start_client
-from tests.support import write_demo_lora
 
 CIVITAI_TOKEN = "civitai-secret-token"
 

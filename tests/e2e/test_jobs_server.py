@@ -8,7 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.support import ServerProcess, alice_environment, running_server
+from harness.environment import alice_environment
+from harness.server import ServerProcess, running_server
 
 pytestmark = pytest.mark.e2e
 
@@ -57,7 +58,10 @@ def test_many_clients_at_once_all_get_their_own_images(server):
     # One pipeline call at a time: the jobs of a batch share theirs (the same start and end, and
     # `batch` counts them), and no two calls overlapped on the worker (a call's images are saved
     # while the next one generates).
-    jobs = [j for j in httpx.get(f"{server}/v1/jobs").json()["data"] if j["source"] == "chat"]
+    prompts = {f"client {i}" for i in range(6)}
+    jobs = [j for j in httpx.get(f"{server}/v1/jobs").json()["data"]
+            if j["source"] == "chat" and j["parameters"]["prompt"] in prompts]
+    assert sorted(j["parameters"]["prompt"] for j in jobs) == sorted(prompts), jobs  # the checks below see all six
     assert all(a["started"] < a["generated"] <= a["finished"] for a in jobs)
     calls = sorted({(j["started"], j["generated"]) for j in jobs})
     assert all(a[1] <= b[0] for a, b in zip(calls, calls[1:]))

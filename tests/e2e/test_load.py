@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from tests.support import ROOT, alice_environment, running_server
+from harness.environment import ROOT, alice_environment
+from harness.server import running_server
 
 pytestmark = pytest.mark.e2e
 

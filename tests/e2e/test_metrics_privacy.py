@@ -15,7 +15,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.support import ServerProcess, alice_environment, running_server
+from harness.environment import alice_environment
+from harness.server import ServerProcess, running_server
 
 pytestmark = pytest.mark.e2e
 

@@ -15,9 +15,11 @@ import httpx
 import psycopg
 import pytest
 
+from harness.environment import ROOT, alice_environment
+from harness.ports import free_port
+from harness.server import ServerProcess
 from tests.e2e.test_tls import NGINX, nginx_config, wait_for
 from tests.postgres_server import fresh_database, postgres_bin, postgres_server
-from tests.support import ROOT, ServerProcess, alice_environment, free_port
 
 pytestmark = [
     pytest.mark.e2e,

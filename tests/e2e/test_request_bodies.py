@@ -16,7 +16,9 @@ import httpx
 import pytest
 
 from alice.http.request_bodies import MAX_BODY_BYTES
-from tests.support import HealthWatch, ServerProcess, alice_environment, running_server
+from harness.environment import alice_environment
+from harness.health_watch import HealthWatch
+from harness.server import ServerProcess, running_server
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,8 @@ import openai
 import pytest
 from PIL import Image
 
-from tests.support import ServerProcess, alice_environment, running_server
+from harness.environment import alice_environment
+from harness.server import ServerProcess, running_server
 
 pytestmark = pytest.mark.e2e
 

@@ -1,4 +1,4 @@
-"""The suite's own server plumbing (tests/support.py, tests/server_guard.py): whatever a test
+"""The suite's own server plumbing (harness/, tests/server_guard.py): whatever a test
 starts is stopped, BentoML's worker included, and only this session's servers are touched."""
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ import time
 
 import pytest
 
-from tests.support import ROOT, ServerProcess, alice_environment, kill_all, marked_processes
+from harness.environment import ROOT, alice_environment
+from harness.processes import kill_all, marked_processes
+from harness.server import ServerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -48,7 +50,8 @@ def test_the_session_stops_and_reports_a_server_a_test_left_running(tmp_path):
         from pathlib import Path
 
         from tests.e2e.test_server_helper import wait_for_worker
-        from tests.support import ServerProcess, alice_environment
+        from harness.environment import alice_environment
+        from harness.server import ServerProcess
 
 
         def test_forgets_its_server(tmp_path):

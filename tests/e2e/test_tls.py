@@ -14,7 +14,9 @@ import httpx
 import openai
 import pytest
 
-from tests.support import ROOT, ServerProcess, alice_environment, environment, free_port, running_server
+from harness.environment import ROOT, alice_environment, environment
+from harness.ports import free_port
+from harness.server import ServerProcess, running_server
 
 pytestmark = pytest.mark.e2e
 

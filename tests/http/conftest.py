@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+from harness.environment import alice_environment
 from tests.fake_engine import FakeEngine
-from tests.support import alice_environment, forget_service_metrics
+from tests.support import forget_service_metrics
 
 API_KEY = "test-key-1"
 OTHER_KEY = "test-key-2"

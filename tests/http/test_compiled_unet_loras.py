@@ -14,8 +14,8 @@ import io
 import pytest
 from PIL import Image
 
+from harness.lora import write_demo_lora
 from tests.http.conftest import start_client
-from tests.support import write_demo_lora
 
 SMALL = {"width": 64, "height": 64, "steps": 4, "scheduler": "ddim", "seed": 8}
 

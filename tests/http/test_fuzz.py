@@ -33,4 +33,6 @@ def test_random_bodies_never_crash_the_server(client, body, route):
     body = {**body, **SMALL} if route == "/generate" else body
     # NaN and Infinity as JavaScript and Python write them: not JSON, but clients send them.
     response = client.post(route, content=json.dumps(body), headers={"content-type": "application/json"})
-    assert response.status_code < 500 or response.status_code == 503, (body, response.status_code, response.text)
+    # No 503 either: one request at a time never fills the queue, and the fake engine never runs
+    # out of memory, so a 503 here would be an error dressed as "busy".
+    assert response.status_code < 500, (body, response.status_code, response.text)

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from alice.protocol.a1111 import parse_a1111_parameters
+from harness.lora import write_demo_lora
 from tests.http.conftest import start_client
-from tests.support import write_demo_lora
 
 SMALL = {"width": 64, "height": 64, "steps": 4, "scheduler": "ddim", "seed": 8}
 

@@ -7,8 +7,8 @@ import time
 import pytest
 from starlette.testclient import TestClient
 
+from harness.environment import alice_environment
 from tests.http.conftest import service_client
-from tests.support import alice_environment
 
 
 @pytest.fixture(scope="module")

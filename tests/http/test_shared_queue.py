@@ -18,6 +18,11 @@ pytestmark = pytest.mark.skipif(postgres_bin() is None, reason="PostgreSQL is in
 UNREACHABLE = {"message": "the job database is unreachable; try again later", "type": "server_overloaded",
                "param": None, "code": "database_unavailable"}
 SMALL = {"prompt": "small", "width": 64, "height": 64, "steps": 2}
+LOCK_HELD_S = 8
+# A /health or /v1/metrics that waits for the database waits until the lock goes, ~7 s after the
+# first asks. 2 s is far below that and far above what a loaded 2-core machine takes to answer
+# from memory (it took over 0.2 s there, with 55 requests in flight on the same loop).
+ANSWERS_FROM_MEMORY_S = 2.0
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +44,7 @@ def timed_get(client, path: str) -> float:
 def test_health_and_the_metrics_summary_answer_while_the_database_hangs_under_requests(replica):
     assert replica.post("/v1/jobs", json=SMALL).status_code == 202
     with ThreadPoolExecutor(60) as pool:
-        with table_locked(replica.database, hold_s=8):  # every statement on the jobs table waits
+        with table_locked(replica.database, hold_s=LOCK_HELD_S):  # every statement on the jobs table waits
             calls = [pool.submit(replica.get, "/v1/jobs") for _ in range(45)]
             calls += [pool.submit(replica.delete, "/v1/jobs/job-unknown") for _ in range(5)]
             calls += [pool.submit(replica.post, "/v1/jobs", json=SMALL) for _ in range(5)]
@@ -48,7 +53,7 @@ def test_health_and_the_metrics_summary_answer_while_the_database_hangs_under_re
             summary = [timed_get(replica, "/v1/metrics") for _ in range(3)]
         answers = [call.result(timeout=60) for call in calls]
     print(f"/health {max(health) * 1000:.0f} ms, /v1/metrics {max(summary) * 1000:.0f} ms at most")
-    assert max(health) < 0.2 and max(summary) < 0.2
+    assert max(health) < ANSWERS_FROM_MEMORY_S and max(summary) < ANSWERS_FROM_MEMORY_S
     # Each waited its turn or was turned away at once: none failed, none hung.
     assert {answer.status_code for answer in answers} <= {200, 202, 404, 503}
     for answer in answers:

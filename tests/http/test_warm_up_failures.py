@@ -14,8 +14,8 @@ import torch
 from starlette.testclient import TestClient
 
 from alice.engine import pipelines
+from harness.environment import alice_environment
 from tests.http.conftest import service_client, wait_ready
-from tests.support import alice_environment
 
 SAM = {"messages": [{"role": "user", "content": "x"}], "metadata": {"width": 64, "height": 64, "steps": 2}}
 

@@ -1,14 +1,46 @@
-"""bench.gpu end to end on the CPU at tiny size: every line is printed, and an out-of-memory
+"""bench.gpu end to end on the CPU at tiny size: every line is printed, its numbers agree with each
+other (min <= median <= max, images/s and the ratios from the medians), and an out-of-memory
 error in one line ends only that line."""
 
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import dataclass
 
 import pytest
 
 from alice.engine.demo import DEMO_MODEL_DIR
 from bench import gpu
+
+# A result row of bench.gpu's table: label, median s, min, max, images/s, "x" ratio to diffusers
+# fp32, for a "+" line its "x" ratio to ALICE bare, peak GiB ("-" on the CPU), load s, first call s.
+NUMBER = r"(\d+\.\d+)"
+ROW = (rf"^  (\S.*?)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+x{NUMBER}(?:\s+x{NUMBER})?"
+       rf"\s+-\s+{NUMBER}\s+{NUMBER}$")
+
+
+@dataclass
+class Row:
+    label: str
+    median: float
+    fastest: float
+    slowest: float
+    images_per_s: float
+    vs_fp32: float
+    vs_bare: float | None
+
+    @classmethod
+    def parse(cls, fields: tuple[str, ...]) -> Row:
+        label, median, fastest, slowest, per_s, vs_fp32, vs_bare, _load, _first = fields
+        return cls(label, float(median), float(fastest), float(slowest), float(per_s), float(vs_fp32),
+                   float(vs_bare) if vs_bare else None)
+
+
+def rounding_slack(quotient: float, printed_to: float, *medians: float) -> float:
+    """How far a printed quotient of medians (rounded to `printed_to`) may be from the one
+    recomputed from the printed medians (each rounded to 0.001)."""
+    return printed_to / 2 + quotient * sum(0.0005 / median for median in medians) * 1.01 + 1e-9
 
 
 def test_the_gpu_benchmark_runs_every_line_and_survives_an_out_of_memory_line(
@@ -17,11 +49,24 @@ def test_the_gpu_benchmark_runs_every_line_and_survives_an_out_of_memory_line(
     gpu.main(["--cpu", "--model-dir", str(DEMO_MODEL_DIR), "--size", "64", "--steps", "2", "--runs", "2",
               "--skip", "compile", "--inject-oom", "+ VAE tiling"])
     out = capsys.readouterr().out
-    number = r"\s+\d+\.\d{3}"
-    for label in ("diffusers fp32", "diffusers fp16", "diffusers bf16", r"ALICE bare \(float32\)", r"\+ channels_last",
-                  r"\+ attention slicing", r"\+ model offload", r"\+ sequential offload", r"ALICE auto \(the server\)"):
-        # median, min, max, images/s, then the ratio to diffusers fp32
-        assert re.search(rf"^  {label}\s+{number}{number}{number}{number}\s+x\d+\.\d\d", out, re.MULTILINE), (label, out)
+    rows = {row.label: row for row in map(Row.parse, re.findall(ROW, out, re.MULTILINE))}
+    assert set(rows) == {"diffusers fp32", "diffusers fp16", "diffusers bf16", "ALICE bare (float32)",
+                         "+ channels_last", "+ attention slicing", "+ model offload", "+ sequential offload",
+                         "ALICE auto (the server)"}, out
+    fp32, bare = rows["diffusers fp32"], rows["ALICE bare (float32)"]
+    for row in rows.values():
+        assert 0 < row.fastest <= row.median <= row.slowest and math.isfinite(row.slowest), (row, out)
+        per_s, vs_fp32 = 1 / row.median, fp32.median / row.median
+        assert row.images_per_s == pytest.approx(per_s, abs=rounding_slack(per_s, 0.001, row.median)), (row, out)
+        assert row.vs_fp32 == pytest.approx(vs_fp32, abs=rounding_slack(vs_fp32, 0.01, fp32.median, row.median)), (
+            row, out)
+        # Each "+ option" line, and the server's own choice, is also set against ALICE bare.
+        assert (row.vs_bare is not None) == row.label.startswith(("+", "ALICE auto")), (row, out)
+        if row.vs_bare is not None:
+            vs_bare = bare.median / row.median
+            assert row.vs_bare == pytest.approx(vs_bare, abs=rounding_slack(vs_bare, 0.01, bare.median, row.median)), (
+                row, out)
+    assert fp32.vs_fp32 == 1.0
     assert re.search(r"^  \+ VAE tiling\s+OOM$", out, re.MULTILINE), out
     assert "+ VAE tiling: out of memory (injected" in out
     assert "+ compile" not in out.split("demo_model 64x64")[1]

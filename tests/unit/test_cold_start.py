@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 
-from tests.support import ROOT
+from harness.environment import ROOT
 
 # Together about 6 s of CPU to import (torch, then diffusers with transformers and peft); the
 # worker imports them when it builds the Runtime and loads the default model.

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT
+from harness.environment import ROOT
 
 PACKAGE = ROOT / "alice"
 

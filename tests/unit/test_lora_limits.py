@@ -8,7 +8,7 @@ import pytest
 from alice.engine.generate import GenerationStopped
 from alice.engine.loras import loras_applied
 from alice.protocol.generation import MAX_LORAS, GenerationSettings, InvalidRequest
-from tests.support import write_demo_lora
+from harness.lora import write_demo_lora
 
 
 def settings(prompt: str, loras: list[dict] | None = None) -> GenerationSettings:

@@ -14,7 +14,7 @@ from alice.protocol.a1111 import parse_a1111_parameters, settings_from_a1111
 from alice.protocol.generation import GenerationSettings, InvalidRequest
 from alice.protocol.openai import ChatCompletionRequest, ImagesRequest, chat_settings, images_settings
 from alice.protocol.results import GenerationParameters, GenerationResult, job_parameters
-from tests.support import ROOT
+from harness.environment import ROOT
 
 LIMITS = {"max_pixels": 1024 * 1024, "max_images": 4}
 
