@@ -80,6 +80,21 @@ def test_delete_removes_every_version(bentoml_home: Path, demo_folder: Path) -> 
         model_store.delete_model("gone")
 
 
+def test_a_lookup_is_reused_until_the_store_changes(bentoml_home: Path, demo_folder: Path, monkeypatch) -> None:
+    first = checkpoints.import_pipeline_folder(demo_folder, "kept-up")
+    model_store.get_model("kept-up")
+    reads: list[str] = []
+    real_get = bentoml.models.get
+    monkeypatch.setattr(bentoml.models, "get", lambda tag: reads.append(str(tag)) or real_get(tag))
+    assert model_store.get_model("kept-up") == first and reads == []  # unchanged: not read again
+    time.sleep(0.01)
+    newer = checkpoints.import_pipeline_folder(demo_folder, "kept-up")
+    assert model_store.get_model("kept-up") == newer and len(reads) == 1  # a new version is seen
+    model_store.delete_model("kept-up")
+    with pytest.raises(ModelNotFound):
+        model_store.get_model("kept-up")
+
+
 def test_missing_model(bentoml_home: Path) -> None:
     with pytest.raises(ModelNotFound) as caught:
         model_store.get_model("nothing-here")
