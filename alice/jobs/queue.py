@@ -250,9 +250,11 @@ class JobQueue:
             self._running = [other for other in self._running if other is not job]
         self.discard_images(discarded)
         self._backend.persist(job)
-        self._backend.ended(job)
         with self.lock:
             job._notify()
+        # After the waiter is told: trimming the kept records (SQL once 500 jobs are kept) is
+        # bookkeeping no answer waits for.
+        self._backend.ended(job)
         self.on_finish(job)
         logger.info("job %s %s%s", job.id, state.value, f" ({code})" if code else "")
 
