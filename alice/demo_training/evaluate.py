@@ -16,7 +16,6 @@ from alice.demo_training.judge import Verdict, judge
 from alice.demo_training.shapes import Scene, evaluation_prompts, training_scenes
 from alice.engine.generate import GenerationSpec, run_generation
 from alice.engine.pipelines import choose_placement, load_pipeline
-from alice.engine.scheduler_names import DEFAULT_SCHEDULER
 
 
 @dataclass
@@ -61,24 +60,25 @@ CHECKS = {
 def evaluate(
     model_dir: Path,
     *,
-    steps: int = 25,
-    guidance_scale: float = 7.5,
-    scheduler: str = DEFAULT_SCHEDULER,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    scheduler: str | None = None,
     seeds: tuple[int, ...] = (0,),
     progress: bool = True,
     save_to: Path | None = None,
     keep_pictures: list[Image.Image] | None = None,
 ) -> Evaluation:
     """Draw every evaluation prompt once per seed and judge each picture (also appended to
-    `keep_pictures`, when given)."""
+    `keep_pictures`, when given). Steps, guidance and scheduler not given are the drawing
+    settings' defaults (alice/engine/spec.py), as a request that leaves them out gets."""
+    given = {"steps": steps, "guidance_scale": guidance_scale, "scheduler": scheduler}
+    drawing = {name: value for name, value in given.items() if value is not None}
     pipe = load_pipeline(Path(model_dir), choose_placement("cpu"))
     base_config = pipe.scheduler.config
     evaluation = Evaluation()
     jobs = [(scene, prompt, seed) for scene, prompt in evaluation_prompts() for seed in seeds]
     for index, (scene, prompt, seed) in enumerate(tqdm(jobs, desc="evaluating", disable=not progress, unit="image")):
-        spec = GenerationSpec(
-            prompt=prompt, seed=seed, width=64, height=64, steps=steps, guidance_scale=guidance_scale, scheduler=scheduler
-        )
+        spec = GenerationSpec(prompt=prompt, seed=seed, width=64, height=64, **drawing)
         image: Image.Image = run_generation(pipe, base_config, spec).images[0]
         evaluation.results.append((scene, prompt, judge(image, scene)))
         if keep_pictures is not None:
