@@ -19,6 +19,8 @@ GB = 10**9
 CLIP_L = int(0.25 * GB)  # 123M; embedding 49408 x 768
 CLIP_G = int(1.39 * GB)  # 695M; embedding 49408 x 1280
 T5_XXL = int(9.52 * GB)  # 4.76B; embedding 32128 x 4096
+# T5's `wo` layers, which transformers keeps in fp32 under fp16 (`_keep_in_fp32_modules`): 24 x 10240 x 4096.
+T5_WO_PARAMS = 24 * 10240 * 4096
 QWEN3_4B = int(8.04 * GB)  # 4.02B; embedding 151936 x 2560
 QWEN3_8B = int(16.4 * GB)  # 8.19B; embedding 151936 x 4096
 QWEN25_VL_7B = int(16.6 * GB)  # 8.29B (vision tower included); embedding 152064 x 3584

@@ -43,6 +43,8 @@ from alice.engine.memory_figures import (
     FAMILY_FIGURES,
     GB,
     Q4_0_BYTES_PER_PARAM,
+    T5_WO_PARAMS,
+    T5_XXL,
     VAE,
     transformer_working,
 )
@@ -105,28 +107,36 @@ class _Need:
     on_card: int
 
 
-def _sizes(inputs: PresetInputs, value_bytes: int, fp8: bool) -> tuple[int, dict[str, int], dict[str, int], int]:
+def _sizes(
+    inputs: PresetInputs, value_bytes: int, fp8: bool, fp16: bool
+) -> tuple[int, dict[str, int], dict[str, int], int]:
     """Bytes held of the transformer, each text encoder and the VAE, and each encoder's embedding
     (its largest layer), in the compute dtype. fp8 storage keeps Linear weights at one byte each
     and the embedding in the compute dtype. An encoder of a size not listed (measured by the
-    caller) is taken to be a tenth embedding, as the Qwen encoders nearly are."""
+    caller) is taken to be a tenth embedding, as the Qwen encoders nearly are. In fp8, T5's `wo`
+    layers are stored in fp8 too (placement.store_in_fp8)."""
     scale = value_bytes / 2
     transformer = inputs.transformer_bytes if inputs.quantized else int(inputs.transformer_bytes * scale)
     embedding16 = {name: EMBEDDING.get(size, size // 10) for name, size in inputs.text_encoders.items()}
     embeddings = {name: int(size * scale) for name, size in embedding16.items()}
+    if fp16:  # transformers keeps T5's `wo` layers in fp32 under fp16 (families.md §7.1)
+        wide = {name: T5_WO_PARAMS * 2 for name, size in inputs.text_encoders.items() if size == T5_XXL}
+    else:
+        wide = {}
     if fp8:
         encoders = {
             name: (size - embedding16[name]) // 2 + embeddings[name] for name, size in inputs.text_encoders.items()
         }
     else:
-        encoders = {name: int(size * scale) for name, size in inputs.text_encoders.items()}
+        encoders = {name: int(size * scale) + wide.get(name, 0) for name, size in inputs.text_encoders.items()}
     return transformer, encoders, embeddings, int(inputs.vae * scale)
 
 
-def _need(inputs: PresetInputs, layout: Layout, fp8: bool, tile: int | None, pixels: int, value_bytes: int) -> _Need:
+def _need(inputs: PresetInputs, layout: Layout, fp8: bool, tile: int | None, pixels: int, dtype_name: str) -> _Need:
     """Peak card memory and RAM of one layout, by the estimates."""
+    value_bytes, fp16 = (4 if dtype_name == "float32" else 2), dtype_name == "float16"
     figures = FAMILY_FIGURES[inputs.family]
-    transformer, encoders, embeddings, vae = _sizes(inputs, value_bytes, fp8)
+    transformer, encoders, embeddings, vae = _sizes(inputs, value_bytes, fp8, fp16)
     text = sum(encoders.values())
     weights = transformer + text + vae
     stepping = transformer_working(inputs.family, inputs.transformer_params, pixels, value_bytes)
@@ -190,10 +200,9 @@ def plan_preset(facts: DeviceFacts, inputs: PresetInputs, options: MemoryOptions
     """The cheapest layout of the model on this card and RAM, by the estimates; `dtype` is the
     pipeline's compute dtype (`auto_dtype`: fp16 before Ampere, fp32 on the CPU)."""
     dtype_name = str(dtype).removeprefix("torch.")
-    value_bytes = 4 if dtype_name == "float32" else 2
-    found = _first_fit(facts, inputs, options, value_bytes)
+    found = _first_fit(facts, inputs, options, dtype_name)
     if found is None:
-        return _no_fit(facts, inputs, options, dtype_name, value_bytes)
+        return _no_fit(facts, inputs, options, dtype_name)
     fp8, layout, tile, need = found
     gpu = facts.is_gpu
     pin = layout in ("text-offloaded", "group") and 2 * need.ram <= ram_capacity(facts)
@@ -210,11 +219,11 @@ def plan_preset(facts: DeviceFacts, inputs: PresetInputs, options: MemoryOptions
         needs=Footprint(weights=need.weights, on_card=need.on_card, in_ram=need.ram, working=need.card - need.on_card)
         if gpu else Footprint(need.weights, 0, need.weights, 0),
     )
-    return replace(preset, reason=_reason(facts, inputs, preset, layout, need, value_bytes))
+    return replace(preset, reason=_reason(facts, inputs, preset, layout, need, dtype_name))
 
 
 def _first_fit(
-    facts: DeviceFacts, inputs: PresetInputs, options: MemoryOptions, value_bytes: int
+    facts: DeviceFacts, inputs: PresetInputs, options: MemoryOptions, dtype_name: str
 ) -> tuple[bool, Layout, int | None, _Need] | None:
     if inputs.quantized == "nf4" and facts.is_gpu and facts.capability < (6, 0):
         return None  # bitsandbytes' CUDA kernels start at sm_60
@@ -222,7 +231,7 @@ def _first_fit(
     for fp8, layout, tile in _candidates(options, facts.is_gpu):
         if fp8 and not inputs.text_encoders:
             continue
-        need = _need(inputs, layout, fp8, tile, options.max_pixels, value_bytes)
+        need = _need(inputs, layout, fp8, tile, options.max_pixels, dtype_name)
         if not facts.is_gpu:
             need = _Need(0, need.weights, need.weights, 0)  # everything in RAM, activations too small to matter here
         if need.card <= card and need.ram <= ram:
@@ -240,7 +249,7 @@ DESCRIPTIONS: dict[Layout, str] = {
 
 
 def _reason(
-    facts: DeviceFacts, inputs: PresetInputs, preset: MemoryPreset, layout: Layout, need: _Need, value_bytes: int
+    facts: DeviceFacts, inputs: PresetInputs, preset: MemoryPreset, layout: Layout, need: _Need, dtype_name: str
 ) -> str:
     stored = {"gguf": "GGUF", "nf4": "NF4"}.get(inputs.quantized or "", "16-bit")
     notes = [
@@ -266,9 +275,7 @@ def _reason(
     return "; ".join(notes)
 
 
-def _no_fit(
-    facts: DeviceFacts, inputs: PresetInputs, options: MemoryOptions, dtype_name: str, value_bytes: int
-) -> MemoryPreset:
+def _no_fit(facts: DeviceFacts, inputs: PresetInputs, options: MemoryOptions, dtype_name: str) -> MemoryPreset:
     where = (
         f"a {facts.total_memory / GiB:.1f} GiB card ({facts.name}) with {facts.host_memory / GiB:.0f} GiB RAM"
         if facts.is_gpu else f"the CPU with {facts.host_memory / GiB:.0f} GiB RAM"
@@ -279,17 +286,17 @@ def _no_fit(
     if inputs.quantized == "nf4" and facts.is_gpu and facts.capability < (6, 0):
         reason += ": NF4 (bitsandbytes) needs compute capability 6.0"
     else:
-        reason += f" by the estimates; would fit: {'; or '.join(_what_would_fit(facts, inputs, options, value_bytes))}"
+        reason += f" by the estimates; would fit: {'; or '.join(_what_would_fit(facts, inputs, options, dtype_name))}"
     return MemoryPreset(
         family=inputs.family, cpu_offload="none", vae_tiling_above=None, attention_slicing=False,
         channels_last=False, dtype=dtype_name, fits=False, reason=reason,
     )
 
 
-def _what_would_fit(facts: DeviceFacts, inputs: PresetInputs, options: MemoryOptions, value_bytes: int) -> list[str]:
+def _what_would_fit(facts: DeviceFacts, inputs: PresetInputs, options: MemoryOptions, dtype_name: str) -> list[str]:
     """A smaller quantized transformer file, more RAM: each that the estimates say would fit."""
     ways = []
-    largest = _largest_transformer(facts, inputs, options, value_bytes)
+    largest = _largest_transformer(facts, inputs, options, dtype_name)
     if largest:
         listed = FAMILY_FIGURES[inputs.family].gguf
         files = [f"{name} ({size} GB)" for name, size in listed.items() if size * GB <= largest]
@@ -299,26 +306,26 @@ def _what_would_fit(facts: DeviceFacts, inputs: PresetInputs, options: MemoryOpt
         ways.append(f"a quantized transformer file of at most {largest / GB:.1f} GB{named}")
     if facts.is_gpu:
         roomy = replace(facts, host_memory=1 << 50)
-        if _first_fit(roomy, inputs, options, value_bytes) is not None:
+        if _first_fit(roomy, inputs, options, dtype_name) is not None:
             needed = min(
-                _need(inputs, layout, fp8, tile, options.max_pixels, value_bytes).ram
+                _need(inputs, layout, fp8, tile, options.max_pixels, dtype_name).ram
                 for fp8, layout, tile in _candidates(options, True)
-                if _need(inputs, layout, fp8, tile, options.max_pixels, value_bytes).card <= card_capacity(facts)
+                if _need(inputs, layout, fp8, tile, options.max_pixels, dtype_name).card <= card_capacity(facts)
             )
             ways.append(f"{math.ceil((needed + RAM_RESERVE) / GiB)} GiB of RAM")
     else:
-        needed = _need(inputs, "gpu", True, None, options.max_pixels, value_bytes).weights
+        needed = _need(inputs, "gpu", True, None, options.max_pixels, dtype_name).weights
         ways.append(f"{math.ceil((needed + RAM_RESERVE) / GiB)} GiB of RAM")
     if not ways:
         ways.append("a larger card: the text encoders and VAE alone do not fit beside any transformer")
     return ways
 
 
-def _largest_transformer(facts: DeviceFacts, inputs: PresetInputs, options: MemoryOptions, value_bytes: int) -> int:
+def _largest_transformer(facts: DeviceFacts, inputs: PresetInputs, options: MemoryOptions, dtype_name: str) -> int:
     """The largest quantized transformer file that would fit, to 0.1 GB; 0 if none would."""
     def fits(size: int) -> bool:
         trial = replace(inputs, transformer_bytes=size, quantized=inputs.quantized or "gguf")
-        return _first_fit(facts, trial, options, value_bytes) is not None
+        return _first_fit(facts, trial, options, dtype_name) is not None
 
     low, high = 0, inputs.transformer_bytes
     if not fits(int(0.1 * GB)):
