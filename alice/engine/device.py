@@ -13,13 +13,15 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from alice.engine.memory_figures import TRANSFORMER_FAMILIES
+
 if TYPE_CHECKING:  # imported where it runs: see alice/engine/__init__.py
     import torch
 
 GiB = 1024**3
 MiB = 1024**2
-FAMILIES = ("sd15", "sd2", "sdxl")
-Offload = Literal["none", "model", "sequential"]
+FAMILIES = ("sd15", "sd2", "sdxl")  # the UNet families; TRANSFORMER_FAMILIES are planned in presets.py
+Offload = Literal["none", "model", "group", "sequential"]  # group: transformer families only
 
 
 class UnsupportedDevice(RuntimeError):
@@ -199,16 +201,32 @@ class MemoryPreset:
     vae_tiling_above: int | None  # images wider or taller than this decode in tiles; None: never
     attention_slicing: bool
     channels_last: bool
+    # The transformer families' presets (alice/engine/presets.py) say more; SD's leave these empty.
+    parts: tuple[tuple[str, str], ...] = ()  # (component, where): gpu, cpu, model, group, sequential
+    fp8_storage: tuple[str, ...] = ()  # components whose Linear weights are stored in fp8
+    dtype: str | None = None  # the compute dtype, as torch names it
+    pin_streams: bool = False  # group offload may keep pinned copies (twice its RAM)
+    fits: bool = True  # False: nothing fits the card and RAM; `reason` says what would
+    reason: str = ""
+    needs: Footprint | None = None  # the planner's estimate for this layout
 
     def public(self) -> dict:
-        return {
+        shown = {
             "cpu_offload": self.cpu_offload,
             "vae_tiling_above_px": self.vae_tiling_above,
             "attention_slicing": self.attention_slicing,
             "channels_last": self.channels_last,
         }
+        if self.parts or not self.fits:
+            shown.update(
+                parts=dict(self.parts), fp8_storage=list(self.fp8_storage), dtype=self.dtype,
+                fits=self.fits, reason=self.reason,
+            )
+        return shown
 
     def describe(self) -> str:
+        if self.reason:
+            return self.reason
         tiling = f"VAE tiling above {self.vae_tiling_above} px" if self.vae_tiling_above else "no VAE tiling"
         return (
             f"{self.family}: CPU offload {self.cpu_offload}, {tiling}, "
@@ -270,6 +288,8 @@ def footprint(
     measured when given, else the family's released checkpoint's."""
     import torch
 
+    if preset.needs is not None:  # a transformer family's, estimated by its planner
+        return preset.needs
     scale = 2 if dtype == torch.float32 else 1
     weights = weights if weights is not None else WEIGHTS_16BIT[preset.family] * scale
     if not facts.is_gpu:
@@ -297,6 +317,10 @@ def resolve_preset(facts: DeviceFacts, family: str, options: MemoryOptions, dtyp
     processor and saves nothing they do not already save. channels_last is left off under
     sequential offload, where the weights stream in per call and it does nothing.
     """
+    if family in TRANSFORMER_FAMILIES:  # sized by the reference checkpoint: see presets.plan_preset
+        from alice.engine.presets import plan_preset, reference_inputs
+
+        return plan_preset(facts, reference_inputs(family), options, dtype)
     slicing = options.attention_slicing is True
     if not facts.is_gpu:
         return MemoryPreset(family, "none", _fixed_tiling(options.vae_tiling, family), slicing, False)

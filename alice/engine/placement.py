@@ -1,0 +1,110 @@
+"""Laying a loaded transformer-family pipeline out as its memory preset says (alice/engine/presets.py).
+
+Call it on a pipeline loaded to the CPU (from_pretrained's default), before its first run.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from alice.engine.device import MemoryPreset
+
+if TYPE_CHECKING:  # imported where they run: see alice/engine/__init__.py
+    from diffusers import DiffusionPipeline
+
+
+def apply_preset(pipe: DiffusionPipeline, preset: MemoryPreset, device: str) -> None:
+    """Store the listed text encoders in fp8, place each part, enable VAE tiling.
+
+    Whole-pipeline model or sequential offload goes through diffusers' own methods: their hooks
+    chain the parts, and diffusers refuses to mix them with group offloading. Group offload is
+    per part: the transformer block by block (its blocks are ModuleLists), the text encoders
+    layer by layer (transformers' encoders nest their blocks a level down, where block-level
+    offload would move the whole encoder at once); with CUDA streams on a GPU, each next
+    group copied while the current one computes.
+    """
+    import torch
+    from diffusers.hooks import apply_group_offloading
+
+    compute = getattr(torch, preset.dtype or "float32")
+    for name in preset.fp8_storage:
+        store_in_fp8(getattr(pipe, name), compute)
+    where = dict(preset.parts)
+    kinds = set(where.values())
+    if kinds == {"model"}:
+        pipe.enable_model_cpu_offload(device=device)
+    elif kinds == {"sequential"}:
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        streams = device.startswith("cuda")
+        for name, place in where.items():
+            module = getattr(pipe, name, None)
+            if not isinstance(module, torch.nn.Module):
+                continue
+            if place == "gpu":
+                module.to(device)
+            elif place == "group":
+                apply_group_offloading(
+                    module, onload_device=torch.device(device), offload_device=torch.device("cpu"),
+                    offload_type="block_level" if name == "transformer" else "leaf_level",
+                    num_blocks_per_group=1 if name == "transformer" else None,
+                    use_stream=streams,
+                    # Pinned copies of everything streamed double its RAM (diffusers' docs).
+                    low_cpu_mem_usage=streams and not preset.pin_streams,
+                )
+            elif place != "cpu":
+                raise ValueError(f"{name}: {place} offload is whole-pipeline only, not mixed with others")
+    if preset.vae_tiling_above:
+        _tile(pipe.vae, preset.vae_tiling_above)
+
+
+def store_in_fp8(module: torch.nn.Module, compute: torch.dtype) -> None:
+    """Keep the module's Linear and Conv weights in fp8 between uses, cast up layer by layer.
+
+    transformers keeps some layers in fp32 under fp16 (`_keep_in_fp32_modules`: T5's `wo`, 1B of
+    its 4.8B weights) and T5's MLP casts its input to `wo.weight.dtype` before calling `wo`: stored
+    in fp8 under diffusers' per-layer casting, that cast would turn the activations to fp8. So
+    those layers are cast back to their own dtype around their parent's call instead.
+    """
+    import torch
+    from diffusers.hooks import apply_layerwise_casting
+    from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
+
+    kept = tuple(getattr(module, "_keep_in_fp32_modules", None) or ())
+    apply_layerwise_casting(
+        module, storage_dtype=torch.float8_e4m3fn, compute_dtype=compute,
+        skip_modules_pattern=DEFAULT_SKIP_MODULES_PATTERN + tuple(rf"\.{name}$" for name in kept),
+        # Token embeddings stay in the compute dtype: the estimates count them so, and the
+        # pipelines take their prompt embeddings' dtype from the encoder's first parameter, the embedding.
+        skip_modules_classes=(torch.nn.Embedding,),
+    )
+    for parent in module.modules():
+        for name in kept:
+            child = getattr(parent, name, None)
+            if isinstance(child, torch.nn.Linear):
+                _cast_around(parent, child, torch.float8_e4m3fn)
+
+
+def _cast_around(parent: torch.nn.Module, layer: torch.nn.Linear, storage: torch.dtype) -> None:
+    own = layer.weight.dtype
+    layer.weight.data = layer.weight.data.to(storage)
+
+    def up(*_: object) -> None:
+        layer.weight.data = layer.weight.data.to(own)
+
+    def down(*_: object) -> None:
+        layer.weight.data = layer.weight.data.to(storage)
+
+    parent.register_forward_pre_hook(up)
+    parent.register_forward_hook(down)
+
+
+def _tile(vae: torch.nn.Module, above: int) -> None:
+    """AutoencoderKL's tile side is set as for the UNet families; FLUX.2's and Qwen-Image's VAEs
+    keep their own."""
+    if type(vae).__name__ == "AutoencoderKL":
+        from alice.engine.pipelines import enable_vae_tiling
+
+        enable_vae_tiling(vae, above)
+    else:
+        vae.enable_tiling()
