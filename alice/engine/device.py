@@ -13,7 +13,6 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from alice.engine.memory_figures import TRANSFORMER_FAMILIES
 
 if TYPE_CHECKING:  # imported where it runs: see alice/engine/__init__.py
     import torch
@@ -308,7 +307,8 @@ def footprint(
 
 
 def resolve_preset(facts: DeviceFacts, family: str, options: MemoryOptions, dtype: torch.dtype) -> MemoryPreset:
-    """Explicit settings as given; each `auto` one decided from the card and the family.
+    """A UNet family's preset (the transformer families': alice/engine/presets.py `preset_for`).
+    Explicit settings as given; each `auto` one decided from the card and the family.
 
     In order of cost: everything on the card, decoding whole images; then VAE tiling for images
     whose decode would not fit (tiles as large as fit); then model CPU offload (only the model
@@ -317,10 +317,6 @@ def resolve_preset(facts: DeviceFacts, family: str, options: MemoryOptions, dtyp
     processor and saves nothing they do not already save. channels_last is left off under
     sequential offload, where the weights stream in per call and it does nothing.
     """
-    if family in TRANSFORMER_FAMILIES:  # sized by the reference checkpoint: see presets.plan_preset
-        from alice.engine.presets import plan_preset, reference_inputs
-
-        return plan_preset(facts, reference_inputs(family), options, dtype)
     slicing = options.attention_slicing is True
     if not facts.is_gpu:
         return MemoryPreset(family, "none", _fixed_tiling(options.vae_tiling, family), slicing, False)

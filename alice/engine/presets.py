@@ -36,6 +36,7 @@ from alice.engine.device import (
     MemoryPreset,
     Offload,
     card_capacity,
+    resolve_preset,
 )
 from alice.engine.memory_figures import (
     DEQUANTIZED_LAYER,
@@ -46,6 +47,7 @@ from alice.engine.memory_figures import (
     T5_WO_PARAMS,
     T5_XXL,
     VAE,
+    TRANSFORMER_FAMILIES,
     transformer_working,
 )
 
@@ -334,6 +336,14 @@ def _largest_transformer(facts: DeviceFacts, inputs: PresetInputs, options: Memo
         middle = (low + high) // 2
         low, high = (middle, high) if fits(middle) else (low, middle)
     return low
+
+
+def preset_for(facts: DeviceFacts, family: str, options: MemoryOptions, dtype: object) -> MemoryPreset:
+    """Any family's preset: a UNet family's from device.resolve_preset, a transformer family's
+    planned for its reference checkpoint (what `/health` shows before a model is loaded)."""
+    if family in TRANSFORMER_FAMILIES:
+        return plan_preset(facts, reference_inputs(family), options, dtype)
+    return resolve_preset(facts, family, options, dtype)  # type: ignore[arg-type]
 
 
 def check_fits(preset: MemoryPreset) -> None:

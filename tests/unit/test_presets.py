@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import pytest
 
-from alice.engine.device import GiB, DeviceFacts, MemoryOptions, card_capacity, resolve_preset
+from alice.engine.device import GiB, DeviceFacts, MemoryOptions, card_capacity
 from alice.engine.memory_figures import GB, QWEN3_8B, TRANSFORMER_FAMILIES, transformer_working
 from alice.engine.presets import (
     PresetDoesNotFit,
     check_fits,
     plan_preset,
+    preset_for,
     ram_capacity,
     reference_inputs,
 )
@@ -197,11 +198,11 @@ def test_explicit_settings_win_over_auto():
     assert not refused.fits
 
 
-def test_resolve_preset_plans_the_reference_checkpoint_for_health():
+def test_preset_for_plans_the_reference_checkpoint_for_health():
     facts, _ = card("12gb", 32)
     import torch
 
-    chosen = resolve_preset(facts, "flux1-schnell", MemoryOptions(), torch.bfloat16)
+    chosen = preset_for(facts, "flux1-schnell", MemoryOptions(), torch.bfloat16)
     assert chosen == plan(facts, reference_inputs("flux1-schnell"), "bfloat16")
     shown = chosen.public()
     assert {"cpu_offload", "vae_tiling_above_px", "parts", "fp8_storage", "dtype", "fits", "reason"} <= set(shown)
