@@ -54,7 +54,7 @@ def _or_none(name: str, none_means: str) -> Any:
     """The spec's setting `name` as a request may leave it out: its limits, default None (the
     server chooses), and its description saying what none means."""
     declared = setting(name)
-    return FieldInfo.merge_field_infos(declared, default=None, description=f"{declared.description}; none = {none_means}.")
+    return FieldInfo.merge_field_infos(declared, default=None, description=f"{declared.description.rstrip('.')}; none = {none_means}.")
 
 
 # Every drawing setting of the spec, declared there: type, default, limits, description.
