@@ -143,7 +143,7 @@ def _model_type(model: model_store.StoredModel) -> str:
 @models_app.command("import")
 def models_import(
     path: Path = typer.Argument(
-        ..., help="A diffusers pipeline folder, or a single-file .safetensors checkpoint (SD 1.x, 2.x, SDXL)."
+        ..., help="A diffusers pipeline folder (SD 1.x, 2.x, XL, 3; FLUX.1; Chroma; Z-Image; FLUX.2 Klein; Qwen-Image), or a single-file .safetensors checkpoint (SD 1.x, 2.x, SDXL)."
     ),
     name: str = typer.Option(..., "--name", help="The model's id in ALICE (lowercase letters, digits, . _ -)."),
     lora: bool = typer.Option(False, "--lora", help="The file is a LoRA, not a checkpoint."),

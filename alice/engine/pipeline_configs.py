@@ -17,14 +17,16 @@ def read_config(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def native_size(folder: Path) -> int:
+def native_size(folder: Path, denoiser: str = "unet", fallback: int = 512) -> int:
     """The image side a pipeline folder was trained for, as diffusers derives its default:
-    the UNet's latent sample size times the VAE's downscale (2 per block after the first)."""
-    sample = read_config(folder / "unet" / "config.json").get("sample_size")
+    the denoiser's (UNet's, SD3's transformer's) latent sample size times the VAE's downscale
+    (2 per block after the first). `fallback` where its config has none: the FLUX-like
+    pipelines hard-code theirs."""
+    sample = read_config(folder / denoiser / "config.json").get("sample_size")
     blocks = read_config(folder / "vae" / "config.json").get("block_out_channels") or [0] * 4
     if isinstance(sample, list):  # some configs give [height, width]
         sample = sample[0]
-    return int(sample) * 2 ** (len(blocks) - 1) if isinstance(sample, int) and sample > 0 else 512
+    return int(sample) * 2 ** (len(blocks) - 1) if isinstance(sample, int) and sample > 0 else fallback
 
 
 def text_encoder_layers(folder: Path) -> int | None:

@@ -127,11 +127,16 @@ async def _images_answer(
 def list_models(runtime: Runtime = Depends(get_runtime)) -> Any:
     loaded = set(runtime.pipelines.names())
     data = [
-        oa.model_card(m.name, m.family, int(m.created.timestamp()), m.name in loaded)
+        oa.model_card(m.name, m.family, int(m.created.timestamp()), m.name in loaded, drawing_facts(m))
         for m in model_store.list_models()
         if m.kind == "pipeline"
     ]
     return {"object": "list", "data": data}
+
+
+def drawing_facts(model: model_store.StoredModel) -> dict[str, Any]:
+    """How a stored model draws: its family's facts, with the native size its own configs give."""
+    return {**model.family_facts.facts(), "native_size": model.native_size}
 
 
 @router.get("/v1/models/{model_id:path}")
@@ -141,4 +146,5 @@ def get_model(model_id: str, runtime: Runtime = Depends(get_runtime)) -> Any:
         stored = model_store.get_model(name)
     except (model_store.ModelNotFound, model_store.InvalidModelName):
         raise ApiError(404, f"model '{model_id}' not found", param="model", code="model_not_found") from None
-    return oa.model_card(stored.name, stored.family, int(stored.created.timestamp()), name in runtime.pipelines.names())
+    return oa.model_card(stored.name, stored.family, int(stored.created.timestamp()), name in runtime.pipelines.names(),
+                         drawing_facts(stored))

@@ -18,11 +18,12 @@ from alice import __version__
 from alice.models import store as model_store
 from alice.config import Settings, env_name
 from alice.engine.scheduler_names import DEFAULT_SCHEDULER, SCHEDULER_NAMES
+from alice.engine.spec import setting
 from alice.http.errors import ApiError
 from alice.http.handling import get_runtime
 from alice.images.store import StoredImage
 from alice.protocol.a1111 import parse_a1111_parameters, settings_from_a1111
-from alice.protocol.generation import GenerationSettings, setting_limits
+from alice.protocol.generation import FAMILY_DEFAULTS, GenerationSettings, setting_limits
 from alice.serving.runtime import Runtime
 
 router = APIRouter()
@@ -198,7 +199,8 @@ def settings(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
         "default_scheduler": DEFAULT_SCHEDULER,
         "defaults": {
             name: field.get_default(call_default_factory=True) for name, field in fields.items() if not field.is_required()
-        } | {"scheduler": DEFAULT_SCHEDULER, "model": current.default_model},
+        } | {name: setting(name).default for name in FAMILY_DEFAULTS}  # SD's: each model's are on /v1/models
+        | {"scheduler": DEFAULT_SCHEDULER, "model": current.default_model},
         "setting_limits": limits,
         "limits": {
             "max_pixels": current.max_pixels,

@@ -30,13 +30,14 @@ from alice.models.store import (
 
 
 def import_pipeline_folder(folder: Path, name: str, *, source: str = "local") -> StoredModel:
-    """Check the folder loads as a pipeline (the serving code path), then store a copy of it."""
+    """Tell the folder's family (UnknownFamily, a ValueError, for none ALICE knows), check it
+    loads as that family's pipeline (the serving code path), then store a copy labelled with it."""
     validate_model_name(name)
     folder = Path(folder)
     if not (folder / "model_index.json").is_file():
         raise ValueError(f"{folder} is not a diffusers pipeline folder (it has no model_index.json)")
-    _check_loads(folder)
     family = detect_family(folder)
+    _check_loads(folder)
     return store_folder(folder, name, kind=PIPELINE, family=family, source=source)
 
 

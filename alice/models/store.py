@@ -22,6 +22,7 @@ import bentoml
 from bentoml._internal.configuration.containers import BentoMLContainer
 from bentoml.exceptions import NotFound
 
+from alice.engine.families import DEFAULT_FAMILY, FAMILIES, Family
 from alice.engine.pipeline_configs import native_size, text_encoder_layers
 
 logger = logging.getLogger("alice.models")
@@ -64,18 +65,25 @@ class StoredModel:
     name: str
     tag: str  # name:version
     path: Path
-    family: str  # sd15 | sd2 | sdxl
+    family: str  # a name of alice/engine/families.py: sd15, sdxl, flux1-dev, ...
     kind: str  # pipeline (lora later)
     size_bytes: int
     created: datetime  # UTC
     source: str = ""  # where it came from: local, demo, a hub repo id
 
+    @property
+    def family_facts(self) -> Family:
+        """Its family's entry (what a label of a family this ALICE does not know is drawn as: SD 1.x)."""
+        return FAMILIES.get(self.family, DEFAULT_FAMILY)
+
     # Read from its config files once per lookup: get_model hands every request the same
     # StoredModel while the store's entry is unchanged, so these reads are not per request.
     @functools.cached_property
     def native_size(self) -> int:
-        """The side it was trained at (512 SD 1.5, 768 SD 2.x, 1024 SDXL)."""
-        return native_size(self.path)
+        """The side it was trained at (512 SD 1.5, 768 SD 2.x, 1024 SDXL and the transformer
+        families)."""
+        family = self.family_facts
+        return native_size(self.path, family.denoiser, family.native_size)
 
     @functools.cached_property
     def text_encoder_layers(self) -> int | None:

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 from pydantic.fields import FieldInfo
 
+from alice.engine.families import Family
 from alice.engine.prompt_tags import extract_prompt_loras
 from alice.engine.scheduler_names import canonical_scheduler_name
 from alice.engine.spec import MAX_SEED, GenerationSpec, drawing_settings, setting
@@ -24,6 +25,8 @@ from alice.engine.spec import MAX_SEED, GenerationSpec, drawing_settings, settin
 MODEL_PREFIX = "sd/"
 MAX_INPUT_IMAGE_CHARS = 28_000_000  # 20 MB of image as base64
 MAX_LORAS = 8  # per request, `loras` and `<lora:...>` tags together: each one loads an adapter
+# The drawing settings a request may leave to its model's family (see to_spec).
+FAMILY_DEFAULTS = ("steps", "guidance_scale", "scheduler")
 # The spec's fields a setting of the same name carries over as it is (see to_spec).
 _SPEC_FIELDS = frozenset(field.name for field in dataclasses.fields(GenerationSpec))
 
@@ -51,7 +54,7 @@ def _or_none(name: str, none_means: str) -> Any:
     """The spec's setting `name` as a request may leave it out: its limits, default None (the
     server chooses), and its description saying what none means."""
     declared = setting(name)
-    return FieldInfo.merge_field_infos(declared, default=None, description=f"{declared.description}; none = {none_means}.")
+    return FieldInfo.merge_field_infos(declared, default=None, description=f"{declared.description.rstrip('.')}; none = {none_means}.")
 
 
 # Every drawing setting of the spec, declared there: type, default, limits, description.
@@ -75,6 +78,11 @@ class GenerationSettings(DrawingSettings):  # type: ignore[misc, valid-type]
     width: int | None = _or_none("width", "the model's native size")
     height: int | None = _or_none("height", "the model's native size")
     seed: int | None = _or_none("seed", "random")
+    # None = the model family's (alice/engine/families.py): FLUX.1 schnell draws 4 steps without
+    # guidance, SD 25 steps at 7.5 (the spec's declared defaults).
+    steps: int | None = _or_none("steps", "the model family's default (25 for Stable Diffusion)")
+    guidance_scale: float | None = _or_none("guidance_scale", "the model family's default (7.5 for Stable Diffusion)")
+    scheduler: str | None = _or_none("scheduler", "the model family's default (dpm++_2m_karras for Stable Diffusion)")
     input_image: str | None = Field(
         None,
         max_length=MAX_INPUT_IMAGE_CHARS,
@@ -94,8 +102,8 @@ class GenerationSettings(DrawingSettings):  # type: ignore[misc, valid-type]
 
     @field_validator("scheduler")
     @classmethod
-    def _known_scheduler(cls, value: str) -> str:
-        return canonical_scheduler_name(value)
+    def _known_scheduler(cls, value: str | None) -> str | None:
+        return canonical_scheduler_name(value) if value is not None else None
 
     @field_validator("model")
     @classmethod
@@ -103,14 +111,18 @@ class GenerationSettings(DrawingSettings):  # type: ignore[misc, valid-type]
         return strip_model_prefix(value) or None if value is not None else None
 
     def to_spec(
-        self, *, native_size: int, max_pixels: int, max_images: int, text_encoder_layers: int | None = None
+        self, *, native_size: int, max_pixels: int, max_images: int, text_encoder_layers: int | None = None,
+        family: Family | None = None,
     ) -> GenerationSpec:
         """What the engine draws, from any client's settings: the one place they are turned into
         a GenerationSpec. No size = the model's `native_size`, no seed = a random one; the LoRAs
         of the `loras` field and of the prompt's tags together; the server's limits held
-        (InvalidRequest names the first problem). Every other setting is carried over by its
-        name. The input image is the caller's to store, as the spec's `init_image`."""
+        (InvalidRequest names the first problem). With the model's `family`, steps, guidance and
+        scheduler left out are that family's defaults, and what the family does not take is
+        refused. Every other setting is carried over by its name. The input image is the
+        caller's to store, as the spec's `init_image`."""
         values = {name: getattr(self, name) for name in _SPEC_FIELDS & type(self).model_fields.keys()}
+        values.update(self._drawing_defaults(family))
         values.update(
             width=self.width or native_size,
             height=self.height or native_size,
@@ -118,10 +130,49 @@ class GenerationSettings(DrawingSettings):  # type: ignore[misc, valid-type]
             seed=self.seed if self.seed is not None else secrets.randbelow(MAX_SEED + 1 - 16),
             loras=tuple((choice.name, choice.scale) for choice in self.requested_loras()),
         )
-        self.model_copy(update={"width": values["width"], "height": values["height"]}).check_limits(
-            max_pixels=max_pixels, max_images=max_images, text_encoder_layers=text_encoder_layers
-        )
+        chosen = self.model_copy(update={name: values[name] for name in ("width", "height", *FAMILY_DEFAULTS)})
+        chosen.check_limits(max_pixels=max_pixels, max_images=max_images, text_encoder_layers=text_encoder_layers)
+        if family is not None:
+            chosen.check_family(family)
         return GenerationSpec(**values)
+
+    def _drawing_defaults(self, family: Family | None) -> dict[str, Any]:
+        """Steps, guidance and scheduler as asked, else the family's (a FLUX.1 schnell request
+        without steps draws 4, not the SD 25), else, without a family, the spec's declared ones."""
+        if family is None:
+            defaults = {name: setting(name).default for name in FAMILY_DEFAULTS}
+        else:
+            defaults = {"steps": family.default_steps, "guidance_scale": family.default_guidance,
+                        "scheduler": family.default_scheduler}
+        return {name: default if getattr(self, name) is None else getattr(self, name)
+                for name, default in defaults.items()}
+
+    def check_family(self, family: Family) -> None:
+        """What the model's family does not take, refused by name before the queue: a scheduler
+        of another family, a negative prompt, clip_skip, an input image, LoRAs, or a size off its grid."""
+        name = family.name
+        if self.scheduler not in family.schedulers:
+            raise InvalidRequest(
+                "scheduler",
+                f"scheduler '{self.scheduler}' does not apply to {name} models; use one of: {', '.join(family.schedulers)}",
+            )
+        if self.negative_prompt.strip() and not family.negative_prompt:
+            raise InvalidRequest(
+                "negative_prompt",
+                f"{name} models take no negative prompt (their guidance is distilled into the model); leave it out",
+            )
+        if self.clip_skip is not None and not family.clip_skip:
+            raise InvalidRequest("clip_skip", f"clip_skip applies to the CLIP-conditioned UNet models (SD 1.x, 2.x, XL), "
+                                              f"not to {name} models; leave it out")
+        if self.input_image is not None and family.image_to_image is None:
+            raise InvalidRequest("input_image", f"{name} models have no image-to-image pipeline; leave input_image out")
+        if self.requested_loras() and not family.loras:
+            raise InvalidRequest("loras", f"LoRAs are not supported for {name} models yet")
+        for side in ("width", "height"):
+            value = getattr(self, side)
+            if value is not None and value % family.size_multiple:
+                raise InvalidRequest(side, f"{side} = {value}: {name} models draw sides that are multiples of "
+                                           f"{family.size_multiple}")
 
     def requested_loras(self) -> list[LoraChoice]:
         """The prompt's `<lora:name:scale>` tags, then the `loras` field, held together to the

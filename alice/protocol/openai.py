@@ -239,7 +239,12 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-def model_card(name: str, family: str, created: int, loaded: bool) -> dict[str, Any]:
+def model_card(
+    name: str, family: str, created: int, loaded: bool, drawing: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """OpenAI's model object, with ALICE's `type` (the family) and, in `drawing`, how its family
+    draws (Family.facts(): native size, default steps, guidance and scheduler, the schedulers
+    that apply...)."""
     return {
         "id": model_id(name),
         "object": "model",
@@ -248,4 +253,5 @@ def model_card(name: str, family: str, created: int, loaded: bool) -> dict[str, 
         "ownedBy": "alice",
         "type": family,
         "loaded": loaded,
+        **(drawing or {}),
     }

@@ -157,6 +157,7 @@ class Runtime:
             max_pixels=self.settings.max_pixels,
             max_images=self.settings.max_images_per_request,
             text_encoder_layers=model.text_encoder_layers,
+            family=model.family_facts,
         )
         for name, _ in spec.loras:
             model_store.get_lora(name)  # refuse an unknown LoRA now, not after the queue

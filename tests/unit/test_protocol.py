@@ -11,7 +11,8 @@ import pytest
 
 from alice.engine.spec import GenerationSpec, batch_key, drawing_settings, setting
 from alice.protocol.a1111 import parse_a1111_parameters, settings_from_a1111
-from alice.protocol.generation import GenerationSettings, InvalidRequest
+from alice.engine.families import FAMILIES
+from alice.protocol.generation import GenerationSettings, InvalidRequest, setting_limits
 from alice.protocol.openai import ChatCompletionRequest, ImagesRequest, chat_settings, images_settings
 from alice.protocol.results import GenerationParameters, GenerationResult, job_parameters
 from harness.environment import ROOT
@@ -130,7 +131,8 @@ def test_clip_skip_reaches_every_answer_and_reads_back():
 def test_every_drawing_setting_is_the_specs_declaration():
     """The schema takes each drawing setting's type, default, limits and description from the
     spec (alice/engine/spec.py): declared once, so a new one needs no line in the protocol. A
-    request may leave the size and seed to the server (None); their limits stay the spec's."""
+    request may leave the size and seed to the server, and steps, guidance and scheduler to the
+    model's family (None); their limits stay the spec's."""
     declared = drawing_settings()
     assert {"steps", "guidance_scale", "clip_skip", "scheduler", "strength", "num_images"} <= declared.keys()
     assert not {"init_image", "loras"} & declared.keys()  # the request has its own shape for these
@@ -138,10 +140,42 @@ def test_every_drawing_setting_is_the_specs_declaration():
         spec_field, request_field = setting(name), GenerationSettings.model_fields[name]
         assert request_field.metadata == spec_field.metadata, name
         assert request_field.json_schema_extra == spec_field.json_schema_extra, name
-        if name in {"width", "height", "seed"}:
-            assert request_field.default is None and request_field.description.startswith(spec_field.description)
+        if name in {"width", "height", "seed", "steps", "guidance_scale", "scheduler"}:
+            assert request_field.default is None
+            assert request_field.description.startswith(spec_field.description.rstrip("."))
         else:
             assert request_field.default == spec_field.default, name
             assert request_field.description == spec_field.description, name
     steps = GenerationSettings.model_json_schema()["properties"]["steps"]
-    assert (steps["minimum"], steps["maximum"], steps["default"]) == (1, 150, GenerationSpec.steps)
+    [number] = [part for part in steps["anyOf"] if part.get("type") == "integer"]
+    assert (number["minimum"], number["maximum"], steps["default"]) == (1, 150, None)
+    assert setting_limits()["steps"] == {"minimum": 1, "maximum": 150}
+
+
+def test_settings_left_out_are_the_model_familys_and_what_it_does_not_take_is_refused():
+    schnell, demo = FAMILIES["flux1-schnell"], FAMILIES["sd15"]
+    spec = GenerationSettings(prompt="a fox", seed=1).to_spec(native_size=64, family=schnell, **LIMITS)
+    assert (spec.steps, spec.guidance_scale, spec.scheduler) == (4, 0.0, "flow-euler")
+    asked = GenerationSettings(prompt="a fox", steps=6, scheduler="FLOW-UNIPC").to_spec(
+        native_size=64, family=schnell, **LIMITS)
+    assert (asked.steps, asked.guidance_scale, asked.scheduler) == (6, 0.0, "flow-unipc")
+    sd = GenerationSettings(prompt="a fox").to_spec(native_size=64, family=demo, **LIMITS)
+    assert (sd.steps, sd.guidance_scale, sd.scheduler) == (25, 7.5, "dpm++_2m_karras")
+    assert GenerationSettings(prompt="a fox").to_spec(native_size=64, **LIMITS).steps == 25  # no family: the spec's
+    refusals = [
+        ({"scheduler": "ddim"}, "scheduler", "use one of: flow-euler, flow-unipc"),
+        ({"scheduler": "flow-dpmpp-2m"}, "scheduler", "does not apply to flux1-schnell"),
+        ({"negative_prompt": "blur"}, "negative_prompt", "flux1-schnell models take no negative prompt"),
+        ({"clip_skip": 2}, "clip_skip", "not to flux1-schnell models"),
+        ({"width": 72, "height": 64}, "width", "multiples of 16"),
+    ]
+    for values, param, words in refusals:
+        with pytest.raises(InvalidRequest, match=words) as error:
+            GenerationSettings(prompt="a fox", **values).to_spec(native_size=64, family=schnell, **LIMITS)
+        assert error.value.param == param
+    GenerationSettings(prompt="a fox", negative_prompt="  ").to_spec(native_size=64, family=schnell, **LIMITS)
+    with pytest.raises(InvalidRequest, match="flux2-klein models have no image-to-image pipeline"):
+        GenerationSettings(prompt="a fox", input_image="aGk=").to_spec(
+            native_size=64, family=FAMILIES["flux2-klein"], **LIMITS)
+    with pytest.raises(InvalidRequest, match="does not apply to sd15 models"):
+        GenerationSettings(prompt="a fox", scheduler="flow-euler").to_spec(native_size=64, family=demo, **LIMITS)
