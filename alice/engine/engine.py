@@ -70,6 +70,7 @@ class DiffusersEngine(PipelineCache):
                     entries,
                     max_images=max_images,
                     on_out_of_memory=lambda: self.recover_from_out_of_memory(model),
+                    family=loaded.family,
                 )
         except torch.OutOfMemoryError:
             pass  # recovered from below: out of the except block, whose traceback holds the run's tensors

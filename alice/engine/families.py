@@ -1,8 +1,10 @@
 """The model families ALICE serves, each one entry: how its weights are recognised (a diffusers
-folder, a single-file checkpoint, a LoRA) and which diffusers pipelines draw with it.
+folder, a single-file checkpoint, a LoRA), which diffusers pipelines draw with it, and how it
+is drawn (native size, default steps and guidance, its schedulers, which arguments apply).
 
 A new family is a new `Family` in FAMILIES (after the one it grew from) plus its tests. Torch-free:
-the model store reads a model's family when it imports it, before any pipeline is loaded.
+the model store reads a model's family when it imports it, before any pipeline is loaded, and the
+protocol checks a request against its model's family before the queue.
 """
 
 from __future__ import annotations
@@ -12,6 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alice.engine.pipeline_configs import read_config
+from alice.engine.scheduler_names import DEFAULT_SCHEDULER, FLOW_SCHEDULERS, SD_SCHEDULERS
+
+
+class UnknownFamily(ValueError):
+    """A pipeline folder of no family ALICE knows."""
 
 
 @dataclass(frozen=True)
@@ -19,13 +26,30 @@ class Family:
     """One model family, as data."""
 
     name: str  # as the store's labels, the memory presets and the API say it
-    text_to_image: str  # diffusers pipeline class names
-    image_to_image: str
+    text_to_image: str  # diffusers pipeline class names; None where diffusers has none
+    image_to_image: str | None
     native_size: int  # the image side its released checkpoints were trained at
+    inpaint: str | None = None
+    denoiser: str = "unet"  # the pipeline component that denoises: "unet" or "transformer"
+    # Drawing defaults for a request that leaves them out (the UNet families': the spec's).
+    default_steps: int = 25
+    default_guidance: float = 7.5
+    schedulers: tuple[str, ...] = SD_SCHEDULERS  # canonical names (alice/engine/scheduler_names.py)
+    default_scheduler: str = DEFAULT_SCHEDULER
+    # How `guidance_scale` acts: "cfg" (classifier-free guidance against the negative prompt),
+    # "embedded" (guidance-distilled: a conditioning value, one pass a step, no negative prompt),
+    # "true-cfg" (Qwen-Image: the pipeline's `true_cfg_scale`), "none" (distilled away: ignored).
+    guidance: str = "cfg"
+    negative_prompt: bool = True  # whether the pipeline takes a negative prompt
+    clip_skip: bool = True  # CLIP-conditioned UNets only: diffusers' `clip_skip`
+    loras: bool = True  # whether ALICE applies LoRAs to it (its LoRA import tells only these apart)
+    size_multiple: int = 8  # width and height: the VAE's 8x, and 2x2 latent patches on top
     # A diffusers folder: model_index.json `_class_name` prefixes only this family's folders have,
-    # else the UNet config's `cross_attention_dim` (the width of its text encoders' output).
+    # else the UNet config's `cross_attention_dim` (the width of its text encoders' output);
+    # `guidance_embeds` tells FLUX.1 dev (a guidance embedder) from schnell (none).
     index_classes: tuple[str, ...] = ()
     cross_attention_dim: int | None = None
+    guidance_embeds: bool | None = None
     # A single-file checkpoint: tensor name prefixes of its own text encoder(s), or the UNet's
     # cross-attention width where that alone tells it (an SD 2.x file can name its text
     # encoder's tensors as SD 1.x does).
@@ -33,6 +57,28 @@ class Family:
     checkpoint_cross_attention: int | None = None
     # A LoRA file: tensor name prefixes only this family's LoRAs have.
     lora_prefixes: tuple[str, ...] = ()
+
+    @property
+    def is_unet(self) -> bool:
+        """UNet families take the UNet-only memory options (attention slicing, compile, channels_last)."""
+        return self.denoiser == "unet"
+
+    def facts(self) -> dict[str, object]:
+        """What a client may want to know to draw with a model of this family (`/v1/models`)."""
+        return {
+            "family": self.name,
+            "native_size": self.native_size,
+            "default_steps": self.default_steps,
+            "default_guidance_scale": self.default_guidance,
+            "default_scheduler": self.default_scheduler,
+            "schedulers": list(self.schedulers),
+            "guidance": self.guidance,
+            "negative_prompt": self.negative_prompt,
+            "clip_skip": self.clip_skip,
+            "image_to_image": self.image_to_image is not None,
+            "loras": self.loras,
+            "size_multiple": self.size_multiple,
+        }
 
 
 SD15 = Family(
@@ -63,9 +109,120 @@ SDXL = Family(
     lora_prefixes=("lora_te2_", "text_encoder_2."),  # its second text encoder
 )
 
+# The transformer families. All are flow-matching models on 16-channel (FLUX.2: 32) VAEs of 8x
+# whose latents are cut in 2x2 patches: sides are multiples of 16 (Z-Image raises otherwise,
+# FLUX resizes with a warning). Steps and guidance: the publishers' figures for the released
+# checkpoints (/work/shared/families.md section 3), not the pipelines' `__call__` defaults, which
+# target base models. Schedulers: flow-euler always; the multistep solvers where the family's
+# pipeline drives them with its own shifted schedule (tests/families/test_engine_families.py):
+# FLUX.1 schnell passes `mu` without dynamic shifting, which DPM++ asserts against; Chroma,
+# Qwen-Image and Z-Image pass `sigmas=`, which DPM++ does not take, and Z-Image's are a list
+# that UniPC cannot scale.
+_TRANSFORMER = dict(denoiser="transformer", clip_skip=False, loras=False, size_multiple=16,
+                    default_scheduler="flow-euler")
+SD3 = Family(
+    name="sd3",
+    text_to_image="StableDiffusion3Pipeline",
+    image_to_image="StableDiffusion3Img2ImgPipeline",
+    inpaint="StableDiffusion3InpaintPipeline",
+    native_size=1024,
+    default_steps=28,
+    default_guidance=7.0,
+    schedulers=FLOW_SCHEDULERS,
+    index_classes=("StableDiffusion3",),
+    **_TRANSFORMER,
+)
+FLUX1_DEV = Family(
+    name="flux1-dev",
+    text_to_image="FluxPipeline",
+    image_to_image="FluxImg2ImgPipeline",
+    inpaint="FluxInpaintPipeline",
+    native_size=1024,
+    default_steps=28,
+    default_guidance=3.5,
+    schedulers=FLOW_SCHEDULERS,
+    guidance="embedded",
+    negative_prompt=False,  # only through true CFG (`true_cfg_scale`), at twice the cost: not offered
+    index_classes=("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"),
+    guidance_embeds=True,
+    **_TRANSFORMER,
+)
+FLUX1_SCHNELL = Family(
+    name="flux1-schnell",
+    text_to_image="FluxPipeline",
+    image_to_image="FluxImg2ImgPipeline",
+    inpaint="FluxInpaintPipeline",
+    native_size=1024,
+    default_steps=4,
+    default_guidance=0.0,
+    schedulers=("flow-euler", "flow-unipc"),
+    guidance="none",  # timestep-distilled: no guidance embedder, the pipeline ignores it
+    negative_prompt=False,
+    index_classes=("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"),
+    guidance_embeds=False,
+    **_TRANSFORMER,
+)
+CHROMA = Family(
+    name="chroma",
+    text_to_image="ChromaPipeline",
+    image_to_image="ChromaImg2ImgPipeline",
+    inpaint="ChromaInpaintPipeline",
+    native_size=1024,
+    default_steps=26,  # Chroma1-HD's docs example; the pipeline's default is 35 / 5.0
+    default_guidance=4.0,
+    schedulers=("flow-euler", "flow-unipc"),
+    index_classes=("ChromaPipeline", "ChromaImg2ImgPipeline", "ChromaInpaintPipeline"),
+    **_TRANSFORMER,
+)
+ZIMAGE = Family(
+    name="zimage",
+    text_to_image="ZImagePipeline",
+    image_to_image="ZImageImg2ImgPipeline",
+    inpaint="ZImageInpaintPipeline",
+    native_size=1024,
+    # Z-Image-Turbo, the released checkpoint: distilled, and the pipeline runs CFG (two passes a
+    # step) whenever guidance > 0, so the default is 0; a negative prompt acts only above 0.
+    default_steps=9,
+    default_guidance=0.0,
+    schedulers=("flow-euler",),
+    index_classes=("ZImagePipeline", "ZImageImg2ImgPipeline", "ZImageInpaintPipeline"),
+    **_TRANSFORMER,
+)
+FLUX2_KLEIN = Family(
+    name="flux2-klein",
+    text_to_image="Flux2KleinPipeline",
+    image_to_image=None,  # Klein edits with reference images, which is no img2img; inpaint only
+    inpaint="Flux2KleinInpaintPipeline",
+    native_size=1024,
+    default_steps=4,
+    default_guidance=1.0,  # step-distilled: the pipeline ignores guidance (and warns above 1)
+    schedulers=FLOW_SCHEDULERS,
+    guidance="none",
+    negative_prompt=False,  # no text `negative_prompt` argument
+    index_classes=("Flux2KleinPipeline",),
+    **_TRANSFORMER,
+)
+QWEN_IMAGE = Family(
+    name="qwen-image",
+    text_to_image="QwenImagePipeline",
+    image_to_image="QwenImageImg2ImgPipeline",
+    inpaint="QwenImageInpaintPipeline",
+    # Trained at 1328 px; 1024 is diffusers' default, and fits the default pixel limit.
+    native_size=1024,
+    default_steps=50,
+    default_guidance=4.0,
+    schedulers=("flow-euler", "flow-unipc"),
+    guidance="true-cfg",  # `guidance_scale` does nothing in its pipeline; `true_cfg_scale` does
+    index_classes=("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline"),
+    **_TRANSFORMER,
+)
+
 # Each family after the one it grew from: detection tries the last first, because a later family's
 # weights can look like an earlier one's (an SD 2.x file with SD 1.x tensor names).
-FAMILIES: dict[str, Family] = {family.name: family for family in (SD15, SD2, SDXL)}
+FAMILIES: dict[str, Family] = {
+    family.name: family
+    for family in (SD15, SD2, SDXL, SD3, FLUX1_DEV, FLUX1_SCHNELL, CHROMA, ZIMAGE, FLUX2_KLEIN, QWEN_IMAGE)
+}
 FAMILY_NAMES = tuple(FAMILIES)
 # What a folder or a LoRA that shows no family's marks is taken for, as before families were told apart.
 DEFAULT_FAMILY = SD15
@@ -84,16 +241,36 @@ def _newest_first() -> list[Family]:
 
 
 def detect_family(folder: Path) -> str:
-    """The family of a diffusers pipeline folder, from its configs rather than its name."""
+    """The family of a diffusers pipeline folder, from its configs rather than its name.
+    UnknownFamily for a folder that is no family ALICE knows (a transformer pipeline of
+    another kind, or no pipeline at all)."""
     class_name = str(read_config(folder / "model_index.json").get("_class_name", ""))
-    cross_attention = read_config(folder / "unet" / "config.json").get("cross_attention_dim")
+    guidance_embeds = bool(read_config(folder / "transformer" / "config.json").get("guidance_embeds", False))
     for family in _newest_first():  # the index's class name says it outright where it can
-        if family.index_classes and class_name.startswith(family.index_classes):
+        if family.index_classes and class_name.startswith(family.index_classes) and (
+            family.guidance_embeds is None or family.guidance_embeds == guidance_embeds
+        ):
             return family.name
+    unet = read_config(folder / "unet" / "config.json")
+    if not unet:
+        known = ", ".join(FAMILIES)
+        raise UnknownFamily(
+            f"{folder} is a {class_name or 'folder without a model_index.json class'}, of no model family "
+            f"ALICE knows ({known})"
+        )
     for family in _newest_first():
-        if family.cross_attention_dim is not None and cross_attention == family.cross_attention_dim:
+        if family.cross_attention_dim is not None and unet.get("cross_attention_dim") == family.cross_attention_dim:
             return family.name
-    return DEFAULT_FAMILY.name
+    return DEFAULT_FAMILY.name  # a Stable Diffusion UNet of another width (the demo model's)
+
+
+def family_of_pipeline(class_name: str) -> Family:
+    """The (first) family whose pipelines include this diffusers class: how the engine draws with a
+    pipeline it was handed without its family (FLUX.1 dev and schnell are called alike)."""
+    for family in FAMILIES.values():
+        if class_name in (family.text_to_image, family.image_to_image, family.inpaint):
+            return family
+    return DEFAULT_FAMILY
 
 
 def checkpoint_family(shapes: dict[str, list[int]]) -> str | None:

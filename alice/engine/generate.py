@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from PIL import Image
 
+from alice.engine.families import Family, family_of_pipeline
 from alice.engine.prompt_tags import extract_prompt_loras
 from alice.engine.schedulers import build_scheduler
 from alice.engine.spec import GenerationSpec, batch_key  # noqa: F401  (batch_key: the jobs' import)
@@ -98,10 +99,13 @@ def run_generation(
     init_image: Image.Image | None = None,
     on_step: StepCallback | None = None,
     should_stop: StopCheck | None = None,
+    family: Family | None = None,
 ) -> GenerationOutput:
     """Draw `spec.num_images` images one pipeline call each (image i from seed `spec.seed + i`);
     GenerationStopped when `should_stop` gives a reason. See `run_batch`."""
-    [result] = run_batch(pipe, base_scheduler_config, [BatchEntry(spec, init_image, on_step, should_stop)])
+    [result] = run_batch(
+        pipe, base_scheduler_config, [BatchEntry(spec, init_image, on_step, should_stop)], family=family
+    )
     if isinstance(result, GenerationStopped):
         raise result
     return result
@@ -117,6 +121,7 @@ def run_batch(
     *,
     max_images: int = 1,
     on_out_of_memory: Callable[[], None] | None = None,
+    family: Family | None = None,
 ) -> list[GenerationOutput | GenerationStopped]:
     """Draw every entry's images (image i of an entry from seed `spec.seed + i`), `max_images`
     to a pipeline call, in order; the entries must share a `batch_key`. Returns, per entry, its
@@ -128,11 +133,13 @@ def run_batch(
     memory is split in halves, each tried once (after `on_out_of_memory`, which frees what the
     failed call held); torch.OutOfMemoryError when a half fails too, or a single image does.
 
+    `family` says which arguments the pipeline takes (by default the family of its class).
     The caller must own the pipeline for the duration (ALICE runs one generation at a time):
     the scheduler is replaced for every call.
     """
     import torch
 
+    family = family or family_of_pipeline(type(pipe).__name__)
     started = time.perf_counter()
     rows: list[Row] = [(index, e.spec.seed + i) for index, e in enumerate(entries) for i in range(e.spec.num_images)]
     pending: deque[tuple[list[Row], bool]] = deque(  # (rows, may still be split on out-of-memory)
@@ -149,7 +156,7 @@ def run_batch(
             continue
         out_of_memory = False
         try:
-            drawn = _draw(pipe, base_scheduler_config, entries, call, progress)
+            drawn = _draw(pipe, base_scheduler_config, entries, call, progress, family)
         except torch.OutOfMemoryError:
             if not may_split or len(call) == 1:
                 raise
@@ -206,7 +213,7 @@ class _Progress:
 
 def _draw(
     pipe: DiffusionPipeline, base_scheduler_config: Any, entries: Sequence[BatchEntry], call: list[Row],
-    progress: _Progress,
+    progress: _Progress, family: Family,
 ) -> list[Image.Image]:
     """One pipeline call for `call`'s rows: their images, in order."""
     import torch
@@ -231,7 +238,7 @@ def _draw(
         size = (spec.width, spec.height)
         inputs = [image.convert("RGB").resize(size, Image.Resampling.LANCZOS) for image in init_images]
         image_args = {"image": inputs[0] if single else inputs, "strength": spec.strength}
-    if not single:
+    if not single and hasattr(pipe.vae, "enable_slicing"):
         # One image's decode at a time: a batch needs no more decoder memory than one image
         # (see images_per_call); alone, diffusers' slicing changes nothing.
         pipe.vae.enable_slicing()
@@ -246,13 +253,31 @@ def _draw(
     with torch.inference_mode(), _clip_layers_reachable(pipe) if spec.clip_skip else contextlib.nullcontext():
         result = pipe(
             prompt=prompts[0] if single else prompts,
-            negative_prompt=(negatives[0] or None) if single else negatives,
+            **family_arguments(family, spec, negatives if not single else negatives[0]),
             **image_args,
             num_inference_steps=spec.steps,
-            guidance_scale=spec.guidance_scale,
-            clip_skip=spec.clip_skip - 1 if spec.clip_skip else None,  # diffusers counts the layers skipped
             generator=generators[0] if single else generators,
             callback_on_step_end=step_end,
             output_type="pil",
         )
     return result.images
+
+
+def family_arguments(family: Family, spec: GenerationSpec, negative: str | list[str]) -> dict[str, Any]:
+    """The pipeline arguments that differ between families: guidance, negative prompt, clip skip.
+    The protocol has already refused what a family does not take (a negative prompt for FLUX,
+    clip_skip for a transformer), so what is left out here was never asked for."""
+    args: dict[str, Any] = {}
+    if family.guidance == "true-cfg":
+        # Qwen-Image: `guidance_scale` does nothing; true CFG runs when `true_cfg_scale` > 1 and a
+        # negative prompt is given, so an empty one is the blank its docs use.
+        args["true_cfg_scale"] = spec.guidance_scale
+        blank = [text or " " for text in negative] if isinstance(negative, list) else negative or " "
+        args["negative_prompt"] = blank
+    else:
+        args["guidance_scale"] = spec.guidance_scale
+        if family.negative_prompt:
+            args["negative_prompt"] = negative if isinstance(negative, list) else negative or None
+    if family.clip_skip:
+        args["clip_skip"] = spec.clip_skip - 1 if spec.clip_skip else None  # diffusers counts the layers skipped
+    return args

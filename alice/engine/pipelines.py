@@ -27,7 +27,7 @@ from alice.engine.device import (
     resolve_device,
     resolve_preset,
 )
-from alice.engine.families import detect_family
+from alice.engine.families import Family, detect_family, family_named
 
 if TYPE_CHECKING:  # imported where they run: see alice/engine/__init__.py
     import torch
@@ -71,18 +71,22 @@ def load_pipeline(
     options: MemoryOptions = MemoryOptions(),
     preset: MemoryPreset | None = None,
 ) -> DiffusionPipeline:
-    """Load a diffusers pipeline folder (SD 1.x/2.x or SDXL) fully offline onto the device, laid
-    out by `preset` (by default the one `options` resolve to for its family on this device).
+    """Load a diffusers pipeline folder of any family ALICE knows fully offline onto the device,
+    with its family's text-to-image class, laid out by `preset` (by default the one `options`
+    resolve to for its family on this device). The UNet-only options (attention slicing,
+    channels_last, compiling) apply to the UNet families only.
 
     Attention runs through torch's scaled_dot_product_attention, diffusers' default on torch 2.
-    Raises UnsupportedDevice when the installed torch has no kernels for the card.
+    Raises UnsupportedDevice when the installed torch has no kernels for the card, UnknownFamily
+    for a folder of no known family.
     """
+    import diffusers
     import torch
-    from diffusers import AutoPipelineForText2Image
     from diffusers.utils import logging as diffusers_logging
 
     placement = placement or choose_placement()
     check_device_supported(placement.facts)
+    family = family_named(detect_family(folder))
     preset = preset or memory_preset(folder, placement, options)
     diffusers_logging.disable_progress_bar()
     # Weights that stay in host memory (CPU runs, CPU offload) are read in whole. Memory-mapped,
@@ -91,7 +95,10 @@ def load_pipeline(
     # (bench.overhead --full-size), the server's SD 1.5 runs took 1.25x the bare call with mapped
     # weights and 0.99x with weights read in. On the GPU the mapping is read once, into the card.
     in_host_memory = not placement.is_gpu or preset.cpu_offload != "none"
-    pipe = AutoPipelineForText2Image.from_pretrained(
+    # The family's own class, not AutoPipeline's guess from the index: a folder whose index names
+    # its img2img class loads as text-to-image all the same.
+    pipeline_class = getattr(diffusers, family.text_to_image)
+    pipe = pipeline_class.from_pretrained(
         str(folder), dtype=placement.dtype, local_files_only=True, disable_mmap=in_host_memory
     )
     if in_host_memory:
@@ -102,18 +109,22 @@ def load_pipeline(
         pipe.enable_sequential_cpu_offload(device=placement.device)
     else:
         pipe.to(placement.device)
-    if preset.attention_slicing:
-        pipe.enable_attention_slicing()
+    if family.is_unet:
+        if preset.attention_slicing:
+            pipe.enable_attention_slicing()
+        if placement.is_gpu and preset.channels_last:
+            pipe.unet.to(memory_format=torch.channels_last)
+        if options.compile_unet:
+            compile_unet(pipe, placement, preset)
+    elif options.compile_unet or preset.attention_slicing:
+        logger.info("%s is a %s model, with no UNet: attention slicing and compile_unet do not apply",
+                    folder.name, family.name)
     if preset.vae_tiling_above:
         enable_vae_tiling(pipe.vae, preset.vae_tiling_above)
-    if placement.is_gpu and preset.channels_last:
-        pipe.unet.to(memory_format=torch.channels_last)
-    if options.compile_unet:
-        compile_unet(pipe, placement, preset)
     pipe.set_progress_bar_config(disable=True)
     logger.info(
-        "loaded pipeline %s on %s (%s); memory preset %s",
-        folder.name, placement.device, placement.dtype, preset.describe(),
+        "loaded %s pipeline %s on %s (%s); memory preset %s",
+        family.name, folder.name, placement.device, placement.dtype, preset.describe(),
     )
     return pipe
 
@@ -168,15 +179,19 @@ def compile_unet(pipe: DiffusionPipeline, placement: DevicePlacement, preset: Me
 
 def unet_is_compiled(pipe: DiffusionPipeline) -> bool:
     """Whether `compile_unet` compiled this pipeline's UNet (Module.compile keeps its compiled
-    call on the module)."""
-    return getattr(pipe.unet, "_compiled_call_impl", None) is not None
+    call on the module); False for a transformer pipeline."""
+    return getattr(getattr(pipe, "unet", None), "_compiled_call_impl", None) is not None
 
 
 def enable_vae_tiling(vae: torch.nn.Module, above: int) -> None:
     """Decode (and encode) images wider or taller than `above` pixels in tiles of that side;
     smaller ones whole, exactly as without tiling (diffusers' AutoencoderKL compares each side
-    with its `tile_sample_min_size`, the config's sample size unless set)."""
+    with its `tile_sample_min_size`, the config's sample size unless set). VAEs of other shapes
+    (Qwen-Image's video VAE has no `block_out_channels`) keep diffusers' own tile size."""
     vae.enable_tiling()
+    if "block_out_channels" not in vae.config or not hasattr(vae, "tile_latent_min_size"):
+        logger.info("%s tiles at its own tile size", type(vae).__name__)
+        return
     downscale = 2 ** (len(vae.config.block_out_channels) - 1)
     vae.tile_sample_min_size = above
     vae.tile_latent_min_size = above // downscale
@@ -211,7 +226,7 @@ def weights_footprint(
     sizes = {name: _module_bytes(c) for name, c in pipe.components.items() if isinstance(c, torch.nn.Module)}
     return footprint(
         preset, placement.facts, placement.dtype, pixels,
-        weights=sum(sizes.values()), unet=sizes.get("unet"), vae=sizes.get("vae"),
+        weights=sum(sizes.values()), unet=sizes.get("unet", sizes.get("transformer")), vae=sizes.get("vae"),
     )
 
 
@@ -230,15 +245,19 @@ class LoadedPipeline:
     size_bytes: int
     preset: MemoryPreset | None = None
     footprint: Footprint | None = None  # where its weights are and what a generation needs
+    family: Family = family_named("sd15")
     _image_to_image: DiffusionPipeline | None = None
 
     @property
     def image_to_image(self) -> DiffusionPipeline:
-        """The img2img variant, sharing the loaded modules (no second copy of the weights)."""
+        """The img2img variant, sharing the loaded modules (no second copy of the weights).
+        ValueError for a family without one (the protocol refuses those requests first)."""
         if self._image_to_image is None:
-            from diffusers import AutoPipelineForImage2Image
+            import diffusers
 
-            self._image_to_image = AutoPipelineForImage2Image.from_pipe(self.pipe)
+            if self.family.image_to_image is None:
+                raise ValueError(f"{self.family.name} models have no image-to-image pipeline in diffusers")
+            self._image_to_image = getattr(diffusers, self.family.image_to_image).from_pipe(self.pipe)
             self._image_to_image.set_progress_bar_config(disable=True)
         return self._image_to_image
 
@@ -300,15 +319,18 @@ class PipelineCache:
         preset = memory_preset(folder, self._placement, self._options)
         # Make room for roughly its weights on disk before loading, then settle exactly.
         on_disk = _weights_on_disk(folder)
+        family = family_named(detect_family(folder))
         self._evict_until_fits(
             footprint(preset, self._placement.facts, self._placement.dtype, self._options.max_pixels,
-                      weights=on_disk, unet=_weights_on_disk(folder / "unet"), vae=_weights_on_disk(folder / "vae"))
+                      weights=on_disk, unet=_weights_on_disk(folder / family.denoiser),
+                      vae=_weights_on_disk(folder / "vae"))
         )
         started = time.perf_counter()
         pipe = load_pipeline(folder, self._placement, self._options, preset)
         measured = weights_footprint(pipe, preset, self._placement, self._options.max_pixels)
         loaded = LoadedPipeline(
-            name, pipe, pipe.scheduler.config, time.perf_counter() - started, measured.weights, preset, measured
+            name, pipe, pipe.scheduler.config, time.perf_counter() - started, measured.weights, preset, measured,
+            family,
         )
         self._evict_until_fits(measured)
         self._loaded[name] = loaded

@@ -27,9 +27,25 @@ A1111_SAMPLERS: dict[str, str] = {
     "lcm": "LCM",
 }
 ALIASES = {"euler_ancestral": "euler_a"}
-SCHEDULER_NAMES = sorted([*A1111_SAMPLERS, *ALIASES])
+# The names the UNet families (SD 1.x, 2.x, XL) draw with: their noise-prediction samplers.
+SD_SCHEDULERS = tuple(A1111_SAMPLERS)
+
+# The transformer families are flow-matching models: the samplers that integrate their velocity
+# field. "flow-euler" is the pipeline's own FlowMatchEulerDiscreteScheduler, as its folder
+# configures it; the others are diffusers' multistep solvers in their flow-sigma mode, offered
+# per family only where that family's pipeline drives them with the same shifted schedule
+# (alice/engine/families.py). A1111 (Forge) writes the same sampler names for flow models.
+FLOW_SAMPLERS: dict[str, str] = {
+    "flow-euler": "Euler",
+    "flow-dpmpp-2m": "DPM++ 2M",
+    "flow-unipc": "UniPC",
+}
+FLOW_SCHEDULERS = tuple(FLOW_SAMPLERS)
+SCHEDULER_NAMES = sorted([*A1111_SAMPLERS, *ALIASES, *FLOW_SAMPLERS])
 
 # A1111 writes the sampler's display name; several of ours share one, the later (explicit) name wins.
+# Read back as SD names only (a flow model's "Euler" reads back as "euler", which a flow model
+# refuses by name: the client sees which it has).
 _SCHEDULER_BY_SAMPLER = {sampler: name for name, sampler in A1111_SAMPLERS.items()}
 
 
@@ -41,14 +57,14 @@ def canonical_scheduler_name(name: str) -> str:
     """The canonical name for a case-insensitive name or alias; UnknownScheduler otherwise."""
     key = name.strip().lower()
     key = ALIASES.get(key, key)
-    if key not in A1111_SAMPLERS:
+    if key not in A1111_SAMPLERS and key not in FLOW_SAMPLERS:
         raise UnknownScheduler(f"unknown scheduler '{name}'; accepted: {', '.join(SCHEDULER_NAMES)}")
     return key
 
 
 def a1111_sampler_name(name: str) -> str:
     """A1111's name for a canonical scheduler name."""
-    return A1111_SAMPLERS[name]
+    return A1111_SAMPLERS.get(name) or FLOW_SAMPLERS[name]
 
 
 def scheduler_for_sampler(sampler: str) -> str | None:

@@ -15,9 +15,12 @@ from alice.engine.families import (
     FAMILY_NAMES,
     checkpoint_family,
     detect_family,
+    UnknownFamily,
     family_named,
+    family_of_pipeline,
     lora_family,
 )
+from alice.engine.scheduler_names import FLOW_SCHEDULERS, SD_SCHEDULERS
 from alice.engine.pipeline_configs import native_size
 from alice.engine.single_file import CONFIGS
 
@@ -29,9 +32,75 @@ def _write_configs(folder: Path, class_name: str, cross_attention_dim: int) -> P
     return folder
 
 
+# Each family after the one it grew from; the names the memory presets key on.
+UNET_FAMILIES = ("sd15", "sd2", "sdxl")
+TRANSFORMER_FAMILIES = ("sd3", "flux1-dev", "flux1-schnell", "chroma", "zimage", "flux2-klein", "qwen-image")
+
+
 def test_the_families_served_today() -> None:
-    assert FAMILY_NAMES == ("sd15", "sd2", "sdxl") and DEFAULT_FAMILY.name == "sd15"
+    assert FAMILY_NAMES == UNET_FAMILIES + TRANSFORMER_FAMILIES and DEFAULT_FAMILY.name == "sd15"
     assert all(name == family.name for name, family in FAMILIES.items())
+    assert [name for name in FAMILY_NAMES if FAMILIES[name].is_unet] == list(UNET_FAMILIES)
+
+
+def _write_index(folder: Path, class_name: str, transformer: dict | None = None) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": class_name}))
+    if transformer is not None:
+        (folder / "transformer").mkdir()
+        (folder / "transformer" / "config.json").write_text(json.dumps(transformer))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("class_name", "transformer", "family"),
+    [
+        ("StableDiffusion3Pipeline", {}, "sd3"),
+        ("FluxPipeline", {"guidance_embeds": True}, "flux1-dev"),
+        ("FluxPipeline", {"guidance_embeds": False}, "flux1-schnell"),
+        ("FluxPipeline", {}, "flux1-schnell"),  # the config's default: no guidance embedder
+        ("FluxImg2ImgPipeline", {"guidance_embeds": True}, "flux1-dev"),
+        ("ChromaPipeline", {}, "chroma"),
+        ("ZImagePipeline", {}, "zimage"),
+        ("Flux2KleinPipeline", {}, "flux2-klein"),
+        ("QwenImagePipeline", {}, "qwen-image"),
+    ],
+)
+def test_detect_transformer_families_from_the_index(tmp_path: Path, class_name: str, transformer: dict,
+                                                    family: str) -> None:
+    assert detect_family(_write_index(tmp_path / "m", class_name, transformer)) == family
+
+
+@pytest.mark.parametrize("class_name", ["Flux2Pipeline", "FluxKontextPipeline", "HunyuanDiTPipeline", ""])
+def test_a_folder_of_no_known_family_is_an_error(tmp_path: Path, class_name: str) -> None:
+    folder = _write_index(tmp_path / "m", class_name, {"guidance_embeds": True})
+    with pytest.raises(UnknownFamily, match="of no model family ALICE knows") as error:
+        detect_family(folder)
+    assert class_name in str(error.value) and "flux1-dev" in str(error.value)
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_each_family_is_complete_data(name: str) -> None:
+    import diffusers
+
+    family = FAMILIES[name]
+    for class_name in (family.text_to_image, family.image_to_image, family.inpaint):
+        assert class_name is None or hasattr(diffusers, class_name), class_name
+    assert family.default_scheduler in family.schedulers
+    assert set(family.schedulers) <= set(SD_SCHEDULERS if family.is_unet else FLOW_SCHEDULERS)
+    assert family.guidance in ("cfg", "embedded", "true-cfg", "none")
+    assert family.native_size % family.size_multiple == 0
+    assert family_of_pipeline(family.text_to_image).text_to_image == family.text_to_image
+    facts = family.facts()
+    assert facts["family"] == name and facts["schedulers"] == list(family.schedulers)
+
+
+def test_distilled_families_draw_with_their_own_defaults() -> None:
+    assert (FAMILIES["flux1-schnell"].default_steps, FAMILIES["flux1-schnell"].default_guidance) == (4, 0.0)
+    assert (FAMILIES["flux1-dev"].guidance, FAMILIES["flux1-dev"].negative_prompt) == ("embedded", False)
+    assert FAMILIES["zimage"].default_guidance == 0.0  # above 0 its pipeline runs CFG, twice the cost
+    assert FAMILIES["flux2-klein"].image_to_image is None
+    assert not any(FAMILIES[name].clip_skip or FAMILIES[name].is_unet for name in TRANSFORMER_FAMILIES)
 
 
 def test_detect_family_from_configs(tmp_path: Path) -> None:
@@ -42,19 +111,22 @@ def test_detect_family_from_configs(tmp_path: Path) -> None:
     assert detect_family(_write_configs(tmp_path / "xl2", "StableDiffusionPipeline", 2048)) == "sdxl"
     assert detect_family(_write_configs(tmp_path / "v2", "StableDiffusionPipeline", 1024)) == "sd2"
     assert detect_family(_write_configs(tmp_path / "v1", "StableDiffusionPipeline", 768)) == "sd15"
-    # the index's class name wins over the UNet, and a folder without configs is taken for SD 1.x
+    # the index's class name wins over the UNet; a UNet of another width is taken for SD 1.x (the
+    # demo's), a folder without configs for no family at all
     assert detect_family(_write_configs(tmp_path / "xl3", "StableDiffusionXLPipeline", 1024)) == "sdxl"
-    assert detect_family(tmp_path / "nothing") == "sd15"
+    assert detect_family(_write_configs(tmp_path / "odd", "StableDiffusionPipeline", 64)) == "sd15"
+    with pytest.raises(UnknownFamily):
+        detect_family(tmp_path / "nothing")
 
 
-@pytest.mark.parametrize("name", FAMILY_NAMES)
+@pytest.mark.parametrize("name", UNET_FAMILIES)
 def test_each_shipped_config_folder_is_its_family_at_its_native_size(name: str) -> None:
     family = FAMILIES[name]
     assert detect_family(CONFIGS / name) == name
     assert native_size(CONFIGS / name) == family.native_size  # what each family was trained at
 
 
-@pytest.mark.parametrize("name", FAMILY_NAMES)
+@pytest.mark.parametrize("name", UNET_FAMILIES)
 def test_each_family_names_pipelines_diffusers_has(name: str) -> None:
     import diffusers
 
@@ -84,5 +156,5 @@ def test_lora_family_from_tensor_names() -> None:
 
 def test_unknown_family_refused() -> None:
     assert family_named("sdxl").native_size == 1024
-    with pytest.raises(ValueError, match="unknown model family 'sd3'; expected one of sd15, sd2, sdxl"):
-        family_named("sd3")
+    with pytest.raises(ValueError, match="unknown model family 'sd4'; expected one of sd15, sd2, sdxl, sd3, flux1-dev"):
+        family_named("sd4")
