@@ -18,6 +18,7 @@ from pathlib import Path
 
 from alice.engine.families import FAMILIES, detect_family, family_named
 from alice.engine.pipeline_configs import read_config
+from alice.engine.single_file import CONFIGS
 from alice.engine.transformer_files import (
     SUFFIXES,
     TRANSFORMER,
@@ -46,6 +47,9 @@ _FLUX1_SCHEDULERS = {
                   "base_image_seq_len": 256, "max_image_seq_len": 4096},
     "flux1-schnell": {"shift": 1.0, "use_dynamic_shifting": False},
 }
+# The released transformer's config, for a base stored without one (a repo fetched without its
+# transformer folder): FLUX.1 dev's and schnell's differ only in `guidance_embeds`, set per file.
+_SHIPPED_CONFIGS = {"flux1-dev": CONFIGS / "flux1", "flux1-schnell": CONFIGS / "flux1"}
 _BENTOML_FILES = ("model.yaml",)  # bentoml's own, in every stored version's folder
 
 
@@ -70,15 +74,15 @@ def import_transformer_file(path: Path, name: str, *, base: str | None, source: 
             f"{path.name} holds a {family.name} transformer, but {base} is a {base_family.name} model: "
             f"its text encoders and VAE do not fit. Use a stored {_same_kind(family.name)} model as --base"
         )
-    config = read_config(base_model.path / TRANSFORMER / "config.json")
+    config = read_config(base_model.path / TRANSFORMER / "config.json") or _shipped_config(family.name)
     if not config:
         raise ValueError(f"{base} has no transformer/config.json, which the file's architecture is read from")
     if family.guidance_embeds is not None:  # the file decides: FLUX.1 dev has a guidance embedder
         config["guidance_embeds"] = family.guidance_embeds
     with tempfile.TemporaryDirectory(prefix="alice-transformer-") as scratch:
         staging = Path(scratch)
-        written = _write_own_files(staging, path, config, base_model, family.name)
-        _check_loads(file, staging, base)
+        staged, written = _write_own_files(staging, path, config, base_model, family.name)
+        _check_loads(file, staged, staging, base)
         linked = {
             relative: base_model.path / relative
             for relative in _files_of(base_model.path)
@@ -88,6 +92,11 @@ def import_transformer_file(path: Path, name: str, *, base: str | None, source: 
     logger.info("imported %s (%s%s) onto %s's parts as %s", path.name, family.name,
                 f", {'/'.join(file.quant_types)}" if file.quant_types else "", base, stored.tag)
     return stored
+
+
+def _shipped_config(family: str) -> dict:
+    folder = _SHIPPED_CONFIGS.get(family)
+    return read_config(folder / TRANSFORMER / "config.json") if folder else {}
 
 
 def _needs_base(path: Path, file: TransformerFile) -> str:
@@ -119,10 +128,12 @@ def _base_model(base: str) -> StoredModel:
     return model
 
 
-def _write_own_files(staging: Path, path: Path, config: dict, base: StoredModel, family: str) -> set[str]:
+def _write_own_files(
+    staging: Path, path: Path, config: dict, base: StoredModel, family: str
+) -> tuple[Path, set[str]]:
     """The new model's own files in the staging folder (the rest are the base's, linked): the
     file as given, its transformer config, and a scheduler config where the variant differs.
-    Returns their paths relative to the folder."""
+    Returns the staged file and every written path relative to the folder."""
     (staging / TRANSFORMER).mkdir()
     # The file keeps its name, unless it is diffusers' own weight name (then the folder would
     # look diffusers-laid-out and the engine would not load it as a single file).
@@ -136,7 +147,7 @@ def _write_own_files(staging: Path, path: Path, config: dict, base: StoredModel,
         scheduler.update(_FLUX1_SCHEDULERS[family])
         (staging / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2) + "\n")
         written.add("scheduler/scheduler_config.json")
-    return written
+    return staging / TRANSFORMER / target, written
 
 
 def _files_of(folder: Path) -> list[str]:
@@ -145,20 +156,18 @@ def _files_of(folder: Path) -> list[str]:
                   if p.is_file() and str(p.relative_to(folder)) not in _BENTOML_FILES)
 
 
-def _check_loads(file: TransformerFile, staging: Path, base: str) -> None:
+def _check_loads(file: TransformerFile, staged: Path, staging: Path, base: str) -> None:
     """Load the transformer as the engine will, so a file that does not fit the base's config
     (another size, a truncated tensor) fails the import rather than the first request. In
     bf16: half of float32's memory for an unquantized file, the weights checked all the same."""
     import torch
 
-    staged = staging / TRANSFORMER / next(p.name for p in (staging / TRANSFORMER).iterdir()
-                                          if p.suffix.lower() in SUFFIXES)
     try:
         model = load_transformer_file(staged, staging, torch.bfloat16)
     except Exception as exc:  # diffusers raises many kinds for files that do not fit
         raise ValueError(
-            f"{file.path.name} does not load as a {file.family} transformer with {base}'s config: "
-            f"{type(exc).__name__}: {exc}"
+            f"{file.path.name} does not load as a {file.family} transformer with {base}'s config (a model of "
+            f"another size, or tensors diffusers cannot convert): {type(exc).__name__}: {exc}"
         ) from exc
     del model
     gc.collect()  # gigabytes of weights: do not hold them until the next collection

@@ -227,3 +227,16 @@ def test_a_gguf_of_a_quantization_diffusers_cannot_compute_is_refused(
     writer.close()
     with pytest.raises(ValueError, match="quantized as IQ2_XXS, which diffusers cannot compute with"):
         import_transformer_file(file, "iq2", base="flux-base")
+
+
+def test_a_base_without_transformer_config_takes_the_released_one(
+    bentoml_home: Path, flux: Path, tmp_path: Path
+) -> None:
+    parts = tmp_path / "no-transformer"
+    shutil.copytree(flux, parts, ignore=shutil.ignore_patterns("transformer"))
+    assert checkpoints.import_pipeline_folder(parts, "bare").kind == "base"
+    # The released FLUX.1 config (alice/configs/flux1) is read: the tiny file does not fit it,
+    # and the import says so rather than storing a model that cannot load.
+    with pytest.raises(ValueError, match="does not load as a flux1-dev transformer with bare.s config"):
+        import_transformer_file(flux / WEIGHTS, "tiny-on-bare", base="bare")
+    assert [m.name for m in model_store.list_models()] == ["bare"]
