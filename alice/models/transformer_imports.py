@@ -103,8 +103,8 @@ def _needs_base(path: Path, file: TransformerFile) -> str:
     """The error for a transformer file imported without --base: which stored models would do."""
     family = family_named(file.family)
     kind = _same_kind(family.name)
-    candidates = [m.name for m in list_models() if m.kind in (PIPELINE, BASE)
-                  and family_named(m.family).text_to_image == family.text_to_image]
+    candidates = [m.name for m in list_models() if m.kind in (PIPELINE, BASE) and m.family in FAMILIES
+                  and FAMILIES[m.family].text_to_image == family.text_to_image]
     stored = f"stored {kind} models: {', '.join(candidates)}" if candidates else f"no {kind} model is stored yet"
     return (
         f"{path.name} holds only a {family.name} transformer; its text encoders and VAE come from a stored "
