@@ -143,17 +143,27 @@ def _model_type(model: model_store.StoredModel) -> str:
 @models_app.command("import")
 def models_import(
     path: Path = typer.Argument(
-        ..., help="A diffusers pipeline folder (SD 1.x, 2.x, XL, 3; FLUX.1; Chroma; Z-Image; FLUX.2 Klein; Qwen-Image), or a single-file .safetensors checkpoint (SD 1.x, 2.x, SDXL)."
+        ..., help="A diffusers pipeline folder (SD 1.x, 2.x, XL, 3; FLUX.1; Chroma; Z-Image; FLUX.2 Klein; "
+                  "Qwen-Image), a single-file .safetensors checkpoint (SD 1.x, 2.x, SDXL), "
+                  "or a transformer-only .safetensors or .gguf (with --base)."
     ),
     name: str = typer.Option(..., "--name", help="The model's id in ALICE (lowercase letters, digits, . _ -)."),
     lora: bool = typer.Option(False, "--lora", help="The file is a LoRA, not a checkpoint."),
+    base: str = typer.Option(
+        None, "--base",
+        help="For a transformer-only file (.gguf, a FLUX fine-tune): the stored model of its family whose "
+             "text encoders, tokenizers and VAE it uses.",
+    ),
 ) -> None:
-    """Import a diffusers folder, a single-file checkpoint (converted offline) or a LoRA into the model store."""
+    """Import a diffusers folder, a single-file checkpoint (converted offline), a transformer-only
+    file onto a stored model's other parts, or a LoRA into the model store."""
     try:
         if lora:
             model = checkpoints.import_lora_file(path, name)
         elif path.is_file():
-            model = checkpoints.import_checkpoint_file(path, name)
+            model = checkpoints.import_checkpoint_file(path, name, base=base)
+        elif base is not None:
+            raise ValueError(f"--base is for a transformer-only file; {path} is a folder")
         else:
             model = checkpoints.import_pipeline_folder(path, name)
     except ValueError as exc:  # InvalidModelName is one too

@@ -57,6 +57,11 @@ class Family:
     checkpoint_cross_attention: int | None = None
     # A LoRA file: tensor name prefixes only this family's LoRAs have.
     lora_prefixes: tuple[str, ...] = ()
+    # A transformer-only file (a fine-tune, a GGUF): sets of tensor name prefixes, one set per
+    # naming it comes in (BFL/ComfyUI's, diffusers'); the file is this family's when every prefix
+    # of a set starts some tensor's name. The set with the most prefixes that fits wins: FLUX.1
+    # dev's sets are schnell's plus the guidance embedder. See `transformer_family`.
+    transformer_keys: tuple[tuple[str, ...], ...] = ()
 
     @property
     def is_unet(self) -> bool:
@@ -130,6 +135,8 @@ SD3 = Family(
     default_guidance=7.0,
     schedulers=FLOW_SCHEDULERS,
     index_classes=("StableDiffusion3",),
+    transformer_keys=(("joint_blocks.",),
+                      ("transformer_blocks.", "pos_embed.proj.", "time_text_embed.text_embedder.")),
     **_TRANSFORMER,
 )
 FLUX1_DEV = Family(
@@ -144,6 +151,9 @@ FLUX1_DEV = Family(
     guidance="embedded",
     negative_prompt=False,  # only through true CFG (`true_cfg_scale`), at twice the cost: not offered
     index_classes=("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"),
+    transformer_keys=(("double_blocks.", "single_blocks.", "vector_in.", "guidance_in."),
+                      ("single_transformer_blocks.", "time_text_embed.text_embedder.",
+                       "time_text_embed.guidance_embedder.")),
     guidance_embeds=True,
     **_TRANSFORMER,
 )
@@ -159,6 +169,8 @@ FLUX1_SCHNELL = Family(
     guidance="none",  # timestep-distilled: no guidance embedder, the pipeline ignores it
     negative_prompt=False,
     index_classes=("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"),
+    transformer_keys=(("double_blocks.", "single_blocks.", "vector_in."),  # no guidance embedder
+                      ("single_transformer_blocks.", "time_text_embed.text_embedder.")),
     guidance_embeds=False,
     **_TRANSFORMER,
 )
@@ -172,6 +184,8 @@ CHROMA = Family(
     default_guidance=4.0,
     schedulers=("flow-euler", "flow-unipc"),
     index_classes=("ChromaPipeline", "ChromaImg2ImgPipeline", "ChromaInpaintPipeline"),
+    transformer_keys=(("double_blocks.", "distilled_guidance_layer."),
+                      ("single_transformer_blocks.", "distilled_guidance_layer.")),
     **_TRANSFORMER,
 )
 ZIMAGE = Family(
@@ -186,6 +200,7 @@ ZIMAGE = Family(
     default_guidance=0.0,
     schedulers=("flow-euler",),
     index_classes=("ZImagePipeline", "ZImageImg2ImgPipeline", "ZImageInpaintPipeline"),
+    transformer_keys=(("layers.", "noise_refiner.", "context_refiner."),),
     **_TRANSFORMER,
 )
 FLUX2_KLEIN = Family(
@@ -200,6 +215,7 @@ FLUX2_KLEIN = Family(
     guidance="none",
     negative_prompt=False,  # no text `negative_prompt` argument
     index_classes=("Flux2KleinPipeline",),
+    transformer_keys=(("double_stream_modulation_img.", "single_stream_modulation."),),
     **_TRANSFORMER,
 )
 QWEN_IMAGE = Family(
@@ -214,6 +230,7 @@ QWEN_IMAGE = Family(
     schedulers=("flow-euler", "flow-unipc"),
     guidance="true-cfg",  # `guidance_scale` does nothing in its pipeline; `true_cfg_scale` does
     index_classes=("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline"),
+    transformer_keys=(("transformer_blocks.", "img_in.", "txt_norm."),),  # diffusers' names only load
     **_TRANSFORMER,
 )
 
@@ -292,6 +309,18 @@ def lora_family(keys: Iterable[str]) -> str:
         if _has_prefix(keys, family.lora_prefixes):
             return family.name
     return DEFAULT_FAMILY.name
+
+
+def transformer_family(keys: Iterable[str]) -> str | None:
+    """The family of a transformer-only file from its tensor names (BFL/ComfyUI or diffusers
+    naming, with or without ComfyUI's `model.diffusion_model.` prefix), or None when none fits."""
+    names = [key.removeprefix("model.").removeprefix("diffusion_model.") for key in keys]
+    best, best_size = None, 0
+    for family in FAMILIES.values():
+        for prefixes in family.transformer_keys:
+            if len(prefixes) > best_size and all(_has_prefix(names, (prefix,)) for prefix in prefixes):
+                best, best_size = family.name, len(prefixes)
+    return best
 
 
 def _has_prefix(keys: Iterable[str], prefixes: tuple[str, ...]) -> bool:

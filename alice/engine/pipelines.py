@@ -28,6 +28,7 @@ from alice.engine.device import (
     resolve_preset,
 )
 from alice.engine.families import Family, detect_family, family_named
+from alice.engine.transformer_files import transformer_from_file
 
 if TYPE_CHECKING:  # imported where they run: see alice/engine/__init__.py
     import torch
@@ -99,7 +100,8 @@ def load_pipeline(
     # its img2img class loads as text-to-image all the same.
     pipeline_class = getattr(diffusers, family.text_to_image)
     pipe = pipeline_class.from_pretrained(
-        str(folder), dtype=placement.dtype, local_files_only=True, disable_mmap=in_host_memory
+        str(folder), dtype=placement.dtype, local_files_only=True, disable_mmap=in_host_memory,
+        **transformer_from_file(folder, placement.dtype, in_host_memory),  # a stored .gguf or fine-tune file
     )
     if in_host_memory:
         _copy_mapped_text_encoders(pipe)

@@ -17,6 +17,7 @@ from alice.engine.demo import DEMO_MODEL_DIR, DEMO_MODEL_NAME
 from alice.engine.families import detect_family, lora_family
 from alice.engine.pipelines import choose_placement, load_pipeline
 from alice.engine.single_file import convert_single_file, detect_checkpoint_family
+from alice.engine.transformer_files import is_transformer_file
 from alice.models.store import (
     LORA,
     LORA_FILE,
@@ -27,6 +28,7 @@ from alice.models.store import (
     store_folder,
     validate_model_name,
 )
+from alice.models.transformer_imports import holds_no_transformer, import_base_folder, import_transformer_file
 
 
 def import_pipeline_folder(folder: Path, name: str, *, source: str = "local") -> StoredModel:
@@ -36,16 +38,22 @@ def import_pipeline_folder(folder: Path, name: str, *, source: str = "local") ->
     folder = Path(folder)
     if not (folder / "model_index.json").is_file():
         raise ValueError(f"{folder} is not a diffusers pipeline folder (it has no model_index.json)")
+    if holds_no_transformer(folder):  # text encoders and VAE alone: a base for transformer files
+        return import_base_folder(folder, name, source=source)
     family = detect_family(folder)
     _check_loads(folder)
     return store_folder(folder, name, kind=PIPELINE, family=family, source=source)
 
 
-def import_checkpoint_file(path: Path, name: str, *, source: str = "local") -> StoredModel:
+def import_checkpoint_file(path: Path, name: str, *, source: str = "local", base: str | None = None) -> StoredModel:
     """Convert a single-file `.safetensors` checkpoint (SD 1.x, 2.x or SDXL, told apart by its
-    weights) into a diffusers folder offline, then import that like any pipeline folder."""
+    weights) into a diffusers folder offline, then import that like any pipeline folder.
+    A transformer-only file (a `.gguf`, a FLUX fine-tune) takes its other parts from the stored
+    model `base` (alice/models/transformer_imports.py)."""
     validate_model_name(name)
     path = Path(path)
+    if base is not None or is_transformer_file(path):
+        return import_transformer_file(path, name, base=base, source=source)
     family = detect_checkpoint_family(path)  # ValueError for a LoRA or anything else
     with tempfile.TemporaryDirectory(prefix="alice-convert-") as scratch:
         try:

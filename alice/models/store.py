@@ -16,7 +16,7 @@ import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import bentoml
 from bentoml._internal.configuration.containers import BentoMLContainer
@@ -30,6 +30,9 @@ logger = logging.getLogger("alice.models")
 LABEL = "alice"  # label key that marks a model as ALICE's; its value is the kind
 PIPELINE = "pipeline"
 LORA = "lora"
+# A pipeline without its transformer (text encoders, tokenizers, VAE, scheduler): not servable,
+# the parts a transformer-only file is imported onto (`alice models import FILE --base NAME`).
+BASE = "base"
 LORA_FILE = "lora.safetensors"  # the one file in a stored LoRA's folder
 # bentoml's own tag rule (bentoml._internal.tag): 1-63 chars, lowercase alnum at both ends.
 _NAME = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?")
@@ -112,8 +115,15 @@ def get_lora(name: str) -> StoredModel:
     return model
 
 
-def store_folder(folder: Path, name: str, *, kind: str, family: str, source: str) -> StoredModel:
-    """Store a copy of a folder as a new version of `name`, labelled as ALICE's (checked by the caller)."""
+def store_folder(
+    folder: Path, name: str, *, kind: str, family: str, source: str, linked: Mapping[str, Path] | None = None
+) -> StoredModel:
+    """Store a copy of a folder as a new version of `name`, labelled as ALICE's (checked by the caller).
+
+    `linked` adds files (relative path -> a file already in the store) as hard links, where
+    the filesystem allows, after bentoml has saved the version: its save copies every staged
+    file, so a link staged would become a second copy of another model's weights.
+    """
     labels = {LABEL: kind, "family": family}
     staging: str | None = None
     try:
@@ -128,8 +138,24 @@ def store_folder(folder: Path, name: str, *, kind: str, family: str, source: str
         # this every import would leave a full copy of the weights in the temp dir.
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+    if linked:
+        _link_into(Path(bentoml.models.get(model.tag).path), linked, str(model.tag))
     logger.info("imported %s (%s %s) as %s", folder, kind, family, model.tag)
     return get_model(name)
+
+
+def _link_into(target: Path, linked: Mapping[str, Path], tag: str) -> None:
+    """Hard-link (else copy) the files into a saved version; a failure removes the version,
+    which would otherwise be served without them."""
+    try:
+        for relative, source in linked.items():
+            destination = target / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(str(source), str(destination))
+    except BaseException:
+        bentoml.models.delete(tag)
+        raise
+    logger.debug("linked %d file(s) into %s", len(linked), tag)
 
 
 def list_models() -> list[StoredModel]:

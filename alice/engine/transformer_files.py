@@ -1,0 +1,153 @@
+"""Transformer-only files: a fine-tune's `.safetensors` or a quantized `.gguf` holding the
+denoiser alone, as most FLUX-era models are shared. A stored model keeps such a file as given in
+its `transformer/` folder (beside the config.json it loads with); the other parts of the pipeline
+are a diffusers folder's. This module reads what such a file is, and loads it for `load_pipeline`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from alice.engine.families import transformer_family
+from alice.engine.pipeline_configs import read_config
+from alice.engine.single_file import _read_header
+
+if TYPE_CHECKING:  # imported where they run: see alice/engine/__init__.py
+    import torch
+
+logger = logging.getLogger("alice.engine")
+
+TRANSFORMER = "transformer"  # the pipeline component (and folder) these files stand in for
+SUFFIXES = (".gguf", ".safetensors")
+# diffusers' own weight files (sharded ones start alike): a folder holding them is no single file.
+_DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
+# Tensors only a whole checkpoint has (its VAE, its text encoders, an SD UNet): such a file is
+# not a transformer alone. Names as in single-file checkpoints of every family.
+_WHOLE_CHECKPOINT = ("first_stage_model.", "vae.", "cond_stage_model.", "conditioner.", "text_encoders.",
+                     "model.diffusion_model.input_blocks.")
+
+
+@dataclass(frozen=True)
+class TransformerFile:
+    """What a transformer-only file holds, read from its header (no weights are read)."""
+
+    path: Path
+    family: str  # as alice/engine/families.py names it
+    tensors: int
+    quant_types: tuple[str, ...] = ()  # a GGUF's quantization types (F32 and F16 included); empty otherwise
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.path.suffix.lower() == ".gguf"
+
+
+def read_transformer_file(path: Path) -> TransformerFile:
+    """The family and (for a GGUF) quantization types of a transformer-only file.
+
+    ValueError, saying what it is instead, for a file that cannot be read (truncated, corrupt,
+    another format), a GGUF of a quantization diffusers cannot compute with, a whole checkpoint
+    or a LoRA, or tensors of no family ALICE knows.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in SUFFIXES:
+        raise ValueError(f"{path.name} is neither a .safetensors nor a .gguf file")
+    if path.suffix.lower() == ".gguf":
+        names, quant_types = _read_gguf(path)
+    else:
+        names, quant_types = list(_read_header(path).shapes), ()  # ValueError when unreadable
+    if any(name.startswith(_WHOLE_CHECKPOINT) for name in names):
+        raise ValueError(
+            f"{path.name} is a whole checkpoint (it has its own VAE or text encoder weights), not a "
+            "transformer alone: import it without --base"
+        )
+    if any("lora" in name.lower() for name in names):
+        raise ValueError(f"{path.name} is a LoRA, not a transformer: import it with --lora")
+    family = transformer_family(names)
+    if family is None:
+        raise ValueError(
+            f"{path.name} holds no transformer of a model family ALICE knows ({len(names)} tensors, "
+            f"such as {', '.join(sorted(names)[:3]) or 'none'})"
+        )
+    return TransformerFile(path, family, len(names), quant_types)
+
+
+def _read_gguf(path: Path) -> tuple[list[str], tuple[str, ...]]:
+    """A GGUF's tensor names and quantization types; ValueError when it cannot be read or
+    holds types diffusers has no dequantization for (most of the IQ types)."""
+    import gguf
+    from diffusers.quantizers.gguf.utils import SUPPORTED_GGUF_QUANT_TYPES
+
+    try:
+        # The reader maps the file and checks every tensor lies inside it: a truncated
+        # download fails here, not half-way through a load.
+        reader = gguf.GGUFReader(str(path))
+        tensors = [(tensor.name, tensor.tensor_type) for tensor in reader.tensors]
+    except Exception as exc:  # the reader raises ValueError, KeyError, numpy's errors, ...
+        raise ValueError(f"{path.name} is not a readable GGUF file (truncated or corrupt?): "
+                         f"{type(exc).__name__}: {exc}") from None
+    usable = {gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, *SUPPORTED_GGUF_QUANT_TYPES}
+    unsupported = sorted({kind.name for _, kind in tensors if kind not in usable})
+    if unsupported:
+        supported = ", ".join(sorted(kind.name for kind in usable))
+        raise ValueError(
+            f"{path.name} is quantized as {', '.join(unsupported)}, which diffusers cannot compute with; "
+            f"use a file quantized as one of {supported}"
+        )
+    return [name for name, _ in tensors], tuple(sorted({kind.name for _, kind in tensors}))
+
+
+def is_transformer_file(path: Path) -> bool:
+    """Whether a file is (meant as) a transformer alone: any `.gguf`, or a `.safetensors` whose
+    tensors are a known transformer's and nothing more. Never raises for a readable file."""
+    path = Path(path)
+    if path.suffix.lower() == ".gguf":
+        return True
+    try:
+        read_transformer_file(path)
+    except ValueError:
+        return False
+    return True
+
+
+def transformer_file_in(folder: Path) -> Path | None:
+    """The transformer-only file a model folder's `transformer/` holds in place of diffusers'
+    weights, or None for a diffusers-laid-out (or absent) transformer."""
+    found = [p for p in (Path(folder) / TRANSFORMER).glob("*") if p.suffix.lower() in SUFFIXES]
+    if len(found) != 1 or found[0].name.startswith(_DIFFUSERS_WEIGHTS):
+        return None
+    return found[0]
+
+
+def load_transformer_file(file: Path, folder: Path, dtype: torch.dtype, *, disable_mmap: bool = False) -> Any:
+    """Load a transformer-only file offline with the config in `folder`/transformer (its class
+    from that config's `_class_name`), BFL/ComfyUI names converted by diffusers. A GGUF stays
+    quantized in memory and computes in `dtype`: diffusers' own default would be float32."""
+    import diffusers
+
+    config = read_config(Path(folder) / TRANSFORMER / "config.json")
+    model_class = getattr(diffusers, str(config.get("_class_name", "")), None)
+    if model_class is None or not hasattr(model_class, "from_single_file"):
+        raise ValueError(f"{folder}/{TRANSFORMER}/config.json names no diffusers transformer that loads single files")
+    options: dict[str, Any] = {}
+    if file.suffix.lower() == ".gguf":
+        options["quantization_config"] = diffusers.GGUFQuantizationConfig(compute_dtype=dtype)
+    else:
+        options["disable_mmap"] = disable_mmap
+    # `config=` turns off diffusers' default subfolder: name it, or it reads the index as the config.
+    model = model_class.from_single_file(
+        str(file), config=str(folder), subfolder=TRANSFORMER, dtype=dtype, local_files_only=True, **options
+    )
+    logger.info("loaded %s from %s (computing in %s)", model_class.__name__, file.name, dtype)
+    return model
+
+
+def transformer_from_file(folder: Path, dtype: torch.dtype, disable_mmap: bool = False) -> dict[str, Any]:
+    """`from_pretrained` keyword arguments for a model folder: its transformer, loaded, when
+    `transformer/` holds a transformer-only file; none otherwise (diffusers loads the folder)."""
+    file = transformer_file_in(folder)
+    if file is None:
+        return {}
+    return {TRANSFORMER: load_transformer_file(file, folder, dtype, disable_mmap=disable_mmap)}

@@ -1,0 +1,207 @@
+"""Importing a transformer-only file onto a stored model's other parts, and storing those parts alone.
+
+Most FLUX-era models are shared as the transformer alone (a fine-tune's `.safetensors`, a
+quantized `.gguf`): the text encoders, tokenizers, VAE and scheduler come from a stored model
+of the same family, the "base". The new model is a diffusers folder whose `transformer/` holds
+the file as given with the base's transformer config, and whose other files are hard links to
+the base's (the store keeps one copy of a 10 GB text encoder, however many fine-tunes use it).
+The engine loads such a folder's transformer from the file (alice/engine/transformer_files.py).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+from alice.engine.families import FAMILIES, detect_family, family_named
+from alice.engine.pipeline_configs import read_config
+from alice.engine.single_file import CONFIGS
+from alice.engine.transformer_files import (
+    SUFFIXES,
+    TRANSFORMER,
+    TransformerFile,
+    load_transformer_file,
+    read_transformer_file,
+)
+from alice.models.store import (
+    BASE,
+    PIPELINE,
+    ModelNotFound,
+    StoredModel,
+    _link_or_copy,
+    get_model,
+    list_models,
+    store_folder,
+    validate_model_name,
+)
+
+logger = logging.getLogger("alice.models")
+
+# The scheduler each FLUX.1 variant ships with (the BFL repos' scheduler_config.json): a dev file
+# on a schnell base (or the reverse) takes its own, not the base's.
+_FLUX1_SCHEDULERS = {
+    "flux1-dev": {"shift": 3.0, "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15,
+                  "base_image_seq_len": 256, "max_image_seq_len": 4096},
+    "flux1-schnell": {"shift": 1.0, "use_dynamic_shifting": False},
+}
+# The released transformer's config, for a base stored without one (a repo fetched without its
+# transformer folder): FLUX.1 dev's and schnell's differ only in `guidance_embeds`, set per file.
+_SHIPPED_CONFIGS = {"flux1-dev": CONFIGS / "flux1", "flux1-schnell": CONFIGS / "flux1"}
+_BENTOML_FILES = ("model.yaml",)  # bentoml's own, in every stored version's folder
+
+
+def import_transformer_file(path: Path, name: str, *, base: str | None, source: str = "local") -> StoredModel:
+    """Store a transformer-only file as a model whose other parts are the stored model `base`'s.
+
+    ValueError, saying what to do, when `base` is not given (naming the stored models that
+    would do), is no stored pipeline or base, or is of another family than the file; and for
+    a file that is no transformer, cannot be read, or does not load with the base's config.
+    """
+    validate_model_name(name)
+    path = Path(path)
+    file = read_transformer_file(path)
+    family = family_named(file.family)
+    if base is None:
+        raise ValueError(_needs_base(path, file))
+    base_model = _base_model(base)
+    base_family = family_named(base_model.family)
+    # FLUX.1 dev and schnell share their text encoders and VAE: a pipeline class in common says so.
+    if base_family.text_to_image != family.text_to_image:
+        raise ValueError(
+            f"{path.name} holds a {family.name} transformer, but {base} is a {base_family.name} model: "
+            f"its text encoders and VAE do not fit. Use a stored {_same_kind(family.name)} model as --base"
+        )
+    config = read_config(base_model.path / TRANSFORMER / "config.json") or _shipped_config(family.name)
+    if not config:
+        raise ValueError(f"{base} has no transformer/config.json, which the file's architecture is read from")
+    if family.guidance_embeds is not None:  # the file decides: FLUX.1 dev has a guidance embedder
+        config["guidance_embeds"] = family.guidance_embeds
+    with tempfile.TemporaryDirectory(prefix="alice-transformer-") as scratch:
+        staging = Path(scratch)
+        staged, written = _write_own_files(staging, path, config, base_model, family.name)
+        _check_loads(file, staged, staging, base)
+        linked = {
+            relative: base_model.path / relative
+            for relative in _files_of(base_model.path)
+            if relative not in written and not relative.startswith(f"{TRANSFORMER}/")
+        }
+        stored = store_folder(staging, name, kind=PIPELINE, family=family.name, source=source, linked=linked)
+    logger.info("imported %s (%s%s) onto %s's parts as %s", path.name, family.name,
+                f", {'/'.join(file.quant_types)}" if file.quant_types else "", base, stored.tag)
+    return stored
+
+
+def _shipped_config(family: str) -> dict:
+    folder = _SHIPPED_CONFIGS.get(family)
+    return read_config(folder / TRANSFORMER / "config.json") if folder else {}
+
+
+def _needs_base(path: Path, file: TransformerFile) -> str:
+    """The error for a transformer file imported without --base: which stored models would do."""
+    family = family_named(file.family)
+    kind = _same_kind(family.name)
+    candidates = [m.name for m in list_models() if m.kind in (PIPELINE, BASE) and m.family in FAMILIES
+                  and FAMILIES[m.family].text_to_image == family.text_to_image]
+    stored = f"stored {kind} models: {', '.join(candidates)}" if candidates else f"no {kind} model is stored yet"
+    return (
+        f"{path.name} holds only a {family.name} transformer; its text encoders and VAE come from a stored "
+        f"{kind} model: `alice models import {path.name} --name N --base <a stored {kind} model>` ({stored})"
+    )
+
+
+def _same_kind(family: str) -> str:
+    """The families a transformer of this one can take its other parts from, as words."""
+    pipeline = family_named(family).text_to_image
+    return " or ".join(f.name for f in FAMILIES.values() if f.text_to_image == pipeline)
+
+
+def _base_model(base: str) -> StoredModel:
+    try:
+        model = get_model(base)
+    except ModelNotFound:
+        raise ValueError(f"--base {base}: no such model in the store") from None
+    if model.kind not in (PIPELINE, BASE):
+        raise ValueError(f"--base {base} is a {model.kind}, not a pipeline")
+    return model
+
+
+def _write_own_files(
+    staging: Path, path: Path, config: dict, base: StoredModel, family: str
+) -> tuple[Path, set[str]]:
+    """The new model's own files in the staging folder (the rest are the base's, linked): the
+    file as given, its transformer config, and a scheduler config where the variant differs.
+    Returns the staged file and every written path relative to the folder."""
+    (staging / TRANSFORMER).mkdir()
+    # The file keeps its name, unless it is diffusers' own weight name (then the folder would
+    # look diffusers-laid-out and the engine would not load it as a single file).
+    target = path.name if not path.name.startswith("diffusion_pytorch_model") else f"transformer{path.suffix.lower()}"
+    _link_or_copy(str(path), str(staging / TRANSFORMER / target))  # the store's save makes the one copy
+    (staging / TRANSFORMER / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    written = {f"{TRANSFORMER}/{target}", f"{TRANSFORMER}/config.json"}
+    scheduler = read_config(base.path / "scheduler" / "scheduler_config.json")
+    if family != base.family and family in _FLUX1_SCHEDULERS and scheduler:
+        (staging / "scheduler").mkdir()
+        scheduler.update(_FLUX1_SCHEDULERS[family])
+        (staging / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2) + "\n")
+        written.add("scheduler/scheduler_config.json")
+    return staging / TRANSFORMER / target, written
+
+
+def _files_of(folder: Path) -> list[str]:
+    """A stored version's files, relative, bentoml's own left out."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if p.is_file() and str(p.relative_to(folder)) not in _BENTOML_FILES)
+
+
+def _check_loads(file: TransformerFile, staged: Path, staging: Path, base: str) -> None:
+    """Load the transformer as the engine will, so a file that does not fit the base's config
+    (another size, a truncated tensor) fails the import rather than the first request. In
+    bf16: half of float32's memory for an unquantized file, the weights checked all the same."""
+    import torch
+
+    try:
+        model = load_transformer_file(staged, staging, torch.bfloat16)
+    except Exception as exc:  # diffusers raises many kinds for files that do not fit
+        raise ValueError(
+            f"{file.path.name} does not load as a {file.family} transformer with {base}'s config (a model of "
+            f"another size, or tensors diffusers cannot convert): {type(exc).__name__}: {exc}"
+        ) from exc
+    del model
+    gc.collect()  # gigabytes of weights: do not hold them until the next collection
+
+
+def holds_no_transformer(folder: Path) -> bool:
+    """Whether a transformer family's diffusers folder lacks its transformer's weights (a base)."""
+    try:
+        family = family_named(detect_family(folder))
+    except ValueError:
+        return False
+    weights = [p for p in (Path(folder) / TRANSFORMER).glob("*") if p.suffix.lower() in (*SUFFIXES, ".bin")]
+    return family.denoiser == TRANSFORMER and not weights
+
+
+def import_base_folder(folder: Path, name: str, *, source: str = "local") -> StoredModel:
+    """Store a transformer family's diffusers folder that has no transformer weights as a base:
+    not servable, but what `--base` takes. Its other parts are checked to load first."""
+    validate_model_name(name)
+    folder = Path(folder)
+    family = family_named(detect_family(folder))
+    _check_parts_load(folder, family.text_to_image)
+    return store_folder(folder, name, kind=BASE, family=family.name, source=source)
+
+
+def _check_parts_load(folder: Path, pipeline_class: str) -> None:
+    import diffusers
+    import torch
+
+    try:
+        pipe = getattr(diffusers, pipeline_class).from_pretrained(
+            str(folder), transformer=None, dtype=torch.bfloat16, local_files_only=True
+        )
+    except Exception as exc:  # diffusers raises many kinds for broken folders
+        raise ValueError(f"{folder}'s text encoders, tokenizers or VAE do not load: {type(exc).__name__}: {exc}") from exc
+    del pipe
+    gc.collect()
