@@ -85,10 +85,11 @@ class Settings(BaseSettings):
     vae_tiling: bool | Literal["auto"] = Field(
         "auto", description="Decode images in tiles; auto = only images whose whole decode would not fit the card."
     )
-    cpu_offload: Literal["auto", "none", "model", "sequential"] = Field(
+    cpu_offload: Literal["auto", "none", "model", "group", "sequential"] = Field(
         "auto",
-        description="Keep weights in RAM and move them to the GPU when used (model) or layer by layer "
-        "(sequential); auto = only for model families whose weights and working memory do not fit the card.",
+        description="Keep weights in RAM and move them to the GPU when used (model), block by block "
+        "(group: the transformer families; SD's UNets take model offload for it) or layer by layer "
+        "(sequential); auto = only for models whose weights and working memory do not fit the card.",
     )
     channels_last: bool = Field(
         True, description="channels_last memory format on CUDA (faster convolutions; not under sequential offload)."

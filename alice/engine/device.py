@@ -321,9 +321,9 @@ def resolve_preset(facts: DeviceFacts, family: str, options: MemoryOptions, dtyp
     if not facts.is_gpu:
         return MemoryPreset(family, "none", _fixed_tiling(options.vae_tiling, family), slicing, False)
     capacity = cache_capacity(facts)
-    offloads: tuple[Offload, ...] = (
-        ("none", "model", "sequential") if options.cpu_offload == "auto" else (options.cpu_offload,)
-    )
+    # Group offload streams a transformer's blocks; a UNet is offloaded whole model by model.
+    chosen: Offload = "model" if options.cpu_offload == "group" else options.cpu_offload  # type: ignore[assignment]
+    offloads: tuple[Offload, ...] = ("none", "model", "sequential") if chosen == "auto" else (chosen,)
     for offload in offloads:
         if options.vae_tiling == "auto":
             tilings = [None] + list(range(math.isqrt(options.max_pixels) // 64 * 64, SMALLEST_TILE - 1, -64))

@@ -28,6 +28,10 @@ from alice.engine.device import (
     resolve_preset,
 )
 from alice.engine.families import Family, detect_family, family_named
+from alice.engine.memory_figures import TRANSFORMER_FAMILIES
+from alice.engine.model_sizes import preset_inputs
+from alice.engine.placement import apply_preset, enable_vae_tiling
+from alice.engine.presets import check_fits, plan_preset, preset_for
 from alice.engine.transformer_files import transformer_from_file
 
 if TYPE_CHECKING:  # imported where they run: see alice/engine/__init__.py
@@ -62,8 +66,13 @@ def choose_placement(device: str = "auto", dtype: str = "auto", facts: DeviceFac
 
 
 def memory_preset(folder: Path, placement: DevicePlacement, options: MemoryOptions) -> MemoryPreset:
-    """The layout of a pipeline folder's family on the placement's device."""
-    return resolve_preset(placement.facts, detect_family(folder), options, placement.dtype)
+    """The layout of a pipeline folder on the placement's device: a UNet family's by its
+    family, a transformer family's planned for the sizes its files give (a GGUF transformer,
+    a 9B among 4Bs)."""
+    family = family_named(detect_family(folder))
+    if family.is_unet:
+        return resolve_preset(placement.facts, family.name, options, placement.dtype)
+    return plan_preset(placement.facts, preset_inputs(folder, family.name), options, placement.dtype)
 
 
 def load_pipeline(
@@ -79,7 +88,8 @@ def load_pipeline(
 
     Attention runs through torch's scaled_dot_product_attention, diffusers' default on torch 2.
     Raises UnsupportedDevice when the installed torch has no kernels for the card, UnknownFamily
-    for a folder of no known family.
+    for a folder of no known family, PresetDoesNotFit for a model that fits neither the card nor
+    the RAM in any layout (before any weight is read).
     """
     import diffusers
     import torch
@@ -89,6 +99,7 @@ def load_pipeline(
     check_device_supported(placement.facts)
     family = family_named(detect_family(folder))
     preset = preset or memory_preset(folder, placement, options)
+    check_fits(preset)  # PresetDoesNotFit, saying what would fit, before any weight is read
     diffusers_logging.disable_progress_bar()
     # Weights that stay in host memory (CPU runs, CPU offload) are read in whole. Memory-mapped,
     # they are file pages the kernel may drop while the model idles (memory pressure, proactive
@@ -105,7 +116,9 @@ def load_pipeline(
     )
     if in_host_memory:
         _copy_mapped_text_encoders(pipe)
-    if placement.is_gpu and preset.cpu_offload == "model":
+    if not family.is_unet:  # each part where its planned preset puts it (alice/engine/placement.py)
+        apply_preset(pipe, preset, placement.device)
+    elif placement.is_gpu and preset.cpu_offload == "model":
         pipe.enable_model_cpu_offload(device=placement.device)
     elif placement.is_gpu and preset.cpu_offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=placement.device)
@@ -121,7 +134,7 @@ def load_pipeline(
     elif options.compile_unet or preset.attention_slicing:
         logger.info("%s is a %s model, with no UNet: attention slicing and compile_unet do not apply",
                     folder.name, family.name)
-    if preset.vae_tiling_above:
+    if family.is_unet and preset.vae_tiling_above:  # apply_preset tiles a transformer family's VAE
         enable_vae_tiling(pipe.vae, preset.vae_tiling_above)
     pipe.set_progress_bar_config(disable=True)
     logger.info(
@@ -183,20 +196,6 @@ def unet_is_compiled(pipe: DiffusionPipeline) -> bool:
     """Whether `compile_unet` compiled this pipeline's UNet (Module.compile keeps its compiled
     call on the module); False for a transformer pipeline."""
     return getattr(getattr(pipe, "unet", None), "_compiled_call_impl", None) is not None
-
-
-def enable_vae_tiling(vae: torch.nn.Module, above: int) -> None:
-    """Decode (and encode) images wider or taller than `above` pixels in tiles of that side;
-    smaller ones whole, exactly as without tiling (diffusers' AutoencoderKL compares each side
-    with its `tile_sample_min_size`, the config's sample size unless set). VAEs of other shapes
-    (Qwen-Image's video VAE has no `block_out_channels`) keep diffusers' own tile size."""
-    vae.enable_tiling()
-    if "block_out_channels" not in vae.config or not hasattr(vae, "tile_latent_min_size"):
-        logger.info("%s tiles at its own tile size", type(vae).__name__)
-        return
-    downscale = 2 ** (len(vae.config.block_out_channels) - 1)
-    vae.tile_sample_min_size = above
-    vae.tile_latent_min_size = above // downscale
 
 
 def _copy_mapped_text_encoders(pipe: DiffusionPipeline) -> None:
@@ -301,8 +300,8 @@ class PipelineCache:
     def presets(self) -> dict[str, MemoryPreset]:
         """The memory preset of each model family on this device, with these options."""
         return {
-            family: resolve_preset(self._placement.facts, family, self._options, self._placement.dtype)
-            for family in FAMILIES
+            family: preset_for(self._placement.facts, family, self._options, self._placement.dtype)
+            for family in (*FAMILIES, *TRANSFORMER_FAMILIES)
         }
 
     def names(self) -> list[str]:

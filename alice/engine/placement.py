@@ -1,13 +1,17 @@
-"""Laying a loaded transformer-family pipeline out as its memory preset says (alice/engine/presets.py).
+"""Laying a loaded transformer-family pipeline out as its memory preset says (alice/engine/presets.py),
+and VAE tiling, which the UNet families' loading uses too.
 
-Call it on a pipeline loaded to the CPU (from_pretrained's default), before its first run.
+Call `apply_preset` on a pipeline loaded to the CPU (from_pretrained's default), before its first run.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from alice.engine.device import MemoryPreset
+
+logger = logging.getLogger("alice.engine")
 
 if TYPE_CHECKING:  # imported where they run: see alice/engine/__init__.py
     from diffusers import DiffusionPipeline
@@ -103,8 +107,20 @@ def _tile(vae: torch.nn.Module, above: int) -> None:
     """AutoencoderKL's tile side is set as for the UNet families; FLUX.2's and Qwen-Image's VAEs
     keep their own."""
     if type(vae).__name__ == "AutoencoderKL":
-        from alice.engine.pipelines import enable_vae_tiling
-
         enable_vae_tiling(vae, above)
     else:
         vae.enable_tiling()
+
+
+def enable_vae_tiling(vae: torch.nn.Module, above: int) -> None:
+    """Decode (and encode) images wider or taller than `above` pixels in tiles of that side;
+    smaller ones whole, exactly as without tiling (diffusers' AutoencoderKL compares each side
+    with its `tile_sample_min_size`, the config's sample size unless set). VAEs of other shapes
+    (Qwen-Image's video VAE has no `block_out_channels`) keep diffusers' own tile size."""
+    vae.enable_tiling()
+    if "block_out_channels" not in vae.config or not hasattr(vae, "tile_latent_min_size"):
+        logger.info("%s tiles at its own tile size", type(vae).__name__)
+        return
+    downscale = 2 ** (len(vae.config.block_out_channels) - 1)
+    vae.tile_sample_min_size = above
+    vae.tile_latent_min_size = above // downscale

@@ -18,6 +18,7 @@ from alice.engine.engine import Engine, OutOfMemory
 from alice.engine.generate import BatchEntry, GenerationStopped, images_per_call
 from alice.engine.loras import LoraLoadFailed
 from alice.engine.pipelines import LoadedPipeline
+from alice.engine.presets import PresetDoesNotFit
 from alice.images.store import ImageStore
 from alice.jobs.queue import FinishUp, Job, JobControl, JobFailure
 from alice.models import store as model_store
@@ -91,6 +92,8 @@ class Worker:
             return self.pipelines.get(name)
         except model_store.ModelNotFound as exc:  # deleted between submission and run
             raise JobFailure("model_not_found", str(exc)) from None
+        except PresetDoesNotFit as exc:  # refused before any weight was read; says what would fit
+            raise JobFailure("model_does_not_fit", str(exc)) from None
         except torch.OutOfMemoryError:
             logger.warning("loading model %s ran out of GPU memory", name)
         self.pipelines.recover_from_out_of_memory(name)  # out of the except block, which holds the load's tensors

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from alice.engine import device as device_module
+from alice.engine.memory_figures import TRANSFORMER_FAMILIES
 from alice.engine.device import (
     FAMILIES,
     CacheCapacity,
@@ -200,7 +201,9 @@ def test_memory_metrics_read_the_configured_card(monkeypatch, tmp_path):
     health = runtime.health()
     assert health["device"] == "cuda:1" and health["dtype"] == "float16"
     assert health["gpu_available"] is True and health["status"] == "loading"  # SAM's fields stay
-    assert set(health["memory_preset"]) == set(FAMILIES)
+    assert set(health["memory_preset"]) == {*FAMILIES, *TRANSFORMER_FAMILIES}
+    # A transformer family's entry says where each part lives and why (for its released checkpoint).
+    assert all({"parts", "fits", "reason"} <= set(health["memory_preset"][family]) for family in TRANSFORMER_FAMILIES)
     assert health["memory_preset"]["sd15"] == {
         "cpu_offload": "none", "vae_tiling_above_px": None, "attention_slicing": False, "channels_last": True
     }
