@@ -64,7 +64,9 @@ function renderStore(store) {
   if (key === models.storeKey) return;
   models.storeKey = key;
   reconcile($("models-list"), store, (m) => m.name, () => el("div", { class: "item model-item" }), (node, model) => {
-    const kind = model.kind === "lora" ? "LoRA" : "Checkpoint";
+    // A base holds a family's text encoders and VAE for transformer files: nothing to draw with alone.
+    const kind = { lora: "LoRA", base: "Base" }[model.kind] || "Checkpoint";
+    const drawable = model.kind !== "base";
     node.dataset.name = model.name;
     node.replaceChildren(
       el("div", { class: "main" },
@@ -79,9 +81,9 @@ function renderStore(store) {
           model.source ? `from ${model.source}` : "",
         ].filter(Boolean).join(" · ") })),
       el("div", { class: "side" },
-        el("button", { type: "button", class: "small", text: "Use",
-          onclick: () => useModel(model) }),
-        model.kind === "lora" ? null : el("button", { type: "button", class: "small",
+        drawable ? el("button", { type: "button", class: "small", text: "Use",
+          onclick: () => useModel(model) }) : null,
+        model.kind === "lora" || !drawable ? null : el("button", { type: "button", class: "small",
           text: model.loaded ? "Unload" : "Load",
           title: model.loaded ? "Free its memory; it loads again when next used" : "Load it into memory now",
           onclick: () => loadOrUnload(model) }),
