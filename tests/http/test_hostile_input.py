@@ -41,7 +41,7 @@ CASES = [
     ("/generate", b'{"prompt": "x", "seed": Infinity}'),
     ("/generate", b'{"prompt": "x", "num_images": -1}'),
     ("/generate", b'{"prompt": "x", "model": "../../../../etc/passwd"}'),
-    ("/generate", b'{"prompt": "x", "scheduler": null}'),
+    ("/generate", b'{"prompt": "x", "scheduler": ["ddim"]}'),  # null is the model family's default
     ("/generate", b'{"prompt": "\\u0000\\ud800"}'),
     (CHAT, b"{}"),
     (CHAT, b'{"messages": "hello"}'),
