@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alice.engine.pipeline_configs import read_config
-from alice.engine.scheduler_names import DEFAULT_SCHEDULER, FLOW_SCHEDULERS, SD_SCHEDULERS
+from alice.engine.scheduler_names import DEFAULT_SCHEDULER, FLOW_EQUIVALENTS, FLOW_SCHEDULERS, SD_SCHEDULERS
 
 
 class UnknownFamily(ValueError):
@@ -67,6 +67,14 @@ class Family:
     def is_unet(self) -> bool:
         """UNet families take the UNet-only memory options (attention slicing, compile, channels_last)."""
         return self.denoiser == "unet"
+
+    def scheduler_named(self, name: str) -> str | None:
+        """The scheduler this family draws for a canonical name: itself where it applies, on a
+        flow family an SD sampler's flow equivalent where the family has it, else None."""
+        if name in self.schedulers:
+            return name
+        equivalent = FLOW_EQUIVALENTS.get(name)
+        return equivalent if equivalent in self.schedulers else None
 
     def facts(self) -> dict[str, object]:
         """What a client may want to know to draw with a model of this family (`/v1/models`)."""

@@ -41,6 +41,17 @@ FLOW_SAMPLERS: dict[str, str] = {
     "flow-unipc": "UniPC",
 }
 FLOW_SCHEDULERS = tuple(FLOW_SAMPLERS)
+# An SD sampler name asked of a flow-matching model: the same solver on its flow, as A1111/Forge
+# and ComfyUI read a sampler name whatever the model. DDIM (eta 0) is Euler's method there: on
+# x_t = (1 - t) x0 + t noise its update (1 - t') x0_hat + t' noise_hat is x_t + (t' - t) v. So
+# SAM, which always sends `ddim`, draws a FLUX model with flow-euler; the answer names it.
+FLOW_EQUIVALENTS: dict[str, str] = {
+    "ddim": "flow-euler",
+    "euler": "flow-euler",
+    "dpm++": "flow-dpmpp-2m",
+    "dpm++_2m": "flow-dpmpp-2m",
+    "unipc": "flow-unipc",
+}
 SCHEDULER_NAMES = sorted([*A1111_SAMPLERS, *ALIASES, *FLOW_SAMPLERS])
 
 # A1111 writes the sampler's display name; several of ours share one, the later (explicit) name wins.

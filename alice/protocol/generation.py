@@ -144,8 +144,11 @@ class GenerationSettings(DrawingSettings):  # type: ignore[misc, valid-type]
         else:
             defaults = {"steps": family.default_steps, "guidance_scale": family.default_guidance,
                         "scheduler": family.default_scheduler}
-        return {name: default if getattr(self, name) is None else getattr(self, name)
-                for name, default in defaults.items()}
+        chosen = {name: default if getattr(self, name) is None else getattr(self, name)
+                  for name, default in defaults.items()}
+        if family is not None:  # an SD sampler's name on a flow model: its flow equivalent, if any
+            chosen["scheduler"] = family.scheduler_named(chosen["scheduler"]) or chosen["scheduler"]
+        return chosen
 
     def check_family(self, family: Family) -> None:
         """What the model's family does not take, refused by name before the queue: a scheduler

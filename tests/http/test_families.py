@@ -122,11 +122,27 @@ def test_a_request_without_settings_draws_with_its_family_defaults(families_clie
     assert sd.json()["scheduler"] == "dpm++_2m_karras" and sd.json()["guidance_scale"] == 7.5  # the demo: SD's
 
 
+def test_sam_draws_a_flux_model_with_its_fixed_settings(families_client: Any) -> None:
+    """SAM always sends scheduler `ddim` (and its other defaults): on a flow model DDIM is Euler's
+    method on the flow, so it draws flow-euler, as the bare pipeline's own scheduler does, and
+    the answer says which scheduler drew it."""
+    chat = families_client.post("/v1/chat/completions", json={
+        "model": "sd/tiny-flux", "messages": [{"role": "user", "content": DRAW["prompt"]}],
+        "metadata": {"steps": 2, "guidance_scale": 7.5, "scheduler": "ddim", "width": 64, "height": 64,
+                     "negative_prompt": "", "seed": 5},
+    })
+    assert chat.status_code == 200, chat.text
+    message = chat.json()["choices"][0]["message"]
+    assert message["metadata"]["scheduler"] == "flow-euler"
+    drawn = png_pixels(families_client.get(message["image_urls"][0].removeprefix("http://testserver")).content)
+    assert psnr(drawn, bare_image(families_client.folders["tiny-flux"], 7.5)) >= 40
+
+
 @pytest.mark.parametrize(
     ("model", "extra", "param", "words"),
     [
-        ("tiny-flux", {"scheduler": "ddim"}, "scheduler",
-         "scheduler 'ddim' does not apply to flux1-dev models; use one of: flow-euler, flow-dpmpp-2m, flow-unipc"),
+        ("tiny-flux", {"scheduler": "lms"}, "scheduler",
+         "scheduler 'lms' does not apply to flux1-dev models; use one of: flow-euler, flow-dpmpp-2m, flow-unipc"),
         ("tiny-chroma", {"scheduler": "flow-dpmpp-2m"}, "scheduler", "use one of: flow-euler, flow-unipc"),
         ("alice-demo", {"scheduler": "flow-euler"}, "scheduler", "does not apply to sd15 models; use one of: ddim"),
         ("tiny-flux", {"negative_prompt": "blur"}, "negative_prompt", "flux1-dev models take no negative prompt"),

@@ -159,11 +159,16 @@ def test_settings_left_out_are_the_model_familys_and_what_it_does_not_take_is_re
     asked = GenerationSettings(prompt="a fox", steps=6, scheduler="FLOW-UNIPC").to_spec(
         native_size=64, family=schnell, **LIMITS)
     assert (asked.steps, asked.guidance_scale, asked.scheduler) == (6, 0.0, "flow-unipc")
+    # An SD sampler's name on a flow model is the same solver on its flow (SAM always sends ddim).
+    for sd_name, flow_name in {"ddim": "flow-euler", "Euler": "flow-euler", "unipc": "flow-unipc"}.items():
+        assert GenerationSettings(prompt="a fox", scheduler=sd_name).to_spec(
+            native_size=64, family=schnell, **LIMITS).scheduler == flow_name
     sd = GenerationSettings(prompt="a fox").to_spec(native_size=64, family=demo, **LIMITS)
     assert (sd.steps, sd.guidance_scale, sd.scheduler) == (25, 7.5, "dpm++_2m_karras")
     assert GenerationSettings(prompt="a fox").to_spec(native_size=64, **LIMITS).steps == 25  # no family: the spec's
     refusals = [
-        ({"scheduler": "ddim"}, "scheduler", "use one of: flow-euler, flow-unipc"),
+        ({"scheduler": "dpm++_2m_karras"}, "scheduler", "use one of: flow-euler, flow-unipc"),
+        ({"scheduler": "dpm++_2m"}, "scheduler", "use one of: flow-euler, flow-unipc"),  # no flow DPM++ for schnell
         ({"scheduler": "flow-dpmpp-2m"}, "scheduler", "does not apply to flux1-schnell"),
         ({"negative_prompt": "blur"}, "negative_prompt", "flux1-schnell models take no negative prompt"),
         ({"clip_skip": 2}, "clip_skip", "not to flux1-schnell models"),
