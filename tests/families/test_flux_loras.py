@@ -127,3 +127,24 @@ def test_a_lora_of_the_other_kind_fails_to_load_and_leaves_the_model_clean(
     if form != "kohya":  # peft itself refuses kohya's FLUX.1 names on the UNet
         assert isinstance(failure.value.__cause__, NoLayerTookIt)
     assert np.array_equal(engine_draw(engine, builder), plain)
+
+
+def test_image_to_image_takes_the_lora_and_leaves_the_shared_transformer_clean(
+    engine: Any, lora_files: dict[str, Path]
+) -> None:
+    """FluxImg2ImgPipeline shares the text-to-image pipeline's transformer: the adapter goes on
+    and comes off the one module both draw with."""
+    from PIL import Image
+
+    plain = engine_draw(engine, "flux")
+    spec = GenerationSpec(prompt=PROMPT, seed=7, width=64, height=64, steps=4, scheduler="flow-euler",
+                          guidance_scale=3.5, strength=0.5, init_image="input.png")
+
+    def img2img(loras: list[tuple[str, Path, float]]) -> np.ndarray:
+        entry = BatchEntry(spec, init_image=Image.new("RGB", (64, 64), "navy"))
+        [out] = engine.generate("flux", [entry], loras=loras, max_images=1, should_stop=lambda: None)
+        return np.asarray(out.images[0])
+
+    without = img2img([])
+    assert psnr(img2img([("style", lora_files["diffusers"], 1.0)]), without) < 35
+    assert np.array_equal(img2img([]), without) and np.array_equal(engine_draw(engine, "flux"), plain)
