@@ -55,13 +55,21 @@ class Family:
     # encoder's tensors as SD 1.x does).
     checkpoint_prefixes: tuple[str, ...] = ()
     checkpoint_cross_attention: int | None = None
-    # A LoRA file: tensor name prefixes only this family's LoRAs have.
+    # A LoRA file: tensor name prefixes only this family's LoRAs have, in each naming they ship in.
     lora_prefixes: tuple[str, ...] = ()
+    # The family whose LoRAs it takes, where not its own (FLUX.1 schnell takes dev's: one
+    # transformer architecture). A LoRA is stored labelled with the family that owns its kind.
+    lora_family: str | None = None
     # A transformer-only file (a fine-tune, a GGUF): sets of tensor name prefixes, one set per
     # naming it comes in (BFL/ComfyUI's, diffusers'); the file is this family's when every prefix
     # of a set starts some tensor's name. The set with the most prefixes that fits wins: FLUX.1
     # dev's sets are schnell's plus the guidance embedder. See `transformer_family`.
     transformer_keys: tuple[tuple[str, ...], ...] = ()
+
+    @property
+    def takes_loras_of(self) -> str:
+        """The family label of the LoRAs its models take."""
+        return self.lora_family or self.name
 
     @property
     def is_unet(self) -> bool:
@@ -163,7 +171,17 @@ FLUX1_DEV = Family(
                       ("single_transformer_blocks.", "time_text_embed.text_embedder.",
                        "time_text_embed.guidance_embedder.")),
     guidance_embeds=True,
-    **_TRANSFORMER,
+    # The namings CivitAI's FLUX.1 LoRAs come in (/work/shared/families.md section 6), each
+    # converted by diffusers' FluxPipeline.load_lora_weights: diffusers/PEFT and ai-toolkit
+    # (`transformer.` + diffusers module names), kohya sd-scripts, kohya names on diffusers
+    # modules, BFL/XLabs (`double_blocks.0.processor.qkv_lora1.down`), ComfyUI. A diffusers LoRA
+    # of the double-stream blocks alone names modules SD3's transformer has too: not told.
+    lora_prefixes=("transformer.single_transformer_blocks.",
+                   "lora_unet_double_blocks_", "lora_unet_single_blocks_",
+                   "lora_transformer_single_transformer_blocks_",
+                   "double_blocks.", "single_blocks.",
+                   "diffusion_model.double_blocks.", "diffusion_model.single_blocks."),
+    **(_TRANSFORMER | {"loras": True}),
 )
 FLUX1_SCHNELL = Family(
     name="flux1-schnell",
@@ -180,7 +198,8 @@ FLUX1_SCHNELL = Family(
     transformer_keys=(("double_blocks.", "single_blocks.", "vector_in."),  # no guidance embedder
                       ("single_transformer_blocks.", "time_text_embed.text_embedder.")),
     guidance_embeds=False,
-    **_TRANSFORMER,
+    lora_family="flux1-dev",  # the same transformer as dev's (less the guidance embedder): dev's LoRAs
+    **(_TRANSFORMER | {"loras": True}),
 )
 CHROMA = Family(
     name="chroma",
@@ -317,6 +336,20 @@ def lora_family(keys: Iterable[str]) -> str:
         if _has_prefix(keys, family.lora_prefixes):
             return family.name
     return DEFAULT_FAMILY.name
+
+
+def lora_refusal(lora_family_name: str, family: Family) -> str | None:
+    """Why a LoRA stored with that family label is no LoRA for a model of `family`, or None when
+    it may be. Among the UNet families the label is a guess (an SD 2.x LoRA shows no mark of its
+    own and is labelled SD 1.x, as is any file of no known naming), so there the loading tells;
+    a transformer family's label comes from marks only its LoRAs have."""
+    lora = FAMILIES.get(lora_family_name, DEFAULT_FAMILY)
+    if (lora.is_unet and family.is_unet) or lora.takes_loras_of == family.takes_loras_of:
+        return None
+    def kind(of: Family) -> str:
+        return "Stable Diffusion (UNet)" if of.is_unet else of.takes_loras_of
+
+    return f"it was made for {kind(lora)} models, and {family.name} models take {kind(family)} LoRAs"
 
 
 def transformer_family(keys: Iterable[str]) -> str | None:

@@ -1,4 +1,5 @@
-"""LoRA adapters for one run: `<lora:name:scale>` in prompts, loaded before, unloaded after."""
+"""LoRA adapters for one run (SD 1.x, 2.x, XL and FLUX.1 pipelines alike): `<lora:name:scale>` in
+prompts or `loras` in settings, loaded before, unloaded after."""
 
 from __future__ import annotations
 
@@ -12,6 +13,12 @@ if TYPE_CHECKING:  # imported where they run: see alice/engine/__init__.py
     import torch
     from diffusers import DiffusionPipeline
     from peft.tuners.tuners_utils import BaseTunerLayer
+
+class NoLayerTookIt(ValueError):
+    """Diffusers loaded a LoRA file into no layer of the model: its tensor names are of another
+    model's layers. Diffusers only warns ("No LoRA keys associated to ..."), in both directions
+    between the SD and FLUX.1 pipelines, and the adapter would then be missing at set_adapters."""
+
 
 class LoraLoadFailed(Exception):
     """A stored LoRA that does not load into the pipeline it was asked for with (its cause chained)."""
@@ -65,6 +72,8 @@ def loras_applied(
                 raise
             except Exception as exc:  # shapes or keys of another family's model, a damaged file
                 raise LoraLoadFailed(name) from exc
+            if not any(adapter in loaded for loaded in pipe.get_list_adapters().values()):
+                raise LoraLoadFailed(name) from NoLayerTookIt(f"no layer of the model took '{path.name}'")
             names.append(adapter)
         pipe.set_adapters(names, adapter_weights=[scale for _, _, scale in loras])
         if fuse:

@@ -21,6 +21,7 @@ from alice.config import Settings
 from alice.downloads.manager import DownloadManager
 from alice.engine.device import describe_device
 from alice.engine.engine import DiffusersEngine, Engine
+from alice.engine.families import lora_refusal
 from alice.engine.pipelines import MemoryOptions, choose_placement, compile_refusal, host_compiler
 from alice.images.store import ImageStore, keep_input_image
 from alice.jobs.job import Job
@@ -28,7 +29,7 @@ from alice.jobs.queue import JobQueue
 from alice.jobs.sqlite import SqliteJobStore
 from alice.metrics import Summary
 from alice.models import store as model_store
-from alice.protocol.generation import GenerationSettings
+from alice.protocol.generation import GenerationSettings, InvalidRequest
 from alice.protocol.input_images import decode_input_image
 from alice.serving.readiness import Readiness
 from alice.serving.retention import RetentionSweep
@@ -159,8 +160,9 @@ class Runtime:
             text_encoder_layers=model.text_encoder_layers,
             family=model.family_facts,
         )
-        for name, _ in spec.loras:
-            model_store.get_lora(name)  # refuse an unknown LoRA now, not after the queue
+        for name, _ in spec.loras:  # an unknown LoRA, or one of another family: refused now, not after the queue
+            if refusal := lora_refusal(model_store.get_lora(name).family, model.family_facts):
+                raise InvalidRequest("loras", f"LoRA '{name}' does not apply to model '{model.name}': {refusal}")
         if request.input_image:
             stored = keep_input_image(decode_input_image(request.input_image, self.images), self.inputs)
             spec = dataclasses.replace(spec, init_image=stored)

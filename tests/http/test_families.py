@@ -148,7 +148,7 @@ def test_sam_draws_a_flux_model_with_its_fixed_settings(families_client: Any) ->
         ("tiny-flux", {"negative_prompt": "blur"}, "negative_prompt", "flux1-dev models take no negative prompt"),
         ("tiny-sd3", {"clip_skip": 2}, "clip_skip", "not to sd3 models"),
         ("tiny-zimage", {"width": 72}, "width", "multiples of 16"),
-        ("tiny-flux", {"loras": [{"name": "x"}]}, "loras", "LoRAs are not supported for flux1-dev models"),
+        ("tiny-sd3", {"loras": [{"name": "x"}]}, "loras", "LoRAs are not supported for sd3 models"),
     ],
 )
 def test_what_a_family_does_not_take_is_a_400_before_the_queue(

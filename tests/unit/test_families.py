@@ -19,6 +19,7 @@ from alice.engine.families import (
     family_named,
     family_of_pipeline,
     lora_family,
+    lora_refusal,
 )
 from alice.engine.scheduler_names import FLOW_SCHEDULERS, SD_SCHEDULERS
 from alice.engine.pipeline_configs import native_size
@@ -152,6 +153,33 @@ def test_lora_family_from_tensor_names() -> None:
     assert lora_family(["lora_unet_x.lora_down.weight", "lora_te2_y.lora_down.weight"]) == "sdxl"  # kohya
     assert lora_family(["unet.x.lora_A.weight", "text_encoder_2.y.lora_A.weight"]) == "sdxl"  # diffusers / peft
     assert lora_family(["unet.x.lora_A.weight"]) == "sd15"
+
+
+@pytest.mark.parametrize("key", [
+    "transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight",  # diffusers / PEFT, ai-toolkit
+    "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight",  # kohya sd-scripts
+    "lora_unet_single_blocks_3_linear1.lora_down.weight",
+    "lora_transformer_single_transformer_blocks_0_attn_to_q.lora_down.weight",  # kohya names, diffusers modules
+    "double_blocks.0.processor.qkv_lora1.down.weight",  # XLabs / BFL
+    "single_blocks.1.processor.qkv_lora.up.weight",
+    "diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight",  # ComfyUI
+])
+def test_a_flux1_lora_in_each_naming_civitai_ships_is_labelled_flux1_dev(key: str) -> None:
+    # With CLIP-L layers too, named as an SD 1.x LoRA names them: the transformer's names decide.
+    assert lora_family([key, "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight"]) == "flux1-dev"
+
+
+def test_which_lora_goes_on_which_model() -> None:
+    dev, schnell, sd15, sdxl, sd3 = (FAMILIES[name] for name in ("flux1-dev", "flux1-schnell", "sd15", "sdxl", "sd3"))
+    assert dev.loras and schnell.loras and not sd3.loras
+    assert schnell.takes_loras_of == dev.takes_loras_of == "flux1-dev"  # one transformer, one kind of LoRA
+    assert lora_refusal("flux1-dev", dev) is None and lora_refusal("flux1-dev", schnell) is None
+    # UNet labels are guesses (an SD 2.x LoRA is labelled sd15): among them the loading decides.
+    assert lora_refusal("sd15", sdxl) is None and lora_refusal("sdxl", sd15) is None
+    assert lora_refusal("sd15", schnell) == (
+        "it was made for Stable Diffusion (UNet) models, and flux1-schnell models take flux1-dev LoRAs")
+    assert lora_refusal("flux1-dev", sdxl) == (
+        "it was made for flux1-dev models, and sdxl models take Stable Diffusion (UNet) LoRAs")
 
 
 def test_unknown_family_refused() -> None:
