@@ -97,7 +97,7 @@ def plan(repo_id: str, filename: str | None, revision: str, *, without_transform
             _check_access(repo_id, commit, filename)
         return RepoPlan(repo_id, commit, chosen, is_pipeline=False)
     if not any(f.path == MODEL_INDEX for f in tree):
-        raise HubError(f"{repo_id} is not a diffusers pipeline (no model_index.json); name a .safetensors file")
+        raise HubError(f"{repo_id} is not a diffusers pipeline (no model_index.json); name a .safetensors or .gguf file")
     with _refusals(repo_id, f"cannot read model_index.json of {repo_id}"):
         index = json.loads(_read_file(repo_id, commit, MODEL_INDEX))
     components = pipeline_components(index)

@@ -87,6 +87,7 @@ def sources(tmp_path_factory):
     save_untrained_demo(tmp / "tiny-sd", seed=6)
     sources.hf_repos[UNET_REPO] = tmp / "tiny-sd"
     finetune = write_gguf(tiny / WEIGHTS, tmp / "tiny-flux-finetune-Q8_0.gguf", "Q8_0")
+    shutil.copyfile(finetune, repo / "flux1-dev-Q8_0.gguf")  # as city96's repos hold them
     sources.add_civitai_file(301, 3001, "Tiny Flux Finetune", "Checkpoint", finetune, base_model="Flux.1 D")
     sources.tiny = tiny
     yield sources
@@ -241,3 +242,12 @@ def test_the_cli_says_how_much_it_fetches_before_it_starts(tmp_path, sources):
     said = f"tiny-flux-base: {size / 1e9:.2f} GB ({size} bytes) to download"
     assert said in result.stderr
     assert result.stderr.index(said) < result.stderr.index("completed")
+
+
+def test_a_gguf_of_a_hugging_face_repo_imports_onto_its_base(client, sources, flux_base):
+    task = wait_task(client, client.post("/v1/models/download/huggingface", json={
+        "modelId": REPO, "filename": "flux1-dev-Q8_0.gguf", "base": flux_base}).json()["id"])
+    assert task["status"] == "completed", task
+    stored = model_store.get_model("flux1-dev-q8_0")
+    assert (stored.kind, stored.family) == ("pipeline", "flux1-dev")
+    assert (stored.path / "transformer" / "flux1-dev-Q8_0.gguf").is_file()
