@@ -214,25 +214,42 @@ def search_civitai(
         typer.echo(f"{model['id']}  {model['type']}  {model['name']}  versions: {versions}")
 
 
+_BASE_HELP = ("For a transformer-only file (a FLUX fine-tune, a .gguf): the stored model of its family whose "
+              "text encoders, tokenizers and VAE it uses.")
+
+
 @download_app.command("huggingface")
 def download_huggingface(
     repo: str = typer.Argument(..., help="owner/name"),
-    filename: str | None = typer.Option(None, help="One .safetensors file of the repo instead of the pipeline."),
+    filename: str | None = typer.Option(None, help="One .safetensors or .gguf file of the repo instead of the pipeline."),
     revision: str = typer.Option("main"),
+    without_transformer: bool = typer.Option(
+        False, "--without-transformer",
+        help="Everything but the transformer's weights (text encoders, tokenizers, VAE), stored as a base "
+             "named <repo>-base for transformer-only files.",
+    ),
+    base: str = typer.Option(None, "--base", help=_BASE_HELP),
 ) -> None:
-    """A diffusers repo (configs and safetensors weights, fp16 where offered) or one file of it."""
-    _download(lambda manager: manager.huggingface_download(repo, filename, revision))
+    """A diffusers repo (what its pipeline loads, safetensors, fp16 where offered) or one file of it.
+    A gated repo (FLUX.1-dev, SD 3.5) needs its licence accepted on its page and HF_TOKEN set."""
+    if without_transformer and filename:
+        typer.echo("error: --without-transformer is for a whole repo, not --filename", err=True)
+        raise typer.Exit(2)
+    _download(lambda manager: manager.huggingface_download(repo, filename, revision,
+                                                           without_transformer=without_transformer, base=base))
 
 
 @download_app.command("civitai")
 def download_civitai(
     model_id: int = typer.Argument(...),
     version: int | None = typer.Option(None, help="Model version id (default: the newest)."),
-    file: int | None = typer.Option(None, help="File id (default: the version's primary safetensors)."),
+    file: int | None = typer.Option(None, help="File id (default: the version's primary .safetensors or .gguf)."),
     lora: bool = typer.Option(False, "--lora", help="It is a LoRA."),
+    base: str = typer.Option(None, "--base", help=_BASE_HELP),
 ) -> None:
     """A CivitAI model version's file (checkpoint or LoRA); CIVITAI_API_KEY is sent if set."""
-    _download(lambda manager: manager.civitai_download(model_id, version, file, "LORA" if lora else "Checkpoint"))
+    _download(lambda manager: manager.civitai_download(model_id, version, file, "LORA" if lora else "Checkpoint",
+                                                       base=base))
 
 
 @download_app.command("url")

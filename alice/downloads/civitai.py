@@ -9,6 +9,20 @@ import httpx
 
 MODEL_TYPES = ("Checkpoint", "LORA")
 SORTS = ("Highest Rated", "Most Downloaded", "Newest")
+FILE_SUFFIXES = (".safetensors", ".gguf")  # a GGUF is a quantized transformer-only file
+# CivitAI's `baseModel` of a version, for the transformer families (names as
+# alice/engine/families.py has them): their checkpoints are transformer-only files that need a
+# stored base, which is known, and checked, before the download starts.
+TRANSFORMER_BASE_MODELS = {
+    "Flux.1 D": "flux1-dev", "Flux.1 Krea": "flux1-dev", "Flux.1 Kontext": "flux1-dev",
+    "Flux.1 S": "flux1-schnell",
+    "SD 3": "sd3", "SD 3.5": "sd3", "SD 3.5 Medium": "sd3", "SD 3.5 Large": "sd3", "SD 3.5 Large Turbo": "sd3",
+    "Chroma": "chroma",
+    "ZImageTurbo": "zimage", "ZImageBase": "zimage",
+    "Flux.2 Klein 4B": "flux2-klein", "Flux.2 Klein 9B": "flux2-klein",
+    "Flux.2 Klein 4B-base": "flux2-klein", "Flux.2 Klein 9B-base": "flux2-klein",
+    "Qwen": "qwen-image",
+}
 
 
 @dataclass(frozen=True)
@@ -21,6 +35,7 @@ class RemoteFile:
     sha256: str | None
     is_lora: bool
     suggested_name: str
+    family: str | None = None  # a transformer family, from CivitAI's baseModel (None: any other)
 
 
 class CivitAIError(Exception):
@@ -55,7 +70,7 @@ class CivitAI:
         return [_summary(item) for item in items]
 
     def file_for(self, model_id: int, version_id: int | None, file_id: int | None, model_type: str) -> RemoteFile:
-        """The file to fetch: the asked one, else the version's primary safetensors."""
+        """The file to fetch: the asked one, else the version's primary .safetensors or .gguf."""
         model = self._get(f"/api/v1/models/{model_id}", {})
         versions = model.get("modelVersions") or []
         version = next((v for v in versions if version_id is None or v.get("id") == version_id), None)
@@ -65,10 +80,11 @@ class CivitAI:
         if file_id is not None:
             chosen = next((f for f in files if f.get("id") == file_id), None)
         else:
-            safetensors = [f for f in files if str(f.get("name", "")).endswith(".safetensors")]
-            chosen = next((f for f in safetensors if f.get("primary")), safetensors[0] if safetensors else None)
+            usable = [f for f in files if str(f.get("name", "")).lower().endswith(FILE_SUFFIXES)]
+            chosen = next((f for f in usable if f.get("primary")), usable[0] if usable else None)
         if chosen is None:
-            raise CivitAIError(f"model {model_id} version {version.get('id')} has no .safetensors file to download")
+            raise CivitAIError(f"model {model_id} version {version.get('id')} has no .safetensors or .gguf file "
+                               "to download")
         size_kb = chosen.get("sizeKB")
         return RemoteFile(
             url=chosen.get("downloadUrl") or f"{self.base_url}/api/download/models/{version['id']}",
@@ -77,6 +93,7 @@ class CivitAI:
             sha256=(chosen.get("hashes") or {}).get("SHA256"),
             is_lora=model_type.upper() == "LORA" or str(model.get("type", "")).upper() == "LORA",
             suggested_name=str(model.get("name") or f"civitai-{model_id}"),
+            family=TRANSFORMER_BASE_MODELS.get(str(version.get("baseModel"))),
         )
 
     def _get(self, path: str, params: dict[str, Any]) -> dict[str, Any]:

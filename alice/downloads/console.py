@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -18,6 +19,9 @@ def manager_for(settings: Settings) -> DownloadManager:
 
 def run_with_progress(manager: DownloadManager, task: DownloadTask) -> DownloadTask:
     """Run the task in a thread and draw its progress until it ends (Ctrl-C cancels it)."""
+    # Said before the first byte, from the source's listing: a 30 GB repo is no surprise.
+    manager.on_planned = lambda planned: tqdm.write(
+        f"{planned.name}: {planned.totalSize / 1e9:.2f} GB ({planned.totalSize} bytes) to download", file=sys.stderr)
     worker = threading.Thread(target=manager.run_now, args=(task,), daemon=True)
     worker.start()
     with tqdm(total=None, unit="B", unit_scale=True, unit_divisor=1024, desc=task.name) as bar:

@@ -30,6 +30,7 @@ import httpx
 
 from alice.models import checkpoints
 from alice.models import store as model_store
+from alice.models.transformer_imports import check_base_for
 from alice.config import Settings
 from alice.downloads import huggingface
 from alice.downloads.addresses import AddressPolicy, Network, checked_client
@@ -102,6 +103,8 @@ class DownloadManager:
         self._cancelled: set[str] = set()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        # Told each task's size once its source has said it, before the first byte (the CLI prints it).
+        self.on_planned: Callable[[DownloadTask], None] = lambda task: None
         self._restore()
 
     @classmethod
@@ -115,13 +118,23 @@ class DownloadManager:
         )
 
     # -- asking ---------------------------------------------------------------------
-    def civitai_download(self, model_id: int, version_id: int | None, file_id: int | None, model_type: str) -> DownloadTask:
-        request = {"modelId": model_id, "versionId": version_id, "fileId": file_id, "modelType": model_type}
+    def civitai_download(self, model_id: int, version_id: int | None, file_id: int | None, model_type: str,
+                         base: str | None = None) -> DownloadTask:
+        """A CivitAI version's file; a transformer-family checkpoint (a FLUX fine-tune, a GGUF)
+        takes its text encoders and VAE from the stored model `base`."""
+        request = {"modelId": model_id, "versionId": version_id, "fileId": file_id, "modelType": model_type,
+                   "base": base}
         return self._add(DownloadTask("civitai", request, model_name_from(f"civitai-{model_id}")))
 
-    def huggingface_download(self, repo_id: str, filename: str | None, revision: str) -> DownloadTask:
-        request = {"modelId": repo_id, "filename": filename, "revision": revision}
-        stem = Path(filename).stem if filename else repo_id.split("/")[-1]
+    def huggingface_download(self, repo_id: str, filename: str | None, revision: str, *,
+                             without_transformer: bool = False, base: str | None = None) -> DownloadTask:
+        """A diffusers repo (without its transformer's weights: a base, named `<repo>-base`), or
+        one file of it (a transformer-only .safetensors or .gguf onto the stored model `base`)."""
+        if without_transformer and filename:
+            raise ValueError("withoutTransformer is for a whole diffusers repo, not one file")
+        request = {"modelId": repo_id, "filename": filename, "revision": revision,
+                   "withoutTransformer": without_transformer, "base": base}
+        stem = Path(filename).stem if filename else repo_id.split("/")[-1] + ("-base" if without_transformer else "")
         return self._add(DownloadTask("huggingface", request, model_name_from(stem)))
 
     def url_download(self, url: str, filename: str | None, is_lora: bool) -> DownloadTask:
@@ -187,7 +200,8 @@ class DownloadManager:
             self._set(task, status="downloading")
             path, is_lora, is_pipeline = self._download(task, workdir)
             self._set(task, status="importing")
-            stored = self._import(path, task.name, is_lora=is_lora, is_pipeline=is_pipeline, source=task.source)
+            stored = self._import(path, task.name, is_lora=is_lora, is_pipeline=is_pipeline, source=task.source,
+                                  base=task.request.get("base"))
             self._set(task, model="sd/" + stored.name)
             self._end(task, "completed")
         except DownloadCancelled:
@@ -205,14 +219,21 @@ class DownloadManager:
             remote = self.civitai.file_for(request["modelId"], request.get("versionId"), request.get("fileId"),
                                            request.get("modelType", "Checkpoint"))
             self._set(task, name=model_name_from(remote.suggested_name))
+            if remote.family and not remote.is_lora:  # told by CivitAI's baseModel: refuse before the bytes
+                check_base_for(remote.family, request.get("base"), remote.filename, how=(
+                    f"download it with one as its base (`alice models download civitai {request['modelId']} "
+                    "--base <a stored {kind} model>`, or \"base\" in the request)"))
             return self._fetch_remote(task, remote, workdir, self.civitai.headers), remote.is_lora, False
         if task.source == "url":
             remote = RemoteFile(request["url"], request["filename"], None, None, request["isLora"], task.name)
             return self._fetch_remote(task, remote, workdir, {}), remote.is_lora, False
-        plan = huggingface.plan(request["modelId"], request.get("filename"), request.get("revision") or "main")
+        plan = huggingface.plan(request["modelId"], request.get("filename"), request.get("revision") or "main",
+                                without_transformer=bool(request.get("withoutTransformer")))
         headers = {"Authorization": f"Bearer {huggingface.token()}"} if huggingface.token() else {}
-        self._check_room(0, sum(f.size or 0 for f in plan.files))
-        self._set(task, totalSize=sum(f.size or 0 for f in plan.files) or None)
+        # The whole size is known from the listing before the first byte: shown, and checked.
+        planned = sum(f.size or 0 for f in plan.files)
+        logger.info("download %s: %d files of %s, %d bytes", task.id, len(plan.files), plan.repo_id, planned)
+        self._planned(task, planned or None)
         done_before = 0
         for f in plan.files:
             target = workdir / huggingface.plain_name(f.path)
@@ -225,24 +246,31 @@ class DownloadManager:
         if plan.is_pipeline:
             return workdir, False, True
         path = workdir / huggingface.plain_name(plan.files[0].path)
-        return path, _looks_like_lora(path), False
+        return path, path.suffix == ".safetensors" and _looks_like_lora(path), False
 
     def _fetch_remote(self, task: DownloadTask, remote: RemoteFile, workdir: Path, headers: dict[str, str]) -> Path:
         if remote.size_bytes:
-            self._check_room(0, remote.size_bytes)
-            self._set(task, totalSize=remote.size_bytes)
+            self._planned(task, remote.size_bytes)
         filename = Path(remote.filename).name or "model.safetensors"
         return fetch_file(
             self._client, remote.url, workdir / filename, headers=headers, sha256=remote.sha256,
             progress=self._reporter(task, 0), cancelled=lambda: task.id in self._cancelled,
         )
 
-    def _import(self, path: Path, name: str, *, is_lora: bool, is_pipeline: bool, source: str) -> model_store.StoredModel:
-        if is_pipeline:
+    def _planned(self, task: DownloadTask, size: int | None) -> None:
+        """The size the source announced, checked against the cap and the disk, then shown."""
+        self._check_room(0, size)
+        self._set(task, totalSize=size)
+        if size:
+            self.on_planned(task)
+
+    def _import(self, path: Path, name: str, *, is_lora: bool, is_pipeline: bool, source: str,
+                base: str | None = None) -> model_store.StoredModel:
+        if is_pipeline:  # a transformer family's folder without transformer weights is stored as a base
             return checkpoints.import_pipeline_folder(path, name, source=source)
         if is_lora:
             return checkpoints.import_lora_file(path, name, source=source)
-        return checkpoints.import_checkpoint_file(path, name, source=source)
+        return checkpoints.import_checkpoint_file(path, name, source=source, base=base)
 
     def _reporter(self, task: DownloadTask, done_before: int) -> Callable[[int, int | None], None]:
         """Progress for the task, and a stop when it outgrows the size cap or the disk."""

@@ -39,13 +39,15 @@ async def search_huggingface(request: Request) -> dict[str, Any]:
 @router.post("/download/civitai", status_code=202)
 async def download_civitai(request: Request, runtime: Runtime = Depends(get_runtime)) -> JSONResponse:
     body = mp.CivitAIDownload.model_validate(await read_json_object(request))
-    return _accepted(runtime.downloads.civitai_download(body.modelId, body.versionId, body.fileId, body.modelType))
+    return _accepted(runtime.downloads.civitai_download(body.modelId, body.versionId, body.fileId, body.modelType,
+                                                        base=body.base))
 
 
 @router.post("/download/huggingface", status_code=202)
 async def download_huggingface(request: Request, runtime: Runtime = Depends(get_runtime)) -> JSONResponse:
     body = mp.HuggingFaceDownload.model_validate(await read_json_object(request))
-    return _accepted(runtime.downloads.huggingface_download(body.modelId, body.filename, body.revision))
+    return _accepted(runtime.downloads.huggingface_download(
+        body.modelId, body.filename, body.revision, without_transformer=body.withoutTransformer, base=body.base))
 
 
 @router.post("/download/url", status_code=202)

@@ -64,16 +64,7 @@ def import_transformer_file(path: Path, name: str, *, base: str | None, source: 
     path = Path(path)
     file = read_transformer_file(path)
     family = family_named(file.family)
-    if base is None:
-        raise ValueError(_needs_base(path, file))
-    base_model = _base_model(base)
-    base_family = family_named(base_model.family)
-    # FLUX.1 dev and schnell share their text encoders and VAE: a pipeline class in common says so.
-    if base_family.text_to_image != family.text_to_image:
-        raise ValueError(
-            f"{path.name} holds a {family.name} transformer, but {base} is a {base_family.name} model: "
-            f"its text encoders and VAE do not fit. Use a stored {_same_kind(family.name)} model as --base"
-        )
+    base_model = check_base_for(family.name, base, path.name)
     config = read_config(base_model.path / TRANSFORMER / "config.json") or _shipped_config(family.name)
     if not config:
         raise ValueError(f"{base} has no transformer/config.json, which the file's architecture is read from")
@@ -99,17 +90,32 @@ def _shipped_config(family: str) -> dict:
     return read_config(folder / TRANSFORMER / "config.json") if folder else {}
 
 
-def _needs_base(path: Path, file: TransformerFile) -> str:
-    """The error for a transformer file imported without --base: which stored models would do."""
-    family = family_named(file.family)
+def check_base_for(family_name: str, base: str | None, filename: str, *,
+                   how: str = "`alice models import {file} --name N --base <a stored {kind} model>`") -> StoredModel:
+    """The stored model `base` a transformer file of this family takes its other parts from.
+
+    ValueError, saying what to do, when no base is given (`how`, naming the stored models that
+    would do), or it is not stored, not a pipeline or base, or of a family whose text encoders
+    and VAE do not fit. Downloads ask this before fetching, from the family their source names."""
+    family = family_named(family_name)
     kind = _same_kind(family.name)
-    candidates = [m.name for m in list_models() if m.kind in (PIPELINE, BASE) and m.family in FAMILIES
-                  and FAMILIES[m.family].text_to_image == family.text_to_image]
-    stored = f"stored {kind} models: {', '.join(candidates)}" if candidates else f"no {kind} model is stored yet"
-    return (
-        f"{path.name} holds only a {family.name} transformer; its text encoders and VAE come from a stored "
-        f"{kind} model: `alice models import {path.name} --name N --base <a stored {kind} model>` ({stored})"
-    )
+    if base is None:
+        candidates = [m.name for m in list_models() if m.kind in (PIPELINE, BASE) and m.family in FAMILIES
+                      and FAMILIES[m.family].text_to_image == family.text_to_image]
+        stored = f"stored {kind} models: {', '.join(candidates)}" if candidates else f"no {kind} model is stored yet"
+        raise ValueError(
+            f"{filename} holds only a {family.name} transformer; its text encoders and VAE come from a stored "
+            f"{kind} model: {how.format(file=filename, kind=kind)} ({stored})"
+        )
+    base_model = _base_model(base)
+    base_family = family_named(base_model.family)
+    # FLUX.1 dev and schnell share their text encoders and VAE: a pipeline class in common says so.
+    if base_family.text_to_image != family.text_to_image:
+        raise ValueError(
+            f"{filename} holds a {family.name} transformer, but {base} is a {base_family.name} model: "
+            f"its text encoders and VAE do not fit. Use a stored {kind} model as --base"
+        )
+    return base_model
 
 
 def _same_kind(family: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class ManagerRequest(BaseModel):
@@ -26,17 +26,39 @@ class HuggingFaceSearch(ManagerRequest):
     sort: Literal["downloads", "likes", "trending_score", "created_at", "last_modified"] = "downloads"
 
 
-class CivitAIDownload(ManagerRequest):
+# A stored model's name (alice/models/store.py), `sd/` allowed as /v1/models writes it.
+BASE_NAME = r"^(sd/)?[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$"
+BASE_HELP = ("For a transformer-only file (a FLUX fine-tune, a GGUF): the stored model of its family whose "
+             "text encoders, tokenizers and VAE it uses.")
+
+
+class _OntoBase(ManagerRequest):
+    base: str | None = Field(None, pattern=BASE_NAME, description=BASE_HELP)
+
+    @field_validator("base")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        return value.removeprefix("sd/") if value else value
+
+
+class CivitAIDownload(_OntoBase):
     modelId: int = Field(ge=1)
     versionId: int | None = Field(None, ge=1)
     fileId: int | None = Field(None, ge=1)
     modelType: Literal["Checkpoint", "LORA"] = "Checkpoint"
 
 
-class HuggingFaceDownload(ManagerRequest):
+class HuggingFaceDownload(_OntoBase):
     modelId: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", max_length=200, description="owner/name")
-    filename: str | None = Field(None, max_length=300, pattern=r"^[\w./-]+\.safetensors$")
+    filename: str | None = Field(None, max_length=300, pattern=r"^[\w./-]+\.(safetensors|gguf)$")
     revision: str = Field("main", max_length=100, pattern=r"^[\w./-]+$")
+    withoutTransformer: bool = Field(False, description="Everything but transformer/'s weights: a base.")
+
+    @model_validator(mode="after")
+    def _whole_repo_only(self) -> HuggingFaceDownload:
+        if self.withoutTransformer and self.filename:
+            raise ValueError("withoutTransformer is for a whole diffusers repo, not one filename")
+        return self
 
 
 class UrlDownload(ManagerRequest):

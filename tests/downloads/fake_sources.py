@@ -4,6 +4,10 @@ Only the parts ALICE uses: HF's model search, revision, tree and resolve routes 
 huggingface_hub calls them), CivitAI's /api/v1/models and download routes, and `/redirect?to=URL`
 (a 302 there). Downloads honour HTTP Range, and a file can be told to break off half-way (once,
 to test resuming, or always), or to come without a Content-Length.
+
+A repo can be gated as the real hub gates FLUX.1-dev: its listing is public, its files answer
+401 without a token and 403 to a token not granted access, both with `X-Error-Code: GatedRepo`
+and the hub's words; with `hf_tokens` set, any other token is refused with a 401 everywhere.
 """
 
 from __future__ import annotations
@@ -29,17 +33,22 @@ class FakeSources:
     no_length: bool = False  # send files without Content-Length (the end is where the connection closes)
     slow: bool = False  # trickle downloads (to cancel one mid-way)
     seen_headers: list[dict[str, str]] = field(default_factory=list)
+    seen_paths: list[str] = field(default_factory=list)  # every request, "GET /path", in order
+    stall: threading.Event | None = None  # downloads' bodies wait until it is set (a task before its first byte)
+    stalled: list[str] = field(default_factory=list)  # the paths that waited
+    gated: dict[str, set[str]] = field(default_factory=dict)  # gated repo id -> tokens granted access
+    hf_tokens: set[str] | None = None  # the tokens the hub knows (None: it takes any)
     url: str = ""
 
     def add_civitai_file(self, model_id: int, version_id: int, name: str, kind: str, path: Path,
-                         sha256: str | None = None) -> None:
+                         sha256: str | None = None, base_model: str = "SD 1.5") -> None:
         digest = sha256 or hashlib.sha256(path.read_bytes()).hexdigest().upper()
         self.civitai_files[version_id] = path
         self.civitai_models[model_id] = {
             "id": model_id, "name": name, "type": kind, "nsfw": False, "creator": {"username": "tester"},
             "stats": {"downloadCount": 10}, "tags": ["test"],
             "modelVersions": [{
-                "id": version_id, "name": "v1", "baseModel": "SD 1.5",
+                "id": version_id, "name": "v1", "baseModel": base_model,
                 "files": [{"id": version_id * 10, "name": path.name, "sizeKB": path.stat().st_size / 1024,
                            "primary": True, "hashes": {"SHA256": digest},
                            "downloadUrl": f"{self.url}/api/download/models/{version_id}"}],
@@ -57,6 +66,7 @@ def start(sources: FakeSources) -> ThreadingHTTPServer:
 
         def do_GET(self, head: bool = False) -> None:
             sources.seen_headers.append(dict(self.headers))
+            sources.seen_paths.append(f"{self.command} {self.path}")
             url = urlparse(self.path)
             query = parse_qs(url.query)
             path = url.path
@@ -72,6 +82,8 @@ def start(sources: FakeSources) -> ThreadingHTTPServer:
                          for repo in sources.hf_repos if search.lower() in repo.lower()]
                 return self.json(found)
             if path.startswith("/api/models/"):
+                if self.hub_refuses_token():
+                    return
                 return self.hf_api(path.removeprefix("/api/models/"))
             if path.startswith("/api/v1/models"):
                 return self.civitai_api(path, query)
@@ -81,8 +93,43 @@ def start(sources: FakeSources) -> ThreadingHTTPServer:
             for repo, folder in sources.hf_repos.items():
                 prefix = f"/{repo}/resolve/{COMMIT}/"
                 if path.startswith(prefix):
+                    if self.hub_refuses_token() or self.hub_refuses_gated(repo):
+                        return
                     return self.file(folder / path.removeprefix(prefix), head)
             self.send_error(404)
+
+        def bearer(self) -> str | None:
+            value = self.headers.get("Authorization", "")
+            return value.removeprefix("Bearer ") if value.startswith("Bearer ") else None
+
+        def hub_refuses_token(self) -> bool:
+            if sources.hf_tokens is None or self.bearer() is None or self.bearer() in sources.hf_tokens:
+                return False
+            self.refuse(401, None, "Invalid credentials in Authorization header")
+            return True
+
+        def hub_refuses_gated(self, repo: str) -> bool:
+            if repo not in sources.gated or self.bearer() in sources.gated[repo]:
+                return False
+            if self.bearer() is None:
+                self.refuse(401, "GatedRepo", f"Access to model {repo} is restricted. You must have access to it "
+                                              "and be authenticated to access it. Please log in.")
+            else:
+                self.refuse(403, "GatedRepo", f"Access to model {repo} is restricted and you are not in the "
+                                              f"authorized list. Visit https://huggingface.co/{repo} to ask for access.")
+            return True
+
+        def refuse(self, status: int, code: str | None, message: str) -> None:
+            body = json.dumps({"error": message}).encode()
+            self.send_response(status)
+            if code:
+                self.send_header("X-Error-Code", code)
+            self.send_header("X-Error-Message", message)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
 
         def hf_api(self, rest: str) -> None:
             for repo, folder in sources.hf_repos.items():
@@ -95,7 +142,7 @@ def start(sources: FakeSources) -> ThreadingHTTPServer:
                         data = (folder / relative).read_bytes()
                         entry = {"type": "file", "path": relative, "size": len(data),
                                  "oid": hashlib.sha1(data).hexdigest()}
-                        if relative.endswith(".safetensors"):
+                        if relative.endswith((".safetensors", ".gguf")):
                             entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data),
                                             "pointerSize": 134}
                         entries.append(entry)
@@ -145,6 +192,10 @@ def start(sources: FakeSources) -> ThreadingHTTPServer:
             self.end_headers()
             if head:
                 return
+            # huggingface_hub's own reads (a plan's model_index.json) are the listing, not the download.
+            if sources.stall is not None and "hf_hub" not in self.headers.get("User-Agent", ""):
+                sources.stalled.append(self.path)
+                sources.stall.wait(60)
             if self.path in sources.break_always or (self.path in sources.break_once and not start):
                 sources.break_once.discard(self.path)
                 self.wfile.write(body[: len(body) // 2])
