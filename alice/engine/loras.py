@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from alice.engine.text_cache import forget_text_outputs
+
 if TYPE_CHECKING:  # imported where they run: see alice/engine/__init__.py
     import torch
     from diffusers import DiffusionPipeline
@@ -58,6 +60,7 @@ def loras_applied(
     import torch
 
     saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+    forget_text_outputs(pipe)  # a LoRA may reach the text encoders: their kept outputs no longer hold
     try:
         names = []
         for index, (name, path, _) in enumerate(loras):
@@ -86,6 +89,7 @@ def loras_applied(
         with torch.no_grad():
             for tensor, original in saved:
                 tensor.copy_(original)
+        forget_text_outputs(pipe)  # what the LoRA's encoders gave is not the clean model's
 
 
 def _adapted_components(pipe: DiffusionPipeline) -> list[str]:

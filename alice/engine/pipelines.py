@@ -32,6 +32,7 @@ from alice.engine.memory_figures import TRANSFORMER_FAMILIES
 from alice.engine.model_sizes import preset_inputs
 from alice.engine.placement import apply_preset, enable_vae_tiling
 from alice.engine.presets import check_fits, plan_preset, preset_for
+from alice.engine.text_cache import cache_text_outputs
 from alice.engine.transformer_files import transformer_from_file
 
 if TYPE_CHECKING:  # imported where they run: see alice/engine/__init__.py
@@ -118,6 +119,7 @@ def load_pipeline(
         _copy_mapped_text_encoders(pipe)
     if not family.is_unet:  # each part where its planned preset puts it (alice/engine/placement.py)
         apply_preset(pipe, preset, placement.device)
+        cache_text_outputs(pipe)  # a prompt drawn again skips T5's pass (alice/engine/text_cache.py)
     elif placement.is_gpu and preset.cpu_offload == "model":
         pipe.enable_model_cpu_offload(device=placement.device)
     elif placement.is_gpu and preset.cpu_offload == "sequential":
