@@ -287,8 +287,8 @@ def bench_family(folder: Path, title: str, drawing: Drawing, args: argparse.Name
         run_generation(pipe, config, drawing.spec, family=drawing.family)
 
     interleaved = drawing.family.is_unet and not args.line_by_line
-    print(f"{title}: {drawing.describe()}; {args.runs} {'interleaved rounds' if interleaved else 'runs a line, line by line'}",
-          flush=True)
+    order = "interleaved rounds" if interleaved else "runs a line, line by line"
+    print(f"{title}: {drawing.describe()}; {args.runs} {order}", flush=True)
     if interleaved:
         run_interleaved(lines, draw, args, device, deadline)
     else:
