@@ -156,3 +156,11 @@ def test_the_gguf_folder_loads_quantized_and_draws_the_same_model(tmp_path: Path
     # layout draws noise, under 15 dB).
     psnr = 10 * np.log10(1.0 / max(np.mean((reference - quantized) ** 2), 1e-20))
     assert psnr > 40, psnr
+
+
+def test_lines_that_would_pass_the_budget_are_reported_skipped(capsys: pytest.CaptureFixture[str]) -> None:
+    gpu.main(["--cpu", "--tiny", "--models", "sd35-medium", "--size", "64", "--steps", "1", "--budget-s", "0"])
+    out = capsys.readouterr().out
+    section = out.split("sd35-medium tiny architecture (random weights) 64x64\n")[1]
+    skipped = re.findall(r"^  (\S.*?)\s+skipped: over --budget-s$", section, re.MULTILINE)
+    assert set(skipped) == TRANSFORMER_LINES, out
