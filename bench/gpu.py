@@ -2,31 +2,54 @@
 
     .venv/bin/python -m bench.gpu                    # SD 1.5 at 512 px, then SDXL at 1024 px, 25 steps
     .venv/bin/python -m bench.gpu --models sd15      # one family
+    .venv/bin/python -m bench.gpu --models sd35-medium,flux1-schnell --runs 2   # at 1024 px (bench/device_families.sh)
     .venv/bin/python -m bench.gpu --cpu --model-dir alice/demo_model --size 64 --steps 2 --runs 1
+    .venv/bin/python -m bench.gpu --cpu --tiny --models flux1-schnell --size 64 --steps 2
                                                      # the whole run on the CPU, tiny (the tests do this)
 
-Every line draws the same prompt with the same scheduler, steps, seed, size and guidance, through
-ALICE's `run_generation`; only the pipeline differs:
+Every line draws the same prompt with the same scheduler, steps, guidance, seed and size, through
+ALICE's `run_generation`; only the pipeline differs. The drawing settings are the family's defaults
+(alice/engine/families.py: FLUX.1 schnell 4 steps, guidance 0; SD 3.5 28 steps, guidance 7 with
+CFG; flow-euler), except the UNet families' scheduler, dpm++_2m_karras; `--steps` overrides.
 
+Lines of the UNet families (sd15, sd2, sdxl):
 - diffusers fp32 / fp16 / bf16: `AutoPipelineForText2Image.from_pretrained(dtype=...).to(device)`,
   diffusers' defaults (SDPA attention, its default on torch 2, in every line);
 - ALICE bare: `load_pipeline` in ALICE's dtype for the card with every option off;
 - + channels_last, + attention slicing, + VAE tiling, + model offload, + sequential offload,
   + compile: ALICE bare plus that one option, so each line shows that option's own contribution;
 - ALICE auto: what the server does on this card with no settings.
+Lines of the transformer families (flux1-schnell, sd35-medium); the UNet-only options
+(channels_last, attention slicing, compile) do not apply to them:
+- diffusers bf16 / fp16: `DiffusionPipeline.from_pretrained(dtype=...).to(device)` (fp16 is the
+  dtype ALICE computes in on cards before Ampere);
+- ALICE bare: everything on the card in ALICE's dtype (its memory preset forced to that layout);
+- + model offload, + group offload (ALICE_CPU_OFFLOAD=model / group);
+- + GGUF Q8_0 transformer (FLUX.1): the transformer written as a Q8_0 GGUF file beside the other
+  parts (bench/gguf_q8.py), loaded as ALICE loads an imported GGUF, everything on the card;
+- ALICE auto: the server's preset for this card.
+Each ALICE line prints the preset it loaded with.
 
-Lines are interleaved: each round runs every line once (in turn, one pipeline on the card at a
-time, the others parked in host memory), so a slow spell of the card hits all lines alike. Printed
-per line: the median time per image with min and max over the rounds, images/s, the ratio to
-diffusers fp32 (and for the + lines to ALICE bare), peak memory of the run (weights included,
+UNet families' lines are interleaved: each round runs every line once (in turn, one pipeline on the
+card at a time, the others parked in host memory), so a slow spell of the card hits all lines
+alike. The transformer families run line by line (load, first call, the timed runs, then freed):
+FLUX.1's pipeline is 34 GB in bf16, and seven of them do not park in host memory. Printed per line:
+the median time per image with min and max over the runs, images/s, the ratio to the first
+diffusers line (fp32, or bf16 for the transformer families; "vs ref"), for the + lines and ALICE
+auto the ratio to ALICE bare, peak memory of the run (weights included,
 `torch.cuda.max_memory_allocated` reset before each run), and apart from those the load time and
-the first call (with `+ compile`: the compilation). An out-of-memory error ends only its line
-("OOM") and the run goes on. Rounds stop early when `--budget-s` would be passed (default 450 s,
-so the whole run fits in 8 minutes), and a line not yet started once the budget is spent is
-reported as skipped.
+the first call (with `+ compile`: the compilation). An out-of-memory error, or any other error, ends
+only its line ("OOM", "error") and the run goes on. `--budget-s` (default 450 s, so the whole run
+fits in 8 minutes) is shared by the families in turn, what one leaves passing to the next: runs stop
+early when the next would pass the family's share, and a line not yet started is reported as skipped
+(line by line: one that would not end in time if it took as long as the line before it).
 
-Weights are random, built from the shipped architecture configs (alice/configs/sd15, sdxl; no
-download): the images mean nothing, the speed and memory are the real models'.
+Weights are random, built from the shipped architecture configs (alice/configs/sd15, sdxl,
+flux1-schnell, sd35-medium; no download; bench/random_pipelines.py), saved once per family in fp16
+(UNet families) or bf16, and every line loads them from that folder as the server loads a stored
+model: the images mean nothing, the speed and memory are the real models'. The folder goes under
+`--work-dir` (default: the system's temporary directory): FLUX.1 takes 34 GB there, and its GGUF
+line 13 GB more.
 """
 
 from __future__ import annotations
@@ -34,11 +57,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import importlib
-import json
 import statistics
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,12 +71,13 @@ from diffusers import AutoPipelineForText2Image, DiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
+from alice.engine.families import Family, detect_family, family_named
 from alice.engine.generate import GenerationSpec, run_generation
-from alice.engine.pipelines import MemoryOptions, choose_placement, load_pipeline
+from alice.engine.pipelines import MemoryOptions, choose_placement, load_pipeline, memory_preset
+from bench.gguf_q8 import gguf_pipeline_folder
+from bench.random_pipelines import CONFIGS, random_pipeline_folder
 
-CONFIGS = Path(__file__).resolve().parents[1] / "alice" / "configs"
-NATIVE_SIZE = {"sd15": 512, "sdxl": 1024}
-SCHEDULER = "dpm++_2m_karras"
+SD_SCHEDULER = "dpm++_2m_karras"  # the UNet families' lines (the transformer families': their default)
 # Every option off: the base the "+" lines add one option to.
 BARE = {"attention_slicing": False, "vae_tiling": False, "cpu_offload": "none", "channels_last": False,
         "compile_unet": False}
@@ -69,6 +92,8 @@ class Line:
     label: str
     build: Callable[[], DiffusionPipeline]
     compare_to: str | None = None  # the line whose time this one's option changes
+    # Work before its first load, timed apart from loading (writing its GGUF file); says what it did.
+    prepare: Callable[[], str] | None = None
     pipe: DiffusionPipeline | None = None
     parks: bool = True  # moved to host memory between its runs (not when CPU offload keeps it there)
     load_s: float = 0.0
@@ -78,39 +103,29 @@ class Line:
     failure: str | None = None
 
 
-def random_pipeline_folder(family: str, folder: Path, device: str) -> Path:
-    """A diffusers folder with random weights in the architecture of alice/configs/<family>,
-    saved in fp16 (every line loads it in its own dtype)."""
-    source = CONFIGS / family
-    index = json.loads((source / "model_index.json").read_text(encoding="utf-8"))
-    components: dict[str, Any] = {}
-    torch.manual_seed(0)
-    for name, spec in index.items():
-        if name.startswith("_") or not isinstance(spec, list):
-            continue
-        library, class_name = spec
-        if class_name is None:
-            components[name] = None
-            continue
-        cls = getattr(importlib.import_module(library), class_name)
-        part = source / name
-        if name.startswith("tokenizer") or name == "scheduler":
-            components[name] = cls.from_pretrained(str(part))
-        elif library == "diffusers":
-            with torch.device(device):  # random init is much faster on the card
-                components[name] = cls.from_config(cls.load_config(str(part)))
-        else:
-            from transformers import AutoConfig
+@dataclass(frozen=True)
+class Drawing:
+    """What every line of one family draws."""
 
-            with torch.device(device):
-                components[name] = cls(AutoConfig.from_pretrained(str(part)))
-    pipeline_class = getattr(importlib.import_module("diffusers"), index["_class_name"])
-    extras = {key: value for key, value in index.items() if not key.startswith("_") and not isinstance(value, list)}
-    pipe = pipeline_class(**components, **extras)
-    pipe.to(torch.float16).save_pretrained(str(folder), safe_serialization=True)
-    del pipe, components
-    free_memory()
-    return folder
+    family: Family
+    spec: GenerationSpec
+
+    def describe(self) -> str:
+        return (f"scheduler {self.spec.scheduler}, {self.spec.steps} steps, guidance {self.spec.guidance_scale:g}, "
+                f"seed {self.spec.seed}")
+
+
+def drawing_for(family: Family, size: int, steps: int | None) -> Drawing:
+    """The family's defaults (the UNet families with SD_SCHEDULER), at `size`, `steps` if given."""
+    scheduler = SD_SCHEDULER if family.is_unet else family.default_scheduler
+    return Drawing(family, GenerationSpec(
+        prompt="a lighthouse at dusk", seed=1234, width=size, height=size, steps=steps or family.default_steps,
+        guidance_scale=family.default_guidance, scheduler=scheduler))
+
+
+def save_dtype(family: Family) -> torch.dtype:
+    """The random weights' dtype on disk: fp16 for the UNet families, bf16 (the released files') for the rest."""
+    return torch.float16 if family.is_unet else torch.bfloat16
 
 
 def free_memory() -> None:
@@ -119,41 +134,77 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def make_lines(folder: Path, device: str, skip: set[str]) -> list[Line]:
+def make_lines(folder: Path, family: Family, device: str, skip: set[str], scratch: Path) -> list[Line]:
     placement = choose_placement(device)
+    unet = family.is_unet
 
     def diffusers_default(dtype: torch.dtype) -> Callable[[], DiffusionPipeline]:
+        loader = AutoPipelineForText2Image if unet else DiffusionPipeline
+
         def build() -> DiffusionPipeline:
-            pipe = AutoPipelineForText2Image.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
+            pipe = loader.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
             pipe.set_progress_bar_config(disable=True)
             return pipe.to(device)
         return build
 
-    def alice(**changes: Any) -> Callable[[], DiffusionPipeline]:
-        options = MemoryOptions() if changes.get("auto") else dataclasses.replace(
-            MemoryOptions(), **{**BARE, **changes})
-        return lambda: load_pipeline(folder, placement, options)
+    def alice(label: str, source: Path = folder, auto: bool = False, **changes: Any) -> Callable[[], DiffusionPipeline]:
+        options = MemoryOptions() if auto else dataclasses.replace(MemoryOptions(), **{**BARE, **changes})
+
+        def build() -> DiffusionPipeline:
+            preset = memory_preset(source, placement, options)
+            if not auto and not unet and preset.fp8_storage:
+                # The bare lines keep every part in the compute dtype; where that does not fit, the line OOMs.
+                preset = dataclasses.replace(preset, fp8_storage=())
+            print(f"  {label}: {preset.describe()}", flush=True)
+            return load_pipeline(source, placement, options, preset=preset)
+        return build
 
     dtype_name = str(placement.dtype).removeprefix("torch.")
-    lines = [
-        Line("diffusers fp32", diffusers_default(torch.float32)),
-        Line("diffusers fp16", diffusers_default(torch.float16)),
-        Line("diffusers bf16", diffusers_default(torch.bfloat16)),
-        Line(f"ALICE bare ({dtype_name})", alice()),
-        Line("+ channels_last", alice(channels_last=True), "bare"),
-        Line("+ attention slicing", alice(attention_slicing=True), "bare"),
-        Line("+ VAE tiling", alice(vae_tiling=True), "bare"),
-        Line("+ model offload", alice(cpu_offload="model"), "bare"),
-        Line("+ sequential offload", alice(cpu_offload="sequential"), "bare"),
-        Line("+ compile", alice(compile_unet=True), "bare"),
-        Line("ALICE auto (the server)", alice(auto=True), "bare"),
-    ]
+    bare = f"ALICE bare ({dtype_name})"
+    if unet:
+        lines = [
+            Line("diffusers fp32", diffusers_default(torch.float32)),
+            Line("diffusers fp16", diffusers_default(torch.float16)),
+            Line("diffusers bf16", diffusers_default(torch.bfloat16)),
+            Line(bare, alice(bare)),
+            Line("+ channels_last", alice("+ channels_last", channels_last=True), "bare"),
+            Line("+ attention slicing", alice("+ attention slicing", attention_slicing=True), "bare"),
+            Line("+ VAE tiling", alice("+ VAE tiling", vae_tiling=True), "bare"),
+            Line("+ model offload", alice("+ model offload", cpu_offload="model"), "bare"),
+            Line("+ sequential offload", alice("+ sequential offload", cpu_offload="sequential"), "bare"),
+            Line("+ compile", alice("+ compile", compile_unet=True), "bare"),
+        ]
+    else:
+        lines = [
+            Line("diffusers bf16", diffusers_default(torch.bfloat16)),
+            Line("diffusers fp16", diffusers_default(torch.float16)),
+            Line(bare, alice(bare)),
+            Line("+ model offload", alice("+ model offload", cpu_offload="model"), "bare"),
+            Line("+ group offload", alice("+ group offload", cpu_offload="group"), "bare"),
+        ]
+        if family.name.startswith("flux1"):
+            gguf_folder = scratch / f"{folder.name}-gguf"
+
+            def write_gguf() -> str:
+                gguf_pipeline_folder(folder, gguf_folder, device)
+                size = sum(f.stat().st_size for f in (gguf_folder / "transformer").glob("*.gguf"))
+                return f"transformer written as GGUF Q8_0 ({size / 1e9:.2f} GB)"
+
+            label = "+ GGUF Q8_0 transformer"
+            lines.append(Line(label, alice(label, source=gguf_folder), "bare", prepare=write_gguf))
+    lines.append(Line("ALICE auto (the server)", alice("ALICE auto", auto=True), "bare"))
     return [line for line in lines if not any(word.lower() in line.label.lower() for word in skip)]
 
 
-def run_line(line: Line, draw: Callable[[DiffusionPipeline], None], device: str, inject_oom: str | None) -> None:
-    """One timed run of the line (loading it and its first call the first time), its peak memory
-    recorded; an out-of-memory error ends the line."""
+def denoiser(pipe: DiffusionPipeline) -> torch.nn.Module:
+    return pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
+
+
+def run_line(line: Line, draw: Callable[[DiffusionPipeline], None], device: str, inject_oom: str | None,
+             park: bool) -> None:
+    """One timed run of the line (preparing and loading it and its first call the first time), its
+    peak memory recorded; an out-of-memory error, or any other, ends the line. With `park`, the
+    pipeline goes back to host memory after the run (the interleaved rounds)."""
     on_gpu = device.startswith("cuda")
     try:
         if on_gpu:
@@ -161,6 +212,10 @@ def run_line(line: Line, draw: Callable[[DiffusionPipeline], None], device: str,
         if inject_oom and inject_oom.lower() in line.label.lower():
             raise InjectedOutOfMemory(f"injected out-of-memory error in {line.label}")
         if line.pipe is None:
+            if line.prepare is not None:
+                started = time.perf_counter()
+                done = line.prepare()
+                print(f"  {line.label}: {done} in {time.perf_counter() - started:.0f} s", flush=True)
             started = time.perf_counter()
             line.pipe = line.build()
             line.load_s = time.perf_counter() - started
@@ -169,7 +224,7 @@ def run_line(line: Line, draw: Callable[[DiffusionPipeline], None], device: str,
             synchronize(device)
             line.first_s = time.perf_counter() - started
             # Under CPU offload (chosen, or by ALICE auto) the weights live in host memory already.
-            line.parks = next(line.pipe.unet.parameters()).device.type == "cuda"
+            line.parks = park and next(denoiser(line.pipe).parameters()).device.type == "cuda"
             if on_gpu:
                 torch.cuda.reset_peak_memory_stats(device)
         elif line.parks and on_gpu:
@@ -182,13 +237,16 @@ def run_line(line: Line, draw: Callable[[DiffusionPipeline], None], device: str,
             line.peaks.append(torch.cuda.max_memory_allocated(device))
     except torch.cuda.OutOfMemoryError as error:
         line.failure = "OOM"
-        line.pipe = None
         print(f"  {line.label}: out of memory ({str(error).splitlines()[0][:120]}); the run goes on", flush=True)
+    except Exception as error:  # one broken line must not cost the other lines their device time
+        line.failure = "error"
+        print(f"  {line.label}: {type(error).__name__}: {str(error)[:300]}; the run goes on", flush=True)
+        traceback.print_exc()
     finally:
-        if line.pipe is not None and line.parks and on_gpu:
-            line.pipe.to("cpu")
         if line.failure:
             line.pipe = None
+        if line.pipe is not None and line.parks and on_gpu:
+            line.pipe.to("cpu")
         free_memory()
 
 
@@ -200,41 +258,57 @@ def synchronize(device: str) -> None:
 def report(lines: list[Line], title: str, on_gpu: bool) -> None:
     print(title)
     medians = {line.label: statistics.median(line.seconds) for line in lines if line.seconds and not line.failure}
-    fp32 = medians.get("diffusers fp32")
+    reference_label = lines[0].label if lines else ""  # the first diffusers line: fp32, or bf16
+    reference = medians.get(reference_label)
     bare = next((median for label, median in medians.items() if label.startswith("ALICE bare")), None)
-    print(f"  {'line':26s} {'median s':>9s} {'min':>7s} {'max':>7s} {'img/s':>7s} {'vs fp32':>8s} {'vs bare':>8s}"
+    versus = f"vs {reference_label.split()[-1]}" if reference_label.startswith("diffusers") else "vs ref"
+    print(f"  {'line':26s} {'median s':>9s} {'min':>7s} {'max':>7s} {'img/s':>7s} {versus:>8s} {'vs bare':>8s}"
           f" {'peak GiB':>9s} {'load s':>7s} {'first call s':>12s}")
     for line in lines:
         if line.failure or not line.seconds:
             print(f"  {line.label:26s} {line.failure or 'no run':>9s}", flush=True)
             continue
         median = medians[line.label]
-        vs_fp32 = f"x{fp32 / median:.2f}" if fp32 else "-"
+        vs_reference = f"x{reference / median:.2f}" if reference else "-"
         vs_bare = f"x{bare / median:.2f}" if bare and line.compare_to == "bare" else ""
         peak = f"{max(line.peaks) / 2**30:.2f}" if on_gpu and line.peaks else "-"
         print(f"  {line.label:26s} {median:9.3f} {min(line.seconds):7.3f} {max(line.seconds):7.3f}"
-              f" {1 / median:7.3f} {vs_fp32:>8s} {vs_bare:>8s} {peak:>9s} {line.load_s:7.1f} {line.first_s:12.1f}",
-              flush=True)
+              f" {1 / median:7.3f} {vs_reference:>8s} {vs_bare:>8s} {peak:>9s} {line.load_s:7.1f}"
+              f" {line.first_s:12.1f}", flush=True)
 
 
-def bench_family(folder: Path, title: str, args: argparse.Namespace, device: str, deadline: float) -> None:
-    lines = make_lines(folder, device, set(args.skip))
-    spec = GenerationSpec(prompt="a lighthouse at dusk", seed=1234, width=args.size_for,
-                          height=args.size_for, steps=args.steps, scheduler=SCHEDULER)
+def bench_family(folder: Path, title: str, drawing: Drawing, args: argparse.Namespace, device: str,
+                 deadline: float, scratch: Path) -> None:
+    lines = make_lines(folder, drawing.family, device, set(args.skip), scratch)
     config_holder: dict[int, Any] = {}
 
     def draw(pipe: DiffusionPipeline) -> None:
         # Each line's own scheduler config (the same file), one fresh scheduler per run.
         config = config_holder.setdefault(id(pipe), pipe.scheduler.config)
-        run_generation(pipe, config, spec)
+        run_generation(pipe, config, drawing.spec, family=drawing.family)
 
+    interleaved = drawing.family.is_unet and not args.line_by_line
+    order = "interleaved rounds" if interleaved else "runs a line, line by line"
+    print(f"{title}: {drawing.describe()}; {args.runs} {order}", flush=True)
+    if interleaved:
+        run_interleaved(lines, draw, args, device, deadline)
+    else:
+        run_line_by_line(lines, draw, args, device, deadline)
+    free_memory()
+    report(lines, title, device.startswith("cuda"))
+    if not device.startswith("cuda"):
+        print("  (on the CPU channels_last, offload and peak memory do not apply: those lines show noise)")
+
+
+def run_interleaved(lines: list[Line], draw: Callable[[DiffusionPipeline], None], args: argparse.Namespace,
+                    device: str, deadline: float) -> None:
     round_started = time.perf_counter()
     for round_index in range(args.runs):
         for line in lines:
             if not line.failure and not line.seconds and time.perf_counter() > deadline:
                 line.failure = "skipped: over --budget-s"  # a line not yet loaded would only run later
             if not line.failure:
-                run_line(line, draw, device, args.inject_oom)
+                run_line(line, draw, device, args.inject_oom, park=True)
         round_seconds = time.perf_counter() - round_started
         round_started = time.perf_counter()
         if round_index + 1 < args.runs and time.perf_counter() + round_seconds > deadline:
@@ -242,21 +316,46 @@ def bench_family(folder: Path, title: str, args: argparse.Namespace, device: str
             break
     for line in lines:
         line.pipe = None
-    free_memory()
-    report(lines, title, device.startswith("cuda"))
-    if not device.startswith("cuda"):
-        print("  (on the CPU channels_last, offload and peak memory do not apply: those lines show noise)")
+
+
+def run_line_by_line(lines: list[Line], draw: Callable[[DiffusionPipeline], None], args: argparse.Namespace,
+                     device: str, deadline: float) -> None:
+    """Each line's load, first call and runs, then the next line. A line starts only when one as
+    long as the last (FLUX.1: a minute or more, loading 34 GB included) would end within the budget."""
+    last_line_s = 0.0
+    for line in lines:
+        started = time.perf_counter()
+        if started + last_line_s > deadline:
+            line.failure = "skipped: over --budget-s"
+            continue
+        for run_index in range(args.runs):
+            run_line(line, draw, device, args.inject_oom, park=False)
+            if line.failure:
+                break
+            if run_index + 1 < args.runs and time.perf_counter() + line.seconds[-1] > deadline:
+                print(f"  ({line.label}: stopping after {run_index + 1} runs: the next would pass --budget-s)",
+                      flush=True)
+                break
+        line.pipe = None
+        free_memory()
+        last_line_s = time.perf_counter() - started
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="sd15,sdxl", help="families from alice/configs, comma-separated")
+    parser.add_argument("--models", default="sd15,sdxl", help="architectures from alice/configs, comma-separated")
     parser.add_argument("--model-dir", type=Path, help="a diffusers folder to use instead (e.g. alice/demo_model)")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU (slow: use a small model and size)")
+    parser.add_argument("--tiny", action="store_true", help="shrink the --models architectures to a few narrow "
+                        "layers each (bench/random_pipelines.py): the whole run on the CPU in seconds")
     parser.add_argument("--size", type=int, help="image size (default: the family's native size)")
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--runs", type=int, default=3, help="timed rounds (each runs every line once)")
-    parser.add_argument("--budget-s", type=float, default=450, help="start no round that would end after this")
+    parser.add_argument("--steps", type=int, help="denoising steps (default: the family's: SD 25, FLUX.1 schnell 4, "
+                        "SD 3.5 28)")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs of each line")
+    parser.add_argument("--budget-s", type=float, default=450, help="start no run that would end after this")
+    parser.add_argument("--line-by-line", action="store_true", help="the UNet families' lines too, not interleaved")
+    parser.add_argument("--work-dir", type=Path, help="where the random-weight folders are written "
+                        "(default: the system's temporary directory)")
     parser.add_argument("--skip", action="append", default=[], help="leave out lines whose label contains this")
     parser.add_argument("--inject-oom", help="raise an out-of-memory error in the line with this label (a test)")
     args = parser.parse_args(argv)
@@ -264,26 +363,45 @@ def main(argv: list[str] | None = None) -> None:
     diffusers_logging.set_verbosity_error()  # no progress bars or per-load notices between the lines
     diffusers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
     if not args.cpu and not torch.cuda.is_available():
         parser.error("no CUDA GPU: pass --cpu for the CPU run")
     started = time.perf_counter()
-    deadline = started + args.budget_s
     name = torch.cuda.get_device_name(device) if device == "cuda" else "CPU"
-    print(f"bench.gpu on {name}, torch {torch.__version__}; scheduler {SCHEDULER}, {args.steps} steps, seed 1234, "
-          f"{args.runs} interleaved rounds", flush=True)
+    print(f"bench.gpu on {name}, torch {torch.__version__}; {args.runs} timed runs a line", flush=True)
     if args.model_dir:
-        args.size_for = args.size or 512
-        bench_family(args.model_dir, f"{args.model_dir.name} {args.size_for}x{args.size_for}", args, device, deadline)
+        family = family_named(detect_family(args.model_dir))
+        size = args.size or family.native_size
+        with tempfile.TemporaryDirectory(dir=args.work_dir) as scratch:
+            bench_family(args.model_dir, f"{args.model_dir.name} {size}x{size}", drawing_for(family, size, args.steps),
+                         args, device, started + args.budget_s, Path(scratch))
     else:
-        for family in args.models.split(","):
-            args.size_for = args.size or NATIVE_SIZE[family]
-            with tempfile.TemporaryDirectory() as scratch:
-                made = time.perf_counter()
-                folder = random_pipeline_folder(family, Path(scratch) / family, device)
-                print(f"{family}: random weights built and saved in {time.perf_counter() - made:.0f} s", flush=True)
-                bench_family(folder, f"{family} architecture (random weights) {args.size_for}x{args.size_for}",
-                             args, device, deadline)
+        names = args.models.split(",")
+        for index, architecture in enumerate(names):
+            # This family's share of what is left of the budget.
+            left = started + args.budget_s - time.perf_counter()
+            deadline = time.perf_counter() + max(0.0, left) / (len(names) - index)
+            try:
+                bench_architecture(architecture, args, device, deadline)
+            except Exception:  # the next family still runs
+                print(f"{architecture}: failed; the run goes on", flush=True)
+                traceback.print_exc()
+            free_memory()
     print(f"total {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def bench_architecture(architecture: str, args: argparse.Namespace, device: str, deadline: float) -> None:
+    """One alice/configs architecture, with random weights in a scratch folder."""
+    family = family_named(detect_family(CONFIGS / architecture))
+    size = args.size or family.native_size
+    with tempfile.TemporaryDirectory(dir=args.work_dir) as scratch:
+        made = time.perf_counter()
+        folder = random_pipeline_folder(architecture, Path(scratch) / architecture, device, save_dtype(family),
+                                        tiny=args.tiny)
+        print(f"{architecture}: random weights built and saved in {time.perf_counter() - made:.0f} s", flush=True)
+        kind = "tiny " if args.tiny else ""
+        bench_family(folder, f"{architecture} {kind}architecture (random weights) {size}x{size}",
+                     drawing_for(family, size, args.steps), args, device, deadline, Path(scratch))
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ _FLUX1_SCHEDULERS = {
 }
 # The released transformer's config, for a base stored without one (a repo fetched without its
 # transformer folder): FLUX.1 dev's and schnell's differ only in `guidance_embeds`, set per file.
-_SHIPPED_CONFIGS = {"flux1-dev": CONFIGS / "flux1", "flux1-schnell": CONFIGS / "flux1"}
+_SHIPPED_CONFIGS = {"flux1-dev": CONFIGS / "flux1-schnell", "flux1-schnell": CONFIGS / "flux1-schnell"}
 _BENTOML_FILES = ("model.yaml",)  # bentoml's own, in every stored version's folder
 
 

@@ -235,7 +235,7 @@ def test_a_base_without_transformer_config_takes_the_released_one(
     parts = tmp_path / "no-transformer"
     shutil.copytree(flux, parts, ignore=shutil.ignore_patterns("transformer"))
     assert checkpoints.import_pipeline_folder(parts, "bare").kind == "base"
-    # The released FLUX.1 config (alice/configs/flux1) is read: the tiny file does not fit it,
+    # The released FLUX.1 config (alice/configs/flux1-schnell) is read: the tiny file does not fit it,
     # and the import says so rather than storing a model that cannot load.
     with pytest.raises(ValueError, match="does not load as a flux1-dev transformer with bare.s config"):
         import_transformer_file(flux / WEIGHTS, "tiny-on-bare", base="bare")

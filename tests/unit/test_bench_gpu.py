@@ -1,17 +1,30 @@
 """bench.gpu end to end on the CPU at tiny size: every line is printed, its numbers agree with each
 other (min <= median <= max, images/s and the ratios from the medians), and an out-of-memory
-error in one line ends only that line."""
+error in one line ends only that line; the transformer families' lines (FLUX.1 schnell and SD 3.5
+Medium, shrunk by --tiny) too, the GGUF line's file a Q8_0 GGUF that ALICE loads quantized."""
 
 from __future__ import annotations
 
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from alice.engine.demo import DEMO_MODEL_DIR
+from alice.engine.pipelines import choose_placement, load_pipeline
+from alice.engine.transformer_files import read_transformer_file
 from bench import gpu
+from bench.gguf_q8 import gguf_pipeline_folder
+from bench.random_pipelines import random_pipeline_folder
+
+DEMO_LINES = {"diffusers fp32", "diffusers fp16", "diffusers bf16", "ALICE bare (float32)", "+ channels_last",
+              "+ attention slicing", "+ model offload", "+ sequential offload", "ALICE auto (the server)"}
+TRANSFORMER_LINES = {"diffusers bf16", "diffusers fp16", "ALICE bare (float32)", "+ model offload",
+                     "+ group offload", "ALICE auto (the server)"}
 
 # A result row of bench.gpu's table: label, median s, min, max, images/s, "x" ratio to diffusers
 # fp32, for a "+" line its "x" ratio to ALICE bare, peak GiB ("-" on the CPU), load s, first call s.
@@ -43,22 +56,21 @@ def rounding_slack(quotient: float, printed_to: float, *medians: float) -> float
     return printed_to / 2 + quotient * sum(0.0005 / median for median in medians) * 1.01 + 1e-9
 
 
-def test_the_gpu_benchmark_runs_every_line_and_survives_an_out_of_memory_line(
-        capsys: pytest.CaptureFixture[str]) -> None:
-    # torch.compile's CPU backend builds C++ for minutes on this machine: that line is left out here.
-    gpu.main(["--cpu", "--model-dir", str(DEMO_MODEL_DIR), "--size", "64", "--steps", "2", "--runs", "2",
-              "--skip", "compile", "--inject-oom", "+ VAE tiling"])
-    out = capsys.readouterr().out
-    rows = {row.label: row for row in map(Row.parse, re.findall(ROW, out, re.MULTILINE))}
-    assert set(rows) == {"diffusers fp32", "diffusers fp16", "diffusers bf16", "ALICE bare (float32)",
-                         "+ channels_last", "+ attention slicing", "+ model offload", "+ sequential offload",
-                         "ALICE auto (the server)"}, out
-    fp32, bare = rows["diffusers fp32"], rows["ALICE bare (float32)"]
+def table(out: str, title: str) -> dict[str, Row]:
+    """The rows of the table printed under `title`."""
+    section = out.split(f"{title}\n  line ")[1].split("\n\n")[0]
+    section = re.split(r"^\S", section, flags=re.MULTILINE)[0]  # up to the next unindented line
+    return {row.label: row for row in map(Row.parse, re.findall(ROW, section, re.MULTILINE))}
+
+
+def check_consistent(rows: dict[str, Row], reference_label: str, out: str) -> None:
+    """Each row's min <= median <= max, and its images/s and ratios are those of the medians."""
+    reference, bare = rows[reference_label], rows["ALICE bare (float32)"]
     for row in rows.values():
         assert 0 < row.fastest <= row.median <= row.slowest and math.isfinite(row.slowest), (row, out)
-        per_s, vs_fp32 = 1 / row.median, fp32.median / row.median
+        per_s, vs_ref = 1 / row.median, reference.median / row.median
         assert row.images_per_s == pytest.approx(per_s, abs=rounding_slack(per_s, 0.001, row.median)), (row, out)
-        assert row.vs_fp32 == pytest.approx(vs_fp32, abs=rounding_slack(vs_fp32, 0.01, fp32.median, row.median)), (
+        assert row.vs_fp32 == pytest.approx(vs_ref, abs=rounding_slack(vs_ref, 0.01, reference.median, row.median)), (
             row, out)
         # Each "+ option" line, and the server's own choice, is also set against ALICE bare.
         assert (row.vs_bare is not None) == row.label.startswith(("+", "ALICE auto")), (row, out)
@@ -66,9 +78,89 @@ def test_the_gpu_benchmark_runs_every_line_and_survives_an_out_of_memory_line(
             vs_bare = bare.median / row.median
             assert row.vs_bare == pytest.approx(vs_bare, abs=rounding_slack(vs_bare, 0.01, bare.median, row.median)), (
                 row, out)
-    assert fp32.vs_fp32 == 1.0
+    assert reference.vs_fp32 == 1.0
+
+
+def test_the_gpu_benchmark_runs_every_line_and_survives_an_out_of_memory_line(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # torch.compile's CPU backend builds C++ for minutes on this machine: that line is left out here.
+    gpu.main(["--cpu", "--model-dir", str(DEMO_MODEL_DIR), "--size", "64", "--steps", "2", "--runs", "2",
+              "--skip", "compile", "--inject-oom", "+ VAE tiling"])
+    out = capsys.readouterr().out
+    rows = table(out, "demo_model 64x64")
+    assert set(rows) == DEMO_LINES, out
+    check_consistent(rows, "diffusers fp32", out)
     assert re.search(r"^  \+ VAE tiling\s+OOM$", out, re.MULTILINE), out
     assert "+ VAE tiling: out of memory (injected" in out
     assert "+ compile" not in out.split("demo_model 64x64")[1]
-    assert "scheduler dpm++_2m_karras, 2 steps, seed 1234, 2 interleaved rounds" in out
+    assert "demo_model 64x64: scheduler dpm++_2m_karras, 2 steps, guidance 7.5, seed 1234; 2 interleaved rounds" in out
     assert re.search(r"^total \d+ s$", out, re.MULTILINE)
+
+
+def test_the_transformer_families_lines_run_line_by_line(capsys: pytest.CaptureFixture[str]) -> None:
+    gpu.main(["--cpu", "--tiny", "--models", "flux1-schnell,sd35-medium", "--size", "64", "--steps", "2",
+              "--runs", "2"])
+    out = capsys.readouterr().out
+    flux = table(out, "flux1-schnell tiny architecture (random weights) 64x64")
+    sd35 = table(out, "sd35-medium tiny architecture (random weights) 64x64")
+    # Every line ran (a failed one prints OOM or error instead of a row); the GGUF line is FLUX's.
+    assert set(flux) == TRANSFORMER_LINES | {"+ GGUF Q8_0 transformer"}, out
+    assert set(sd35) == TRANSFORMER_LINES, out
+    check_consistent(flux, "diffusers bf16", out)
+    check_consistent(sd35, "diffusers bf16", out)
+    # The family's own drawing defaults, here with 2 steps; the transformer families line by line.
+    assert ("flux1-schnell tiny architecture (random weights) 64x64: scheduler flow-euler, 2 steps, guidance 0, "
+            "seed 1234; 2 runs a line, line by line") in out
+    assert "sd35-medium tiny architecture (random weights) 64x64: scheduler flow-euler, 2 steps, guidance 7," in out
+    assert re.search(r"^  \+ GGUF Q8_0 transformer: transformer written as GGUF Q8_0 \(\d+\.\d+ GB\) in \d+ s$",
+                     out, re.MULTILINE), out
+    assert re.search(r"^  \+ GGUF Q8_0 transformer: flux1-schnell \(GGUF transformer", out, re.MULTILINE), out
+    assert "error" not in out and "failed" not in out, out
+
+
+def test_q8_0_gives_the_gguf_packages_bytes() -> None:
+    import gguf
+
+    from bench.gguf_q8 import q8_0
+
+    generator = torch.Generator().manual_seed(0)
+    weights = torch.randn(64, 256, generator=generator) * 3
+    weights[0, :32] = 0  # a block of zeros: scale 0, no division by it
+    weights[1, :32] = torch.arange(32) * 0.5 - 8  # halves, which C's roundf rounds away from zero
+    weights = weights.to(torch.bfloat16)  # as the saved random weights are
+    expected = gguf.quants.quantize(weights.float().numpy(), gguf.GGMLQuantizationType.Q8_0)
+    assert np.array_equal(q8_0(weights), expected)
+
+
+def test_the_gguf_folder_loads_quantized_and_draws_the_same_model(tmp_path: Path) -> None:
+    folder = random_pipeline_folder("flux1-schnell", tmp_path / "flux", "cpu", torch.bfloat16, tiny=True)
+    out = gguf_pipeline_folder(folder, tmp_path / "flux-gguf", "cpu")
+    assert sorted(p.name for p in (out / "transformer").iterdir()) == ["config.json", "flux-Q8_0.gguf"]
+    file = read_transformer_file(out / "transformer" / "flux-Q8_0.gguf")
+    assert file.family == "flux1-schnell" and "Q8_0" in file.quant_types
+    # Every other part is the base folder's own file, hard-linked: only the GGUF takes disk.
+    others = [p.relative_to(folder) for p in folder.rglob("*") if p.is_file() and p.parts[-2] != "transformer"]
+    assert len(others) > 10 and all((out / p).stat().st_ino == (folder / p).stat().st_ino for p in others)
+
+    def draw(source: Path) -> tuple[np.ndarray, set[str]]:
+        pipe = load_pipeline(source, choose_placement("cpu"))
+        kinds = {type(p).__name__ for p in pipe.transformer.parameters()}
+        image = pipe("a red circle", num_inference_steps=2, height=64, width=64, output_type="np",
+                     generator=torch.Generator().manual_seed(0)).images[0]
+        return np.asarray(image, dtype=np.float64), kinds
+
+    reference, plain = draw(folder)
+    quantized, kinds = draw(out)
+    assert "GGUFParameter" in kinds and "GGUFParameter" not in plain  # it stays quantized in memory
+    # Q8_0 of the same weights: close to the 16-bit model's image (measured 63 dB; a wrong block
+    # layout draws noise, under 15 dB).
+    psnr = 10 * np.log10(1.0 / max(np.mean((reference - quantized) ** 2), 1e-20))
+    assert psnr > 40, psnr
+
+
+def test_lines_that_would_pass_the_budget_are_reported_skipped(capsys: pytest.CaptureFixture[str]) -> None:
+    gpu.main(["--cpu", "--tiny", "--models", "sd35-medium", "--size", "64", "--steps", "1", "--budget-s", "0"])
+    out = capsys.readouterr().out
+    section = out.split("sd35-medium tiny architecture (random weights) 64x64\n")[1]
+    skipped = re.findall(r"^  (\S.*?)\s+skipped: over --budget-s$", section, re.MULTILINE)
+    assert set(skipped) == TRANSFORMER_LINES, out
