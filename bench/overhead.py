@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.overhead                  # demo model, 64 px, 4 steps
     .venv/bin/python -m bench.overhead --baseline f56388a^ --runs 30   # A/B with an older commit
     .venv/bin/python -m bench.overhead --full-size      # SD 1.5 architecture, 256 px (slow on a CPU)
+    .venv/bin/python -m bench.overhead --tiny-flux      # a tiny random-weight FLUX.1 (harness/tiny_pipelines.py)
 
 Both sides run the same model, scheduler, size, steps and seed, one after the other, in one
 run (bare, `/generate`, chat completion + image download, repeated; with `--baseline` the same
@@ -43,6 +44,7 @@ from harness.server import ServerProcess, running_server
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full-size", action="store_true", help="SD 1.5 architecture at 256 px")
+    parser.add_argument("--tiny-flux", action="store_true", help="a tiny random-weight FLUX.1 dev, 64 px")
     parser.add_argument("--runs", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--baseline", metavar="REV", help="a second server on this commit's service.py and alice/")
@@ -58,17 +60,25 @@ def main() -> None:
             from bench.fullsize import save_sd15_architecture
 
             env["ALICE_DEFAULT_MODEL"] = "sd15-arch"
+        if args.tiny_flux:
+            env["ALICE_DEFAULT_MODEL"] = "tiny-flux"
         stack.enter_context(alice_environment(tmp, env))
         if args.full_size:
             checkpoints.import_pipeline_folder(save_sd15_architecture(tmp / "sd15"), "sd15-arch")
+        if args.tiny_flux:
+            from harness.tiny_pipelines import build_tiny_flux
+
+            checkpoints.import_pipeline_folder(build_tiny_flux(tmp / "tiny-flux"), "tiny-flux")
         model = model_store.get_model(env.get("ALICE_DEFAULT_MODEL", "alice-demo"))
-        spec = GenerationSpec(prompt="a lighthouse at dusk", seed=1, width=size, height=size, steps=steps,
-                              scheduler="ddim")
+        scheduler = "flow-euler" if args.tiny_flux else "ddim"
+        # FLUX.1 dev's embedded guidance; the SD runs keep the spec's default.
+        drawing = {"steps": steps, "scheduler": scheduler, **({"guidance_scale": 3.5} if args.tiny_flux else {})}
+        spec = GenerationSpec(prompt="a lighthouse at dusk", seed=1, width=size, height=size, **drawing)
         pipe = load_pipeline(model.path, choose_placement())
         config = pipe.scheduler.config
-        body = {"prompt": spec.prompt, "seed": 1, "width": size, "height": size, "steps": steps, "scheduler": "ddim"}
+        body = {"prompt": spec.prompt, "seed": 1, "width": size, "height": size, **drawing}
         chat = {"messages": [{"role": "user", "content": spec.prompt}],
-                "metadata": {"seed": 1, "width": size, "height": size, "steps": steps, "scheduler": "ddim"}}
+                "metadata": {"seed": 1, "width": size, "height": size, **drawing}}
 
         def native(client: httpx.Client, url: str) -> float:
             response = client.post(f"{url}/generate", json=body)

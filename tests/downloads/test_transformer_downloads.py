@@ -24,7 +24,7 @@ from tests.downloads.fake_sources import COMMIT, FakeSources, start
 from tests.downloads.test_cli_downloads import alice
 from tests.downloads.test_model_manager import wait_task
 from tests.families.test_transformer_files import WEIGHTS, write_gguf
-from tests.families.tiny_pipelines import BUILDERS
+from harness.tiny_pipelines import BUILDERS
 from tests.http.conftest import start_client
 
 REPO, GATED, UNET_REPO = "alice-tests/tiny-flux", "alice-tests/gated-flux", "alice-tests/tiny-sd"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.families.tiny_pipelines import BUILDERS
+from harness.tiny_pipelines import BUILDERS
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from alice.engine.families import FAMILIES, detect_family
 from alice.engine.generate import BatchEntry, GenerationOutput, GenerationStopped
 from alice.engine.spec import GenerationSpec
 
-# tests/families/tiny_pipelines.py's builders -> ALICE's family names
+# harness/tiny_pipelines.py's builders -> ALICE's family names
 FAMILY_OF_BUILDER = {
     "sd3": "sd3",
     "flux": "flux1-dev",

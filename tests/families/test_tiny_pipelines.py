@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.families.tiny_pipelines import BUILDERS
+from harness.tiny_pipelines import BUILDERS
 
 EXPECTED_CLASS = {
     "sd3": "StableDiffusion3Pipeline",

@@ -1,4 +1,4 @@
-"""LoRA files for the tiny FLUX.1 transformer (tests/families/tiny_pipelines.py), as trainers ship
+"""LoRA files for the tiny FLUX.1 transformer (harness/tiny_pipelines.py), as trainers ship
 them: diffusers/PEFT names (ai-toolkit, diffusers' scripts) and kohya sd-scripts' names."""
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.families.tiny_pipelines import BUILDERS
+from harness.tiny_pipelines import BUILDERS
 from tests.http.conftest import start_client
 
 # store name -> (tiny builder, the family it must be labelled)

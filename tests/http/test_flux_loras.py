@@ -14,7 +14,7 @@ import pytest
 from harness.lora import write_demo_lora
 from tests.families.test_flux_loras import bare_draw
 from tests.families.tiny_loras import DOUBLE_BLOCKS_ONLY, flux_lora_layers, write_diffusers_lora, write_kohya_lora
-from tests.families.tiny_pipelines import build_tiny_flux
+from harness.tiny_pipelines import build_tiny_flux
 from tests.http.conftest import start_client
 from tests.http.test_families import png_pixels, psnr
 
