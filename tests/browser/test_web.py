@@ -1,4 +1,5 @@
-"""The web page in headless Chromium against the real server (`bentoml serve`) on the demo model.
+"""The web page in headless Chromium against the real server (`bentoml serve`) on the demo model,
+with a tiny FLUX.1 schnell model in its store too (the form follows the chosen model's family).
 
 The server has an API key, so the page's key prompt is part of every test. Screenshots of
 each page go to test-output/screenshots/ (desktop and phone size).
@@ -18,6 +19,7 @@ import pytest
 from PIL import Image
 
 from tests.downloads.fake_sources import FakeSources, start
+from tests.families.tiny_pipelines import BUILDERS
 from alice.http.web_routes import WEB_DIR
 from alice.images.store import ImageStore
 from alice.protocol.a1111 import a1111_parameters
@@ -42,6 +44,7 @@ QUICK = {"width": 64, "height": 64, "steps": 3}
 # Long enough to still run while the page is looked at; cancelled by the tests.
 SLOW = {"width": 256, "height": 256, "steps": 150, "scheduler": "euler"}
 PAGES = ["dashboard", "generate", "gallery", "models", "queue", "settings"]
+FLUX = "tiny-schnell"  # a FLUX.1 schnell model: no negative prompt, flow schedulers, 4 steps
 
 expect.set_options(timeout=30_000)
 
@@ -60,6 +63,10 @@ def server(tmp_path_factory) -> Iterator[ServerProcess]:
     env = {"ALICE_API_KEYS": API_KEY, "HF_ENDPOINT": sources.url, "ALICE_CIVITAI_URL": sources.url,
            "ALICE_MAX_IMAGES_PER_REQUEST": "16"}  # the gallery test makes a page and a bit in one request
     with alice_environment(tmp, env) as root:
+        from alice.models import checkpoints
+
+        # Stored before the server starts, as a download would store it: its family told from its configs.
+        assert checkpoints.import_pipeline_folder(BUILDERS["flux-schnell"](tmp / FLUX), FLUX).family == "flux1-schnell"
         server = ServerProcess(root / "server.log")
         try:
             # Made while the server starts: the LoRA CivitAI "serves".
@@ -566,3 +573,64 @@ def test_every_page_fits_a_phone_screen(browser, server):
         shot(page, f"phone-{name}")
     watch.check()
     context.close()
+
+
+def test_the_form_follows_the_chosen_models_family(page, server):
+    """Choosing a FLUX.1 schnell model offers its schedulers (its default chosen where the user's
+    does not apply), its defaults, its size grid, and disables what its family does not take;
+    what the user did not set is left to the server, which applies the family's defaults."""
+    facts = {m["id"]: m for m in api(server, "GET", "/v1/models").json()["data"]}
+    schnell, demo = facts[f"sd/{FLUX}"], facts["sd/alice-demo"]
+    assert schnell["family"] == "flux1-schnell" and not schnell["negative_prompt"]
+
+    page.goto("/web/#/models")
+    expect(page.locator(f"#models-list .model-item[data-name='{FLUX}'] .badge.family")).to_have_text("flux1-schnell")
+    expect(page.locator("#models-list .model-item[data-name='alice-demo'] .badge.family")).to_have_text("sd15")
+
+    page.goto("/web/#/generate")
+    expect(page.locator("#gen-model")).to_have_value("alice-demo")
+    options = page.locator("#gen-scheduler option")
+    expect(page.locator("#gen-scheduler")).to_have_value(demo["default_scheduler"])
+    assert options.evaluate_all("os => os.map(o => o.value)") == demo["schedulers"]
+    page.select_option("#gen-scheduler", "euler_a")  # an SD sampler: no FLUX scheduler
+    page.fill("#gen-negative", "blurry")
+
+    page.select_option("#gen-model", FLUX)
+    expect(page.locator("#gen-scheduler")).to_have_value(schnell["default_scheduler"])
+    assert options.evaluate_all("os => os.map(o => o.value)") == schnell["schedulers"]
+    expect(page.locator("#gen-negative")).to_be_disabled()
+    expect(page.locator("#gen-negative-hint")).to_have_text("flux1-schnell models take no negative prompt.")
+    expect(page.locator("#gen-steps")).to_have_value(str(schnell["default_steps"]))
+    expect(page.locator("#gen-guidance")).to_have_value("0")
+    expect(page.locator("#gen-clip-skip-row")).to_be_hidden()
+    expect(page.locator("#gen-width")).to_have_attribute("step", str(schnell["size_multiple"]))
+    expect(page.locator("#gen-width")).to_have_attribute("placeholder", str(schnell["native_size"]))
+    shot(page, "generate-flux")
+
+    # A generation from the page: the settings the user did not set are not sent.
+    page.fill("#gen-prompt", "a red circle")
+    page.fill("#gen-width", "64")
+    page.fill("#gen-height", "64")
+    page.fill("#gen-seed", "7")
+    with page.expect_request(lambda r: r.url.endswith("/v1/jobs") and r.method == "POST") as sent:
+        page.click("#gen-submit")
+    body = json.loads(sent.value.post_data)
+    assert body["model"] == FLUX and not {"negative_prompt", "steps", "guidance_scale", "scheduler"} & set(body)
+    expect(page.locator("#gen-progress-text")).to_contain_text("Done", timeout=120_000)
+    page.wait_for_function("() => { const i = document.querySelector('#gen-result img'); return i && i.complete && i.naturalWidth === 64; }")
+    params = page.locator("#gen-params")
+    for text in (FLUX, "64x64", f"Steps{schnell['default_steps']}", f"Scheduler{schnell['default_scheduler']}"):
+        expect(params).to_contain_text(text)
+    expect(params).not_to_contain_text("Negative prompt")
+
+    # Back to the demo model: the SD schedulers with its default (euler_a was dropped on FLUX),
+    # its defaults, and the negative prompt as it was.
+    page.select_option("#gen-model", "alice-demo")
+    expect(page.locator("#gen-scheduler")).to_have_value(demo["default_scheduler"])
+    assert options.evaluate_all("os => os.map(o => o.value)") == demo["schedulers"]
+    expect(page.locator("#gen-negative")).to_be_enabled()
+    expect(page.locator("#gen-negative")).to_have_value("blurry")
+    expect(page.locator("#gen-steps")).to_have_value(str(demo["default_steps"]))
+    expect(page.locator("#gen-clip-skip-row")).to_be_visible()
+    expect(page.locator("#gen-width")).to_have_attribute("step", str(demo["size_multiple"]))
+    api(server, "POST", f"/v1/models/{FLUX}/unload")

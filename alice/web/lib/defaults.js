@@ -14,8 +14,17 @@ export function userDefaults() {
   }
 }
 
+// Each model's family has its own steps, guidance and scheduler (/v1/models); the server's
+// defaults for these (/v1/settings) are Stable Diffusion's, so a form leaves them to the model.
+const FAMILY_SETTINGS = ["steps", "guidance_scale", "scheduler"];
+
+/** The form's starting values: the server's defaults but the family ones, then the user's own
+ * (those the user left empty, null, are not theirs: the model's stay). */
 export function effectiveDefaults() {
-  return { ...((serverSettings && serverSettings.defaults) || {}), ...userDefaults() };
+  const server = { ...((serverSettings && serverSettings.defaults) || {}) };
+  for (const name of FAMILY_SETTINGS) delete server[name];
+  const own = Object.entries(userDefaults()).filter(([, value]) => value !== null && value !== "");
+  return { ...server, ...Object.fromEntries(own) };
 }
 
 /** Throws where the browser lets the page store nothing. */

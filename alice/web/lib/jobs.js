@@ -10,6 +10,6 @@ export function jobSettings(job) {
   return {
     model: job.model, prompt: p.prompt, negative_prompt: p.negative_prompt, width: p.width, height: p.height,
     steps: p.steps, guidance_scale: p.guidance_scale, scheduler: p.scheduler, seed: p.seed,
-    num_images: p.num_images, strength: p.strength, loras,
+    num_images: p.num_images, strength: p.strength, clip_skip: p.clip_skip, loras,
   };
 }

@@ -4,7 +4,7 @@ import { api } from "./api.js";
 import { $ } from "./dom.js";
 
 export let serverSettings = null;
-export let pipelines = []; // [{name, type, loaded}]
+export let pipelines = []; // [{name, type, loaded, facts}]: facts, how its family draws (or null)
 export let stored = []; // the whole store, LoRAs too
 
 export async function loadSettings(force = false) {
@@ -16,6 +16,8 @@ export async function loadModels() {
   const listing = await api("/v1/models");
   pipelines = (listing.data || []).map((model) => ({
     name: String(model.id).replace(/^sd\//, ""), type: model.type || "", loaded: Boolean(model.loaded),
+    // Its family's defaults, schedulers and what applies (Family.facts); none from an older server.
+    facts: Array.isArray(model.schedulers) ? model : null,
   }));
   return pipelines;
 }
@@ -33,6 +35,8 @@ export async function loadStore() {
 /** [value, label] pairs for a <select> (see dom.fillSelect). */
 export const modelOptions = () => pipelines.map((m) => [m.name, m.type ? `${m.name} (${m.type})` : m.name]);
 export const schedulerOptions = () => ((serverSettings && serverSettings.schedulers) || []).map((name) => [name, name]);
+/** How the named model draws (`/v1/models`' facts), or null for one not in the store. */
+export const modelFacts = (name) => (pipelines.find((m) => m.name === name) || {}).facts || null;
 export const loraNames = () => stored.filter((m) => m.kind === "lora").map((m) => m.name);
 
 /** Set each input's bounds from its setting's limits as the server's schema states them

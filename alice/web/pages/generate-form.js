@@ -1,13 +1,29 @@
 /* The Generate form's fields: filled from settings, read into a `/v1/jobs` body, checked;
- * its LoRA rows and its img2img input image. */
+ * its LoRA rows and its img2img input image. The form follows the chosen model's family
+ * (`/v1/models`' facts): its schedulers, defaults, sizes, and what it takes at all. */
 import { $, el, fillSelect, setText } from "../lib/dom.js";
-import { loraNames, pipelines, serverSettings } from "../lib/server.js";
+import { loraNames, modelFacts, pipelines, serverSettings } from "../lib/server.js";
 
 const MAX_INPUT_BYTES = 20 * 1024 * 1024;
 
+// Steps, guidance and scheduler show the model's defaults until the user sets them; only a value
+// the user set is sent, so the server, which knows each family's, stays the one source of defaults.
+const FOLLOWING = ["gen-steps", "gen-guidance", "gen-scheduler"];
+
 let inputImage = null; // a data URI, or "/images/<name>"
 
+const isSet = (id) => $(id).dataset.set === "1";
+function markSet(id, set) {
+  if (set) $(id).dataset.set = "1";
+  else delete $(id).dataset.set;
+}
+
 export function wireForm() {
+  $("gen-model").addEventListener("change", followModel);
+  for (const id of FOLLOWING) {
+    // Emptied, a field follows the model again.
+    $(id).addEventListener("input", () => markSet(id, $(id).value.trim() !== ""));
+  }
   $("gen-seed-random").addEventListener("click", () => { $("gen-seed").value = ""; });
   $("gen-lora-add").addEventListener("click", () => addLoraRow());
   $("gen-image").addEventListener("change", onImageFile);
@@ -16,10 +32,69 @@ export function wireForm() {
   updateStrength();
 }
 
+/** How the chosen model draws: its facts, or for one the server has no facts for (a model not
+ * in the store, an older server) the server's defaults with every setting applying, as before. */
+function chosenFacts() {
+  const facts = modelFacts($("gen-model").value);
+  if (facts) return facts;
+  const defaults = (serverSettings && serverSettings.defaults) || {};
+  const limits = (serverSettings && serverSettings.limits) || {};
+  return {
+    family: "", native_size: null, default_steps: defaults.steps, default_guidance_scale: defaults.guidance_scale,
+    default_scheduler: defaults.scheduler, schedulers: (serverSettings && serverSettings.schedulers) || [],
+    guidance: "cfg", negative_prompt: true, clip_skip: true, image_to_image: true, loras: true,
+    size_multiple: limits.side_multiple || 8,
+  };
+}
+
+const familyModels = (facts) => (facts.family ? `${facts.family} models` : "This model");
+
+/** Make the form fit the chosen model: its scheduler list (the user's choice kept where it
+ * applies, else the model's default), its defaults in the fields the user has not set, its size
+ * grid, and the fields of settings its family does not take disabled, each with why. */
+export function followModel() {
+  const facts = chosenFacts();
+  const scheduler = $("gen-scheduler");
+  const keep = isSet("gen-scheduler") && facts.schedulers.includes(scheduler.value);
+  fillSelect(scheduler, facts.schedulers.map((name) => [name, name]), keep ? scheduler.value : facts.default_scheduler);
+  markSet("gen-scheduler", keep);
+  for (const [id, value] of [["gen-steps", facts.default_steps], ["gen-guidance", facts.default_guidance_scale]]) {
+    const input = $(id);
+    input.placeholder = value === undefined || value === null ? "" : String(value);
+    if (!isSet(id)) input.value = input.placeholder;
+  }
+  for (const id of ["gen-width", "gen-height"]) {
+    $(id).step = String(facts.size_multiple);
+    $(id).placeholder = facts.native_size ? String(facts.native_size) : "model's"; // empty: the native size
+  }
+  const models = familyModels(facts);
+  $("gen-negative").disabled = !facts.negative_prompt;
+  hint("gen-negative-hint", facts.negative_prompt ? "" : `${models} take no negative prompt.`);
+  hint("gen-guidance-hint", facts.guidance === "none" ? `${models} ignore guidance.` : "");
+  $("gen-clip-skip-row").hidden = !facts.clip_skip;
+  $("gen-image-set").disabled = !facts.image_to_image;
+  hint("gen-image-hint", facts.image_to_image ? "" : `${models} draw no img2img: the input image is not sent.`);
+  refreshLoraChoices();
+}
+
+function hint(id, text) {
+  setText($(id), text);
+  $(id).hidden = !text;
+}
+
+/** Choose a model in the form, and fit the form to it. */
+export function chooseModel(name) {
+  $("gen-model").value = name;
+  followModel();
+}
+
 export function refreshLoraChoices() {
   const names = loraNames();
+  const { loras } = chosenFacts();
+  $("gen-lora-set").disabled = !loras;
   $("gen-lora-add").disabled = names.length === 0;
-  setText($("gen-lora-hint"), names.length ? "" : "No LoRAs in the model store yet: download one on the Models page.");
+  setText($("gen-lora-hint"), !loras ? `${familyModels(chosenFacts())} take no LoRAs: the rows are not sent.`
+    : names.length ? "" : "No LoRAs in the model store yet: download one on the Models page.");
   for (const select of $("gen-loras").querySelectorAll("select")) {
     fillSelect(select, names.map((name) => [name, name]));
   }
@@ -83,12 +158,20 @@ export function applyToForm(values, { keepPrompt = false } = {}) {
   // No size = the model's native size, chosen by the server: leave the field empty.
   $("gen-width").value = values.width ? String(values.width) : "";
   $("gen-height").value = values.height ? String(values.height) : "";
-  set("gen-steps", values.steps);
-  set("gen-guidance", values.guidance_scale);
+  $("gen-clip-skip").value = values.clip_skip ? String(values.clip_skip) : "";
+  // Steps and guidance given are the user's; the others follow the model chosen.
+  for (const [id, name] of [["gen-steps", "steps"], ["gen-guidance", "guidance_scale"]]) {
+    const given = values[name] !== undefined && values[name] !== null;
+    if (given) $(id).value = String(values[name]);
+    markSet(id, given);
+  }
+  markSet("gen-scheduler", false);
+  followModel();
   set("gen-count", values.num_images);
   set("gen-strength", values.strength);
   if (values.scheduler && Array.from($("gen-scheduler").options).some((o) => o.value === values.scheduler)) {
     $("gen-scheduler").value = values.scheduler;
+    markSet("gen-scheduler", true);
   }
   if (Array.isArray(values.loras)) {
     $("gen-loras").replaceChildren();
@@ -101,15 +184,19 @@ export function applyToForm(values, { keepPrompt = false } = {}) {
 export function readForm() {
   const number = (id) => Number($(id).value);
   const optional = (id) => ($(id).value.trim() === "" ? undefined : Number($(id).value));
+  // Undefined is left out of the JSON: the server applies the model's default.
+  const own = (id, value) => (isSet(id) ? value : undefined);
+  const facts = chosenFacts();
   const body = {
     prompt: $("gen-prompt").value,
-    negative_prompt: $("gen-negative").value,
+    negative_prompt: facts.negative_prompt ? $("gen-negative").value : undefined,
     model: $("gen-model").value || undefined,
     width: optional("gen-width"),
     height: optional("gen-height"),
-    steps: number("gen-steps"),
-    guidance_scale: number("gen-guidance"),
-    scheduler: $("gen-scheduler").value || undefined,
+    steps: own("gen-steps", optional("gen-steps")),
+    guidance_scale: own("gen-guidance", optional("gen-guidance")),
+    scheduler: own("gen-scheduler", $("gen-scheduler").value || undefined),
+    clip_skip: facts.clip_skip ? optional("gen-clip-skip") : undefined,
     num_images: number("gen-count") || 1,
   };
   const seed = $("gen-seed").value.trim();
@@ -117,8 +204,8 @@ export function readForm() {
   const loras = Array.from($("gen-loras").children).map((row) => ({
     name: row.querySelector("select").value, scale: Number(row.querySelector("input").value),
   })).filter((lora) => lora.name);
-  if (loras.length) body.loras = loras;
-  if (inputImage) {
+  if (loras.length && facts.loras) body.loras = loras;
+  if (inputImage && facts.image_to_image) {
     body.input_image = inputImage;
     body.strength = number("gen-strength");
   }
@@ -129,10 +216,11 @@ export function readForm() {
 export function checkForm(body) {
   if (!body.prompt.trim()) return "Write a prompt first.";
   const limits = (serverSettings && serverSettings.limits) || {};
+  const multiple = chosenFacts().size_multiple;
   for (const side of ["width", "height"]) {
     if (body[side] === undefined) continue; // the model's native size
-    if (!Number.isInteger(body[side]) || body[side] < 64 || body[side] % 8) {
-      return `${side[0].toUpperCase() + side.slice(1)} must be a multiple of 8, at least 64.`;
+    if (!Number.isInteger(body[side]) || body[side] < 64 || body[side] % multiple) {
+      return `${side[0].toUpperCase() + side.slice(1)} must be a multiple of ${multiple}, at least 64.`;
     }
   }
   if (limits.max_pixels && body.width && body.height && body.width * body.height > limits.max_pixels) {

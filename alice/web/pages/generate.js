@@ -7,8 +7,10 @@ import { fmtSeconds } from "../lib/format.js";
 import { FINISHED, jobSettings } from "../lib/jobs.js";
 import { toast } from "../lib/overlays.js";
 import { currentPage } from "../lib/router.js";
-import { applyLimits, loadModels, loadSettings, loadStore, modelOptions, schedulerOptions } from "../lib/server.js";
-import { addLoraRow, applyToForm, checkForm, readForm, refreshLoraChoices, setInputImage, wireForm } from "./generate-form.js";
+import { applyLimits, loadModels, loadSettings, loadStore, modelOptions } from "../lib/server.js";
+import {
+  addLoraRow, applyToForm, checkForm, chooseModel, followModel, readForm, setInputImage, wireForm,
+} from "./generate-form.js";
 
 let ready = false; // the form holds the defaults (and the user's changes since)
 let pending = null; // what to do once the form is filled (a model chosen on the Models page)
@@ -18,7 +20,7 @@ let runningJob = null; // the id of the job this page waits for
 const FORM_SETTINGS = {
   "gen-prompt": "prompt", "gen-negative": "negative_prompt", "gen-width": "width", "gen-height": "height",
   "gen-count": "num_images", "gen-steps": "steps", "gen-guidance": "guidance_scale", "gen-seed": "seed",
-  "gen-strength": "strength",
+  "gen-strength": "strength", "gen-clip-skip": "clip_skip",
 };
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -37,13 +39,13 @@ export const generate = {
     await Promise.all([loadSettings(), loadModels(), loadStore()]);
     const defaults = effectiveDefaults();
     fillSelect($("gen-model"), modelOptions(), ready ? undefined : defaults.model);
-    fillSelect($("gen-scheduler"), schedulerOptions(), ready ? undefined : defaults.scheduler);
     applyLimits(FORM_SETTINGS);
     if (!ready) {
-      applyToForm(defaults, { keepPrompt: true });
+      applyToForm(defaults, { keepPrompt: true }); // fits the form to the model as well
       ready = true;
+    } else {
+      followModel(); // the store may have changed since: the model's facts and LoRAs with it
     }
-    refreshLoraChoices();
     if (pending) {
       const action = pending;
       pending = null;
@@ -72,7 +74,7 @@ export function reuse(settings) {
 export function useModel(model) {
   openFormThen(model.kind === "lora"
     ? () => addLoraRow(model.name)
-    : () => { $("gen-model").value = model.name; });
+    : () => chooseModel(model.name));
 }
 
 export function useAsInput(name) {

@@ -72,7 +72,7 @@ function renderStore(store) {
       el("div", { class: "main" },
         el("div", { class: "title" }, model.name, " ",
           el("span", { class: "badge accent", text: kind }), " ",
-          model.type ? el("span", { class: "badge", text: model.type }) : null, " ",
+          model.type ? el("span", { class: "badge family", text: model.type, title: "Model family" }) : null, " ",
           model.loaded ? el("span", { class: "badge ok", text: "loaded" }) : null, " ",
           model.default ? el("span", { class: "badge warn", text: "default" }) : null),
         el("div", { class: "meta", text: [

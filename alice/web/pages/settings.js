@@ -33,12 +33,13 @@ export const settings = {
     applyLimits(DEFAULTS_FORM);
     const defaults = effectiveDefaults();
     fillSelect($("def-model"), modelOptions(), defaults.model);
-    fillSelect($("def-scheduler"), schedulerOptions(), defaults.scheduler);
+    // Steps, guidance and scheduler: each model's own unless set here (one value for every family).
+    fillSelect($("def-scheduler"), [["", "the model's"], ...schedulerOptions()], defaults.scheduler || "");
     $("def-width").value = defaults.width || "";
     $("def-height").value = defaults.height || "";
     $("def-count").value = defaults.num_images;
-    $("def-steps").value = defaults.steps;
-    $("def-guidance").value = defaults.guidance_scale;
+    $("def-steps").value = defaults.steps ?? "";
+    $("def-guidance").value = defaults.guidance_scale ?? "";
     $("def-negative").value = defaults.negative_prompt || "";
     setText($("def-msg"), Object.keys(userDefaults()).length ? "Your own defaults are in use." : "The server's defaults are in use.");
     renderKeyState();
@@ -89,6 +90,8 @@ function renderKeyState() {
   $("key-forget").disabled = !key;
 }
 
+const optionalNumber = (id) => ($(id).value.trim() === "" ? null : Number($(id).value));
+
 function onSaveDefaults(event) {
   event.preventDefault();
   const values = {
@@ -96,9 +99,9 @@ function onSaveDefaults(event) {
     width: Number($("def-width").value) || null,
     height: Number($("def-height").value) || null,
     num_images: Number($("def-count").value),
-    steps: Number($("def-steps").value),
-    guidance_scale: Number($("def-guidance").value),
-    scheduler: $("def-scheduler").value,
+    steps: optionalNumber("def-steps"),
+    guidance_scale: optionalNumber("def-guidance"),
+    scheduler: $("def-scheduler").value || null,
     negative_prompt: $("def-negative").value,
   };
   try {
