@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from tests.downloads.fake_sources import FakeSources, start
-from tests.families.tiny_pipelines import BUILDERS
+from harness.tiny_pipelines import BUILDERS
 from alice.http.web_routes import WEB_DIR
 from alice.images.store import ImageStore
 from alice.protocol.a1111 import a1111_parameters
