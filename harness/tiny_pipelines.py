@@ -303,25 +303,10 @@ QWEN_IMAGE_PIECES = (
 
 
 def _byte_level_merges(pieces: list[str]) -> list[tuple[str, str]]:
-    """BPE training (most frequent pair first) on `pieces` until each is one symbol, in
-    byte-level form: like alice/engine/tokenizer.py's `learn_merges`, without CLIP's </w>."""
-    from collections import Counter
+    """BPE merges (most frequent pair first) until each piece is one symbol, in byte-level form."""
+    from alice.engine.tokenizer import learn_merges
 
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    to_symbol = bytes_to_unicode()
-    spelled = [[to_symbol[b] for b in piece.encode("utf-8")] for piece in dict.fromkeys(pieces)]
-    merges: list[tuple[str, str]] = []
-    while pairs := Counter(pair for symbols in spelled for pair in zip(symbols, symbols[1:])):
-        best = max(pairs, key=lambda pair: pairs[pair])  # ties: first seen, so deterministic
-        merges.append(best)
-        for symbols in spelled:
-            i = 0
-            while i < len(symbols) - 1:
-                if (symbols[i], symbols[i + 1]) == best:
-                    symbols[i : i + 2] = [symbols[i] + symbols[i + 1]]
-                i += 1
-    return merges
+    return learn_merges(pieces, word_end="")
 
 
 def qwen_tokenizer(vision_tokens: bool = False) -> Any:

@@ -30,18 +30,20 @@ def _bytes_to_unicode() -> list[str]:
     return [chr(mapping[byte]) for byte in range(256)]
 
 
-def learn_merges(words: Iterable[str]) -> list[tuple[str, str]]:
+def learn_merges(words: Iterable[str], *, word_end: str = "</w>") -> list[tuple[str, str]]:
     """BPE training on a word list until every word is one symbol.
 
     Merging the most frequent adjacent pair first (ties by first appearance, so the result
     is the same every time) gives merges that the tokenizer, applying them by rank, replays
     exactly: each word ends as a single token, whatever other words share its letters.
+    `word_end` marks a word's last symbol (CLIP's `</w>`; byte-level BPEs such as Qwen's mark
+    none: pass "", and the words are not lowercased).
     """
     byte_symbols = _bytes_to_unicode()
     spelled = []
-    for word in dict.fromkeys(w.lower() for w in words):
+    for word in dict.fromkeys(w.lower() if word_end else w for w in words):
         symbols = [byte_symbols[b] for b in word.encode("utf-8")]
-        symbols[-1] += "</w>"
+        symbols[-1] += word_end
         spelled.append(symbols)
     merges: list[tuple[str, str]] = []
     while True:
