@@ -14,7 +14,8 @@ from pathlib import Path
 from safetensors import safe_open
 
 from alice.engine.demo import DEMO_MODEL_DIR, DEMO_MODEL_NAME
-from alice.engine.families import detect_family, lora_family
+from alice.engine.families import detect_family, family_named, lora_family
+from alice.engine.folder_check import FolderDoesNotLoad, check_folder_loads
 from alice.engine.pipelines import choose_placement, load_pipeline
 from alice.engine.single_file import convert_single_file, detect_checkpoint_family
 from alice.engine.transformer_files import is_transformer_file
@@ -41,7 +42,7 @@ def import_pipeline_folder(folder: Path, name: str, *, source: str = "local") ->
     if holds_no_transformer(folder):  # text encoders and VAE alone: a base for transformer files
         return import_base_folder(folder, name, source=source)
     family = detect_family(folder)
-    _check_loads(folder)
+    _check_loads(folder, family)
     return store_folder(folder, name, kind=PIPELINE, family=family, source=source)
 
 
@@ -105,8 +106,16 @@ def _demo_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
-def _check_loads(folder: Path) -> None:
-    """Load the folder with the serving code; any failure means it is not a usable pipeline."""
+def _check_loads(folder: Path, family: str | None = None) -> None:
+    """Load the folder with the serving code; any failure means it is not a usable pipeline.
+    A transformer family's folder (tens of GB) is checked without loading it: every component
+    built on the meta device against its weight files' headers (alice/engine/folder_check.py)."""
+    if family is not None and not family_named(family).is_unet:
+        try:
+            check_folder_loads(folder)
+        except FolderDoesNotLoad as exc:
+            raise ValueError(f"{folder} does not load as a {family} pipeline: {exc}") from None
+        return
     try:
         pipe = load_pipeline(folder, choose_placement("cpu"))
     except Exception as exc:  # diffusers raises many kinds for broken folders
