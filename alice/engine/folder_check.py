@@ -22,17 +22,18 @@ class FolderDoesNotLoad(ValueError):
     """A component of the folder would not load; the message names it and what is wrong."""
 
 
-def check_folder_loads(folder: Path) -> None:
-    """FolderDoesNotLoad unless every component of the folder builds from its config and its
-    weight files hold exactly the tensors the model expects (a transformer-only file in
-    `transformer/` is checked when it is imported, alice/engine/transformer_files.py)."""
+def check_folder_loads(folder: Path, *, skip: tuple[str, ...] = ()) -> None:
+    """FolderDoesNotLoad unless every component of the folder (but those in `skip`) builds from
+    its config and its weight files hold exactly the tensors the model expects (a
+    transformer-only file in `transformer/` is checked when it is imported, see
+    alice/models/transformer_imports.py)."""
     folder = Path(folder)
     try:
         index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise FolderDoesNotLoad(f"{folder}: model_index.json unreadable ({exc})") from None
     for name, spec in index.items():
-        if name.startswith("_") or not isinstance(spec, list) or spec[1] is None:
+        if name.startswith("_") or not isinstance(spec, list) or spec[1] is None or name in skip:
             continue
         library, class_name = spec
         try:
