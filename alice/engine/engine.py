@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
+from alice.engine.finite import NonFiniteOutput  # noqa: F401  (the worker's import, like OutOfMemory)
 from alice.engine.generate import BatchEntry, GenerationOutput, GenerationStopped, StopCheck, run_batch
 from alice.engine.loras import loras_applied
 from alice.engine.pipelines import MemoryPreset, PipelineCache, unet_is_compiled
@@ -48,7 +49,8 @@ class Engine(Protocol):
     ) -> list[GenerationOutput | GenerationStopped]:
         """Draw a batch of entries that share a `batch_key`, `max_images` to a call, with `loras`
         applied (`should_stop` cuts their loading short): per entry its images or why it stopped.
-        Raises OutOfMemory, loras.LoraLoadFailed, or GenerationStopped while loading LoRAs."""
+        Raises OutOfMemory, NonFiniteOutput (NaN in the latents or the decode),
+        loras.LoraLoadFailed, or GenerationStopped while loading LoRAs."""
 
 
 class DiffusersEngine(PipelineCache):

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 from PIL import Image
 
 from alice.engine.families import Family, family_of_pipeline
+from alice.engine.finite import finite_decode
 from alice.engine.prompt_tags import extract_prompt_loras
 from alice.engine.schedulers import build_scheduler
 from alice.engine.spec import GenerationSpec, batch_key  # noqa: F401  (batch_key: the jobs' import)
@@ -132,6 +133,9 @@ def run_batch(
     when every entry of a call has stopped, the call ends at that step. A call that runs out of
     memory is split in halves, each tried once (after `on_out_of_memory`, which frees what the
     failed call held); torch.OutOfMemoryError when a half fails too, or a single image does.
+
+    A call whose latents or decode come out NaN raises finite.NonFiniteOutput (a VAE that
+    overflows is retried in float32 first: alice/engine/finite.py).
 
     `family` says which arguments the pipeline takes (by default the family of its class).
     The caller must own the pipeline for the duration (ALICE runs one generation at a time):
@@ -250,7 +254,9 @@ def _draw(
             pipeline._interrupt = True
         return kwargs
 
-    with torch.inference_mode(), _clip_layers_reachable(pipe) if spec.clip_skip else contextlib.nullcontext():
+    clip_layers = _clip_layers_reachable(pipe) if spec.clip_skip else contextlib.nullcontext()
+    # finite_decode: NonFiniteOutput rather than a black image (alice/engine/finite.py).
+    with torch.inference_mode(), clip_layers, finite_decode(pipe):
         result = pipe(
             prompt=prompts[0] if single else prompts,
             **family_arguments(family, spec, negatives if not single else negatives[0]),

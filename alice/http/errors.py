@@ -33,6 +33,7 @@ ERROR_TYPES = {
 FAILURE_STATUS = {  # by JobFailure code
     "timeout": 504, "model_not_found": 404, "out_of_memory": 503, "lora_failed": 400,
     "model_does_not_fit": 400,  # this server's card and RAM cannot hold it: the message names what would
+    "nan_output": 500,  # the server's precision on its card, not the request: a retry draws NaN again
 }
 
 

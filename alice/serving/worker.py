@@ -14,7 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from alice.config import Settings
-from alice.engine.engine import Engine, OutOfMemory
+from alice.engine.engine import Engine, NonFiniteOutput, OutOfMemory
 from alice.engine.generate import BatchEntry, GenerationStopped, images_per_call
 from alice.engine.loras import LoraLoadFailed
 from alice.engine.pipelines import LoadedPipeline
@@ -135,6 +135,9 @@ class Worker:
             results = [GenerationStopped(controls[index].should_stop() or stop.reason) for index in entries]
         except OutOfMemory:
             raise JobFailure("out_of_memory", "the GPU ran out of memory; try a smaller size or fewer images") from None
+        except NonFiniteOutput as exc:  # never a black image with a 200: the server's precision, not the request
+            logger.error("job %s: model %s: %s", head.id, head.model, exc)
+            raise JobFailure("nan_output", f"model '{head.model}' produced no image: {exc}") from None
         except LoraLoadFailed as exc:
             logger.warning("job %s: %s", head.id, exc, exc_info=True)
             raise JobFailure(

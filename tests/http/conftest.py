@@ -60,7 +60,7 @@ def storing_for(engine: object | None) -> Iterator[None]:
     from alice.models import checkpoints
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(checkpoints, "_check_loads", lambda folder: None)
+        patch.setattr(checkpoints, "_check_loads", lambda folder, family=None: None)
         yield
 
 
