@@ -91,8 +91,9 @@ class Settings(BaseSettings):
         "(group: the transformer families; SD's UNets take model offload for it) or layer by layer "
         "(sequential); auto = only for models whose weights and working memory do not fit the card.",
     )
-    channels_last: bool = Field(
-        True, description="channels_last memory format on CUDA (faster convolutions; not under sequential offload)."
+    channels_last: bool | Literal["auto"] = Field(
+        "auto", description="channels_last memory format for the UNet on CUDA (faster convolutions through tensor-core "
+        "kernels; not under sequential offload); auto = on cards with tensor cores (Volta and later, not GTX 16xx)."
     )
     compile_unet: bool = Field(False, description="torch.compile the UNet (slow first image, faster after).")
     max_pixels: int = Field(

@@ -186,7 +186,7 @@ class MemoryOptions:
     vae_tiling: bool | Literal["auto"] = "auto"  # decode large images tile by tile
     # model: whole models move to the GPU in turn; sequential: layer by layer
     cpu_offload: Offload | Literal["auto"] = "auto"
-    channels_last: bool = True  # faster convolutions on CUDA
+    channels_last: bool | Literal["auto"] = "auto"  # faster convolutions on CUDA; auto = where tensor cores are
     compile_unet: bool = False  # torch.compile the UNet: faster steps after a slow first run
     max_pixels: int = 1024 * 1024  # the largest image a request may ask for (ALICE_MAX_PIXELS)
 
@@ -306,6 +306,13 @@ def footprint(
     return Footprint(weights, 0, weights, int(SEQUENTIAL_LAYER + max(unet_steps, decode)))
 
 
+def has_tensor_cores(facts: DeviceFacts) -> bool:
+    """Whether the card has tensor cores, whose NHWC kernels channels_last is for: Volta (7.0)
+    and later, except Turing's GTX 16xx (TU116/TU117, 7.5 without them). Elsewhere (Pascal, the
+    CPU) channels_last only reorders memory for kernels that gain nothing from it, unmeasured."""
+    return facts.is_gpu and facts.capability >= (7, 0) and "GTX 16" not in facts.name
+
+
 def resolve_preset(facts: DeviceFacts, family: str, options: MemoryOptions, dtype: torch.dtype) -> MemoryPreset:
     """A UNet family's preset (the transformer families': alice/engine/presets.py `preset_for`).
     Explicit settings as given; each `auto` one decided from the card and the family.
@@ -318,6 +325,7 @@ def resolve_preset(facts: DeviceFacts, family: str, options: MemoryOptions, dtyp
     sequential offload, where the weights stream in per call and it does nothing.
     """
     slicing = options.attention_slicing is True
+    channels_last = has_tensor_cores(facts) if options.channels_last == "auto" else options.channels_last
     if not facts.is_gpu:
         return MemoryPreset(family, "none", _fixed_tiling(options.vae_tiling, family), slicing, False)
     capacity = cache_capacity(facts)
@@ -330,7 +338,7 @@ def resolve_preset(facts: DeviceFacts, family: str, options: MemoryOptions, dtyp
         else:
             tilings = [_fixed_tiling(options.vae_tiling, family)]
         for tiling in tilings:
-            preset = MemoryPreset(family, offload, tiling, slicing, options.channels_last and offload != "sequential")
+            preset = MemoryPreset(family, offload, tiling, slicing, channels_last and offload != "sequential")
             if capacity.fits([footprint(preset, facts, dtype, options.max_pixels)]):
                 return preset
     return preset  # nothing fits: the cheapest layout, for a card smaller than any estimate

@@ -205,7 +205,7 @@ def test_memory_metrics_read_the_configured_card(monkeypatch, tmp_path):
     # A transformer family's entry says where each part lives and why (for its released checkpoint).
     assert all({"parts", "fits", "reason"} <= set(health["memory_preset"][family]) for family in TRANSFORMER_FAMILIES)
     assert health["memory_preset"]["sd15"] == {
-        "cpu_offload": "none", "vae_tiling_above_px": None, "attention_slicing": False, "channels_last": True
+        "cpu_offload": "none", "vae_tiling_above_px": None, "attention_slicing": False, "channels_last": False
     }
 
 
@@ -213,7 +213,8 @@ def test_memory_metrics_read_the_configured_card(monkeypatch, tmp_path):
 def test_a_6gb_card_runs_sd1_and_sd2_whole_and_sdxl_offloaded():
     for family in ("sd15", "sd2"):
         chosen = preset(GTX_1060, family)
-        assert chosen.cpu_offload == "none" and not chosen.attention_slicing and chosen.channels_last
+        assert chosen.cpu_offload == "none" and not chosen.attention_slicing
+        assert not chosen.channels_last  # Pascal has no tensor cores for NHWC kernels
     assert preset(GTX_1060, "sd15").vae_tiling_above is None  # a 1024x1024 decode fits next to 2 GiB
     sdxl = preset(GTX_1060, "sdxl")
     assert sdxl.cpu_offload == "model"  # 6.5 GiB of weights: only the 4.8 GiB UNet fits at once
@@ -251,6 +252,15 @@ def test_explicit_settings_win_over_auto():
     chosen = preset(H100, "sd15", cpu_offload="model", vae_tiling=True, attention_slicing=True)
     assert (chosen.cpu_offload, chosen.vae_tiling_above, chosen.attention_slicing) == ("model", 512, True)
     assert preset(GTX_1060, "sdxl", vae_tiling=False).vae_tiling_above is None
+
+
+def test_channels_last_is_on_where_tensor_cores_are():
+    gtx_1660 = gpu("NVIDIA GeForce GTX 1660 SUPER", (7, 5), 6_222_839_808, arch_list=CU126)  # TU116: none
+    volta = gpu("Tesla V100-SXM2-16GB", (7, 0), 16_935_682_048, arch_list=CU126)
+    assert [preset(card, "sd15").channels_last for card in (GTX_1060, gtx_1660, volta, T4, RTX_3060, H100)] == [
+        False, False, True, True, True, True]
+    assert preset(GTX_1060, "sd15", channels_last=True).channels_last is True  # an explicit setting wins
+    assert preset(H100, "sd15", channels_last=False).channels_last is False
 
 
 def test_channels_last_is_not_applied_under_sequential_offload():
