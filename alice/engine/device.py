@@ -123,17 +123,24 @@ def check_device_supported(facts: DeviceFacts) -> None:
 
 # -- precision ---------------------------------------------------------------------------------
 def auto_dtype(facts: DeviceFacts) -> torch.dtype:
-    """bf16 from Ampere (8.0) on, fp16 on older cards, fp32 on the CPU.
+    """bf16 from Ampere (8.0) on, fp16 on older cards, fp32 on the GTX 16xx and the CPU.
 
     bf16 has fp32's range, so SD's VAE does not overflow into black images; but before Ampere
     torch only emulates it (`torch.cuda.is_bf16_supported()` is true there too): matmuls run
-    slowly and SDPA's fast kernels refuse it. Half precision on the CPU is slower and less exact.
+    slowly and SDPA's fast kernels refuse it. The GTX 16xx (TU116/TU117) are known to produce
+    NaN in fp16 (black images: A1111 runs them with --precision full --no-half), so they get
+    fp32; ALICE_DTYPE overrides any of this. Half precision on the CPU is slower and less exact.
     """
     import torch
 
-    if not facts.is_gpu:
+    if not facts.is_gpu or is_gtx_16(facts):
         return torch.float32
     return torch.bfloat16 if facts.capability >= (8, 0) else torch.float16
+
+
+def is_gtx_16(facts: DeviceFacts) -> bool:
+    """A Turing card without tensor cores (TU116/TU117: GTX 1630 to 1660 Ti), which NaNs in fp16."""
+    return facts.is_gpu and facts.capability == (7, 5) and "GTX 16" in facts.name
 
 
 # -- memory ------------------------------------------------------------------------------------
@@ -310,7 +317,7 @@ def has_tensor_cores(facts: DeviceFacts) -> bool:
     """Whether the card has tensor cores, whose NHWC kernels channels_last is for: Volta (7.0)
     and later, except Turing's GTX 16xx (TU116/TU117, 7.5 without them). Elsewhere (Pascal, the
     CPU) channels_last only reorders memory for kernels that gain nothing from it, unmeasured."""
-    return facts.is_gpu and facts.capability >= (7, 0) and "GTX 16" not in facts.name
+    return facts.is_gpu and facts.capability >= (7, 0) and not is_gtx_16(facts)
 
 
 def resolve_preset(facts: DeviceFacts, family: str, options: MemoryOptions, dtype: torch.dtype) -> MemoryPreset:

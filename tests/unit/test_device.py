@@ -254,6 +254,13 @@ def test_explicit_settings_win_over_auto():
     assert preset(GTX_1060, "sdxl", vae_tiling=False).vae_tiling_above is None
 
 
+def test_a_gtx_16xx_computes_in_fp32_where_fp16_turns_black():
+    gtx_1660 = gpu("NVIDIA GeForce GTX 1660 SUPER", (7, 5), 6_222_839_808, arch_list=CU126)
+    assert choose_placement(facts=gtx_1660).dtype == torch.float32
+    assert choose_placement(facts=T4).dtype == torch.float16  # Turing with tensor cores: fp16 is fine
+    assert choose_placement(dtype="float16", facts=gtx_1660).dtype == torch.float16  # ALICE_DTYPE wins
+
+
 def test_channels_last_is_on_where_tensor_cores_are():
     gtx_1660 = gpu("NVIDIA GeForce GTX 1660 SUPER", (7, 5), 6_222_839_808, arch_list=CU126)  # TU116: none
     volta = gpu("Tesla V100-SXM2-16GB", (7, 0), 16_935_682_048, arch_list=CU126)
