@@ -290,6 +290,7 @@ class PipelineCache:
         self._options = options
         self._on_load = on_load or (lambda name, seconds: None)
         self._loaded: OrderedDict[str, LoadedPipeline] = OrderedDict()
+        self._presets: dict[str, MemoryPreset] | None = None
 
     @property
     def placement(self) -> DevicePlacement:
@@ -300,11 +301,15 @@ class PipelineCache:
         return self._capacity
 
     def presets(self) -> dict[str, MemoryPreset]:
-        """The memory preset of each model family on this device, with these options."""
-        return {
-            family: preset_for(self._placement.facts, family, self._options, self._placement.dtype)
-            for family in (*FAMILIES, *TRANSFORMER_FAMILIES)
-        }
+        """The memory preset of each model family on this device, with these options: planned
+        once, since neither changes while the cache lives (planning all families takes ~25 ms
+        of CPU on a small card, and `/health` shows them on every probe)."""
+        if self._presets is None:
+            self._presets = {
+                family: preset_for(self._placement.facts, family, self._options, self._placement.dtype)
+                for family in (*FAMILIES, *TRANSFORMER_FAMILIES)
+            }
+        return dict(self._presets)
 
     def names(self) -> list[str]:
         return list(self._loaded)
