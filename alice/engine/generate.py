@@ -19,7 +19,9 @@ from PIL import Image
 
 from alice.engine.families import Family, family_of_pipeline
 from alice.engine.finite import finite_decode
+from alice.engine.prompt_embeds import encode_prompts, needs_own_encoding
 from alice.engine.prompt_tags import extract_prompt_loras
+from alice.engine.prompt_weights import has_weight_syntax, plain_text
 from alice.engine.schedulers import build_scheduler
 from alice.engine.spec import GenerationSpec, batch_key  # noqa: F401  (batch_key: the jobs' import)
 
@@ -257,9 +259,9 @@ def _draw(
     clip_layers = _clip_layers_reachable(pipe) if spec.clip_skip else contextlib.nullcontext()
     # finite_decode: NonFiniteOutput rather than a black image (alice/engine/finite.py).
     with torch.inference_mode(), clip_layers, finite_decode(pipe):
+        text_args = prompt_arguments(pipe, family, spec, prompts, negatives)
         result = pipe(
-            prompt=prompts[0] if single else prompts,
-            **family_arguments(family, spec, negatives if not single else negatives[0]),
+            **text_args,
             **image_args,
             num_inference_steps=spec.steps,
             generator=generators[0] if single else generators,
@@ -267,6 +269,31 @@ def _draw(
             output_type="pil",
         )
     return result.images
+
+
+def prompt_arguments(
+    pipe: DiffusionPipeline, family: Family, spec: GenerationSpec, prompts: list[str], negatives: list[str]
+) -> dict[str, Any]:
+    """The call's prompts as the pipeline takes them, with the family's guidance arguments.
+
+    On the CLIP-conditioned UNet families, prompts with A1111 weight syntax or longer than the
+    encoder reads are encoded here, weighted and chunked (alice/engine/prompt_embeds.py); the
+    others go to diffusers as text, as before. The transformer families read the words without
+    the syntax (their results say so: alice/engine/prompt_reading.py)."""
+    single = len(prompts) == 1
+    args = family_arguments(family, spec, negatives if not single else negatives[0])
+    if family.is_unet and needs_own_encoding(pipe, [*prompts, *negatives]):
+        args.pop("negative_prompt", None)
+        clip_skip = args.pop("clip_skip", None)
+        zero_empty = bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False))
+        return {**args, **encode_prompts(pipe, prompts, negatives, clip_skip, zero_empty)}
+    if not family.is_unet:
+        prompts = [plain_text(p) if has_weight_syntax(p) else p for p in prompts]
+        if isinstance(negative := args.get("negative_prompt"), str) and has_weight_syntax(negative):
+            args["negative_prompt"] = plain_text(negative)
+        elif isinstance(negative, list):
+            args["negative_prompt"] = [plain_text(n) if has_weight_syntax(n) else n for n in negative]
+    return {"prompt": prompts[0] if single else prompts, **args}
 
 
 def family_arguments(family: Family, spec: GenerationSpec, negative: str | list[str]) -> dict[str, Any]:

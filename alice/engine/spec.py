@@ -57,6 +57,9 @@ class GenerationSpec:
         Field(gt=0, le=1, allow_inf_nan=False, description="img2img: how much of the input image is redrawn (1 = all)."),
     ] = 0.75
     loras: tuple[tuple[str, float], ...] = ()  # (name, scale), from settings and <lora:...> tags
+    # What the model reads differently from the prompts as written (weights a transformer family
+    # ignores, tokens its CLIP encoder cuts): told before the queue (alice/engine/prompt_reading.py).
+    prompt_notes: tuple[str, ...] = ()
     # "a1111": its label in the A1111 parameters text of each PNG (alice/protocol/a1111.py).
     clip_skip: Annotated[
         int | None,
@@ -98,7 +101,7 @@ def setting_limit(name: str, kind: str) -> Any:
 
 # What may differ between the requests of one pipeline call: each image has its own prompt,
 # seed and input image. Every other setting (a new one too) must be the same to share a call.
-PER_IMAGE = frozenset({"prompt", "negative_prompt", "seed", "num_images", "init_image"})
+PER_IMAGE = frozenset({"prompt", "negative_prompt", "seed", "num_images", "init_image", "prompt_notes"})
 
 
 def batch_key(spec: GenerationSpec) -> tuple:

@@ -19,13 +19,14 @@ from alice.engine.spec import GenerationSpec
 VERSION = 1
 
 # Every drawing setting but the LoRAs, whose stored shape is their own.
-_SPEC_FIELDS = tuple(field.name for field in dataclasses.fields(GenerationSpec) if field.name != "loras")
+_SPEC_FIELDS = tuple(field.name for field in dataclasses.fields(GenerationSpec) if field.name not in ("loras", "prompt_notes"))
 
 
 def spec_record(spec: GenerationSpec) -> dict[str, Any]:
     return {
         **{name: getattr(spec, name) for name in _SPEC_FIELDS},
         "loras": [{"name": name, "scale": scale} for name, scale in spec.loras],
+        "prompt_notes": list(spec.prompt_notes),
     }
 
 
@@ -33,6 +34,7 @@ def spec_from_record(stored: dict[str, Any]) -> GenerationSpec:
     return GenerationSpec(
         **{name: stored[name] for name in _SPEC_FIELDS if name in stored},
         loras=tuple((lora["name"], float(lora["scale"])) for lora in stored.get("loras", ())),
+        prompt_notes=tuple(stored.get("prompt_notes", ())),  # a JSON list when read back
     )
 
 

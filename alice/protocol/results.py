@@ -56,12 +56,21 @@ class _Parameters(BaseModel):
         )
 
 
+# The spec's own fields that no request sets, described for the answers.
+_OWN_FIELDS = {
+    "prompt_notes": "What the model read differently from the prompts as written: weight syntax a "
+                    "transformer model reads as plain words, tokens its CLIP encoder cut. Empty: all of it, as written.",
+}
+
+
 def _spec_fields() -> dict[str, Any]:
     hints = typing.get_type_hints(GenerationSpec)
     described = GenerationSettings.model_fields
     return {
         field.name: (hints[field.name], Field(description=described[field.name].description)
-                     if field.name in described else ...)
+                     if field.name in described
+                     else Field(field.default, description=_OWN_FIELDS[field.name]) if field.name in _OWN_FIELDS
+                     else ...)
         for field in dataclasses.fields(GenerationSpec)
     }
 

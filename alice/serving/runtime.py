@@ -23,6 +23,7 @@ from alice.engine.device import describe_device
 from alice.engine.engine import DiffusersEngine, Engine
 from alice.engine.families import lora_refusal
 from alice.engine.pipelines import MemoryOptions, choose_placement, compile_refusal, host_compiler
+from alice.engine.prompt_reading import PromptTooLong, read_prompts
 from alice.images.store import ImageStore, keep_input_image
 from alice.jobs.job import Job
 from alice.jobs.queue import JobQueue
@@ -160,6 +161,11 @@ class Runtime:
             text_encoder_layers=model.text_encoder_layers,
             family=model.family_facts,
         )
+        try:  # a prompt past what the model reads: refused now, not cut after the queue
+            notes = read_prompts(model.path, model.family_facts, spec.prompt, spec.negative_prompt)
+        except PromptTooLong as exc:
+            raise InvalidRequest(exc.field, str(exc)) from None
+        spec = dataclasses.replace(spec, prompt_notes=notes)
         for name, _ in spec.loras:  # an unknown LoRA, or one of another family: refused now, not after the queue
             if refusal := lora_refusal(model_store.get_lora(name).family, model.family_facts):
                 raise InvalidRequest("loras", f"LoRA '{name}' does not apply to model '{model.name}': {refusal}")

@@ -13,3 +13,12 @@ def demo_pipeline(tmp_path_factory):
     save_demo_pipeline(folder)
     pipe = load_pipeline(folder, choose_placement("cpu"))
     return pipe, pipe.scheduler.config
+
+
+@pytest.fixture(scope="session")
+def sdxl_pipeline(tmp_path_factory):
+    """The tiny SDXL pipeline (tests/support.py) loaded the way the service loads it."""
+    from alice.engine.pipelines import choose_placement, load_pipeline
+    from tests.support import save_tiny_sdxl_pipeline
+
+    return load_pipeline(save_tiny_sdxl_pipeline(tmp_path_factory.mktemp("tiny-xl")), choose_placement("cpu"))
