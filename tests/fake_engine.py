@@ -54,7 +54,8 @@ class FakeEngine:
         pass
 
     def generate(
-        self, model: str, entries: Sequence[BatchEntry], *, loras: Sequence, max_images: int, should_stop: StopCheck
+        self, model: str, entries: Sequence[BatchEntry], *, loras: Sequence, max_images: int, should_stop: StopCheck,
+        embeddings: Sequence = (),
     ) -> list[GenerationOutput | GenerationStopped]:
         self.get(model)
         rows = [(index, entry.spec.seed + i) for index, entry in enumerate(entries) for i in range(entry.spec.num_images)]

@@ -7,9 +7,11 @@ from typing import Any
 
 import httpx
 
-MODEL_TYPES = ("Checkpoint", "LORA")
+MODEL_TYPES = ("Checkpoint", "LORA", "TextualInversion")
 SORTS = ("Highest Rated", "Most Downloaded", "Newest")
 FILE_SUFFIXES = (".safetensors", ".gguf")  # a GGUF is a quantized transformer-only file
+# A textual-inversion embedding comes as a `.pt` too (read without unpickling code: alice/engine/embeddings.py).
+EMBEDDING_SUFFIXES = (".safetensors", ".pt")
 # CivitAI's `baseModel` of a version, for the transformer families (names as
 # alice/engine/families.py has them): their checkpoints are transformer-only files that need a
 # stored base, which is known, and checked, before the download starts.
@@ -80,7 +82,9 @@ class CivitAI:
         if file_id is not None:
             chosen = next((f for f in files if f.get("id") == file_id), None)
         else:
-            usable = [f for f in files if str(f.get("name", "")).lower().endswith(FILE_SUFFIXES)]
+            embedding = model_type == "TextualInversion" or str(model.get("type", "")) == "TextualInversion"
+            suffixes = EMBEDDING_SUFFIXES if embedding else FILE_SUFFIXES
+            usable = [f for f in files if str(f.get("name", "")).lower().endswith(suffixes)]
             chosen = next((f for f in usable if f.get("primary")), usable[0] if usable else None)
         if chosen is None:
             raise CivitAIError(f"model {model_id} version {version.get('id')} has no .safetensors or .gguf file "

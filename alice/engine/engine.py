@@ -10,12 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
+from alice.engine.embeddings import embeddings_applied
 from alice.engine.finite import NonFiniteOutput  # noqa: F401  (the worker's import, like OutOfMemory)
 from alice.engine.generate import BatchEntry, GenerationOutput, GenerationStopped, StopCheck, run_batch
 from alice.engine.loras import loras_applied
 from alice.engine.pipelines import MemoryPreset, PipelineCache, unet_is_compiled
 
 LoraFile = tuple[str, Path, float]  # (name, weights file, scale)
+EmbeddingFile = tuple[str, Path]  # (name, vectors file): a textual-inversion embedding the prompts name
 
 
 class OutOfMemory(Exception):
@@ -45,10 +47,11 @@ class Engine(Protocol):
 
     def generate(
         self, model: str, entries: Sequence[BatchEntry], *, loras: Sequence[LoraFile], max_images: int,
-        should_stop: StopCheck,
+        should_stop: StopCheck, embeddings: Sequence[EmbeddingFile] = (),
     ) -> list[GenerationOutput | GenerationStopped]:
         """Draw a batch of entries that share a `batch_key`, `max_images` to a call, with `loras`
-        applied (`should_stop` cuts their loading short): per entry its images or why it stopped.
+        applied (`should_stop` cuts their loading short) and the `embeddings` its prompts name
+        loaded: per entry its images or why it stopped.
         Raises OutOfMemory, NonFiniteOutput (NaN in the latents or the decode),
         loras.LoraLoadFailed, or GenerationStopped while loading LoRAs."""
 
@@ -58,14 +61,15 @@ class DiffusersEngine(PipelineCache):
 
     def generate(
         self, model: str, entries: Sequence[BatchEntry], *, loras: Sequence[LoraFile], max_images: int,
-        should_stop: StopCheck,
+        should_stop: StopCheck, embeddings: Sequence[EmbeddingFile] = (),
     ) -> list[GenerationOutput | GenerationStopped]:
         import torch  # here, not at the top: see alice/engine/__init__.py
 
         loaded = self.get(model)
         pipe = loaded.image_to_image if entries[0].spec.init_image else loaded.pipe
         try:
-            with loras_applied(pipe, loras, fuse=unet_is_compiled(pipe), should_stop=should_stop):
+            with loras_applied(pipe, loras, fuse=unet_is_compiled(pipe), should_stop=should_stop), \
+                    embeddings_applied(pipe, embeddings):
                 return run_batch(
                     pipe,
                     loaded.base_scheduler_config,

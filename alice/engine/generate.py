@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from PIL import Image
 
+from alice.engine.embeddings import spell_embeddings
 from alice.engine.families import Family, family_of_pipeline
 from alice.engine.finite import finite_decode
 from alice.engine.prompt_embeds import encode_prompts, needs_own_encoding
@@ -235,8 +236,9 @@ def _draw(
     pipe.scheduler = build_scheduler(spec.scheduler, base_scheduler_config, seeds[0] if single else seeds)
     # A CPU generator gives the same starting noise on every device for a given seed.
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-    prompts = [extract_prompt_loras(entries[index].spec.prompt)[0] for index, _ in call]  # CLIP never sees tags
-    negatives = [entries[index].spec.negative_prompt for index, _ in call]
+    # CLIP never sees LoRA tags; an embedding's name is spelled as its token (alice/engine/embeddings.py).
+    prompts = [spell_embeddings(pipe, extract_prompt_loras(entries[index].spec.prompt)[0]) for index, _ in call]
+    negatives = [spell_embeddings(pipe, entries[index].spec.negative_prompt) for index, _ in call]
     image_args: dict[str, Any] = {"width": spec.width, "height": spec.height}
     init_images = [entries[index].init_image for index, _ in call]
     if init_images[0] is not None:

@@ -131,7 +131,9 @@ def list_models(runtime: Runtime = Depends(get_runtime)) -> Any:
         for m in model_store.list_models()
         if m.kind == "pipeline"
     ]
-    return {"object": "list", "data": data}
+    # Embeddings are named in prompts, not drawn with: beside the models, so no client picks one as a model.
+    embeddings = [{"name": m.name, "family": m.family} for m in model_store.embeddings()]
+    return {"object": "list", "data": data, "embeddings": embeddings}
 
 
 def drawing_facts(model: model_store.StoredModel) -> dict[str, Any]:

@@ -14,12 +14,14 @@ from pathlib import Path
 from safetensors import safe_open
 
 from alice.engine.demo import DEMO_MODEL_DIR, DEMO_MODEL_NAME
+from alice.engine.embeddings import EMBEDDING_FILE, embedding_family, read_embedding
 from alice.engine.families import detect_family, family_named, lora_family
 from alice.engine.folder_check import FolderDoesNotLoad, check_folder_loads
 from alice.engine.pipelines import choose_placement, load_pipeline
 from alice.engine.single_file import convert_single_file, detect_checkpoint_family
 from alice.engine.transformer_files import is_transformer_file
 from alice.models.store import (
+    EMBEDDING,
     LORA,
     LORA_FILE,
     PIPELINE,
@@ -53,6 +55,8 @@ def import_checkpoint_file(path: Path, name: str, *, source: str = "local", base
     model `base` (alice/models/transformer_imports.py)."""
     validate_model_name(name)
     path = Path(path)
+    if base is None and is_embedding_file(path):
+        return import_embedding_file(path, name, source=source)
     if base is not None or is_transformer_file(path):
         return import_transformer_file(path, name, base=base, source=source)
     family = detect_checkpoint_family(path)  # ValueError for a LoRA or anything else
@@ -82,6 +86,34 @@ def import_lora_file(path: Path, name: str, *, source: str = "local") -> StoredM
     with tempfile.TemporaryDirectory(prefix="alice-lora-") as scratch:
         shutil.copyfile(path, Path(scratch) / LORA_FILE)
         return store_folder(Path(scratch), name, kind=LORA, family=family, source=source)
+
+
+def is_embedding_file(path: Path) -> bool:
+    """A `.pt` (A1111's embeddings are the only pickles ALICE takes), or a `.safetensors` whose
+    tensors are an embedding's (`emb_params`, or `clip_l` and `clip_g`)."""
+    if path.suffix in (".pt", ".bin"):
+        return True
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            keys = set(weights.keys())
+    except Exception:
+        return False
+    return keys == {"emb_params"} or keys == {"clip_l", "clip_g"}
+
+
+def import_embedding_file(path: Path, name: str, *, source: str = "local") -> StoredModel:
+    """Store a textual-inversion embedding (A1111's layouts: alice/engine/embeddings.py),
+    labelled with the family its width tells (768 SD 1.x, 1024 SD 2.x, 768 + 1280 SDXL; `other`
+    for a width of no released family: it still names vectors for a model whose encoder is that
+    wide). Kept as a `.safetensors` of `clip_l` (and `clip_g`), whatever it came as."""
+    from safetensors.torch import save_file
+
+    validate_model_name(name)
+    vectors = read_embedding(Path(path))  # ValueError for no layout it knows
+    family = embedding_family(vectors) or "other"
+    with tempfile.TemporaryDirectory(prefix="alice-embedding-") as scratch:
+        save_file(vectors, str(Path(scratch) / EMBEDDING_FILE))
+        return store_folder(Path(scratch), name, kind=EMBEDDING, family=family, source=source)
 
 
 def ensure_demo_model() -> StoredModel:

@@ -33,6 +33,8 @@ LORA = "lora"
 # A pipeline without its transformer (text encoders, tokenizers, VAE, scheduler): not servable,
 # the parts a transformer-only file is imported onto (`alice models import FILE --base NAME`).
 BASE = "base"
+# A textual-inversion embedding (alice/engine/embeddings.py): named by prompts, not drawn with.
+EMBEDDING = "embedding"
 LORA_FILE = "lora.safetensors"  # the one file in a stored LoRA's folder
 # bentoml's own tag rule (bentoml._internal.tag): 1-63 chars, lowercase alnum at both ends.
 _NAME = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?")
@@ -113,6 +115,11 @@ def get_lora(name: str) -> StoredModel:
     if model.kind != LORA:
         raise LoraNotFound(name)
     return model
+
+
+def embeddings() -> list[StoredModel]:
+    """The stored textual-inversion embeddings."""
+    return [model for model in list_models() if model.kind == EMBEDDING]
 
 
 def store_folder(

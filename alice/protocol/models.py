@@ -13,7 +13,7 @@ class ManagerRequest(BaseModel):
 
 class CivitAISearch(ManagerRequest):
     query: str = Field("", max_length=200, description='Words to search for; "" browses.')
-    types: list[Literal["Checkpoint", "LORA"]] = Field(default_factory=list, max_length=2)
+    types: list[Literal["Checkpoint", "LORA", "TextualInversion"]] = Field(default_factory=list, max_length=3)
     sort: Literal["Highest Rated", "Most Downloaded", "Newest"] = "Highest Rated"
     nsfw: bool = False
     limit: int = Field(20, ge=1, le=100)
@@ -45,7 +45,7 @@ class CivitAIDownload(_OntoBase):
     modelId: int = Field(ge=1)
     versionId: int | None = Field(None, ge=1)
     fileId: int | None = Field(None, ge=1)
-    modelType: Literal["Checkpoint", "LORA"] = "Checkpoint"
+    modelType: Literal["Checkpoint", "LORA", "TextualInversion"] = "Checkpoint"
 
 
 class HuggingFaceDownload(_OntoBase):

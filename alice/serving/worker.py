@@ -14,6 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from alice.config import Settings
+from alice.engine.embeddings import EMBEDDING_FILE, named_in
 from alice.engine.engine import Engine, NonFiniteOutput, OutOfMemory
 from alice.engine.generate import BatchEntry, GenerationStopped, images_per_call
 from alice.engine.loras import LoraLoadFailed
@@ -130,6 +131,7 @@ class Worker:
                 loras=self._lora_files(head.spec.loras),  # the drawing settings every job of the batch shares
                 max_images=self.images_per_call(head),
                 should_stop=every_job_stops,
+                embeddings=self._embedding_files([job.spec for job in jobs]),
             )
         except GenerationStopped as stop:
             results = [GenerationStopped(controls[index].should_stop() or stop.reason) for index in entries]
@@ -173,6 +175,12 @@ class Worker:
             return [(name, model_store.get_lora(name).path / model_store.LORA_FILE, scale) for name, scale in loras]
         except model_store.ModelNotFound as exc:  # deleted while the job waited
             raise JobFailure("model_not_found", str(exc)) from None
+
+    def _embedding_files(self, specs: list) -> list[tuple[str, Path]]:
+        """The stored embeddings the batch's prompts name (the engine loads those that fit the model)."""
+        texts = [text for spec in specs for text in (spec.prompt, spec.negative_prompt)]
+        return [(m.name, m.path / EMBEDDING_FILE) for m in model_store.embeddings()
+                if any(named_in(text, m.name) for text in texts)]
 
     def _input_image(self, name: str) -> Image.Image:
         path = self.inputs.path_for(name)

@@ -36,7 +36,7 @@ def test_weights_breaks_and_stray_brackets():
     assert not has_weight_syntax("a plain prompt, with commas: and colons") and has_weight_syntax("(a)")
 
 
-PROMPT_TEXT = st.text(alphabet=st.sampled_from(list("ab (:)[]\\.,1-") + [" BREAK ", "é", "🐱"]), max_size=60)
+PROMPT_TEXT = st.lists(st.sampled_from(list("ab (:)[]\\.,1-") + [" BREAK ", "é", "🐱"]), max_size=40).map("".join)
 
 
 @settings(max_examples=300, deadline=None)
