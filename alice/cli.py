@@ -145,7 +145,8 @@ def models_import(
     path: Path = typer.Argument(
         ..., help="A diffusers pipeline folder (SD 1.x, 2.x, XL, 3; FLUX.1; Chroma; Z-Image; FLUX.2 Klein; "
                   "Qwen-Image), a single-file .safetensors checkpoint (SD 1.x, 2.x, SDXL), "
-                  "or a transformer-only .safetensors or .gguf (with --base)."
+                  "a transformer-only .safetensors or .gguf (with --base), or a textual-inversion "
+                  "embedding (A1111's .pt or .safetensors)."
     ),
     name: str = typer.Option(..., "--name", help="The model's id in ALICE (lowercase letters, digits, . _ -)."),
     lora: bool = typer.Option(False, "--lora", help="The file is a LoRA, not a checkpoint."),
