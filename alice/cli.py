@@ -136,8 +136,11 @@ def models_list() -> None:
 
 
 def _model_type(model: model_store.StoredModel) -> str:
-    """`sd15` for a pipeline; other kinds (LoRAs, later) say so: `lora/sdxl`."""
-    return model.family if model.kind == model_store.PIPELINE else f"{model.kind}/{model.family}"
+    """`sd15` for a pipeline (`sd15 inpainting` for an inpainting checkpoint); other kinds (LoRAs,
+    later) say so: `lora/sdxl`."""
+    if model.kind != model_store.PIPELINE:
+        return f"{model.kind}/{model.family}"
+    return f"{model.family} inpainting" if model.inpainting else model.family
 
 
 @models_app.command("import")

@@ -66,7 +66,8 @@ class DiffusersEngine(PipelineCache):
         import torch  # here, not at the top: see alice/engine/__init__.py
 
         loaded = self.get(model)
-        pipe = loaded.image_to_image if entries[0].spec.init_image else loaded.pipe
+        spec = entries[0].spec  # the batch shares which pipeline draws it (batch_key)
+        pipe = loaded.inpaint if spec.mask_image else loaded.image_to_image if spec.init_image else loaded.pipe
         try:
             with loras_applied(pipe, loras, fuse=unet_is_compiled(pipe), should_stop=should_stop), \
                     embeddings_applied(pipe, embeddings):

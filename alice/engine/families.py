@@ -29,6 +29,8 @@ class Family:
     text_to_image: str  # diffusers pipeline class names; None where diffusers has none
     image_to_image: str | None
     native_size: int  # the image side its released checkpoints were trained at
+    # Masked edits (inpainting, outpainting); built from the loaded pipeline's components, or the
+    # class an inpainting checkpoint (a UNet of 9 input channels) loads as.
     inpaint: str | None = None
     denoiser: str = "unet"  # the pipeline component that denoises: "unet" or "transformer"
     # Drawing defaults for a request that leaves them out (the UNet families': the spec's).
@@ -97,6 +99,7 @@ class Family:
             "negative_prompt": self.negative_prompt,
             "clip_skip": self.clip_skip,
             "image_to_image": self.image_to_image is not None,
+            "inpaint": self.inpaint is not None,
             "loras": self.loras,
             "size_multiple": self.size_multiple,
         }
@@ -106,6 +109,7 @@ SD15 = Family(
     name="sd15",
     text_to_image="StableDiffusionPipeline",
     image_to_image="StableDiffusionImg2ImgPipeline",
+    inpaint="StableDiffusionInpaintPipeline",
     native_size=512,
     cross_attention_dim=768,
     checkpoint_prefixes=("cond_stage_model.transformer.",),  # CLIP ViT-L
@@ -114,6 +118,7 @@ SD2 = Family(
     name="sd2",
     text_to_image="StableDiffusionPipeline",
     image_to_image="StableDiffusionImg2ImgPipeline",
+    inpaint="StableDiffusionInpaintPipeline",
     native_size=768,
     cross_attention_dim=1024,
     checkpoint_prefixes=("cond_stage_model.model.",),  # OpenCLIP ViT-H
@@ -123,6 +128,7 @@ SDXL = Family(
     name="sdxl",
     text_to_image="StableDiffusionXLPipeline",
     image_to_image="StableDiffusionXLImg2ImgPipeline",
+    inpaint="StableDiffusionXLInpaintPipeline",
     native_size=1024,
     index_classes=("StableDiffusionXL",),
     cross_attention_dim=2048,
@@ -205,7 +211,10 @@ CHROMA = Family(
     name="chroma",
     text_to_image="ChromaPipeline",
     image_to_image="ChromaImg2ImgPipeline",
-    inpaint="ChromaInpaintPipeline",
+    # diffusers 0.42.1's ChromaInpaintPipeline reads `transformer.config.guidance_embeds`, which
+    # ChromaTransformer2DModel's config never has: every call raises AttributeError. Masked edits
+    # of Chroma are refused before the queue until diffusers fixes it.
+    inpaint=None,
     native_size=1024,
     default_steps=26,  # Chroma1-HD's docs example; the pipeline's default is 35 / 5.0
     default_guidance=4.0,

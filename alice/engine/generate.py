@@ -20,6 +20,7 @@ from PIL import Image
 from alice.engine.embeddings import spell_embeddings
 from alice.engine.families import Family, family_of_pipeline
 from alice.engine.finite import finite_decode
+from alice.engine.masks import blend_back
 from alice.engine.prompt_embeds import encode_prompts, needs_own_encoding
 from alice.engine.prompt_tags import extract_prompt_loras
 from alice.engine.prompt_weights import has_weight_syntax, plain_text
@@ -73,13 +74,14 @@ class GenerationStopped(Exception):
 
 @dataclass(frozen=True)
 class BatchEntry:
-    """One request's share of a batch: what to draw, its input image, and its own progress
-    and stop callbacks."""
+    """One request's share of a batch: what to draw, its input image (and the mask of what to
+    redraw of it: "L", 255 = redraw), and its own progress and stop callbacks."""
 
     spec: GenerationSpec
     init_image: Image.Image | None = None
     on_step: StepCallback | None = None
     should_stop: StopCheck | None = None
+    mask: Image.Image | None = None
 
 
 def images_per_call(spec: GenerationSpec, max_batch: int, max_pixels: int) -> int:
@@ -104,11 +106,12 @@ def run_generation(
     on_step: StepCallback | None = None,
     should_stop: StopCheck | None = None,
     family: Family | None = None,
+    mask: Image.Image | None = None,
 ) -> GenerationOutput:
     """Draw `spec.num_images` images one pipeline call each (image i from seed `spec.seed + i`);
     GenerationStopped when `should_stop` gives a reason. See `run_batch`."""
     [result] = run_batch(
-        pipe, base_scheduler_config, [BatchEntry(spec, init_image, on_step, should_stop)], family=family
+        pipe, base_scheduler_config, [BatchEntry(spec, init_image, on_step, should_stop, mask)], family=family
     )
     if isinstance(result, GenerationStopped):
         raise result
@@ -241,11 +244,17 @@ def _draw(
     negatives = [spell_embeddings(pipe, entries[index].spec.negative_prompt) for index, _ in call]
     image_args: dict[str, Any] = {"width": spec.width, "height": spec.height}
     init_images = [entries[index].init_image for index, _ in call]
+    masks = [entries[index].mask for index, _ in call]
+    size = (spec.width, spec.height)
+    inputs: list[Image.Image] = []
     if init_images[0] is not None:
         # img2img pipelines take their size from the input image.
-        size = (spec.width, spec.height)
         inputs = [image.convert("RGB").resize(size, Image.Resampling.LANCZOS) for image in init_images]
         image_args = {"image": inputs[0] if single else inputs, "strength": spec.strength}
+    if masks[0] is not None:
+        # Inpaint pipelines take the mask (white = redraw) and the size, which they round to 8.
+        resized = [mask.convert("L").resize(size, Image.Resampling.NEAREST) for mask in masks]
+        image_args.update(mask_image=resized[0] if single else resized, width=spec.width, height=spec.height)
     if not single and hasattr(pipe.vae, "enable_slicing"):
         # One image's decode at a time: a batch needs no more decoder memory than one image
         # (see images_per_call); alone, diffusers' slicing changes nothing.
@@ -270,6 +279,8 @@ def _draw(
             callback_on_step_end=step_end,
             output_type="pil",
         )
+    if masks[0] is not None:  # the kept area is the client's: the original, not its VAE round trip
+        return [blend_back(kept, drawn, mask) for kept, drawn, mask in zip(inputs, result.images, masks)]
     return result.images
 
 

@@ -37,3 +37,14 @@ def text_encoder_layers(folder: Path) -> int | None:
     ]
     known = [count for count in layers if isinstance(count, int) and count > 0]
     return min(known) if known else None
+
+
+# An inpainting checkpoint's UNet takes the noisy latents (4), the mask (1) and the masked
+# image's latents (4): 9 input channels, where a text-to-image UNet takes 4.
+INPAINTING_UNET_CHANNELS = 9
+
+
+def is_inpainting_checkpoint(folder: Path) -> bool:
+    """Whether a pipeline folder is a dedicated inpainting checkpoint (SD 1.5/2 inpainting, SDXL
+    inpainting): its UNet takes the mask and the masked image besides the latents."""
+    return read_config(folder / "unet" / "config.json").get("in_channels") == INPAINTING_UNET_CHANNELS

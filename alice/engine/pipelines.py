@@ -30,6 +30,7 @@ from alice.engine.device import (
 from alice.engine.families import Family, detect_family, family_named
 from alice.engine.memory_figures import TRANSFORMER_FAMILIES
 from alice.engine.model_sizes import preset_inputs
+from alice.engine.pipeline_configs import is_inpainting_checkpoint
 from alice.engine.placement import apply_preset, enable_vae_tiling
 from alice.engine.presets import check_fits, plan_preset, preset_for
 from alice.engine.text_cache import cache_text_outputs
@@ -109,8 +110,10 @@ def load_pipeline(
     # weights and 0.99x with weights read in. On the GPU the mapping is read once, into the card.
     in_host_memory = not placement.is_gpu or preset.cpu_offload != "none"
     # The family's own class, not AutoPipeline's guess from the index: a folder whose index names
-    # its img2img class loads as text-to-image all the same.
-    pipeline_class = getattr(diffusers, family.text_to_image)
+    # its img2img class loads as text-to-image all the same. An inpainting checkpoint's 9-channel
+    # UNet draws nothing but masked edits: it loads as the family's inpaint class.
+    inpainting = family.inpaint is not None and is_inpainting_checkpoint(folder)
+    pipeline_class = getattr(diffusers, family.inpaint if inpainting else family.text_to_image)
     pipe = pipeline_class.from_pretrained(
         str(folder), dtype=placement.dtype, local_files_only=True, disable_mmap=in_host_memory,
         **transformer_from_file(folder, placement.dtype, in_host_memory),  # a stored .gguf or fine-tune file
@@ -140,8 +143,9 @@ def load_pipeline(
         enable_vae_tiling(pipe.vae, preset.vae_tiling_above)
     pipe.set_progress_bar_config(disable=True)
     logger.info(
-        "loaded %s pipeline %s on %s (%s); memory preset %s",
-        family.name, folder.name, placement.device, placement.dtype, preset.describe(),
+        "loaded %s%s pipeline %s on %s (%s); memory preset %s",
+        family.name, " inpainting" if inpainting else "", folder.name, placement.device, placement.dtype,
+        preset.describe(),
     )
     return pipe
 
@@ -250,6 +254,7 @@ class LoadedPipeline:
     footprint: Footprint | None = None  # where its weights are and what a generation needs
     family: Family = family_named("sd15")
     _image_to_image: DiffusionPipeline | None = None
+    _inpaint: DiffusionPipeline | None = None
 
     @property
     def image_to_image(self) -> DiffusionPipeline:
@@ -263,6 +268,27 @@ class LoadedPipeline:
             self._image_to_image = getattr(diffusers, self.family.image_to_image).from_pipe(self.pipe)
             self._image_to_image.set_progress_bar_config(disable=True)
         return self._image_to_image
+
+    @property
+    def is_inpainting_checkpoint(self) -> bool:
+        """A dedicated inpainting model (a 9-channel UNet), loaded as its family's inpaint class."""
+        return self.family.inpaint is not None and type(self.pipe).__name__ == self.family.inpaint
+
+    @property
+    def inpaint(self) -> DiffusionPipeline:
+        """The masked-edit variant: an inpainting checkpoint's own pipeline, else the family's
+        inpaint class over the loaded modules (no second copy of the weights). ValueError for a
+        family without one (the protocol refuses those requests first)."""
+        if self.is_inpainting_checkpoint:
+            return self.pipe
+        if self._inpaint is None:
+            import diffusers
+
+            if self.family.inpaint is None:
+                raise ValueError(f"{self.family.name} models have no inpainting pipeline in diffusers")
+            self._inpaint = getattr(diffusers, self.family.inpaint).from_pipe(self.pipe)
+            self._inpaint.set_progress_bar_config(disable=True)
+        return self._inpaint
 
 
 class PipelineCache:

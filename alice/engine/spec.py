@@ -7,7 +7,7 @@ answers and the job record follow the spec's fields, and `/v1/settings`, the web
 CLI read defaults and limits from them. So a new setting is a field here (its default, limit
 and description) and an argument of the pipeline call (alice/engine/generate.py).
 
-A field without a `Field` in its annotation (init_image, loras) is the engine's own: the
+A field without a `Field` in its annotation (init_image, mask_image, loras) is the engine's own: the
 request carries it in another shape (`input_image`, `loras` as a list of objects).
 """
 
@@ -52,6 +52,9 @@ class GenerationSpec:
     ] = DEFAULT_SCHEDULER
     num_images: Annotated[int, Field(ge=1, le=16, description="How many images to draw (seeds seed, seed+1, ...).")] = 1
     init_image: str | None = None  # name of the stored input image for img2img
+    # Name of the stored mask of an inpainting (or outpainting) edit of init_image: an "L" PNG the
+    # size of the input, 255 where it is redrawn (alice/engine/masks.py).
+    mask_image: str | None = None
     strength: Annotated[
         float,
         Field(gt=0, le=1, allow_inf_nan=False, description="img2img: how much of the input image is redrawn (1 = all)."),
@@ -101,15 +104,18 @@ def setting_limit(name: str, kind: str) -> Any:
 
 # What may differ between the requests of one pipeline call: each image has its own prompt,
 # seed and input image. Every other setting (a new one too) must be the same to share a call.
-PER_IMAGE = frozenset({"prompt", "negative_prompt", "seed", "num_images", "init_image", "prompt_notes"})
+PER_IMAGE = frozenset(
+    {"prompt", "negative_prompt", "seed", "num_images", "init_image", "mask_image", "prompt_notes"}
+)
 
 
 def batch_key(spec: GenerationSpec) -> tuple:
     """What two requests (of the same model) must have in common to share one pipeline call."""
     img2img = spec.init_image is not None
+    masked = spec.mask_image is not None  # another pipeline: the family's inpaint class
     shared = {
         field.name: getattr(spec, field.name) for field in dataclasses.fields(spec) if field.name not in PER_IMAGE
     }
     shared["strength"] = spec.strength if img2img else None  # text-to-image ignores it
     shared["loras"] = tuple(sorted(spec.loras))
-    return (img2img, *sorted(shared.items()))
+    return (img2img, masked, *sorted(shared.items()))

@@ -85,7 +85,9 @@ async def images_generations(request: Request, runtime: Runtime = Depends(get_ru
 
 @router.post("/v1/images/edits")
 async def images_edits(request: Request, runtime: Runtime = Depends(get_runtime)) -> Any:
-    """img2img as the openai SDK's `client.images.edit(image=..., prompt=...)` sends it (multipart)."""
+    """img2img as the openai SDK's `client.images.edit(image=..., prompt=...)` sends it (multipart);
+    inpainting with its `mask=...`, a PNG whose fully transparent pixels are redrawn (without one,
+    the image's own fully transparent pixels are)."""
     # Starlette spools file parts to disk without a bound: refuse oversized bodies up front.
     length = request.headers.get("content-length", "")
     if not length.isdigit() or int(length) > MAX_INPUT_BYTES + (1 << 20):
@@ -96,12 +98,17 @@ async def images_edits(request: Request, runtime: Runtime = Depends(get_runtime)
         if not isinstance(upload, UploadFile):
             raise ApiError(400, "image: a file part named 'image' is required", param="image", code="missing_image")
         data = await upload.read(MAX_INPUT_BYTES + 1)
+        mask_upload = form.get("mask")
+        mask = await mask_upload.read(MAX_INPUT_BYTES + 1) if isinstance(mask_upload, UploadFile) else None
         fields = {key: value for key, value in form.items() if isinstance(value, str)}
-    if len(data) > MAX_INPUT_BYTES:
-        raise ApiError(400, f"image is over {MAX_INPUT_BYTES // (1024 * 1024)} MB", param="image")
+    for param, part in (("image", data), ("mask", mask)):
+        if part is not None and len(part) > MAX_INPUT_BYTES:
+            raise ApiError(400, f"{param} is over {MAX_INPUT_BYTES // (1024 * 1024)} MB", param=param)
     images_request = oa.ImagesRequest.model_validate(fields)
     settings = oa.images_settings(images_request)
     settings["input_image"] = base64.b64encode(data).decode()
+    if mask is not None:
+        settings["mask"] = base64.b64encode(mask).decode()
     return await _images_answer(images_request, settings, request, runtime)
 
 
@@ -137,8 +144,10 @@ def list_models(runtime: Runtime = Depends(get_runtime)) -> Any:
 
 
 def drawing_facts(model: model_store.StoredModel) -> dict[str, Any]:
-    """How a stored model draws: its family's facts, with the native size its own configs give."""
-    return {**model.family_facts.facts(), "native_size": model.native_size}
+    """How a stored model draws: its family's facts, with the native size its own configs give,
+    and whether it is an inpainting checkpoint (masked edits only)."""
+    return {**model.family_facts.facts(), "native_size": model.native_size,
+            "inpainting_checkpoint": model.inpainting}
 
 
 @router.get("/v1/models/{model_id:path}")

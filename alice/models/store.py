@@ -23,7 +23,7 @@ from bentoml._internal.configuration.containers import BentoMLContainer
 from bentoml.exceptions import NotFound
 
 from alice.engine.families import DEFAULT_FAMILY, FAMILIES, Family
-from alice.engine.pipeline_configs import native_size, text_encoder_layers
+from alice.engine.pipeline_configs import is_inpainting_checkpoint, native_size, text_encoder_layers
 
 logger = logging.getLogger("alice.models")
 
@@ -89,6 +89,11 @@ class StoredModel:
         families)."""
         family = self.family_facts
         return native_size(self.path, family.denoiser, family.native_size)
+
+    @functools.cached_property
+    def inpainting(self) -> bool:
+        """A dedicated inpainting checkpoint (a UNet of 9 input channels): it draws masked edits only."""
+        return self.kind == PIPELINE and self.family_facts.inpaint is not None and is_inpainting_checkpoint(self.path)
 
     @functools.cached_property
     def text_encoder_layers(self) -> int | None:

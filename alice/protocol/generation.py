@@ -20,7 +20,7 @@ from pydantic.fields import FieldInfo
 from alice.engine.families import Family
 from alice.engine.prompt_tags import extract_prompt_loras
 from alice.engine.scheduler_names import canonical_scheduler_name
-from alice.engine.spec import MAX_SEED, GenerationSpec, drawing_settings, setting
+from alice.engine.spec import MAX_SEED, MAX_SIDE, GenerationSpec, drawing_settings, setting
 
 MODEL_PREFIX = "sd/"
 MAX_INPUT_IMAGE_CHARS = 28_000_000  # 20 MB of image as base64
@@ -43,6 +43,20 @@ class InvalidRequest(ValueError):
     def __init__(self, param: str, message: str) -> None:
         super().__init__(message)
         self.param = param
+
+
+class Outpaint(BaseModel):
+    """How far to extend the input image on each side (outpainting)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    left: int = Field(0, ge=0, le=MAX_SIDE, description="Pixels added on the left.")
+    top: int = Field(0, ge=0, le=MAX_SIDE, description="Pixels added at the top.")
+    right: int = Field(0, ge=0, le=MAX_SIDE, description="Pixels added on the right.")
+    bottom: int = Field(0, ge=0, le=MAX_SIDE, description="Pixels added at the bottom.")
+
+    def borders(self) -> tuple[int, int, int, int]:
+        return self.left, self.top, self.right, self.bottom
 
 
 class LoraChoice(BaseModel):
@@ -87,6 +101,19 @@ class GenerationSettings(DrawingSettings):  # type: ignore[misc, valid-type]
         None,
         max_length=MAX_INPUT_IMAGE_CHARS,
         description="img2img: the starting image as base64, a data URI, or the URL of an image this server made.",
+    )
+    # Inpainting as OpenAI's Images API says it: the mask's fully transparent pixels are redrawn.
+    mask: str | None = Field(
+        None,
+        max_length=MAX_INPUT_IMAGE_CHARS,
+        description="Inpainting: a PNG the size of input_image whose fully transparent pixels (alpha 0) are "
+        "redrawn and the rest kept; base64, a data URI, or the URL of an image this server made. Without it, "
+        "the fully transparent pixels of input_image are the ones redrawn.",
+    )
+    outpaint: Outpaint | None = Field(
+        None,
+        description="Outpainting: pixels to extend input_image by on each side; the new border is drawn, the "
+        "image kept. Width and height left out are the extended image's.",
     )
     loras: list[LoraChoice] = Field(
         default_factory=list, max_length=MAX_LORAS,
@@ -167,8 +194,12 @@ class GenerationSettings(DrawingSettings):  # type: ignore[misc, valid-type]
         if self.clip_skip is not None and not family.clip_skip:
             raise InvalidRequest("clip_skip", f"clip_skip applies to the CLIP-conditioned UNet models (SD 1.x, 2.x, XL), "
                                               f"not to {name} models; leave it out")
-        if self.input_image is not None and family.image_to_image is None:
+        masked = self.mask is not None or self.outpaint is not None  # a masked edit: the inpaint pipeline
+        if self.input_image is not None and not masked and family.image_to_image is None:
             raise InvalidRequest("input_image", f"{name} models have no image-to-image pipeline; leave input_image out")
+        if masked and family.inpaint is None:
+            raise InvalidRequest("mask", f"{name} models have no inpainting pipeline in diffusers; leave mask "
+                                         "and outpaint out")
         if self.requested_loras() and not family.loras:
             raise InvalidRequest("loras", f"LoRAs are not supported for {name} models yet")
         for side in ("width", "height"):

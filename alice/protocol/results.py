@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, create_model
 
+from alice.engine.masks import FEATHER_PX
 from alice.engine.scheduler_names import a1111_sampler_name
 from alice.engine.spec import GenerationSpec
 from alice.protocol.a1111 import a1111_labels, a1111_parameters
@@ -37,6 +38,8 @@ class _Parameters(BaseModel):
         """The A1111 `parameters` text of image `index` (seed + index)."""
         values: Any = self
         extra = {"Denoising strength": str(values.strength)} if values.init_image else {}
+        if values.mask_image:
+            extra["Mask blur"] = str(FEATHER_PX)  # A1111's name for the soft edge of the blend-back
         if values.loras:
             extra["LoRAs"] = " ".join(f"{name}:{scale:g}" for name, scale in values.loras)
         for name, label in a1111_labels().items():
@@ -90,7 +93,9 @@ class GenerationResult(GenerationParameters):  # type: ignore[misc, valid-type]
     model: str = Field(description="The stored model that drew them.")
     seeds: list[int] = Field(description="Image i's seed: seed + i.")
     img2img: bool = Field(description="Drawn from an input image (`strength` applies).")
+    inpaint: bool = Field(False, description="A masked edit: only the masked area of the input image was redrawn.")
     init_image: str | None = Field(None, exclude=True)  # the stored input's name: the server's business
+    mask_image: str | None = Field(None, exclude=True)  # the stored mask's name: the server's business
     timings: Timings
 
     @classmethod
@@ -109,6 +114,7 @@ class GenerationResult(GenerationParameters):  # type: ignore[misc, valid-type]
             model=job.model,
             seeds=[spec.seed + index for index in range(spec.num_images)],
             img2img=spec.init_image is not None,
+            inpaint=spec.mask_image is not None,
             timings=timings,
             **extra,
         )

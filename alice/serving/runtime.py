@@ -21,7 +21,8 @@ from alice.config import Settings
 from alice.downloads.manager import DownloadManager
 from alice.engine.device import describe_device
 from alice.engine.engine import DiffusersEngine, Engine
-from alice.engine.families import lora_refusal
+from alice.engine.families import Family, lora_refusal
+from alice.engine.masks import fill_transparent
 from alice.engine.pipelines import MemoryOptions, choose_placement, compile_refusal, host_compiler
 from alice.engine.prompt_reading import PromptTooLong, read_prompts
 from alice.images.store import ImageStore, keep_input_image
@@ -31,7 +32,7 @@ from alice.jobs.sqlite import SqliteJobStore
 from alice.metrics import Summary
 from alice.models import store as model_store
 from alice.protocol.generation import GenerationSettings, InvalidRequest
-from alice.protocol.input_images import decode_input_image
+from alice.protocol.input_images import EditInputs, edit_inputs
 from alice.serving.readiness import Readiness
 from alice.serving.retention import RetentionSweep
 from alice.serving.start_phases import StartPhases
@@ -154,6 +155,12 @@ class Runtime:
         """Resolve a request into what to draw, check it against the server's limits and
         store, and queue it (QueueFull when full)."""
         model = self.resolve_model(request.model)
+        edit = self._edit_inputs(request, model)
+        if edit is not None and request.outpaint and request.width is None and request.height is None:
+            # Outpainting draws the extended canvas, on the family's grid, unless asked otherwise.
+            grid = model.family_facts.size_multiple
+            width, height = (max(64, round(side / grid) * grid) for side in edit.image.size)
+            request = request.model_copy(update={"width": width, "height": height})
         spec = request.to_spec(
             native_size=model.native_size,
             max_pixels=self.settings.max_pixels,
@@ -169,12 +176,40 @@ class Runtime:
         for name, _ in spec.loras:  # an unknown LoRA, or one of another family: refused now, not after the queue
             if refusal := lora_refusal(model_store.get_lora(name).family, model.family_facts):
                 raise InvalidRequest("loras", f"LoRA '{name}' does not apply to model '{model.name}': {refusal}")
-        if request.input_image:
-            stored = keep_input_image(decode_input_image(request.input_image, self.images), self.inputs)
-            spec = dataclasses.replace(spec, init_image=stored)
+        if edit is not None:
+            if edit.mask is None:
+                init = edit.image.convert("RGB")
+            else:  # what shows through where the image was transparent or extended: its edges, and noise
+                init = fill_transparent(edit.image, spec.seed)
+                spec = dataclasses.replace(spec, mask_image=keep_input_image(edit.mask, self.inputs))
+            spec = dataclasses.replace(spec, init_image=keep_input_image(init, self.inputs))
         job = self.jobs.submit(model.name, spec, source, self.settings.request_timeout_s)
         self._update_gauges()
         return job
+
+    def _edit_inputs(self, request: GenerationSettings, model: model_store.StoredModel) -> EditInputs | None:
+        """The request's input image and mask, decoded and checked against the model: a masked
+        edit needs the family's inpaint pipeline, an unmasked one its img2img pipeline, and an
+        inpainting checkpoint draws masked edits only."""
+        family: Family = model.family_facts
+        if request.input_image is None:
+            for name in ("mask", "outpaint"):
+                if getattr(request, name) is not None:
+                    raise InvalidRequest(name, f"{name} applies to an input image: send input_image too")
+            if model.inpainting:
+                raise InvalidRequest("mask", _INPAINTING_ONLY.format(model=model.name))
+            return None
+        borders = request.outpaint.borders() if request.outpaint else None
+        edit = edit_inputs(request.input_image, request.mask, self.images, borders)
+        if edit.mask is None and model.inpainting:
+            raise InvalidRequest("mask", _INPAINTING_ONLY.format(model=model.name))
+        if edit.mask is None and family.image_to_image is None:
+            raise InvalidRequest("input_image", f"{family.name} models have no image-to-image pipeline; "
+                                                "send a mask to inpaint, or leave input_image out")
+        if edit.mask is not None and family.inpaint is None:
+            raise InvalidRequest("mask", f"{family.name} models have no inpainting pipeline in diffusers; "
+                                         "send an image without a mask or transparent pixels")
+        return edit
 
     # -- what the server tells about itself (views.py) ------------------------------
     @property
@@ -194,14 +229,19 @@ class Runtime:
             self.images.delete(name)
 
     def _job_finished(self, job: Job) -> None:
-        if job.spec.init_image:
-            self.inputs.delete(job.spec.init_image)
+        for stored in (job.spec.init_image, job.spec.mask_image):
+            if stored:
+                self.inputs.delete(stored)
         seconds = (job.finished or 0) - (job.started or job.finished or 0)
         self.summary.job_finished(job.state.value, job.error_code, job.model, len(job.images), job.step, seconds)
         self._update_gauges()
 
     def _update_gauges(self) -> None:
         self.views.update_gauges()
+
+
+_INPAINTING_ONLY = ("model '{model}' is an inpainting checkpoint (its UNet takes the mask): it draws masked "
+                    "edits only; send input_image and a mask")
 
 
 def replica_name(settings: Settings) -> str:

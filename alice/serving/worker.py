@@ -113,10 +113,11 @@ class Worker:
         for index, (job, control) in enumerate(zip(jobs, controls)):
             try:
                 init_image = self._input_image(job.spec.init_image) if job.spec.init_image else None
+                mask = self._input_image(job.spec.mask_image, "L") if job.spec.mask_image else None
             except JobFailure as failure:  # this job's alone
                 outcomes[index] = failure
                 continue
-            entries[index] = BatchEntry(job.spec, init_image, control.step, control.should_stop)
+            entries[index] = BatchEntry(job.spec, init_image, control.step, control.should_stop, mask)
         if not entries:
             return outcomes
 
@@ -182,12 +183,12 @@ class Worker:
         return [(m.name, m.path / EMBEDDING_FILE) for m in model_store.embeddings()
                 if any(named_in(text, m.name) for text in texts)]
 
-    def _input_image(self, name: str) -> Image.Image:
+    def _input_image(self, name: str, mode: str = "RGB") -> Image.Image:
         path = self.inputs.path_for(name)
         if path is None:
             raise JobFailure("input_missing", "the job's input image is gone")
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return image.convert(mode)
 
 
 def short_reason(exc: BaseException, limit: int = 200) -> str:

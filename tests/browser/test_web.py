@@ -256,6 +256,31 @@ def test_key_prompt_then_generate_and_see_the_image_with_its_parameters(browser,
     expect(page.locator("#gen-progress-text")).to_contain_text("Done", timeout=60_000)
     expect(page.locator("#gen-params")).to_contain_text("Strength0.5")
 
+    # Inpainting: the mask brush paints the area to redraw over the picture; the rest is kept.
+    canvas = page.locator("#gen-mask-canvas")
+    expect(canvas).to_be_visible()
+    page.wait_for_function("() => document.querySelector('#gen-mask-canvas').width === 64")
+    page.fill("#gen-mask-brush", "24")
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.5)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.5, steps=5)
+    page.mouse.up()
+    page.fill("#gen-strength", "1")
+    page.click("#gen-submit")
+    expect(page.locator("#gen-progress-text")).to_contain_text("Done", timeout=60_000)
+    expect(page.locator("#gen-params")).to_contain_text("inpainted")
+    src = page.locator("#gen-result .result-images img").get_attribute("src")
+    drawn = Image.open(io.BytesIO(httpx.get(f"{server.url}{src}" if src.startswith("/") else src).content)).convert("RGB")
+    assert [drawn.getpixel(corner) for corner in ((0, 0), (63, 0), (0, 63), (63, 63))] == [(200, 40, 40)] * 4
+    assert drawn.getpixel((32, 32)) != (200, 40, 40)  # painted: redrawn
+    shot(page, "generate-mask")
+    # Cleared, the mask is not sent: the whole picture is redrawn.
+    page.click("#gen-mask-clear")
+    page.click("#gen-submit")
+    expect(page.locator("#gen-progress-text")).to_contain_text("Done", timeout=60_000)
+    expect(page.locator("#gen-params")).not_to_contain_text("inpainted")
+
     # Every API call carried the key in the Authorization header; no URL ever held it.
     keyed = [h for h in watch.api_headers if h.get("authorization") == f"Bearer {API_KEY}"]
     assert keyed and all("authorization" in h for h in watch.api_headers[-len(keyed):])

@@ -102,6 +102,35 @@ def test_openai_sdk_chat_images_and_streaming(server):
     assert final.delta.content == message.content.replace(url, final.delta.model_extra["image_urls"][0])
 
 
+def test_openai_sdk_edit_with_a_mask_keeps_the_opaque_area_and_redraws_the_transparent_one(server):
+    """Inpainting as OpenAI's SDK sends it: the mask's fully transparent pixels are redrawn, the
+    rest of the image is kept (blended back: PSNR at least 35 dB there against the input)."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    original = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)  # texture: PSNR has something to measure
+    mask = np.full((64, 64, 4), 255, dtype=np.uint8)
+    mask[8:40, 24:56, 3] = 0  # the area to redraw: alpha 0
+    transparent = mask[..., 3] == 0
+
+    def png(array: np.ndarray) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0)
+    result = client.images.edit(
+        image=("photo.png", png(original), "image/png"), mask=("mask.png", png(mask), "image/png"),
+        prompt="a boat", size="64x64", response_format="b64_json", extra_body={"steps": 3, "seed": 5},
+    )
+    drawn = np.asarray(Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json))).convert("RGB"), float)
+    error = (drawn - original)[~transparent]
+    mse = float((error**2).mean())
+    psnr = float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+    assert psnr >= 35, psnr
+    assert np.abs(drawn - original)[transparent].mean() > 20  # redrawn: nothing like the input there
+
+
 def test_openai_sdk_sees_typed_errors_without_retrying(server):
     client = openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY)
     with pytest.raises(openai.BadRequestError) as bad:

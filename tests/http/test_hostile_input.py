@@ -134,3 +134,64 @@ def test_oversized_bodies_and_uploads_are_refused(client):
                            data={"prompt": "x"})
     assert response.status_code == 413 and response.json()["error"]["param"] == "image"
     assert client.get("/health").json()["status"] == "ok"
+
+
+# Masks (inpainting) as clients send them: refused by name before the queue when they do not fit.
+def encoded(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+IMAGE = encoded(Image.new("RGB", (64, 64), (200, 30, 30)))
+
+
+def hole(size: tuple[int, int] = (64, 64)) -> Image.Image:
+    mask = Image.new("RGBA", size, (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (16, 16, 48, 48))
+    return mask
+
+
+def edit(client, mask: bytes | None, image: bytes = IMAGE, **fields: str):
+    files = {"image": ("image.png", image, "image/png")}
+    if mask is not None:
+        files["mask"] = ("mask.png", mask, "image/png")
+    return client.post("/v1/images/edits", files=files,
+                       data={"prompt": "a boat", "size": "64x64", "steps": "2", **fields})
+
+
+@pytest.mark.parametrize(("mask", "words"), [
+    (encoded(hole((32, 64))), "mask is 32x64 and the image 64x64: they must be the same size"),
+    (encoded(Image.new("RGB", (64, 64))), "without an alpha channel"),
+    (encoded(hole().convert("RGB"), "JPEG"), "mask must be a PNG"),
+    (encoded(Image.new("RGBA", (64, 64), (0, 0, 0, 255))), "no fully transparent pixel"),
+    (b"not an image", "not an image"),
+])
+def test_a_mask_that_does_not_fit_the_image_is_a_400_naming_mask(client, mask, words):
+    response = edit(client, mask)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "mask" and words in error["message"], error
+
+
+def test_a_fitting_mask_or_a_transparent_image_is_a_masked_edit(client):
+    for mask, image in ((encoded(hole()), IMAGE), (None, encoded(hole()))):  # no mask: the image's own alpha
+        response = edit(client, mask, image, response_format="b64_json")
+        assert response.status_code == 200, response.text
+    jobs = client.get("/v1/jobs").json()["data"]
+    assert [job["parameters"]["mask_image"] is not None for job in jobs[:2]] == [True, True]
+
+
+def test_mask_and_outpaint_need_an_input_image_and_the_extended_canvas_is_the_default_size(client):
+    for body, param in (({"mask": "AAAA"}, "mask"), ({"outpaint": {"right": 16}}, "outpaint")):
+        response = client.post("/generate", json={"prompt": "x", **body})
+        assert response.status_code == 400 and response.json()["detail"][0]["loc"] == [param], response.text
+    response = client.post("/generate", json={
+        "prompt": "x", "steps": 2, "input_image": base64.b64encode(IMAGE).decode(),
+        "outpaint": {"left": 8, "right": 24, "top": 0, "bottom": 16},
+    })
+    assert response.status_code == 200, response.text
+    assert (response.json()["width"], response.json()["height"]) == (96, 80)
+    assert response.json()["inpaint"] is True
+    response = client.post("/generate", json={"prompt": "x", "input_image": "AAAA", "outpaint": {"left": -8}})
+    assert response.status_code == 400

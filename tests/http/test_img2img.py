@@ -106,3 +106,19 @@ def test_decompression_bomb_refused_before_decoding(client):
 def test_edits_needs_an_image_part(client):
     response = client.post("/v1/images/edits", data={"prompt": "x"}, files={"other": ("a.txt", b"x")})
     assert response.status_code == 400 and response.json()["error"]["param"] == "image"
+
+
+def test_outpainting_widens_the_canvas_and_keeps_the_image(client, red):
+    """A border to extend by: the canvas grows by it, the input stays as it was (the blend-back),
+    and the border is drawn from the image's edge colours and noise, not left black."""
+    response = client.post("/generate", json={"prompt": "a boat", "steps": 3, "scheduler": "ddim", "seed": 3,
+                                               "input_image": png_b64(red), "strength": 1.0,
+                                               "outpaint": {"right": 16, "bottom": 16}})
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert (result["width"], result["height"]) == (96, 64) and result["inpaint"] is True
+    drawn = pixels(result["images"][0]["b64_json"])
+    assert drawn.shape == (64, 96, 3)
+    assert (drawn[:48, :80] == (220, 20, 20)).all()  # the input, every pixel
+    border = np.concatenate([drawn[:, 80:].reshape(-1, 3), drawn[48:, :80].reshape(-1, 3)])
+    assert np.abs(border - (220, 20, 20)).mean() > 20 and border.std() > 5  # drawn, not a copy or a flat fill

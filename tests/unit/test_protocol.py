@@ -81,8 +81,9 @@ def test_one_result_serves_every_answer():
     assert metadata["seeds"] == [7, 8] and metadata["img2img"] is True and metadata["strength"] == 0.6
     assert metadata["timings"] == {"queued_s": 1.5, "generation_s": 2.5, "total_s": 4.0}
     assert "init_image" not in metadata  # the stored input's name is the server's business
+    assert "mask_image" not in metadata and metadata["inpaint"] is False
     # Every setting of the spec shows, under its own name.
-    hidden = {"init_image"}
+    hidden = {"init_image", "mask_image"}
     for field in dataclasses.fields(GenerationSpec):
         if field.name not in hidden:
             assert field.name in metadata, field.name

@@ -3,6 +3,7 @@
  * (`/v1/models`' facts): its schedulers, defaults, sizes, and what it takes at all. */
 import { $, el, fillSelect, setText } from "../lib/dom.js";
 import { loraNames, modelFacts, pipelines, serverSettings } from "../lib/server.js";
+import { maskDataUri, setMaskPicture, wireMaskBrush } from "./mask-brush.js";
 
 const MAX_INPUT_BYTES = 20 * 1024 * 1024;
 
@@ -30,6 +31,7 @@ export function wireForm() {
   $("gen-image-clear").addEventListener("click", () => setInputImage(null));
   $("gen-strength").addEventListener("input", updateStrength);
   updateStrength();
+  wireMaskBrush();
 }
 
 /** How the chosen model draws: its facts, or for one the server has no facts for (a model not
@@ -116,6 +118,7 @@ export function setInputImage(value, previewUrl) {
   inputImage = value;
   $("gen-image-preview").hidden = !value;
   $("gen-strength-row").hidden = !value;
+  setMaskPicture(value ? previewUrl || value : null);
   if (value) $("gen-image-thumb").src = previewUrl || value;
   else {
     $("gen-image-thumb").removeAttribute("src");
@@ -208,6 +211,10 @@ export function readForm() {
   if (inputImage && facts.image_to_image) {
     body.input_image = inputImage;
     body.strength = number("gen-strength");
+    const mask = maskDataUri();
+    if (mask) body.mask = mask;
+    const border = optional("gen-outpaint");
+    if (border) body.outpaint = { left: border, top: border, right: border, bottom: border };
   }
   return body;
 }

@@ -182,6 +182,7 @@ function renderResult(job) {
     ["Seed", job.images.length > 1 ? `${p.seed} … ${p.seed + job.images.length - 1}` : String(p.seed)],
     ["LoRAs", loras],
     ["Strength", p.init_image ? String(p.strength) : ""],
+    ["Edit", p.mask_image ? "inpainted: only the masked area redrawn" : ""],
     ["Time", job.started && job.finished ? fmtSeconds(job.finished - job.started) : ""],
   ]);
   $("gen-result").replaceChildren(
