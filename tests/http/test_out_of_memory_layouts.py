@@ -27,14 +27,14 @@ def fake_card_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestC
     from alice.serving import runtime
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runtime, "choose_placement", lambda device, dtype: DevicePlacement("cpu", torch.float32, BIG_CARD))
+        fake_card = DevicePlacement("cpu", torch.float32, BIG_CARD)  # plans for a card, runs on the CPU
+        patch.setattr(runtime, "choose_placement", lambda device, dtype: fake_card)
         yield from start_client(tmp_path_factory.mktemp("oom"))
 
 
 def image_of(client: TestClient, response) -> np.ndarray:
     assert response.status_code == 200, response.text
-    url = response.json()["image_urls"][0] if "image_urls" in response.json() else None
-    url = url or response.json()["choices"][0]["message"]["image_urls"][0]
+    [url] = response.json()["choices"][0]["message"]["image_urls"]
     return np.asarray(Image.open(io.BytesIO(client.get(url.split("testserver", 1)[-1]).content)).convert("RGB"))
 
 

@@ -33,7 +33,9 @@ BIG_CARD = DeviceFacts(device="cuda:0", name="Fake 24 GB card", capability=(8, 6
 NONE = MemoryPreset("sdxl", "none", None, False, True)
 
 
-def steps(preset: MemoryPreset, options: MemoryOptions = MemoryOptions(), side: int = 1024, gpu: bool = True) -> list[str]:
+def steps(
+    preset: MemoryPreset, options: MemoryOptions = MemoryOptions(), side: int = 1024, gpu: bool = True
+) -> list[str]:
     """The layouts escalation walks through from `preset`, and why it stopped."""
     walked = []
     while True:
@@ -58,7 +60,9 @@ def test_tiling_is_skipped_where_it_would_not_tile_the_image():
 
 def test_explicit_settings_pin_their_part_and_say_so():
     pinned_offload = steps(NONE, MemoryOptions(cpu_offload="none"))
-    assert pinned_offload == ["none+tiling", "stop: ALICE_CPU_OFFLOAD=none is set explicitly: no other offload is tried"]
+    assert pinned_offload == [
+        "none+tiling", "stop: ALICE_CPU_OFFLOAD=none is set explicitly: no other offload is tried"
+    ]
     untiled = steps(NONE, MemoryOptions(vae_tiling=False))
     assert untiled[:2] == ["model", "sequential"]
     assert "ALICE_VAE_TILING=false is set explicitly" in untiled[-1]
@@ -68,8 +72,10 @@ def test_explicit_settings_pin_their_part_and_say_so():
 
 
 def test_a_compiled_unet_stops_before_sequential_offload_and_the_cpu_only_tiles():
-    assert steps(NONE, MemoryOptions(compile_unet=True))[-2:] == ["model+tiling", "stop: model+tiling is the cheapest layout"]
-    assert steps(replace(NONE, cpu_offload="none"), gpu=False) == ["none+tiling", "stop: on the CPU nothing can be offloaded"]
+    compiled = steps(NONE, MemoryOptions(compile_unet=True))
+    assert compiled[-2:] == ["model+tiling", "stop: model+tiling is the cheapest layout"]
+    on_cpu = steps(NONE, gpu=False)
+    assert on_cpu == ["none+tiling", "stop: on the CPU nothing can be offloaded"]
 
 
 def test_a_transformer_family_walks_the_planned_layouts():
