@@ -22,6 +22,7 @@ class Metrics:
     running: Any
     model_load_seconds: Any
     gpu_memory_bytes: Any
+    cheaper_layouts: Any
 
 
 @functools.cache
@@ -48,6 +49,11 @@ def prometheus_metrics() -> Metrics:
             buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120),
         ),
         gpu_memory_bytes=Gauge("alice_gpu_memory_bytes", "GPU memory allocated by torch.", multiprocess_mode="livesum"),
+        cheaper_layouts=Counter(
+            "alice_out_of_memory_layouts_total",
+            "Times a model was laid out cheaper after an image ran out of memory, by the layout it got.",
+            ["model", "layout"],
+        ),
     )
 
 
@@ -101,6 +107,9 @@ class Summary:
         with self._lock:
             self.model_loads[model] = seconds
         prometheus_metrics().model_load_seconds.labels(model=model).observe(seconds)
+
+    def laid_out_cheaper(self, model: str, layout: str) -> None:
+        prometheus_metrics().cheaper_layouts.labels(model=model, layout=layout).inc()
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

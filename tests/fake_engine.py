@@ -33,6 +33,9 @@ class FakeEngine:
     def presets(self) -> dict:
         return {}
 
+    def kept_layouts(self) -> dict:
+        return {}
+
     def get(self, name: str) -> str:
         model_store.get_model(name)  # ModelNotFound as the real one
         with self._lock:

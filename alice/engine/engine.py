@@ -21,8 +21,9 @@ EmbeddingFile = tuple[str, Path]  # (name, vectors file): a textual-inversion em
 
 
 class OutOfMemory(Exception):
-    """The device ran out of memory drawing; the engine has freed what it could, so the next
-    call may work."""
+    """The device ran out of memory drawing, in the cheapest layout allowed or again after one
+    cheaper (pipelines.PipelineCache.lay_out_cheaper); the engine has freed what it could, so the
+    next call may work."""
 
 
 class Engine(Protocol):
@@ -31,6 +32,9 @@ class Engine(Protocol):
 
     def presets(self) -> dict[str, MemoryPreset]:
         """The memory preset per model family (for `/health`)."""
+
+    def kept_layouts(self) -> dict[str, list[dict]]:
+        """Per loaded model, the cheaper layouts kept since it ran out of memory (for `/health`)."""
 
     def get(self, name: str) -> Any:
         """Load a stored model if it is not in memory. model_store.ModelNotFound for one not in
@@ -65,8 +69,8 @@ class DiffusersEngine(PipelineCache):
     ) -> list[GenerationOutput | GenerationStopped]:
         import torch  # here, not at the top: see alice/engine/__init__.py
 
-        loaded = self.get(model)
-        spec = entries[0].spec  # the batch shares which pipeline draws it (batch_key)
+        spec = entries[0].spec  # the batch shares its size and which pipeline draws it (batch_key)
+        loaded = self.get_for_size(model, spec.width, spec.height)
         pipe = loaded.inpaint if spec.mask_image else loaded.image_to_image if spec.init_image else loaded.pipe
         try:
             with loras_applied(pipe, loras, fuse=unet_is_compiled(pipe), should_stop=should_stop), \
@@ -77,6 +81,7 @@ class DiffusersEngine(PipelineCache):
                     entries,
                     max_images=max_images,
                     on_out_of_memory=lambda: self.recover_from_out_of_memory(model),
+                    lay_out_cheaper=lambda: self.lay_out_cheaper(model, spec.width, spec.height),
                     family=loaded.family,
                 )
         except torch.OutOfMemoryError:

@@ -128,6 +128,7 @@ def run_batch(
     *,
     max_images: int = 1,
     on_out_of_memory: Callable[[], None] | None = None,
+    lay_out_cheaper: Callable[[], bool] | None = None,
     family: Family | None = None,
 ) -> list[GenerationOutput | GenerationStopped]:
     """Draw every entry's images (image i of an entry from seed `spec.seed + i`), `max_images`
@@ -139,6 +140,8 @@ def run_batch(
     when every entry of a call has stopped, the call ends at that step. A call that runs out of
     memory is split in halves, each tried once (after `on_out_of_memory`, which frees what the
     failed call held); torch.OutOfMemoryError when a half fails too, or a single image does.
+    A single image that fails is drawn once more when `lay_out_cheaper` (called after
+    `on_out_of_memory`) laid the pipeline out cheaper in place and says so; once per run.
 
     A call whose latents or decode come out NaN raises finite.NonFiniteOutput (a VAE that
     overflows is retried in float32 first: alice/engine/finite.py).
@@ -158,6 +161,7 @@ def run_batch(
     progress = _Progress(entries, [call for call, _ in pending])
     images: list[list[Image.Image]] = [[] for _ in entries]
     largest = [0] * len(entries)
+    may_lay_out = lay_out_cheaper is not None
     while pending:
         call, may_split = pending.popleft()
         progress.ask_to_stop(dict.fromkeys(index for index, _ in call))
@@ -168,12 +172,18 @@ def run_batch(
         try:
             drawn = _draw(pipe, base_scheduler_config, entries, call, progress, family)
         except torch.OutOfMemoryError:
-            if not may_split or len(call) == 1:
+            if not (len(call) == 1 and may_lay_out) and (not may_split or len(call) == 1):
                 raise
             out_of_memory = True
         if out_of_memory:  # out of the except block, whose traceback holds the failed call's tensors
             if on_out_of_memory:
                 on_out_of_memory()
+            if len(call) == 1:  # one image does not fit this layout: once, a cheaper one
+                may_lay_out = False
+                if not lay_out_cheaper():  # type: ignore[misc]
+                    raise torch.OutOfMemoryError("out of memory drawing one image, in the cheapest layout allowed")
+                pending.appendleft((call, False))
+                continue
             halves = [call[: len(call) // 2], call[len(call) // 2 :]]
             progress.split(halves)
             pending.extendleft([(halves[1], False), (halves[0], False)])

@@ -27,12 +27,14 @@ from alice.engine.device import (
     resolve_device,
     resolve_preset,
 )
+from alice.engine.escalation import cheaper_layout, layout_name, layout_rank
 from alice.engine.families import Family, detect_family, family_named
 from alice.engine.memory_figures import TRANSFORMER_FAMILIES
 from alice.engine.model_sizes import preset_inputs
 from alice.engine.pipeline_configs import is_inpainting_checkpoint
 from alice.engine.placement import apply_preset, enable_vae_tiling
 from alice.engine.presets import check_fits, plan_preset, preset_for
+from alice.engine.relayout import relayout
 from alice.engine.text_cache import cache_text_outputs
 from alice.engine.transformer_files import transformer_from_file
 
@@ -250,11 +252,16 @@ class LoadedPipeline:
     base_scheduler_config: Any  # the model's own; each run builds its scheduler from it
     load_seconds: float
     size_bytes: int
-    preset: MemoryPreset | None = None
+    preset: MemoryPreset | None = None  # as planned at load
     footprint: Footprint | None = None  # where its weights are and what a generation needs
     family: Family = family_named("sd15")
     _image_to_image: DiffusionPipeline | None = None
     _inpaint: DiffusionPipeline | None = None
+    layout: MemoryPreset | None = None  # the layout in effect, when a cheaper one replaced `preset`
+
+    @property
+    def current_layout(self) -> MemoryPreset | None:
+        return self.layout or self.preset
 
     @property
     def image_to_image(self) -> DiffusionPipeline:
@@ -309,14 +316,19 @@ class PipelineCache:
         budget_bytes: int | None = None,
         options: MemoryOptions = MemoryOptions(),
         on_load: Callable[[str, float], None] | None = None,
+        on_cheaper_layout: Callable[[str, str], None] | None = None,
     ) -> None:
+        """`on_load(model, seconds)` after each load; `on_cheaper_layout(model, layout_name)` each
+        time a model is laid out cheaper after running out of memory (the runtime counts both)."""
         self._locate = locate
         self._placement = placement
         self._capacity = cache_capacity(placement.facts, budget_bytes or None)
         self._options = options
         self._on_load = on_load or (lambda name, seconds: None)
+        self._on_cheaper_layout = on_cheaper_layout or (lambda name, layout: None)
         self._loaded: OrderedDict[str, LoadedPipeline] = OrderedDict()
         self._presets: dict[str, MemoryPreset] | None = None
+        self._kept = KeptLayouts()
 
     @property
     def placement(self) -> DevicePlacement:
@@ -391,9 +403,56 @@ class PipelineCache:
         the freed memory back. Call it outside the `except` block: the exception's traceback
         holds the failed run's frames, and with them its tensors."""
         loaded = self._loaded.get(name)
-        if loaded is not None and loaded.preset is not None and loaded.preset.cpu_offload == "model":
+        layout = loaded.current_layout if loaded is not None else None
+        if layout is not None and layout.cpu_offload == "model":
             loaded.pipe.maybe_free_model_hooks()  # all back to RAM, hooks re-installed
         self.drop_all_but(name)
+
+    # -- layouts kept after running out of memory ---------------------------------------------
+    def get_for_size(self, name: str, width: int, height: int) -> LoadedPipeline:
+        """The pipeline of a model laid out for images of this size: as planned, or in the
+        cheaper layout kept since an image of this size or smaller ran out of memory."""
+        loaded = self.get(name)
+        wanted = self._kept.layout_for(name, width * height) or loaded.preset
+        if loaded.preset is not None and wanted != loaded.current_layout:
+            logger.info("model %s: laying it out as %s for %dx%d images", name, layout_name(wanted), width, height)
+            self._lay_out(loaded, wanted)
+        return loaded
+
+    def lay_out_cheaper(self, name: str, width: int, height: int) -> bool:
+        """After one `width` x `height` image of a loaded model ran out of memory (and
+        `recover_from_out_of_memory`): lay it out one step cheaper (alice/engine/escalation.py)
+        and keep that for images of this size and larger, in this process. False when no
+        cheaper layout is left (or an explicit setting pins it), which the log says."""
+        loaded = self._loaded.get(name)
+        current = loaded.current_layout if loaded is not None else None
+        if current is None:
+            return False
+        step = cheaper_layout(current, self._options, gpu=self._placement.facts.is_gpu, width=width, height=height)
+        if step.preset is None:
+            logger.warning(
+                "model %s ran out of memory drawing a %dx%d image in layout %s; no cheaper layout: %s",
+                name, width, height, layout_name(current), step.note,
+            )
+            return False
+        logger.warning(
+            "model %s ran out of memory drawing a %dx%d image in layout %s; drawing it again in layout %s (%s), "
+            "kept for images of %d pixels and more",
+            name, width, height, layout_name(current), layout_name(step.preset), step.note, width * height,
+        )
+        self._lay_out(loaded, step.preset)
+        self._kept.keep(name, width * height, (width, height), step.preset)
+        self._on_cheaper_layout(name, layout_name(step.preset))
+        return True
+
+    def kept_layouts(self) -> dict[str, list[dict]]:
+        """Per loaded model, the layouts kept after running out of memory (for `/health`)."""
+        return {name: self._kept.public(name) for name in self._loaded if self._kept.public(name)}
+
+    def _lay_out(self, loaded: LoadedPipeline, preset: MemoryPreset) -> None:
+        relayout(loaded.pipe, preset, self._placement.device)
+        loaded.layout = None if preset == loaded.preset else preset
+        loaded.footprint = weights_footprint(loaded.pipe, preset, self._placement, self._options.max_pixels)
 
     def _evict_until_fits(self, incoming: Footprint) -> None:
         evicted = False
@@ -414,6 +473,30 @@ class PipelineCache:
             import torch
 
             torch.cuda.empty_cache()
+
+
+class KeptLayouts:
+    """Per model name, the layouts kept after running out of memory, each for images of at least
+    so many pixels. Per process, and kept when the model is unloaded: the card it ran out of is
+    the same when the model loads again (it loads as planned, and is laid out again for the
+    first image that needs it). A restart forgets them."""
+
+    def __init__(self) -> None:
+        self._by_model: dict[str, dict[int, tuple[tuple[int, int], MemoryPreset]]] = {}
+
+    def keep(self, name: str, pixels: int, size: tuple[int, int], preset: MemoryPreset) -> None:
+        self._by_model.setdefault(name, {})[pixels] = (size, preset)
+
+    def layout_for(self, name: str, pixels: int) -> MemoryPreset | None:
+        """The cheapest layout kept for images of `pixels` (None: the planned one)."""
+        kept = [preset for least, (_, preset) in self._by_model.get(name, {}).items() if least <= pixels]
+        return max(kept, key=layout_rank, default=None)
+
+    def public(self, name: str) -> list[dict]:
+        return [
+            {"from_size": f"{width}x{height}", "from_pixels": least, "layout": layout_name(preset), **preset.public()}
+            for least, ((width, height), preset) in sorted(self._by_model.get(name, {}).items())
+        ]
 
 
 def _weights_on_disk(folder: Path) -> int:

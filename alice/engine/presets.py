@@ -164,8 +164,13 @@ def _need(inputs: PresetInputs, layout: Layout, fp8: bool, tile: int | None, pix
 def _parts(inputs: PresetInputs, layout: Layout, gpu: bool) -> tuple[tuple[str, str], ...]:
     encoders = tuple(inputs.text_encoders)
     if not gpu:
-        where = dict.fromkeys(("transformer", *encoders, "vae"), "cpu")
-    elif layout == "gpu":
+        return tuple(dict.fromkeys(("transformer", *encoders, "vae"), "cpu").items())
+    return layout_parts(encoders, layout)
+
+
+def layout_parts(encoders: tuple[str, ...], layout: Layout) -> tuple[tuple[str, str], ...]:
+    """Where each part lives on a card in `layout`: (component, gpu/group/model/sequential)."""
+    if layout == "gpu":
         where = dict.fromkeys(("transformer", *encoders, "vae"), "gpu")
     elif layout == "text-offloaded":
         where = {"transformer": "gpu", **dict.fromkeys(encoders, "group"), "vae": "gpu"}

@@ -103,7 +103,10 @@ class Runtime:
             compile_unet=settings.compile_unet,
             max_pixels=settings.max_pixels,
         )
-        return DiffusersEngine(self._locate_model, self.placement, budget, options, on_load=self.readiness.model_loaded)
+        return DiffusersEngine(
+            self._locate_model, self.placement, budget, options, on_load=self.readiness.model_loaded,
+            on_cheaper_layout=self.summary.laid_out_cheaper,
+        )
 
     def _locate_model(self, name: str) -> Path:
         return model_store.get_model(name).path

@@ -47,6 +47,8 @@ class StatusViews:
             "queue": {"waiting": self.jobs.waiting, "running": 1 if running else 0},
             "error": readiness.load_error,
             "memory_preset": {family: preset.public() for family, preset in self.pipelines.presets().items()},
+            # Per loaded model, the cheaper layouts it keeps since an image ran out of memory.
+            "out_of_memory_layouts": self.pipelines.kept_layouts(),
         }
 
     def metrics_summary(self) -> dict[str, Any]:
