@@ -22,6 +22,8 @@ class Metrics:
     running: Any
     model_load_seconds: Any
     gpu_memory_bytes: Any
+    unet_compiles: Any
+    unet_eager_calls: Any
 
 
 @functools.cache
@@ -48,6 +50,17 @@ def prometheus_metrics() -> Metrics:
             buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120),
         ),
         gpu_memory_bytes=Gauge("alice_gpu_memory_bytes", "GPU memory allocated by torch.", multiprocess_mode="livesum"),
+        unet_compiles=Counter(
+            "alice_unet_compiles_total",
+            "Graphs torch.compile made for a model's UNet (ALICE_COMPILE_UNET): when=warm_up before the model "
+            "serves, when=request during a generation (a recompile; 0 unless something escaped the compiled shapes).",
+            ["model", "when"],
+        ),
+        unet_eager_calls=Counter(
+            "alice_unet_eager_calls_total",
+            "UNet calls of a compiled model run eager, being outside its compiled shapes (another size, one row).",
+            ["model"],
+        ),
     )
 
 

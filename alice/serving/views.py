@@ -47,6 +47,7 @@ class StatusViews:
             "queue": {"waiting": self.jobs.waiting, "running": 1 if running else 0},
             "error": readiness.load_error,
             "memory_preset": {family: preset.public() for family, preset in self.pipelines.presets().items()},
+            "unet_compile": {"enabled": self.settings.compile_unet, "models": self.pipelines.compile_status()},
         }
 
     def metrics_summary(self) -> dict[str, Any]:
