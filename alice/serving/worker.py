@@ -95,8 +95,7 @@ class Worker:
         """What a compiled UNet is compiled for: its model's native size (a request's size when
         it names none), at every batch the batching rule gives that size."""
         side = model_store.get_model(name).native_size
-        spec = GenerationSpec(prompt="", width=side, height=side, seed=0)
-        return CompiledShapes(side, side, images_per_call(spec, self.settings.max_batch, self.settings.max_pixels))
+        return CompiledShapes(side, side, self.batch_limit(GenerationSpec(prompt="", width=side, height=side, seed=0)))
 
     # -- jobs -----------------------------------------------------------------------
     def pipeline_for(self, name: str) -> LoadedPipeline:
@@ -174,7 +173,11 @@ class Worker:
     def images_per_call(self, job: Job) -> int:
         """The batch limit for jobs like this one: ALICE_MAX_BATCH, within the memory kept for
         one image of ALICE_MAX_PIXELS."""
-        return images_per_call(job.spec, self.settings.max_batch, self.settings.max_pixels)
+        return self.batch_limit(job.spec)
+
+    def batch_limit(self, spec: GenerationSpec) -> int:
+        """The images one pipeline call may draw for `spec` (a job's, or the compiled shapes')."""
+        return images_per_call(spec, self.settings.max_batch, self.settings.max_pixels)
 
     def _saving(self, job: Job, control: JobControl, images: list[Image.Image]) -> FinishUp:
         """The saving of a job's images, with their parameters in A1111's PNG text."""
