@@ -23,6 +23,8 @@ class Metrics:
     model_load_seconds: Any
     gpu_memory_bytes: Any
     cheaper_layouts: Any
+    unet_compiles: Any
+    unet_eager_calls: Any
 
 
 @functools.cache
@@ -53,6 +55,16 @@ def prometheus_metrics() -> Metrics:
             "alice_out_of_memory_layouts_total",
             "Times a model was laid out cheaper after an image ran out of memory, by the layout it got.",
             ["model", "layout"],
+        unet_compiles=Counter(
+            "alice_unet_compiles_total",
+            "Graphs torch.compile made for a model's UNet (ALICE_COMPILE_UNET): when=warm_up before the model "
+            "serves, when=request during a generation (a recompile; 0 unless something escaped the compiled shapes).",
+            ["model", "when"],
+        ),
+        unet_eager_calls=Counter(
+            "alice_unet_eager_calls_total",
+            "UNet calls of a compiled model run eager, being outside its compiled shapes (another size, one row).",
+            ["model"],
         ),
     )
 

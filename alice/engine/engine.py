@@ -7,14 +7,19 @@ time (tests/fake_engine.py) and check the HTTP contract without a diffusers pipe
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
+from alice.engine.compiled_unet import CompiledShapes, compile_and_warm, compile_record, graphs_compiled
 from alice.engine.embeddings import embeddings_applied
 from alice.engine.finite import NonFiniteOutput  # noqa: F401  (the worker's import, like OutOfMemory)
 from alice.engine.generate import BatchEntry, GenerationOutput, GenerationStopped, StopCheck, run_batch
 from alice.engine.loras import loras_applied
 from alice.engine.pipelines import MemoryPreset, PipelineCache, unet_is_compiled
+from alice.metrics import prometheus_metrics
+
+logger = logging.getLogger("alice.engine")
 
 LoraFile = tuple[str, Path, float]  # (name, weights file, scale)
 EmbeddingFile = tuple[str, Path]  # (name, vectors file): a textual-inversion embedding the prompts name
@@ -42,6 +47,14 @@ class Engine(Protocol):
 
     def drop(self, name: str) -> bool:
         """Unload a model; False when it was not loaded."""
+
+    def warm_up(self, name: str, shapes: Callable[[], CompiledShapes]) -> None:
+        """Compile a loaded model's UNet for `shapes()` (ALICE_COMPILE_UNET), once per load;
+        nothing for a UNet that is not compiled or already is. A compile that fails leaves the
+        UNet eager (and says so in the log); torch.OutOfMemoryError goes to the caller."""
+
+    def compile_status(self) -> dict[str, dict[str, Any]]:
+        """Per loaded model with a compiled UNet: its shapes, graphs and calls (for `/health`)."""
 
     def recover_from_out_of_memory(self, name: str) -> None:
         """After an out-of-memory load of `name`: free what the failed attempt held."""
@@ -72,6 +85,7 @@ class DiffusersEngine(PipelineCache):
         spec = entries[0].spec  # the batch shares its size and which pipeline draws it (batch_key)
         loaded = self.get_for_size(model, spec.width, spec.height)
         pipe = loaded.inpaint if spec.mask_image else loaded.image_to_image if spec.init_image else loaded.pipe
+        graphs, eager_calls = graphs_compiled(), _eager_calls(pipe)
         try:
             with loras_applied(pipe, loras, fuse=unet_is_compiled(pipe), should_stop=should_stop), \
                     embeddings_applied(pipe, embeddings):
@@ -86,5 +100,43 @@ class DiffusersEngine(PipelineCache):
                 )
         except torch.OutOfMemoryError:
             pass  # recovered from below: out of the except block, whose traceback holds the run's tensors
+        finally:
+            _count_compiles(model, pipe, graphs_compiled() - graphs, _eager_calls(pipe) - eager_calls)
         self.recover_from_out_of_memory(model)  # the next request works
         raise OutOfMemory(f"the device ran out of memory drawing with model '{model}'")
+
+    def warm_up(self, name: str, shapes: Callable[[], CompiledShapes]) -> None:
+        loaded = self.get(name)
+        if not unet_is_compiled(loaded.pipe) or compile_record(loaded.pipe) is not None:
+            return
+        import torch
+
+        try:
+            record = compile_and_warm(loaded.pipe, loaded.base_scheduler_config, loaded.family, shapes())
+        except torch.OutOfMemoryError:
+            raise
+        except Exception:  # no compiler after all, an inductor error: serve eager rather than not at all
+            logger.exception("compiling the UNet of model %s failed; it runs eager", name)
+            return
+        prometheus_metrics().unet_compiles.labels(model=name, when="warm_up").inc(record.graphs)
+
+    def compile_status(self) -> dict[str, dict[str, Any]]:
+        records = {name: compile_record(loaded.pipe) for name, loaded in self._loaded.items()}
+        return {name: record.public() for name, record in records.items() if record is not None}
+
+
+def _eager_calls(pipe: Any) -> int:
+    record = compile_record(pipe)
+    return record.eager_calls if record else 0
+
+
+def _count_compiles(model: str, pipe: Any, graphs: int, eager_calls: int) -> None:
+    """A generation's compiles (none, unless something outside the compiled shapes' router
+    compiled: then they are counted, not hidden) and its UNet calls outside the shapes."""
+    record = compile_record(pipe)
+    metrics = prometheus_metrics()
+    if graphs and record is not None:
+        record.later_graphs += graphs
+        metrics.unet_compiles.labels(model=model, when="request").inc(graphs)
+    if eager_calls:
+        metrics.unet_eager_calls.labels(model=model).inc(eager_calls)

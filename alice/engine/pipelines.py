@@ -158,8 +158,9 @@ def compile_refusal(facts: DeviceFacts, cpu_offload: str = "none", compiler_foun
     On a GPU torch.compile generates Triton kernels, and Triton needs compute capability 7.0
     or newer, and a C compiler at run time for its kernel launchers. On the CPU it generates
     C++ (inductor's CPU backend), which needs a C++ compiler. Without one every generation
-    would fail at its first step (BentoML's image brings build-essential; a bare host may
-    lack it). Under sequential offload the weights live on the meta device between layers, so
+    would fail at its first step. ALICE's container image has none (no Debian package is added
+    to its base: docs/deploy.md, "Compiling the UNet"), so there it always runs eager; compile
+    is for bare hosts with gcc (and g++ for the CPU). Under sequential offload the weights live on the meta device between layers, so
     a LoRA cannot be fused into them (see loras_applied), and each layer's hooks break the
     graph anyway.
     """
@@ -168,7 +169,8 @@ def compile_refusal(facts: DeviceFacts, cpu_offload: str = "none", compiler_foun
         return f"torch.compile needs compute capability 7.0 or newer (Triton); {facts.name} has {major}.{minor}"
     if not compiler_found:
         needed = "a C compiler (CC, gcc or clang) for Triton" if facts.is_gpu else "a C++ compiler (CXX or g++)"
-        return f"torch.compile needs {needed}, and there is none on this host"
+        return (f"torch.compile needs {needed}, and there is none on this host (the container image has none: "
+                "compiling is for bare hosts, see docs/deploy.md)")
     if cpu_offload == "sequential":
         return "torch.compile does not go with sequential CPU offload"
     return None
@@ -183,7 +185,8 @@ def host_compiler(gpu: bool) -> str | None:
 
 
 def compile_unet(pipe: DiffusionPipeline, placement: DevicePlacement, preset: MemoryPreset) -> None:
-    """Compile the UNet in place, where it can be (else say why and leave it eager).
+    """Compile the UNet in place, where it can be (else say why and leave it eager). Lazily:
+    the compile itself happens in the warm-up's first calls (compiled_unet.compile_and_warm).
 
     In place (`Module.compile`), not `pipe.unet = torch.compile(pipe.unet)`: diffusers' and
     peft's LoRA loading do not see through the OptimizedModule wrapper and fail half-way,

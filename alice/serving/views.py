@@ -49,6 +49,7 @@ class StatusViews:
             "memory_preset": {family: preset.public() for family, preset in self.pipelines.presets().items()},
             # Per loaded model, the cheaper layouts it keeps since an image ran out of memory.
             "out_of_memory_layouts": self.pipelines.kept_layouts(),
+            "unet_compile": {"enabled": self.settings.compile_unet, "models": self.pipelines.compile_status()},
         }
 
     def metrics_summary(self) -> dict[str, Any]:

@@ -14,12 +14,14 @@ from pathlib import Path
 from PIL import Image
 
 from alice.config import Settings
+from alice.engine.compiled_unet import CompiledShapes
 from alice.engine.embeddings import EMBEDDING_FILE, named_in
 from alice.engine.engine import Engine, NonFiniteOutput, OutOfMemory
 from alice.engine.generate import BatchEntry, GenerationStopped, images_per_call
 from alice.engine.loras import LoraLoadFailed
 from alice.engine.pipelines import LoadedPipeline
 from alice.engine.presets import PresetDoesNotFit
+from alice.engine.spec import GenerationSpec
 from alice.images.store import ImageStore
 from alice.jobs.queue import FinishUp, Job, JobControl, JobFailure
 from alice.models import store as model_store
@@ -47,12 +49,14 @@ class Worker:
     def warm_up(self, phases: StartPhases | None) -> None:
         self.load_default_model()
         if phases:
-            phases.done("default model")
+            phases.done("default model and its UNet's compile" if self.settings.compile_unet else "default model")
             logger.info(phases.summary(ready=self.readiness.ready))
 
     def load_default_model(self) -> None:
-        """The warm-up: load the default model. Whatever stops it shows on `/health` (status
-        error, and why) and in the log; the server stays up and answers what it can."""
+        """The warm-up: load the default model, and with ALICE_COMPILE_UNET compile its UNet, so
+        `/readyz` waits for both and no request pays for a compile. Whatever stops it shows on
+        `/health` (status error, and why) and in the log; the server stays up and answers what
+        it can."""
         import torch  # here, not at the top: see alice/engine/__init__.py
 
         # Each error is logged before `/health` shows it: whoever sees it there (an operator, a
@@ -61,6 +65,7 @@ class Worker:
         name = self.settings.default_model
         try:
             self.pipelines.get(name)
+            self._compile(name)
         except model_store.ModelNotFound:
             error = (
                 f"the default model '{name}' is not in the model store; "
@@ -83,6 +88,16 @@ class Worker:
             return
         self.pipelines.release_cached_memory()  # out of the except block, whose traceback held the load's tensors
 
+    def _compile(self, name: str) -> None:
+        if self.settings.compile_unet:
+            self.pipelines.warm_up(name, lambda: self.compiled_shapes(name))
+
+    def compiled_shapes(self, name: str) -> CompiledShapes:
+        """What a compiled UNet is compiled for: its model's native size (a request's size when
+        it names none), at every batch the batching rule gives that size."""
+        side = model_store.get_model(name).native_size
+        return CompiledShapes(side, side, self.batch_limit(GenerationSpec(prompt="", width=side, height=side, seed=0)))
+
     # -- jobs -----------------------------------------------------------------------
     def pipeline_for(self, name: str) -> LoadedPipeline:
         """A model's pipeline, loaded if need be; a load that runs out of memory fails the job
@@ -90,7 +105,9 @@ class Worker:
         import torch
 
         try:
-            return self.pipelines.get(name)
+            loaded = self.pipelines.get(name)
+            self._compile(name)  # a model loaded for a request compiles now, not in its first call
+            return loaded
         except model_store.ModelNotFound as exc:  # deleted between submission and run
             raise JobFailure("model_not_found", str(exc)) from None
         except PresetDoesNotFit as exc:  # refused before any weight was read; says what would fit
@@ -159,7 +176,11 @@ class Worker:
     def images_per_call(self, job: Job) -> int:
         """The batch limit for jobs like this one: ALICE_MAX_BATCH, within the memory kept for
         one image of ALICE_MAX_PIXELS."""
-        return images_per_call(job.spec, self.settings.max_batch, self.settings.max_pixels)
+        return self.batch_limit(job.spec)
+
+    def batch_limit(self, spec: GenerationSpec) -> int:
+        """The images one pipeline call may draw for `spec` (a job's, or the compiled shapes')."""
+        return images_per_call(spec, self.settings.max_batch, self.settings.max_pixels)
 
     def _saving(self, job: Job, control: JobControl, images: list[Image.Image]) -> FinishUp:
         """The saving of a job's images, with their parameters in A1111's PNG text."""

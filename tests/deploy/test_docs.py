@@ -116,3 +116,27 @@ def test_the_readme_links_the_api_reference_and_nothing_outside_the_repository()
     assert "(docs/api.md)" in README
     for document in (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))):
         assert "../shared" not in document.read_text(encoding="utf-8"), document.name
+
+
+def test_compiling_is_for_bare_hosts_everywhere_it_is_said() -> None:
+    """The image installs no Debian package (tests/deploy/test_image.py), so it has no compiler
+    and ALICE_COMPILE_UNET runs eager there: the README, the guide, the bentofiles, the
+    Dockerfile template and the engine's own refusal all say so, and the guide's recipe for a
+    container that compiles installs what Triton needs and leaves no apt lists behind."""
+    from alice.engine.device import DeviceFacts
+    from alice.engine.pipelines import compile_refusal
+
+    row = next(line for line in README.splitlines() if line.startswith("| `ALICE_COMPILE_UNET`"))
+    assert "**bare hosts only**" in row and "the container image has no compiler" in row
+    guide = section(GUIDE.read_text(encoding="utf-8"), "## Compiling the UNet")
+    assert "**It is for bare hosts**" in guide and "217 MB" in guide
+    (recipe,) = code_blocks(guide, "dockerfile")
+    assert "apt-get install -y --no-install-recommends gcc libc6-dev" in recipe
+    assert "rm -rf /var/lib/apt/lists/*" in recipe and recipe.rstrip().endswith("USER bentoml")
+    for name in ("bentofile.yaml", "bentofile-cu126.yaml", "deploy/Dockerfile.template"):
+        text = (ROOT / name).read_text(encoding="utf-8")
+        assert "ALICE_COMPILE_UNET runs eager" in text and "Compiling the UNet" in text, name
+        assert not re.search(r"\b(apt-get|gcc|build-essential)\b.*install|install.*\bgcc\b", text), name
+    for gpu in (False, True):
+        facts = DeviceFacts(device="cuda:0", capability=(8, 9)) if gpu else DeviceFacts()
+        assert "compiling is for bare hosts" in compile_refusal(facts, compiler_found=False)

@@ -1,15 +1,19 @@
-"""LoRAs on a torch.compile'd UNet (ALICE_COMPILE_UNET=true; inductor's C++ backend on the CPU):
-a plain request after any LoRA request, even one whose adapter failed to load half-way, draws the
-plain model's image bit for bit, and changing LoRAs or scales does not recompile the UNet.
+"""A torch.compile'd UNet (ALICE_COMPILE_UNET=true; inductor's C++ backend on the CPU), on one
+server: it compiles in the warm-up, before `/readyz`, for the demo's native size at every batch;
+a request of another size runs eager without recompiling; and with LoRAs, a plain request after
+any LoRA request, even one whose adapter failed to load half-way, draws the plain model's image
+bit for bit, and changing LoRAs or scales does not recompile the UNet.
 
 Compiling the demo UNet takes a minute or more here, so the whole story runs on one server and
-one compile, in one test.
+one compile. ALICE_MAX_BATCH=4 keeps it one graph (the warm-up's largest call is 8 UNet rows:
+the CPU's convolutions change backend at 16, which would take a second graph).
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import time
 
 import pytest
 from PIL import Image
@@ -36,7 +40,7 @@ def write_lora_that_fails_half_way(folder):
 @pytest.fixture(scope="module")
 def compiled_client(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("compiled")
-    for client in start_client(tmp, ALICE_COMPILE_UNET="true"):
+    for client in start_client(tmp, ALICE_COMPILE_UNET="true", ALICE_MAX_BATCH="4"):
         from alice.models import checkpoints
 
         checkpoints.import_lora_file(write_demo_lora(tmp / "inky", seed=0), "inky")
@@ -58,10 +62,64 @@ def compiled_graphs() -> int:
     return counters["stats"]["unique_graphs"]
 
 
-def test_loras_on_a_compiled_unet_leave_the_plain_model_bit_for_bit_without_recompiling(compiled_client):
-    plain = draw(compiled_client)  # compiles the UNet
+def refuse_recompiles() -> None:
+    """Make the server's compiled UNet raise where it would recompile, instead of running that
+    call eager: a request that needed a recompile then fails, where it would only run slower."""
+    from alice.http.app import http_app
+
+    pipe = http_app.state.runtime.pipelines.get("alice-demo").pipe
+    pipe.unet._compiled_call_impl.stance = "fail_on_recompile"
+
+
+def compile_status(client) -> dict:
+    return client.get("/health").json()["unet_compile"]["models"]["alice-demo"]
+
+
+def counted(metric: str, **labels: str) -> float:
+    """A Prometheus counter's value in this process (the server runs in it)."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(metric, labels) or 0.0
+
+
+def compiles_counted(when: str) -> float:
+    return counted("alice_unet_compiles_total", model="alice-demo", when=when)
+
+
+def test_the_unet_compiles_before_ready_and_a_request_of_another_size_runs_eager(compiled_client):
+    # Ready (start_client waited for /readyz), and before any request the UNet is compiled, for
+    # the demo's 64 px at 1 to 4 images a call, in one graph, counted on /health and Prometheus.
+    status = compile_status(compiled_client)
+    assert {key: status[key] for key in ("width", "height", "max_images", "graphs")} == {
+        "width": 64, "height": 64, "max_images": 4, "graphs": 1}
+    assert status["compile_seconds"] > 0 and status["compiled_calls"] == status["eager_calls"] == 0
+    assert compiles_counted("warm_up") == 1 and compiled_graphs() >= 1
     graphs = compiled_graphs()
-    assert graphs >= 1  # it did compile
+
+    refuse_recompiles()  # for the rest of the module: what runs compiled runs the warm-up's graph
+    draw(compiled_client)  # the default size: compiled, at once
+    # 3 images (6 UNet rows), and a sampler whose timesteps are float32 where the warm-up's
+    # (DPM++) are int64: the same graph.
+    for extra in ({"num_images": 3}, {"num_images": 2, "scheduler": "euler"}):
+        response = compiled_client.post("/generate", json={"prompt": "a boat", **SMALL, **extra})
+        assert response.status_code == 200 and len(response.json()["images"]) == extra["num_images"], response.text
+    started = time.perf_counter()
+    draw(compiled_client, width=128, height=128)  # another size: eager, no 75 s recompile
+    other_size = time.perf_counter() - started
+    draw(compiled_client, guidance_scale=1.0)  # one UNet row: eager too (dynamo specialises 1)
+    status = compile_status(compiled_client)
+    steps = SMALL["steps"]
+    assert (status["compiled_calls"], status["eager_calls"]) == (3 * steps, 2 * steps)
+    assert compiled_graphs() == graphs and status["recompiles"] == 0 and compiles_counted("request") == 0
+    assert counted("alice_unet_eager_calls_total", model="alice-demo") == 2 * steps
+    assert other_size < status["compile_seconds"]  # far less, unless the machine stalled meanwhile
+
+
+def test_loras_on_a_compiled_unet_leave_the_plain_model_bit_for_bit_without_recompiling(compiled_client):
+    refuse_recompiles()
+    plain = draw(compiled_client)
+    graphs = compiled_graphs()
+    assert graphs >= 1  # compiled in the warm-up
 
     inky = draw(compiled_client, loras=[{"name": "inky", "scale": 1.0}])
     assert inky != plain
