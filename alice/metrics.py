@@ -55,6 +55,7 @@ def prometheus_metrics() -> Metrics:
             "alice_out_of_memory_layouts_total",
             "Times a model was laid out cheaper after an image ran out of memory, by the layout it got.",
             ["model", "layout"],
+        ),
         unet_compiles=Counter(
             "alice_unet_compiles_total",
             "Graphs torch.compile made for a model's UNet (ALICE_COMPILE_UNET): when=warm_up before the model "
