@@ -14,6 +14,7 @@ from __future__ import annotations
 import platform
 import shutil
 import subprocess
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -38,15 +39,20 @@ def tf32_settings() -> dict[str, Any]:
     """Whether fp32 work may run as TF32, in the API of the running torch (fp32_precision from
     2.9 on: "tf32", "ieee" or "none" = the old allow_tf32 flags decide; those before)."""
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    reads: dict[str, Callable[[], Any]] = {
+        "matmul_fp32_precision": lambda: matmul.fp32_precision,
+        "cudnn_fp32_precision": lambda: cudnn.fp32_precision,
+        "matmul_allow_tf32": lambda: bool(matmul.allow_tf32),
+        "cudnn_allow_tf32": lambda: bool(cudnn.allow_tf32),
+        "float32_matmul_precision": torch.get_float32_matmul_precision,
+        "cudnn_benchmark": lambda: bool(cudnn.benchmark),
+    }
     settings: dict[str, Any] = {}
-    for name, backend in (("matmul", matmul), ("cudnn", cudnn)):
-        precision = getattr(backend, "fp32_precision", None)
-        if precision is not None:
-            settings[f"{name}_fp32_precision"] = precision
-    settings["matmul_allow_tf32"] = bool(matmul.allow_tf32)
-    settings["cudnn_allow_tf32"] = bool(cudnn.allow_tf32)
-    settings["float32_matmul_precision"] = torch.get_float32_matmul_precision()
-    settings["cudnn_benchmark"] = bool(cudnn.benchmark)
+    for key, read in reads.items():
+        try:  # an attribute this torch lacks, or torch refusing to mix its old and new TF32 APIs
+            settings[key] = read()
+        except (AttributeError, RuntimeError) as error:
+            settings[key] = f"unread ({type(error).__name__})"
     return settings
 
 

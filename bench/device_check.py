@@ -216,7 +216,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--isolate", help="sections run in their own process, comma-separated "
                         "(default: compile on the GPU, none on the CPU)")
     parser.add_argument("--runs", type=int, help="timed calls per line (default: 3 on the GPU, 1 on the CPU)")
-    parser.add_argument("--memory-args", default="--gpu", help="bench.memory's options for its GPU figures")
+    parser.add_argument("--memory-args", default="--device cuda",
+                        help="bench.memory's options for its GPU figures (the section adds --write)")
     parser.add_argument("--inject-error", help="raise an error in this section (a test)")
     parser.add_argument("--only", help=argparse.SUPPRESS)  # a child of --isolate: this one section
     parser.add_argument("--section-json", type=Path, help=argparse.SUPPRESS)

@@ -23,21 +23,10 @@
 # and $OUT/device_check.log. Disk: the random weights go under /tmp, one family at a time (SD 3.5
 # Medium 16 GB, FLUX.1 34 GB); the machine has 64 GiB.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-if [ -d .whl ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH="/tmp/site:$PWD"
-else
-    export PYTHONPATH="$PWD"
-fi
-export PYTHONUNBUFFERED=1
+source "$(dirname "$0")/device_env.sh"
 OUT="${OUT:-/tmp/device-check}"
 mkdir -p "$OUT"
 LOG="$OUT/device_check.log"
-
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-free -g | head -2
-df -h /tmp
 python3 -c "import torch, diffusers, transformers, pydantic, psutil, accelerate; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)" || exit 1
 
 # The hard stop leaves the run tool's 600 s a margin; the report on disk is the last section's.

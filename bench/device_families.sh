@@ -22,19 +22,8 @@
 # GGUF line writes 13 GB more; the machine has 64 GiB, so the GGUF line is left out where less
 # than 50 GB is free.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-if [ -d .whl ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH="/tmp/site:$PWD"
-else
-    export PYTHONPATH="$PWD"
-fi
-export PYTHONUNBUFFERED=1
+source "$(dirname "$0")/device_env.sh"
 LOG="${OUT:-/tmp}/bench_families.log"
-
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-free -g | head -2
-df -h /tmp
 python3 -c "import torch, diffusers, transformers, gguf, psutil, accelerate; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'gguf ok')" || exit 1
 
 free_gb=$(df --output=avail -BG /tmp | tail -1 | tr -dc '0-9')

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -162,7 +163,7 @@ def measure(ctx: Context, pipe: Any, family: Family, spec: GenerationSpec, batch
         if not ctx.cpu:  # the first call on a card allocates, autotunes cuDNN and compiles
             measured.first_s = call()
         reset_peak(ctx.device)
-        for index in range(runs or ctx.runs):
+        for _ in range(runs or ctx.runs):
             measured.seconds.append(call())
             if time.perf_counter() + measured.seconds[-1] > ctx.deadline:
                 break
@@ -356,17 +357,21 @@ def transformer(architecture: str) -> Callable[[Context], Outcome]:
 
 
 def memory(ctx: Context, args: list[str]) -> Outcome:
-    """bench.memory's GPU figures, where that module is in this tree: run as its own command (its
-    options are its own), its output kept in the report."""
+    """bench.memory's GPU figures (working memory of the UNet families' parts by size, from which
+    alice/engine/device.py's constants come), where that module is in this tree: its own command
+    (`python -m bench.memory --device cuda`, in its own process, so its allocator statistics start
+    clean), the figures it writes kept in the report's details."""
     if importlib.util.find_spec("bench.memory") is None:
         raise SectionSkipped("no bench/memory.py in this tree")
     if ctx.cpu:
         raise SectionSkipped("its GPU mode needs a card (its CPU mode runs on its own)")
-    command = [sys.executable, "-m", "bench.memory", *args]
+    figures = ctx.work_dir / "memory_figures_gpu.json"
+    command = [sys.executable, "-m", "bench.memory", *args, "--write", str(figures)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=max(10.0, ctx.seconds_left),
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
     output = (done.stdout + done.stderr)[-6000:]
-    if done.returncode != 0:
+    if done.returncode != 0 or not figures.exists():
         raise RuntimeError(f"{' '.join(command[1:])} exited {done.returncode}: {output[-1500:]}")
-    return Outcome(rows=[{"line": "bench.memory " + " ".join(args), "note": "its output: details.output"}],
-                   details={"command": command[1:], "output": output})
+    return Outcome(rows=[{"line": " ".join(command[1:4]), "note": "figures in the JSON report's details"}],
+                   details={"command": command[1:], "output": output,
+                            "figures": json.loads(figures.read_text(encoding="utf-8"))})
