@@ -20,7 +20,7 @@ from alice.engine.pipelines import choose_placement, load_pipeline
 from alice.engine.transformer_files import read_transformer_file
 from bench import gpu
 from bench.gguf_q8 import gguf_pipeline_folder
-from bench.random_pipelines import random_pipeline_folder
+from bench.random_pipelines import CONFIGS, build, build_device, random_pipeline_folder
 
 DEMO_LINES = {"diffusers fp32", "diffusers fp16", "ALICE bare (float32)", "+ channels_last",
               "+ attention slicing", "+ VAE tiling (32 px)", "+ model offload", "ALICE auto (the server)"}
@@ -186,3 +186,22 @@ def test_lines_that_would_pass_the_budget_are_reported_skipped(capsys: pytest.Ca
     section = out.split("sd35-medium tiny architecture (random weights) 64x64\n")[1]
     skipped = re.findall(r"^  (\S.*?)\s+skipped: over --budget-s$", section, re.MULTILINE)
     assert set(skipped) == TRANSFORMER_LINES, out
+
+
+def test_random_weights_are_built_on_the_cpu_where_the_card_cannot_hold_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    # A GTX 1060 (6 GiB) with 5.5 GiB free after its CUDA context, as torch would report it.
+    gib = 1024**3
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(5.5 * gib), 6 * gib))
+    with torch.device("meta"):
+        unet = sum(p.numel() for p in build(UNet2DConditionModel, "diffusers", CONFIGS / "sdxl" / "unet",
+                                            {}).parameters())
+        clip = sum(p.numel() for p in build(CLIPTextModel, "transformers", CONFIGS / "sdxl" / "text_encoder",
+                                            {}).parameters())
+    assert 2.5e9 < unet < 2.6e9 and 1.2e8 < clip < 1.3e8  # the released SDXL's UNet and CLIP ViT-L
+    # SDXL's UNet is 5.1 GB in fp16: built on the card it would run out of memory there.
+    assert build_device("cuda", unet * 2) == "cpu"
+    assert build_device("cuda", clip * 2) == "cuda"
+    assert build_device("cpu", clip * 2) == "cpu"
