@@ -100,7 +100,8 @@ def describe(facts: dict[str, Any]) -> str:
     tf32_text = ", ".join(f"{key} {value}" for key, value in tf32.items() if "tf32" in key or "precision" in key)
     return (f"{facts['name']} (compute capability {facts['capability']}, {facts['total_gib']} GiB, "
             f"{facts['free_gib_at_start']} GiB free at start); driver {facts['driver'] or 'unknown'}, "
-            f"CUDA {facts['cuda']}, cuDNN {facts['cudnn']}; {versions}; TF32: {tf32_text}")
+            f"CUDA {facts['cuda']}, cuDNN {facts['cudnn']}; {versions} (kernels for {' '.join(facts['arch_list'])}); "
+            f"TF32: {tf32_text}")
 
 
 def reset_peak(device: str) -> None:

@@ -107,3 +107,25 @@ def test_sections_past_the_budget_are_reported_skipped(tmp_path: Path) -> None:
     assert [(section["name"], section["status"], section["note"]) for section in data["sections"]] == [
         (name, "skipped", "0 s left of --budget-s 0") for name in SECTIONS]
     assert json.loads((tmp_path / "device_check.json").read_text(encoding="utf-8"))["sections"] == data["sections"]
+
+
+def test_a_gpu_report_renders_its_card_and_memory() -> None:
+    # What card_facts and a drawing section give on a card (none here), through the same writer.
+    card = {"device": "cuda", "torch": "2.11.0", "diffusers": "0.42.1", "transformers": "5.17.0", "python": "3.12",
+            "host": "x86_64", "cpu_threads": 16, "name": "NVIDIA GeForce GTX 1060 6GB", "capability": "6.1",
+            "total_gib": 5.93, "free_gib_at_start": 5.5, "multiprocessors": 10, "arch_list": ["sm_60", "sm_70"],
+            "driver": "580.95.05", "cuda": "12.6", "cudnn": 90501, "bf16_supported": True,
+            "tf32": {"matmul_allow_tf32": False, "cudnn_allow_tf32": True}}
+    row = {"line": "fp16", "seconds": 9.5, "runs": 3, "it_per_s": 2.632, "images_per_s": 0.105,
+           "peak_reserved_gib": 2.51, "card_gib": 2.93, "nan": 1, "vae_retries": 1, "load_s": 4.2,
+           "first_call_s": 11.0, "size": 512, "psnr_db": "31.2", "psnr_vs": "fp32"}
+    report = {"argv": [], "started": "2026-12-08T10:00:00+00:00", "total_s": 400.0, "budget_s": 420.0, "card": card,
+              "sections": [{"name": "precision", "status": "ok", "seconds": 60.0, "note": "", "rows": [row],
+                            "details": {}, "process": 1}],
+              "nan": {"drawings": 1, "vae_retries": 1}}
+    table = device_check.markdown(report)
+    assert table.startswith("### Device check: NVIDIA GeForce GTX 1060 6GB, 2026-12-08\n"), table
+    assert "compute capability 6.1" in table and "driver 580.95.05, CUDA 12.6, cuDNN 90501" in table
+    assert "(kernels for sm_60 sm_70)" in table and "cudnn_allow_tf32 True" in table
+    assert ("| precision | fp16 | 9.5 | 2.632 | 0.105 | 2.51 | 2.93 | 1 (+1 VAE) | 31.2 vs fp32 | "
+            "512 px; load 4.2 s; first call 11.0 s |") in table, table
