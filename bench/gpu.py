@@ -151,7 +151,7 @@ def free_memory() -> None:
 
 
 def tile_below(size: int) -> int:
-    """A VAE tile side that tiles an image of `size`: half of it, on the latent grid of 8 px."""
+    """A VAE tile side that tiles an image of `size`: half of it, rounded down to a multiple of 32 px."""
     return max(32, size // 2 // 32 * 32)
 
 
