@@ -37,7 +37,8 @@ rows and details) and device_check.md (a table to paste into bench/RESULTS.md).
 Weights are random (bench/random_pipelines.py, from alice/configs; built on the card where they
 fit, else on the CPU): the images mean nothing, speed and memory are the real models'. `--cpu` uses
 the demo model for SD 1.5 (64 px) and the architectures shrunk to a few narrow layers for the rest,
-1 step, one timed call: it proves the script runs end to end, not how fast anything is.
+1 step, one timed call, batches of 1 and 2, no fp16 line (emulated on the CPU, 10x slower): it
+proves the script runs end to end, not how fast anything is.
 """
 
 from __future__ import annotations

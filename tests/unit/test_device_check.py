@@ -64,20 +64,22 @@ def test_every_section_reports_and_an_error_ends_only_its_own(report: tuple[dict
 def test_the_drawing_sections_measure_what_they_say(report: tuple[dict[str, Any], Path]) -> None:
     by_name = sections(report[0])
     drawn = [rows(by_name[name])["ALICE auto"] for name in ("sd15", "sdxl", "sd35-medium")]
-    for row in drawn + list(rows(by_name["precision"]).values()) + list(rows(by_name["batching"]).values()):
+    precision = rows(by_name["precision"])
+    assert precision.pop("fp16")["status"] == "skipped"  # on the CPU only: emulated, 10x slower than fp32
+    for row in drawn + list(precision.values()) + list(rows(by_name["batching"]).values()):
         batch = int(row["line"].split()[-1]) if row["line"].startswith("batch") else 1
         assert row["runs"] == 1 and row["seconds"] > 0 and row["nan"] == 0 and row["size"] == 64, row
         assert row["it_per_s"] == pytest.approx(1 / row["seconds"], rel=0.01), row  # one step
         assert row["images_per_s"] == pytest.approx(batch / row["seconds"], rel=0.01), row
         assert row["peak_reserved_gib"] is None and row["card_gib"] is None  # no card
-    precision = rows(by_name["precision"])
-    assert list(precision) == ["fp32", "fp16", "fp16 storage, fp32 compute", "bf16"]
+    assert list(rows(by_name["precision"])) == ["fp32", "fp16", "fp16 storage, fp32 compute", "bf16"]
     assert "psnr_db" not in precision["fp32"]
     # The demo's weights are fp16 already, so storing them in fp16 loses nothing: computed in fp32
-    # the image is fp32's to the bit, while fp16 and bf16 arithmetic each change it a little.
+    # the image is fp32's to the bit, while bf16 arithmetic changes it a little.
     assert precision["fp16 storage, fp32 compute"]["psnr_db"] == "same"
-    for label in ("fp16", "bf16"):
-        assert 20 < float(precision[label]["psnr_db"]) < math.inf and precision[label]["psnr_vs"] == "fp32"
+    # Norms and embeddings stay fp32 (diffusers' default skip patterns): the rest is stored in fp16.
+    assert precision["fp16 storage, fp32 compute"]["note"] == "UNet weights stored in float16, float32"
+    assert 20 < float(precision["bf16"]["psnr_db"]) < math.inf and precision["bf16"]["psnr_vs"] == "fp32"
     assert list(rows(by_name["batching"])) == ["batch 1", "batch 2"]
     preset = rows(by_name["preset"])
     assert preset["auto"]["note"].startswith("dtype float32; channels_last off; compile: ")
