@@ -115,6 +115,9 @@ class Measured:
     nan: int = 0  # calls whose denoiser made NaN (NonFiniteOutput)
     vae_retries: int = 0  # decodes redone in float32 (logged once per model: see count_vae_retries)
     image: np.ndarray | None = None
+    # The most images one pipeline call drew: run_batch splits a call that runs out of memory in
+    # halves, as the server does, so a batch of 8 may have been drawn 4 and 4.
+    call_size: int | None = None
 
 
 class _RetryCounter(logging.Handler):
@@ -151,7 +154,9 @@ def measure(ctx: Context, pipe: Any, family: Family, spec: GenerationSpec, batch
     def call() -> float:
         started = time.perf_counter()
         try:
-            images = run_batch(pipe, config, entries, max_images=batch, family=family)[0].images
+            drawn = run_batch(pipe, config, entries, max_images=batch, family=family)
+            images = drawn[0].images
+            measured.call_size = min(measured.call_size or batch, *(output.batch for output in drawn))
             if measured.image is None:
                 measured.image = np.asarray(images[0])
         except NonFiniteOutput:
@@ -314,8 +319,11 @@ def batching(ctx: Context) -> Outcome:
                 continue
             line = row(f"batch {batch}", measured, drawing.spec.steps, batch, size=ctx.sd_size)
             single = single or line["images_per_s"]
-            if single and line["images_per_s"]:
-                line["note"] = f"x{line['images_per_s'] / single:.2f} the images/s of batch 1"
+            notes = [f"x{line['images_per_s'] / single:.2f} the images/s of batch 1"] if single and line[
+                "images_per_s"] else []
+            if measured.call_size and measured.call_size < batch:
+                notes.append(f"out of memory: drawn in calls of {measured.call_size}")
+            line["note"] = "; ".join(notes)
             outcome.rows.append(line)
     finally:
         del pipe
