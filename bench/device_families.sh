@@ -5,13 +5,14 @@
 # shared in turn, and what the smaller model leaves passes to FLUX.1.
 #
 # The device machine reaches no registry and its image lacks diffusers, gguf and pydantic (its
-# transformers is 5.17, torch 2.11, Python 3.12). Before the run, once, in the repo root here
-# (/.whl/ is in .gitignore):
+# transformers is 5.17, torch 2.11, Python 3.12); psutil (read_device_facts) and accelerate (the
+# offload lines) are carried too in case it lacks them. Before the run, once, in the repo root here
+# (/.whl/ is in .gitignore; bench/device_check.sh uses the same folder):
 #
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #     -d .whl diffusers==0.42.1 gguf==0.19.0 pydantic==2.14.3 pydantic-core==2.50.4 \
-#     annotated-types==0.8.0 typing-inspection==0.4.5
+#     annotated-types==0.8.0 typing-inspection==0.4.5 psutil==7.2.2 accelerate==1.15.0
 #
 # then the device tool's run with carry [".whl"], timeout_s 600 and the command
 #
@@ -21,20 +22,9 @@
 # GGUF line writes 13 GB more; the machine has 64 GiB, so the GGUF line is left out where less
 # than 50 GB is free.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-if [ -d .whl ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH="/tmp/site:$PWD"
-else
-    export PYTHONPATH="$PWD"
-fi
-export PYTHONUNBUFFERED=1
+source "$(dirname "$0")/device_env.sh"
 LOG="${OUT:-/tmp}/bench_families.log"
-
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-free -g | head -2
-df -h /tmp
-python3 -c "import torch, diffusers, transformers, gguf; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'gguf ok')" || exit 1
+python3 -c "import torch, diffusers, transformers, gguf, psutil, accelerate; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'gguf ok')" || exit 1
 
 free_gb=$(df --output=avail -BG /tmp | tail -1 | tr -dc '0-9')
 skip=()

@@ -18,6 +18,8 @@ Lines of the UNet families (sd15, sd2, sdxl):
 - ALICE bare: `load_pipeline` in ALICE's dtype for the card with every option off;
 - + channels_last, + attention slicing, + VAE tiling, + model offload, + sequential offload,
   + compile: ALICE bare plus that one option, so each line shows that option's own contribution;
+  the VAE tiling line's tiles are half the image's side (at the native size ALICE's own tile, the
+  native side, would tile nothing);
 - ALICE auto: what the server does on this card with no settings.
 Lines of the transformer families (flux1-schnell, sd35-medium); the UNet-only options
 (channels_last, attention slicing, compile) do not apply to them:
@@ -36,10 +38,16 @@ alike. The transformer families run line by line (load, first call, the timed ru
 FLUX.1's pipeline is 34 GB in bf16, and seven of them do not park in host memory. Printed per line:
 the median time per image with min and max over the runs, images/s, the ratio to the first
 diffusers line (fp32, or bf16 for the transformer families; "vs ref"), for the + lines and ALICE
-auto the ratio to ALICE bare, peak memory of the run (weights included,
-`torch.cuda.max_memory_allocated` reset before each run), and apart from those the load time and
-the first call (with `+ compile`: the compilation). An out-of-memory error, or any other error, ends
-only its line ("OOM", "error") and the run goes on. `--budget-s` (default 450 s, so the whole run
+auto the ratio to ALICE bare, the memory of the run: the caching allocator's peak
+(`torch.cuda.max_memory_reserved`, reset before each run, weights included: what a server must
+budget) and the whole card's use by the driver after it (`mem_get_info`: the CUDA context and
+cuDNN's workspaces too), the load time and the first call (with `+ compile`: the compilation), and
+how close the line's image is to its reference line's (PSNR in dB, "same" when identical): a
+dtype's diffusers line against the first, ALICE bare against diffusers in its dtype, each + line
+and ALICE auto against ALICE bare. Matched lines must draw the same picture: an option that
+changes it shows here. The run's first line names the card, driver, CUDA, cuDNN and the TF32
+settings (bench/card.py). An out-of-memory error, or any other error (bf16 on a card that
+cannot run it), ends only its line ("OOM", "error") and the run goes on. `--budget-s` (default 450 s, so the whole run
 fits in 8 minutes) is shared by the families in turn, what one leaves passing to the next: runs stop
 early when the next would pass the family's share, and a line not yet started is reported as skipped
 (line by line: one that would not end in time if it took as long as the line before it).
@@ -47,7 +55,9 @@ early when the next would pass the family's share, and a line not yet started is
 Weights are random, built from the shipped architecture configs (alice/configs/sd15, sdxl,
 flux1-schnell, sd35-medium; no download; bench/random_pipelines.py), saved once per family in fp16
 (UNet families) or bf16, and every line loads them from that folder as the server loads a stored
-model: the images mean nothing, the speed and memory are the real models'. The folder goes under
+model: the images mean nothing, the speed and memory are the real models'. Each model is built on
+the card where it fits twice over, else on the CPU, in the dtype it is saved in; each line then
+loads it in its own dtype, so a card too small for a line fails that line alone. The folder goes under
 `--work-dir` (default: the system's temporary directory): FLUX.1 takes 34 GB there, and its GGUF
 line 13 GB more.
 """
@@ -57,6 +67,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import math
 import statistics
 import tempfile
 import time
@@ -66,6 +77,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import AutoPipelineForText2Image, DiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
@@ -74,6 +86,7 @@ from transformers.utils import logging as transformers_logging
 from alice.engine.families import Family, detect_family, family_named
 from alice.engine.generate import GenerationSpec, run_generation
 from alice.engine.pipelines import MemoryOptions, choose_placement, load_pipeline, memory_preset
+from bench.card import GiB, card_facts, card_used, describe, peak_reserved, reset_peak
 from bench.gguf_q8 import gguf_pipeline_folder
 from bench.random_pipelines import CONFIGS, random_pipeline_folder
 
@@ -92,6 +105,7 @@ class Line:
     label: str
     build: Callable[[], DiffusionPipeline]
     compare_to: str | None = None  # the line whose time this one's option changes
+    image_of: str | None = None  # the line whose image this one's must match (PSNR)
     # Work before its first load, timed apart from loading (writing its GGUF file); says what it did.
     prepare: Callable[[], str] | None = None
     pipe: DiffusionPipeline | None = None
@@ -99,7 +113,9 @@ class Line:
     load_s: float = 0.0
     first_s: float = 0.0
     seconds: list[float] = field(default_factory=list)
-    peaks: list[int] = field(default_factory=list)
+    peaks: list[int] = field(default_factory=list)  # the allocator's peak reserved bytes, per run
+    card_bytes: list[int] = field(default_factory=list)  # the card's use after each run (mem_get_info)
+    image: np.ndarray | None = None  # of its first timed run
     failure: str | None = None
 
 
@@ -134,7 +150,12 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def make_lines(folder: Path, family: Family, device: str, skip: set[str], scratch: Path) -> list[Line]:
+def tile_below(size: int) -> int:
+    """A VAE tile side that tiles an image of `size`: half of it, rounded down to a multiple of 32 px."""
+    return max(32, size // 2 // 32 * 32)
+
+
+def make_lines(folder: Path, family: Family, device: str, skip: set[str], scratch: Path, size: int) -> list[Line]:
     placement = choose_placement(device)
     unet = family.is_unet
 
@@ -147,7 +168,8 @@ def make_lines(folder: Path, family: Family, device: str, skip: set[str], scratc
             return pipe.to(device)
         return build
 
-    def alice(label: str, source: Path = folder, auto: bool = False, **changes: Any) -> Callable[[], DiffusionPipeline]:
+    def alice(label: str, source: Path = folder, auto: bool = False, tile: int | None = None,
+              **changes: Any) -> Callable[[], DiffusionPipeline]:
         options = MemoryOptions() if auto else dataclasses.replace(MemoryOptions(), **{**BARE, **changes})
 
         def build() -> DiffusionPipeline:
@@ -155,21 +177,26 @@ def make_lines(folder: Path, family: Family, device: str, skip: set[str], scratc
             if not auto and not unet and preset.fp8_storage:
                 # The bare lines keep every part in the compute dtype; where that does not fit, the line OOMs.
                 preset = dataclasses.replace(preset, fp8_storage=())
+            if tile:
+                preset = dataclasses.replace(preset, vae_tiling_above=tile)
             print(f"  {label}: {preset.describe()}", flush=True)
             return load_pipeline(source, placement, options, preset=preset)
         return build
 
     dtype_name = str(placement.dtype).removeprefix("torch.")
     bare = f"ALICE bare ({dtype_name})"
+    short = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[dtype_name]
+    tile = tile_below(size)
+    tiling = f"+ VAE tiling ({tile} px)"
     if unet:
         lines = [
             Line("diffusers fp32", diffusers_default(torch.float32)),
-            Line("diffusers fp16", diffusers_default(torch.float16)),
-            Line("diffusers bf16", diffusers_default(torch.bfloat16)),
-            Line(bare, alice(bare)),
+            Line("diffusers fp16", diffusers_default(torch.float16), image_of="diffusers fp32"),
+            Line("diffusers bf16", diffusers_default(torch.bfloat16), image_of="diffusers fp32"),
+            Line(bare, alice(bare), image_of=f"diffusers {short}"),
             Line("+ channels_last", alice("+ channels_last", channels_last=True), "bare"),
             Line("+ attention slicing", alice("+ attention slicing", attention_slicing=True), "bare"),
-            Line("+ VAE tiling", alice("+ VAE tiling", vae_tiling=True), "bare"),
+            Line(tiling, alice(tiling, vae_tiling=True, tile=tile), "bare"),
             Line("+ model offload", alice("+ model offload", cpu_offload="model"), "bare"),
             Line("+ sequential offload", alice("+ sequential offload", cpu_offload="sequential"), "bare"),
             Line("+ compile", alice("+ compile", compile_unet=True), "bare"),
@@ -177,8 +204,9 @@ def make_lines(folder: Path, family: Family, device: str, skip: set[str], scratc
     else:
         lines = [
             Line("diffusers bf16", diffusers_default(torch.bfloat16)),
-            Line("diffusers fp16", diffusers_default(torch.float16)),
-            Line(bare, alice(bare)),
+            Line("diffusers fp16", diffusers_default(torch.float16), image_of="diffusers bf16"),
+            # No diffusers fp32 line for these (FLUX.1 is 48 GB in fp32): on the CPU bare is set against bf16.
+            Line(bare, alice(bare), image_of=f"diffusers {short}" if short != "fp32" else "diffusers bf16"),
             Line("+ model offload", alice("+ model offload", cpu_offload="model"), "bare"),
             Line("+ group offload", alice("+ group offload", cpu_offload="group"), "bare"),
         ]
@@ -193,6 +221,9 @@ def make_lines(folder: Path, family: Family, device: str, skip: set[str], scratc
             label = "+ GGUF Q8_0 transformer"
             lines.append(Line(label, alice(label, source=gguf_folder), "bare", prepare=write_gguf))
     lines.append(Line("ALICE auto (the server)", alice("ALICE auto", auto=True), "bare"))
+    for line in lines:
+        if line.compare_to == "bare":
+            line.image_of = bare
     return [line for line in lines if not any(word.lower() in line.label.lower() for word in skip)]
 
 
@@ -200,17 +231,18 @@ def denoiser(pipe: DiffusionPipeline) -> torch.nn.Module:
     return pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
 
 
-def run_line(line: Line, draw: Callable[[DiffusionPipeline], None], device: str, inject_oom: str | None,
-             park: bool) -> None:
+def run_line(line: Line, draw: Callable[[DiffusionPipeline], np.ndarray], device: str, inject_oom: str | None,
+             park: bool, inject_error: str | None = None) -> None:
     """One timed run of the line (preparing and loading it and its first call the first time), its
     peak memory recorded; an out-of-memory error, or any other, ends the line. With `park`, the
     pipeline goes back to host memory after the run (the interleaved rounds)."""
     on_gpu = device.startswith("cuda")
     try:
-        if on_gpu:
-            torch.cuda.reset_peak_memory_stats(device)
+        reset_peak(device)
         if inject_oom and inject_oom.lower() in line.label.lower():
             raise InjectedOutOfMemory(f"injected out-of-memory error in {line.label}")
+        if inject_error and inject_error.lower() in line.label.lower():
+            raise RuntimeError(f"injected error in {line.label}")
         if line.pipe is None:
             if line.prepare is not None:
                 started = time.perf_counter()
@@ -225,16 +257,20 @@ def run_line(line: Line, draw: Callable[[DiffusionPipeline], None], device: str,
             line.first_s = time.perf_counter() - started
             # Under CPU offload (chosen, or by ALICE auto) the weights live in host memory already.
             line.parks = park and next(denoiser(line.pipe).parameters()).device.type == "cuda"
-            if on_gpu:
-                torch.cuda.reset_peak_memory_stats(device)
+            reset_peak(device)
         elif line.parks and on_gpu:
             line.pipe.to(device)
         started = time.perf_counter()
-        draw(line.pipe)
+        image = draw(line.pipe)
         synchronize(device)
         line.seconds.append(time.perf_counter() - started)
+        if line.image is None:
+            line.image = image
         if on_gpu:
-            line.peaks.append(torch.cuda.max_memory_allocated(device))
+            line.peaks.append(peak_reserved(device))
+            line.card_bytes.append(card_used(device))
+        if line.pipe is not None and line.parks and on_gpu:
+            line.pipe.to("cpu")
     except torch.cuda.OutOfMemoryError as error:
         line.failure = "OOM"
         print(f"  {line.label}: out of memory ({str(error).splitlines()[0][:120]}); the run goes on", flush=True)
@@ -245,8 +281,6 @@ def run_line(line: Line, draw: Callable[[DiffusionPipeline], None], device: str,
     finally:
         if line.failure:
             line.pipe = None
-        if line.pipe is not None and line.parks and on_gpu:
-            line.pipe.to("cpu")
         free_memory()
 
 
@@ -262,8 +296,9 @@ def report(lines: list[Line], title: str, on_gpu: bool) -> None:
     reference = medians.get(reference_label)
     bare = next((median for label, median in medians.items() if label.startswith("ALICE bare")), None)
     versus = f"vs {reference_label.split()[-1]}" if reference_label.startswith("diffusers") else "vs ref"
+    images = {line.label: line.image for line in lines if line.image is not None}
     print(f"  {'line':26s} {'median s':>9s} {'min':>7s} {'max':>7s} {'img/s':>7s} {versus:>8s} {'vs bare':>8s}"
-          f" {'peak GiB':>9s} {'load s':>7s} {'first call s':>12s}")
+          f" {'reserved GiB':>12s} {'card GiB':>8s} {'load s':>7s} {'first call s':>12s} {'PSNR dB':>8s}")
     for line in lines:
         if line.failure or not line.seconds:
             print(f"  {line.label:26s} {line.failure or 'no run':>9s}", flush=True)
@@ -271,21 +306,35 @@ def report(lines: list[Line], title: str, on_gpu: bool) -> None:
         median = medians[line.label]
         vs_reference = f"x{reference / median:.2f}" if reference else "-"
         vs_bare = f"x{bare / median:.2f}" if bare and line.compare_to == "bare" else ""
-        peak = f"{max(line.peaks) / 2**30:.2f}" if on_gpu and line.peaks else "-"
+        peak = f"{max(line.peaks) / GiB:.2f}" if on_gpu and line.peaks else "-"
+        card = f"{max(line.card_bytes) / GiB:.2f}" if on_gpu and line.card_bytes else "-"
+        match = "-"
+        if line.image_of and line.image is not None and line.image_of in images:
+            match = f"{format_psnr(psnr(line.image, images[line.image_of])):>8s} vs {line.image_of}"
         print(f"  {line.label:26s} {median:9.3f} {min(line.seconds):7.3f} {max(line.seconds):7.3f}"
-              f" {1 / median:7.3f} {vs_reference:>8s} {vs_bare:>8s} {peak:>9s} {line.load_s:7.1f}"
-              f" {line.first_s:12.1f}", flush=True)
+              f" {1 / median:7.3f} {vs_reference:>8s} {vs_bare:>8s} {peak:>12s} {card:>8s} {line.load_s:7.1f}"
+              f" {line.first_s:12.1f} {match:>8s}", flush=True)
+
+
+def psnr(image: np.ndarray, reference: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of two 8-bit images in dB; infinite when they are identical."""
+    error = np.mean((image.astype(np.float64) - reference.astype(np.float64)) ** 2)
+    return math.inf if error == 0 else 10 * math.log10(255.0**2 / error)
+
+
+def format_psnr(value: float) -> str:
+    return "same" if math.isinf(value) else f"{value:.1f}"
 
 
 def bench_family(folder: Path, title: str, drawing: Drawing, args: argparse.Namespace, device: str,
                  deadline: float, scratch: Path) -> None:
-    lines = make_lines(folder, drawing.family, device, set(args.skip), scratch)
+    lines = make_lines(folder, drawing.family, device, set(args.skip), scratch, drawing.spec.width)
     config_holder: dict[int, Any] = {}
 
-    def draw(pipe: DiffusionPipeline) -> None:
+    def draw(pipe: DiffusionPipeline) -> np.ndarray:
         # Each line's own scheduler config (the same file), one fresh scheduler per run.
         config = config_holder.setdefault(id(pipe), pipe.scheduler.config)
-        run_generation(pipe, config, drawing.spec, family=drawing.family)
+        return np.asarray(run_generation(pipe, config, drawing.spec, family=drawing.family).images[0])
 
     interleaved = drawing.family.is_unet and not args.line_by_line
     order = "interleaved rounds" if interleaved else "runs a line, line by line"
@@ -300,7 +349,7 @@ def bench_family(folder: Path, title: str, drawing: Drawing, args: argparse.Name
         print("  (on the CPU channels_last, offload and peak memory do not apply: those lines show noise)")
 
 
-def run_interleaved(lines: list[Line], draw: Callable[[DiffusionPipeline], None], args: argparse.Namespace,
+def run_interleaved(lines: list[Line], draw: Callable[[DiffusionPipeline], np.ndarray], args: argparse.Namespace,
                     device: str, deadline: float) -> None:
     round_started = time.perf_counter()
     for round_index in range(args.runs):
@@ -308,7 +357,7 @@ def run_interleaved(lines: list[Line], draw: Callable[[DiffusionPipeline], None]
             if not line.failure and not line.seconds and time.perf_counter() > deadline:
                 line.failure = "skipped: over --budget-s"  # a line not yet loaded would only run later
             if not line.failure:
-                run_line(line, draw, device, args.inject_oom, park=True)
+                run_line(line, draw, device, args.inject_oom, park=True, inject_error=args.inject_error)
         round_seconds = time.perf_counter() - round_started
         round_started = time.perf_counter()
         if round_index + 1 < args.runs and time.perf_counter() + round_seconds > deadline:
@@ -318,7 +367,7 @@ def run_interleaved(lines: list[Line], draw: Callable[[DiffusionPipeline], None]
         line.pipe = None
 
 
-def run_line_by_line(lines: list[Line], draw: Callable[[DiffusionPipeline], None], args: argparse.Namespace,
+def run_line_by_line(lines: list[Line], draw: Callable[[DiffusionPipeline], np.ndarray], args: argparse.Namespace,
                      device: str, deadline: float) -> None:
     """Each line's load, first call and runs, then the next line. A line starts only when one as
     long as the last (FLUX.1: a minute or more, loading 34 GB included) would end within the budget."""
@@ -329,7 +378,7 @@ def run_line_by_line(lines: list[Line], draw: Callable[[DiffusionPipeline], None
             line.failure = "skipped: over --budget-s"
             continue
         for run_index in range(args.runs):
-            run_line(line, draw, device, args.inject_oom, park=False)
+            run_line(line, draw, device, args.inject_oom, park=False, inject_error=args.inject_error)
             if line.failure:
                 break
             if run_index + 1 < args.runs and time.perf_counter() + line.seconds[-1] > deadline:
@@ -358,6 +407,7 @@ def main(argv: list[str] | None = None) -> None:
                         "(default: the system's temporary directory)")
     parser.add_argument("--skip", action="append", default=[], help="leave out lines whose label contains this")
     parser.add_argument("--inject-oom", help="raise an out-of-memory error in the line with this label (a test)")
+    parser.add_argument("--inject-error", help="raise another error (a RuntimeError) in the line with this label")
     args = parser.parse_args(argv)
     device = "cpu" if args.cpu else "cuda"
     diffusers_logging.set_verbosity_error()  # no progress bars or per-load notices between the lines
@@ -367,8 +417,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.cpu and not torch.cuda.is_available():
         parser.error("no CUDA GPU: pass --cpu for the CPU run")
     started = time.perf_counter()
-    name = torch.cuda.get_device_name(device) if device == "cuda" else "CPU"
-    print(f"bench.gpu on {name}, torch {torch.__version__}; {args.runs} timed runs a line", flush=True)
+    print(f"bench.gpu on {describe(card_facts(device))}; {args.runs} timed runs a line", flush=True)
     if args.model_dir:
         family = family_named(detect_family(args.model_dir))
         size = args.size or family.native_size
