@@ -13,11 +13,13 @@ not change what is allocated), it measures the working memory of
 - one VAE decode of one image (a batch decodes one image at a time: alice/engine/generate.py);
 at each size, and fits `fixed + per_megapixel x megapixels` by least squares per family and part.
 Working memory is what the call allocates beyond what was allocated before it (weights, inputs):
-- on the CPU, the peak of the CPU allocator's live bytes during the call, from torch.profiler's
-  allocation events (`profile_memory=True`: every allocation and free c10's CPU allocator reports,
-  in order). Activations by shape, in float32 (`--dtype`), scaled to 16 bits (half) for device.py.
-  It does not see what torch does not allocate through c10 (oneDNN's own scratch buffers), nor
-  the GPU's cuDNN workspaces and allocator rounding: device.py adds MARGIN for those.
+- on the CPU, activations by shape: the peak bytes of the tensors the call's ATen ops create that
+  are alive at once (`LiveTensors`, a TorchDispatchMode that counts each new storage until its
+  free), in float32 (`--dtype`), scaled to 16 bits (half) for device.py. Not the CPU allocator's
+  peak: that one (torch.profiler's allocation events, tried first) was 130 MiB for all three
+  UNets at 256 px, oneDNN's reordered copy of the largest conv weight (2560 x 1280 x 3 x 3 in
+  float32, 118 MB), a CPU artifact the GPU does not have. Neither sees the GPU's cuDNN
+  workspaces or allocator rounding: device.py adds MARGIN for those.
 - on a GPU, `torch.cuda.max_memory_allocated` and `max_memory_reserved` over the call, less what
   was allocated and reserved before it (the cache emptied first), in the dtype ALICE picks for
   the card (`auto_dtype`): the real figure, margin included. `margin` in its output is the GPU's
@@ -39,11 +41,14 @@ import importlib
 import json
 import platform
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench.random_pipelines import CONFIGS, TINY_SIZES, default_dtype, model_components
 
@@ -72,15 +77,25 @@ def build(family: str, part: str, device: str | torch.device, dtype: torch.dtype
         else:
             overrides["cross_attention_dim"] = 32
     torch.manual_seed(0)
-    with torch.device(device), default_dtype(dtype):
+    # Built on the meta device, then given memory and filled with small random values: the values
+    # change nothing allocated, and this is many times faster than each layer's own initialisation.
+    with torch.device("meta"), default_dtype(dtype):
         if library == "diffusers":
             config = {**cls.load_config(str(CONFIGS / family / part)), **overrides}
             if tiny and class_name == "UNet2DConditionModel":  # as many widths as the family has blocks
                 config["block_out_channels"] = [32 * min(i + 1, 2) for i in range(len(config["down_block_types"]))]
-            return cls.from_config(config).eval()
-        from transformers import AutoConfig
+            model = cls.from_config(config).eval()
+        else:
+            from transformers import AutoConfig
 
-        return cls(AutoConfig.from_pretrained(str(CONFIGS / family / part), **overrides)).eval()
+            model = cls(AutoConfig.from_pretrained(str(CONFIGS / family / part), **overrides)).eval()
+    if torch.device(device).type == "meta":
+        return model
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for tensor in (*model.parameters(), *model.buffers()):
+            tensor.normal_(0, 0.02) if tensor.is_floating_point() else tensor.zero_()
+    return model
 
 
 def module_bytes(module: torch.nn.Module, value_bytes: int = 2) -> int:
@@ -108,23 +123,48 @@ def weight_figures(family: str) -> dict[str, Any]:
 
 
 # -- measuring a call -----------------------------------------------------------------------------
+class LiveTensors(TorchDispatchMode):
+    """Counts the bytes of every storage an ATen op creates while the mode is on, until that
+    storage is freed (its Python object is kept alive with it, so a weakref finalizer sees the
+    free): the live activations at each moment, and their peak. What a kernel allocates for
+    itself and frees before it returns (oneDNN's reordered copies of conv weights, SDPA's
+    per-thread buffers, cuDNN's workspaces on a GPU) is not an op's output and is not counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._seen: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        # An output that shares an input's storage (a view, an in-place op) allocated nothing.
+        inputs = {t.untyped_storage().data_ptr() for t in pytree.tree_leaves((args, kwargs))
+                  if isinstance(t, torch.Tensor) and t.device.type != "meta"}
+        for value in pytree.tree_leaves(out):
+            if isinstance(value, torch.Tensor) and value.device.type != "meta":
+                storage = value.untyped_storage()
+                key = id(storage)
+                if key not in self._seen and storage.data_ptr() not in inputs:
+                    self._seen.add(key)
+                    self.live += storage.nbytes()
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(storage, self._freed, key, storage.nbytes())
+        return out
+
+    def _freed(self, key: int, nbytes: int) -> None:
+        self._seen.discard(key)
+        self.live -= nbytes
+
+
 def cpu_peak(call: Callable[[], object]) -> int:
-    """Peak bytes the CPU allocator held during `call` beyond what it held before: the running sum
-    of torch.profiler's allocation events (+ allocated, - freed), in time order."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    """Peak bytes of the tensors `call` creates that are alive at once (LiveTensors): its
+    activations by shape, whatever device it runs on."""
+    tracker = LiveTensors()
+    with tracker:
         result = call()
-        del result
-    from torch._C._autograd import DeviceType
-
-    events = [e for e in prof.profiler.kineto_results.events()
-              if e.name() == "[memory]" and e.device_type() == DeviceType.CPU]
-    live = peak = 0
-    for event in sorted(events, key=lambda e: e.start_ns()):
-        live += event.nbytes()
-        peak = max(peak, live)
-    return peak
+    del result
+    return tracker.peak
 
 
 def cuda_peak(call: Callable[[], object], device: torch.device) -> tuple[int, int]:
@@ -159,6 +199,14 @@ def unet_inputs(unet: torch.nn.Module, size: int, batch: int = 2) -> dict[str, A
             "time_ids": torch.tensor([[size, size, 0, 0, size, size]] * batch, device=device, dtype=dtype),
         }
     return inputs
+
+
+def _decoder_shape(family: str) -> str:
+    """What decides a VAE's working memory: its decoder's layout, not its scaling factor."""
+    config = json.loads((CONFIGS / family / "vae" / "config.json").read_text(encoding="utf-8"))
+    keys = ("block_out_channels", "layers_per_block", "latent_channels", "norm_num_groups", "up_block_types",
+            "mid_block_add_attention", "out_channels")
+    return json.dumps([config.get(key) for key in keys])
 
 
 def measure_part(model: torch.nn.Module, part: str, size: int, device: torch.device) -> dict[str, int]:
@@ -196,7 +244,7 @@ def measure(
     device: str = "cpu",
     dtype: torch.dtype | None = None,
     tiny: bool = False,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = lambda line: print(line, flush=True),
 ) -> dict[str, Any]:
     """The figures as data: per family its weights and, per part (unet, vae), the working bytes
     at each size with their fit (in the measured dtype, and per 16-bit value as `*_16bit`)."""
@@ -208,6 +256,7 @@ def measure(
 
             dtype = auto_dtype(read_device_facts(str(target)))
     value_bytes = torch.tensor([], dtype=dtype).element_size()
+    torch.set_flush_denormal(True)  # small random weights must not slow the CPU with denormals
     figures: dict[str, Any] = {
         "device": torch.cuda.get_device_name(target) if target.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
         "dtype": str(dtype).removeprefix("torch."),
@@ -215,24 +264,40 @@ def measure(
         "sizes": list(sizes),
         "tiny": tiny,
         "method": "torch.cuda max_memory_allocated/reserved" if target.type == "cuda"
-        else "torch.profiler profile_memory: peak of the CPU allocator's live bytes",
+        else "LiveTensors (TorchDispatchMode): peak bytes of the ATen ops' new tensors alive at once",
         "families": {},
     }
     if target.type == "cuda":
         free, total = torch.cuda.mem_get_info(target)
         figures["cuda_context"] = total - free  # before any tensor of ours: the context and other processes
+    decoders: dict[str, str] = {}  # a VAE architecture already measured -> the family it was measured for
     for family in families:
         entry: dict[str, Any] = {"weights": weight_figures(family) if not tiny else {}}
         for part in ("unet", "vae"):
+            if part == "vae":
+                same = decoders.setdefault(_decoder_shape(family), family)
+                if same != family:  # SD 1.5, SD 2.x and SDXL share one decoder architecture
+                    entry[part] = {**figures["families"][same][part], "same_as": same}
+                    log(f"{family} vae: the same decoder as {same}'s")
+                    continue
             started = time.perf_counter()
-            model = build(family, part, target, dtype, tiny)
             points = {}
-            for size in sizes:
-                points[size] = measure_part(model, part, size, target)
-                log(f"  {family} {part} {size}x{size}: " + ", ".join(
-                    f"{name} {value / 2**20:.0f} MiB" for name, value in points[size].items()))
-            del model
-            gc.collect()
+            try:  # an error (out of memory on a small card) ends this part only
+                model = build(family, part, target, dtype, tiny)
+                for size in sizes:
+                    points[size] = measure_part(model, part, size, target)
+                    log(f"  {family} {part} {size}x{size}: " + ", ".join(
+                        f"{name} {value / 2**20:.0f} MiB" for name, value in points[size].items()))
+            except Exception as exc:  # noqa: BLE001
+                entry[part] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                               "points": {str(size): values for size, values in points.items()}}
+                log(f"{family} {part}: {entry[part]['error']}")
+                continue
+            finally:
+                model = None
+                gc.collect()
+                if target.type == "cuda":
+                    torch.cuda.empty_cache()
             measured = {"points": {str(size): values for size, values in points.items()}}
             for kind in points[sizes[0]]:
                 line = fit([(size * size, values[kind]) for size, values in points.items()])
@@ -295,7 +360,7 @@ def margins(cpu: dict[str, Any], gpu: dict[str, Any]) -> dict[str, float]:
     for family, entry in gpu["families"].items():
         for part in ("unet", "vae"):
             cpu_slope = cpu["families"].get(family, {}).get(part, {}).get("fit_allocated_16bit", {}).get("per_megapixel")
-            if cpu_slope:
+            if cpu_slope and "fit_reserved_16bit" in entry[part]:
                 ratios[f"{family} {part}"] = entry[part]["fit_reserved_16bit"]["per_megapixel"] / cpu_slope
     return ratios
 
