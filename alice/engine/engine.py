@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 from alice.engine.finite import NonFiniteOutput  # noqa: F401  (the worker's import, like OutOfMemory)
-from alice.engine.generate import BatchEntry, GenerationOutput, GenerationStopped, StopCheck, run_batch
+from alice.engine.generate import BatchEntry, GenerationOutput, GenerationSpec, GenerationStopped, StopCheck, run_batch
 from alice.engine.loras import loras_applied
 from alice.engine.pipelines import MemoryPreset, PipelineCache, unet_is_compiled
 
@@ -42,6 +42,11 @@ class Engine(Protocol):
 
     def release_cached_memory(self) -> None:
         """Hand memory the device's allocator keeps back to the device."""
+
+    def images_per_call(self, model: str, spec: GenerationSpec, max_batch: int) -> int:
+        """How many images like the spec's one call of `model` may draw: at most `max_batch`,
+        within the memory the device keeps for drawing. model_store.ModelNotFound for a model
+        not in the store."""
 
     def generate(
         self, model: str, entries: Sequence[BatchEntry], *, loras: Sequence[LoraFile], max_images: int,

@@ -15,7 +15,7 @@ from PIL import Image
 
 from alice.config import Settings
 from alice.engine.engine import Engine, NonFiniteOutput, OutOfMemory
-from alice.engine.generate import BatchEntry, GenerationStopped, images_per_call
+from alice.engine.generate import BatchEntry, GenerationStopped
 from alice.engine.loras import LoraLoadFailed
 from alice.engine.pipelines import LoadedPipeline
 from alice.engine.presets import PresetDoesNotFit
@@ -154,9 +154,14 @@ class Worker:
         return outcomes
 
     def images_per_call(self, job: Job) -> int:
-        """The batch limit for jobs like this one: ALICE_MAX_BATCH, within the memory kept for
-        one image of ALICE_MAX_PIXELS."""
-        return images_per_call(job.spec, self.settings.max_batch, self.settings.max_pixels)
+        """The batch limit for jobs like this one: ALICE_MAX_BATCH, within the memory the engine
+        keeps for drawing. A model that is gone or does not load: 1, and its job fails with the
+        reason when it runs (this runs as the queue picks a batch: it must not raise)."""
+        try:
+            return self.pipelines.images_per_call(job.model, job.spec, self.settings.max_batch)
+        except Exception:
+            logger.debug("no batch limit for model %s; drawing one image per call", job.model, exc_info=True)
+            return 1
 
     def _saving(self, job: Job, control: JobControl, images: list[Image.Image]) -> FinishUp:
         """The saving of a job's images, with their parameters in A1111's PNG text."""
