@@ -156,14 +156,18 @@ def is_gtx_16(facts: DeviceFacts) -> bool:
 #
 # Working memory of one generation: the UNet's steps (batch 2 with classifier-free guidance, SDPA
 # attention) and the VAE's decode of one image come one after the other, so the peak is the larger
-# of the two. Measured on the CPU (2026-12-07, torch 2.13, float32, random weights) as the peak of
-# the CPU allocator's live bytes over one call beyond what it held before (torch.profiler's
-# allocation events), at 256, 384 and 512 px, fitted as fixed + per megapixel by least squares and
-# halved for 16 bits: activations by shape. See bench/RESULTS.md ("Working memory").
-#   UNet step: SD 1.5 %(sd15_unet)s; SD 2.x %(sd2_unet)s; SDXL %(sdxl_unet)s (no attention at
-#   full latent resolution, where SD 1.5's costs the most).
-#   VAE decode: %(vae)s (the same decoder in all three). ComfyUI budgets about twice that for it
-#   (comfy/sd.py, `memory_used_decode`).
+# of the two. Measured on the CPU (2026-12-07, torch 2.13, float32, random weights) as the peak
+# bytes of the tensors the call's ATen ops create that are alive at once (a TorchDispatchMode:
+# activations by shape; the CPU allocator's own peak is dominated by oneDNN's copies of conv
+# weights, which a GPU does not make), at 256, 384 and 512 px, fitted as fixed + per megapixel by
+# least squares (the fixed part came out 0: `Working.at` never goes below it), halved for 16 bits,
+# times MARGIN. See bench/RESULTS.md ("Working memory"). Per megapixel, in 16 bits, before MARGIN:
+#   UNet step: SD 1.5 and SD 2.x 0.508 GiB (65, 146, 260 MiB in fp32 at the three sizes: their
+#   GEGLU feed-forward at full latent resolution is the peak); SDXL 0.308 GiB (no attention at
+#   full latent resolution).
+#   VAE decode: 1.50 GiB (the same decoder in all three): three 256-channel full-resolution maps
+#   at once, 3 x 256 x 2 bytes per pixel. ComfyUI budgets about twice that for it (comfy/sd.py,
+#   `memory_used_decode`).
 # MARGIN is not measured: the CPU does not show cuDNN's workspaces or the CUDA caching allocator's
 # rounding and fragmentation, so the estimates add half again for them until a GPU run of
 # bench.memory (`--device cuda`, torch.cuda.max_memory_reserved) measures the ratio. SDXL's VAE is
