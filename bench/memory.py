@@ -375,7 +375,6 @@ def main() -> None:
     parser.add_argument("--write", type=Path, nargs="?", const=FIGURES, default=None,
                         help=f"write the figures as JSON (default {FIGURES.name})")
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     figures = measure(
         tuple(args.families.split(",")), tuple(int(s) for s in args.sizes.split(",")), args.device,
         getattr(torch, args.dtype) if args.dtype else None, args.tiny,
