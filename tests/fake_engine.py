@@ -15,7 +15,7 @@ from typing import Sequence
 from PIL import Image
 
 from alice.models import store as model_store
-from alice.engine.generate import BatchEntry, GenerationOutput, GenerationStopped, StopCheck
+from alice.engine.generate import BatchEntry, GenerationOutput, GenerationStopped, StopCheck, images_per_call
 
 
 class FakeEngine:
@@ -58,6 +58,9 @@ class FakeEngine:
 
     def compile_status(self) -> dict:
         return {}
+
+    def images_per_call(self, model: str, spec, max_batch: int) -> int:
+        return images_per_call(spec, max_batch, 1024 * 1024)  # the CPU's rule, default ALICE_MAX_PIXELS
 
     def release_cached_memory(self) -> None:
         pass

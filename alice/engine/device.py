@@ -144,44 +144,62 @@ def is_gtx_16(facts: DeviceFacts) -> bool:
 
 
 # -- memory ------------------------------------------------------------------------------------
-# What a pipeline takes on a GPU, in 16-bit precision (fp32 doubles every figure).
+# What a pipeline takes on a GPU, in 16-bit precision (fp32 doubles every figure). Every figure
+# below comes from `python -m bench.memory --write` (bench/memory.py), whose output is checked in as
+# bench/memory_figures.json; tests/unit/test_memory_figures.py checks these constants are exactly
+# what `bench.memory.derive_constants` makes of that file.
 #
-# Weights: the parameter counts of the released checkpoints, 2 bytes each. SD 1.5: UNet 860M,
-# CLIP ViT-L text encoder 123M, VAE 84M; SD 2.x: UNet 866M, OpenCLIP ViT-H text encoder 340M,
-# VAE 84M; SDXL: UNet 2.57B, text encoders 123M + 695M, VAE 84M. The UNet is the part model CPU
-# offload must fit on the card at once.
+# Weights: parameters and buffers of each component of this repo's architecture configs
+# (alice/configs, the released checkpoints' shapes) built on the meta device, 2 bytes each.
+# SD 1.5: UNet 860M, CLIP ViT-L 123M, VAE 84M; SD 2.x: UNet 866M, OpenCLIP ViT-H 340M; SDXL: UNet
+# 2.57B, text encoders 123M + 695M. The UNet is the part model CPU offload must fit on the card at once.
 #
-# Working memory of one generation grows with the image's pixels. The UNet's steps (batch 2 with
-# classifier-free guidance, SDPA attention) and the VAE's decode come one after the other, so the
-# peak is the larger of the two. Measured on the CPU with this repo's configs (alice/configs) and
-# random weights, as the growth of peak RSS over one call, at 256x256 and 512x512 (linear in the
-# pixels; per megapixel below means at 1024x1024, in 16 bits):
-#   VAE decode (fp32): 259 and 1037 MiB, 2.03 GiB per megapixel in 16 bits. Its last block holds
-#   three 256-channel full-resolution maps at once: 3 x 256 x 2 bytes = 1.5 GiB per megapixel.
-#   ComfyUI budgets twice that for the same decoder (comfy/sd.py, `memory_used_decode`: 2178
-#   bytes per pixel and byte of precision, "should be lower").
-#   SD 1.5 UNet step (fp32): 193 and 474 MiB, 0.78 GiB per megapixel in 16 bits. SD 2.x's UNet
-#   has the same widths and is counted the same.
-#   SDXL UNet step (bf16): 124 and 150 MiB, 0.25 GiB per megapixel: it has no attention at full
-#   latent resolution, where SD 1.5's costs the most.
-# The estimates add half again for what the CPU does not show: cuDNN's workspace, the CUDA caching
-# allocator's rounding and fragmentation. SDXL's VAE is upcast to fp32 in fp16 pipelines (its
-# `force_upcast`), which doubles its weights and working memory there.
-WEIGHTS_16BIT = {"sd15": int(2.13e9), "sd2": int(2.58e9), "sdxl": int(6.94e9)}
-UNET_16BIT = {"sd15": int(1.72e9), "sd2": int(1.73e9), "sdxl": int(5.14e9)}
-VAE_16BIT = int(0.17e9)
+# Working memory of one generation: the UNet's steps (batch 2 with classifier-free guidance, SDPA
+# attention) and the VAE's decode of one image come one after the other, so the peak is the larger
+# of the two. Measured on the CPU (2026-12-07, torch 2.13, float32, random weights) as the peak
+# bytes of the tensors the call's ATen ops create that are alive at once (a TorchDispatchMode:
+# activations by shape; the CPU allocator's own peak is dominated by oneDNN's copies of conv
+# weights, which a GPU does not make), at 256, 384 and 512 px, fitted as fixed + per megapixel by
+# least squares (the fixed part came out 0: `Working.at` never goes below it), halved for 16 bits,
+# times MARGIN. See bench/RESULTS.md ("Working memory"). Per megapixel, in 16 bits, before MARGIN:
+#   UNet step: SD 1.5 and SD 2.x 0.508 GiB (65, 146, 260 MiB in fp32 at the three sizes: their
+#   GEGLU feed-forward at full latent resolution is the peak); SDXL 0.308 GiB (no attention at
+#   full latent resolution).
+#   VAE decode: 1.50 GiB (the same decoder in all three): three 256-channel full-resolution maps
+#   at once, 3 x 256 x 2 bytes per pixel. ComfyUI budgets about twice that for it (comfy/sd.py,
+#   `memory_used_decode`).
+# MARGIN is not measured: the CPU does not show cuDNN's workspaces or the CUDA caching allocator's
+# rounding and fragmentation, so the estimates add half again for them until a GPU run of
+# bench.memory (`--device cuda`, torch.cuda.max_memory_reserved) measures the ratio. SDXL's VAE is
+# upcast to fp32 in fp16 pipelines (its `force_upcast`), which doubles its weights and working
+# memory there.
 MARGIN = 1.5
-VAE_PER_MEGAPIXEL = int(2.03 * MARGIN * GiB)
-UNET_PER_MEGAPIXEL = {
-    "sd15": int(0.78 * MARGIN * GiB),
-    "sd2": int(0.78 * MARGIN * GiB),
-    "sdxl": int(0.25 * MARGIN * GiB),
-}
+
+
+@dataclass(frozen=True)
+class Working:
+    """Working memory of one call in 16 bits, margin included: fixed bytes plus bytes per megapixel."""
+
+    fixed: int
+    per_megapixel: int
+
+    def at(self, pixels: float, scale: float = 1.0) -> int:
+        """Bytes for an image of `pixels` (`scale` 2 for float32)."""
+        return int(scale * max(0.0, self.fixed + self.per_megapixel * pixels / 1024**2))
+
+
+WEIGHTS_16BIT = {"sd15": 2132470768, "sd2": 2579905008, "sdxl": 6937676042}
+UNET_16BIT = {"sd15": 1719041928, "sd2": 1731821448, "sdxl": 5134927368}
+VAE_16BIT = 167307726
+UNET_WORKING = {"sd15": Working(0 * MiB, 780 * MiB), "sd2": Working(0 * MiB, 780 * MiB), "sdxl": Working(0 * MiB, 472 * MiB)}
+VAE_WORKING = Working(0 * MiB, 2304 * MiB)
 # The CUDA context takes 0.3-0.5 GiB of the card before any tensor (torch with lazy module
-# loading); the free memory read at start also shows what other processes (a desktop) hold.
+# loading; not measured here: bench.memory's GPU run records it as `cuda_context`); the free
+# memory read at start also shows what other processes (a desktop) hold.
 CUDA_CONTEXT = int(0.5 * GiB)
-# Sequential offload moves one layer at a time onto the card; the largest (SDXL's) is under 100 MiB.
-SEQUENTIAL_LAYER = 100 * MiB
+# Sequential offload moves one leaf module at a time onto the card; the largest of the three
+# families' (SDXL's second text encoder's token embedding, 49408 x 1280), by bench.memory.
+SEQUENTIAL_LAYER = 126484480
 SMALLEST_TILE = 512  # smaller tiles lose too much context at their seams
 
 
@@ -286,12 +304,17 @@ def footprint(
     dtype: torch.dtype,
     pixels: int,
     *,
+    images: int = 1,
     weights: int | None = None,
     unet: int | None = None,
     vae: int | None = None,
 ) -> Footprint:
-    """A pipeline's footprint under `preset` for images up to `pixels`; its weights' sizes as
-    measured when given, else the family's released checkpoint's."""
+    """A pipeline's footprint under `preset` for `images` images of up to `pixels` drawn in one
+    call; its weights' sizes as measured when given, else the family's released checkpoint's.
+
+    The UNet steps all images of a call at once (each image's working memory, fixed part
+    included: counted per image, the safe side); the VAE decodes them one at a time
+    (alice/engine/generate.py), as one image alone takes."""
     import torch
 
     if preset.needs is not None:  # a transformer family's, estimated by its planner
@@ -304,13 +327,33 @@ def footprint(
     vae = vae if vae is not None else VAE_16BIT * scale
     upcast = 2 if preset.family == "sdxl" and dtype == torch.float16 else 1  # SDXL VAE's force_upcast
     tile = preset.vae_tiling_above
-    unet_steps = UNET_PER_MEGAPIXEL[preset.family] * scale * pixels / 1024**2
-    decode = VAE_PER_MEGAPIXEL * scale * upcast * (min(pixels, tile * tile) if tile else pixels) / 1024**2
+    unet_steps = images * UNET_WORKING[preset.family].at(pixels, scale)
+    decode = VAE_WORKING.at(min(pixels, tile * tile) if tile else pixels, scale * upcast)
     if preset.cpu_offload == "none":
         return Footprint(weights, weights, 0, int(max(unet_steps, decode + vae * (upcast - 1))))
     if preset.cpu_offload == "model":  # one model on the card at a time
         return Footprint(weights, 0, weights, int(max(unet + unet_steps, vae * upcast + decode)))
     return Footprint(weights, 0, weights, int(SEQUENTIAL_LAYER + max(unet_steps, decode)))
+
+
+def batch_limit(
+    preset: MemoryPreset,
+    facts: DeviceFacts,
+    dtype: torch.dtype,
+    pixels: int,
+    max_batch: int,
+    room: int,
+    **sizes: int,
+) -> int:
+    """How many images of `pixels` one call may draw, at most `max_batch`: as many as the
+    estimate of their working memory keeps within `room`, the card memory left beside the
+    weights kept there (read once at start: see `card_capacity`). At least 1; the caller makes
+    sure one image fits (the model cache keeps room for one of the largest allowed size).
+    `sizes`: the weights' sizes as `footprint` takes them."""
+    fits = 1
+    while fits < max_batch and footprint(preset, facts, dtype, pixels, images=fits + 1, **sizes).working <= room:
+        fits += 1
+    return fits
 
 
 def has_tensor_cores(facts: DeviceFacts) -> bool:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Protocol, Sequence
 from alice.engine.compiled_unet import CompiledShapes, compile_and_warm, compile_record, graphs_compiled
 from alice.engine.embeddings import embeddings_applied
 from alice.engine.finite import NonFiniteOutput  # noqa: F401  (the worker's import, like OutOfMemory)
-from alice.engine.generate import BatchEntry, GenerationOutput, GenerationStopped, StopCheck, run_batch
+from alice.engine.generate import BatchEntry, GenerationOutput, GenerationSpec, GenerationStopped, StopCheck, run_batch
 from alice.engine.loras import loras_applied
 from alice.engine.pipelines import MemoryPreset, PipelineCache, unet_is_compiled
 from alice.metrics import prometheus_metrics
@@ -61,6 +61,11 @@ class Engine(Protocol):
 
     def release_cached_memory(self) -> None:
         """Hand memory the device's allocator keeps back to the device."""
+
+    def images_per_call(self, model: str, spec: GenerationSpec, max_batch: int) -> int:
+        """How many images like the spec's one call of `model` may draw: at most `max_batch`,
+        within the memory the device keeps for drawing. model_store.ModelNotFound for a model
+        not in the store."""
 
     def generate(
         self, model: str, entries: Sequence[BatchEntry], *, loras: Sequence[LoraFile], max_images: int,

@@ -85,14 +85,14 @@ class BatchEntry:
 
 
 def images_per_call(spec: GenerationSpec, max_batch: int, max_pixels: int) -> int:
-    """How many images of this size one pipeline call may draw: at most `max_batch`, and no
-    more than fit the working memory kept for one image of `max_pixels`.
+    """How many images of this size one pipeline call may draw by their pixels: at most
+    `max_batch`, and no more pixels together than one image of `max_pixels`.
 
-    The model cache keeps room beside the weights for one generation of the largest image a
-    request may ask for (ALICE_MAX_PIXELS), whatever the memory preset (VAE tiling, CPU
-    offload). The UNet's working memory grows with the pixels of the whole batch, so n images
-    of p pixels fit where n x p <= max_pixels; the VAE decodes a batch one image at a time
-    (see `_draw`), as much as one image alone takes.
+    The rule where no estimate of the batch's memory is made (the CPU, the transformer
+    families): the UNet's or transformer's working memory grows with the pixels of the whole
+    batch, so n images of p pixels take about what one of n x p does; the VAE decodes a batch
+    one image at a time (see `_draw`). On a GPU the UNet families' batches are sized by their
+    estimated working memory instead (PipelineCache.images_per_call).
     """
     return max(1, min(max_batch, max_pixels // (spec.width * spec.height)))
 

@@ -3,13 +3,16 @@
 Torch-free figures, in bytes of 16-bit weights (GB = 10^9). Where a figure comes from:
 /work/shared/families.md §2 (parameter counts read off the classes built on the meta device,
 2 bytes each) and §5 (GGUF file sizes as listed on their Hugging Face pages). The working
-memory of a transformer step is arithmetic, not a measurement (see `transformer_working`):
-nothing here has been checked on a card yet.
+memory of a transformer step is arithmetic, not a measurement (see `transformer_working`),
+with the same margin as the UNet families' measured figures (alice/engine/device.py): nothing
+here has been checked on a card yet.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from alice.engine.device import MARGIN
 
 GB = 10**9
 # Text encoders (families.md §2, "Text encoders"), 16-bit bytes, and each one's largest layer,
@@ -138,9 +141,11 @@ def transformer_working(family: str, params: int, pixels: int, bytes_per_value: 
     has pixels / 256 tokens, joined by the text tokens. A block holds about (2 x mlp_ratio + 6)
     activations of the sequence's width at once (input, q/k/v, attention output, the MLP's hidden
     and activated tensors); SDPA's memory-efficient kernels keep attention linear in the sequence.
-    Times the CFG batch, and half again as for the SD figures (allocator, workspaces).
+    Times the CFG batch, and MARGIN as for the SD figures (allocator, workspaces). The UNet
+    families' working memory is measured (bench/memory.py); this is not: a transformer block's
+    activations by this count, not by an allocator's peak.
     """
     figures = FAMILY_FIGURES[family]
     tokens = pixels / 256 + figures.text_tokens
     per_token = (2 * figures.mlp_ratio + 6) * width_for(family, params) * bytes_per_value
-    return int(1.5 * figures.cfg_batch * tokens * per_token)
+    return int(MARGIN * figures.cfg_batch * tokens * per_token)

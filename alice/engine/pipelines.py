@@ -20,6 +20,7 @@ from alice.engine.device import (
     MemoryOptions,
     MemoryPreset,
     auto_dtype,
+    batch_limit,
     cache_capacity,
     check_device_supported,
     footprint,
@@ -29,6 +30,7 @@ from alice.engine.device import (
 )
 from alice.engine.escalation import cheaper_layout, layout_name, layout_rank
 from alice.engine.families import Family, detect_family, family_named
+from alice.engine.generate import GenerationSpec, images_per_call
 from alice.engine.memory_figures import TRANSFORMER_FAMILIES
 from alice.engine.model_sizes import preset_inputs
 from alice.engine.pipeline_configs import is_inpainting_checkpoint
@@ -385,6 +387,43 @@ class PipelineCache:
         self._loaded[name] = loaded
         self._on_load(name, loaded.load_seconds)
         return loaded
+
+    def images_per_call(self, name: str, spec: GenerationSpec, max_batch: int) -> int:
+        """How many images of the spec's size one call of model `name` may draw, at most
+        `max_batch`.
+
+        On a GPU, a UNet family's by the estimate of their working memory (device.batch_limit)
+        within the card memory this cache leaves beside the weights kept on it: the card as read
+        at start, less every loaded model's weights there (and this one's, not yet loaded). The
+        cache keeps room for one image of ALICE_MAX_PIXELS beside them, so a batch is never
+        given less than that. Elsewhere (the CPU, whose RAM the batch shares with everything
+        else; the transformer families, whose planner estimates one image) the pixels of one
+        largest image: n x width x height <= ALICE_MAX_PIXELS (generate.images_per_call).
+        """
+        pixels = spec.width * spec.height
+        by_pixels = images_per_call(spec, max_batch, self._options.max_pixels)
+        if not self._placement.is_gpu:
+            return by_pixels
+        loaded = self._loaded.get(name)
+        if loaded is not None:
+            if not loaded.family.is_unet or loaded.preset is None:
+                return by_pixels
+            preset, pipe = loaded.preset, loaded.pipe
+            sizes = {"unet": _module_bytes(pipe.unet), "vae": _module_bytes(pipe.vae)}
+            on_card = [f.on_card for f in self._footprints()]
+        else:  # not loaded yet: as `get` will load it, with its weights' sizes on disk
+            folder = self._locate(name)
+            if not family_named(detect_family(folder)).is_unet:
+                return by_pixels
+            preset = memory_preset(folder, self._placement, self._options)
+            sizes = {"unet": _weights_on_disk(folder / "unet"), "vae": _weights_on_disk(folder / "vae")}
+            incoming = footprint(preset, self._placement.facts, self._placement.dtype, self._options.max_pixels,
+                                 weights=_weights_on_disk(folder), **sizes)
+            on_card = [f.on_card for f in (*self._footprints(), incoming)]
+        facts, dtype = self._placement.facts, self._placement.dtype
+        reserved = footprint(preset, facts, dtype, self._options.max_pixels, **sizes).working
+        room = max(self._capacity.card - sum(on_card), reserved)
+        return batch_limit(preset, facts, dtype, pixels, max_batch, room, **sizes)
 
     def drop(self, name: str) -> bool:
         """Unload one model; False if it was not loaded."""

@@ -29,7 +29,7 @@ from typing import Literal
 from alice.engine.device import (
     GiB,
     SMALLEST_TILE,
-    VAE_PER_MEGAPIXEL,
+    VAE_WORKING,
     DeviceFacts,
     Footprint,
     MemoryOptions,
@@ -144,7 +144,7 @@ def _need(inputs: PresetInputs, layout: Layout, fp8: bool, tile: int | None, pix
     stepping = transformer_working(inputs.family, inputs.transformer_params, pixels, value_bytes)
     if inputs.quantized:
         stepping += DEQUANTIZED_LAYER * value_bytes // 2
-    decode = int(VAE_PER_MEGAPIXEL * value_bytes / 2 * (min(pixels, tile * tile) if tile else pixels) / 1024**2)
+    decode = VAE_WORKING.at(min(pixels, tile * tile) if tile else pixels, value_bytes / 2)
     largest_embedding = max(embeddings.values(), default=0)
     streamed_text = 2 * largest_embedding + TEXT_WORKING  # the running layer and the next one
     if layout == "gpu":

@@ -17,7 +17,7 @@ from alice.config import Settings
 from alice.engine.compiled_unet import CompiledShapes
 from alice.engine.embeddings import EMBEDDING_FILE, named_in
 from alice.engine.engine import Engine, NonFiniteOutput, OutOfMemory
-from alice.engine.generate import BatchEntry, GenerationStopped, images_per_call
+from alice.engine.generate import BatchEntry, GenerationStopped
 from alice.engine.loras import LoraLoadFailed
 from alice.engine.pipelines import LoadedPipeline
 from alice.engine.presets import PresetDoesNotFit
@@ -96,7 +96,8 @@ class Worker:
         """What a compiled UNet is compiled for: its model's native size (a request's size when
         it names none), at every batch the batching rule gives that size."""
         side = model_store.get_model(name).native_size
-        return CompiledShapes(side, side, self.batch_limit(GenerationSpec(prompt="", width=side, height=side, seed=0)))
+        spec = GenerationSpec(prompt="", width=side, height=side, seed=0)
+        return CompiledShapes(side, side, self.batch_limit(name, spec))
 
     # -- jobs -----------------------------------------------------------------------
     def pipeline_for(self, name: str) -> LoadedPipeline:
@@ -174,13 +175,19 @@ class Worker:
         return outcomes
 
     def images_per_call(self, job: Job) -> int:
-        """The batch limit for jobs like this one: ALICE_MAX_BATCH, within the memory kept for
-        one image of ALICE_MAX_PIXELS."""
-        return self.batch_limit(job.spec)
+        """The batch limit for jobs like this one (see `batch_limit`)."""
+        return self.batch_limit(job.model, job.spec)
 
-    def batch_limit(self, spec: GenerationSpec) -> int:
-        """The images one pipeline call may draw for `spec` (a job's, or the compiled shapes')."""
-        return images_per_call(spec, self.settings.max_batch, self.settings.max_pixels)
+    def batch_limit(self, model: str, spec: GenerationSpec) -> int:
+        """The images one pipeline call may draw for `spec` (a job's, or the compiled shapes'):
+        ALICE_MAX_BATCH, within the memory the engine keeps for drawing. A model that is gone or
+        does not load: 1, and its job fails with the reason when it runs (this runs as the queue
+        picks a batch: it must not raise)."""
+        try:
+            return self.pipelines.images_per_call(model, spec, self.settings.max_batch)
+        except Exception:
+            logger.debug("no batch limit for model %s; drawing one image per call", model, exc_info=True)
+            return 1
 
     def _saving(self, job: Job, control: JobControl, images: list[Image.Image]) -> FinishUp:
         """The saving of a job's images, with their parameters in A1111's PNG text."""
