@@ -10,6 +10,7 @@ JPEGs and WebPs as they read its PNGs. PNGs keep their text chunk (alice/images/
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ USER_COMMENT = 0x9286
 # piexif.helper.UserComment's prefixes: the character code of the comment, 8 bytes (EXIF 2.3, 4.6.5).
 _UNICODE = b"UNICODE\0"
 _ASCII = b"ASCII\0\0\0"
+_LONG, _UNDEFINED = 4, 7  # TIFF field types
 
 
 @dataclass(frozen=True)
@@ -44,10 +46,22 @@ def content_type(name: str) -> str:
 
 
 def user_comment(text: str) -> bytes:
-    """The EXIF block (as Pillow's `exif=` takes it) holding `text` as A1111 writes it."""
-    exif = Image.Exif()
-    exif.get_ifd(EXIF_IFD)[USER_COMMENT] = _UNICODE + text.encode("utf-16-be")
-    return exif.tobytes()
+    """The EXIF block (as Pillow's `exif=` takes it) holding `text` as A1111's piexif writes it.
+
+    Written by hand: Pillow's EXIF writer types the comment BYTE, which piexif reads back as a
+    tuple of ints that A1111 then fails to decode; piexif writes it UNDEFINED (7), as here.
+    Big-endian TIFF: the header, IFD0 with its one entry (the Exif IFD's offset), the Exif IFD
+    with its one entry (the comment's length and offset), then the comment.
+    """
+    comment = _UNICODE + text.encode("utf-16-be")
+    ifd0, exif_ifd = 8, 8 + 18  # an IFD of one entry: its count, the entry, the next IFD's offset
+    comment_at = exif_ifd + 18
+    return b"".join([
+        b"Exif\0\0MM\0\x2a", struct.pack(">I", ifd0),
+        struct.pack(">HHHIII", 1, EXIF_IFD, _LONG, 1, exif_ifd, 0),
+        struct.pack(">HHHIII", 1, USER_COMMENT, _UNDEFINED, len(comment), comment_at, 0),
+        comment,
+    ])
 
 
 def encode_with_exif(image: Image.Image, parameters: str, output_format: str, compression: int) -> bytes:
