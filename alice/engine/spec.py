@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 from pydantic.fields import FieldInfo
@@ -26,6 +26,8 @@ from alice.engine.scheduler_names import DEFAULT_SCHEDULER
 MAX_PROMPT_CHARS = 4000
 MAX_SIDE = 2048
 MAX_SEED = 2**32 - 1
+# The file formats images are saved in (alice/images/formats.py writes each of them).
+OutputFormat = Literal["png", "jpeg", "webp"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,18 @@ class GenerationSpec:
             "none = the model's default.",
         ),
     ] = None
+    # How the drawn images are saved, not how they are drawn: jobs that differ only here share
+    # a pipeline call (PER_IMAGE). The engine never reads them; the worker's saving does.
+    output_format: Annotated[
+        OutputFormat,
+        Field(description="File format of the images: png (lossless, the default), jpeg or webp. Each carries "
+                          "the A1111 parameters text (PNG text chunk; JPEG/WebP EXIF UserComment)."),
+    ] = "png"
+    output_compression: Annotated[
+        int,
+        Field(ge=0, le=100, description="jpeg/webp quality, 0-100 (100 = best; webp at 100 is lossless); "
+                                        "png ignores it."),
+    ] = 100
 
 
 def drawing_settings() -> dict[str, tuple[Any, Any]]:
@@ -104,9 +118,11 @@ def setting_limit(name: str, kind: str) -> Any:
 
 # What may differ between the requests of one pipeline call: each image has its own prompt,
 # seed and input image. Every other setting (a new one too) must be the same to share a call.
-PER_IMAGE = frozenset(
-    {"prompt", "negative_prompt", "seed", "num_images", "init_image", "mask_image", "prompt_notes"}
-)
+# The output format is how each job's images are saved, after the call.
+PER_IMAGE = frozenset({
+    "prompt", "negative_prompt", "seed", "num_images", "init_image", "mask_image", "prompt_notes", "output_format",
+    "output_compression",
+})
 
 
 def batch_key(spec: GenerationSpec) -> tuple:

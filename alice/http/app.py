@@ -20,6 +20,7 @@ from alice.http.errors import ApiError, from_exception
 from alice.http.handling import get_runtime
 from alice.downloads.civitai import CivitAIError
 from alice.downloads.huggingface import HubError
+from alice.images.formats import content_type
 from alice.jobs.queue import JobFailure, QueueFull
 from alice.models.store import InvalidModelName, ModelNotFound
 from alice.protocol.generation import InvalidRequest
@@ -52,7 +53,7 @@ def image(name: str, runtime: Runtime = Depends(get_runtime)) -> Response:
     # A name is never reused for other bytes, so caches may keep it forever.
     return FileResponse(
         path,
-        media_type="image/png",
+        media_type=content_type(path.name),
         headers={"Cache-Control": "public, max-age=31536000, immutable", "X-Content-Type-Options": "nosniff"},
     )
 

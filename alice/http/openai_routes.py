@@ -8,6 +8,7 @@ import logging
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, StreamingResponse
 
@@ -18,6 +19,9 @@ from alice.protocol.input_images import MAX_INPUT_BYTES
 from alice.jobs.queue import Job
 from alice.protocol import openai as oa
 from alice.protocol.generation import GenerationSettings, strip_model_prefix
+from alice.protocol.image_options import (
+    ImageOptions, VariationSettings, VariationsRequest, answered_quality, apply_image_options, images_response,
+)
 from alice.serving.runtime import Runtime
 
 logger = logging.getLogger("alice.http")
@@ -88,6 +92,32 @@ async def images_edits(request: Request, runtime: Runtime = Depends(get_runtime)
     """img2img as the openai SDK's `client.images.edit(image=..., prompt=...)` sends it (multipart);
     inpainting with its `mask=...`, a PNG whose fully transparent pixels are redrawn (without one,
     the image's own fully transparent pixels are)."""
+    data, mask, fields = await _read_upload(request)
+    images_request = oa.ImagesRequest.model_validate(fields)
+    settings = oa.images_settings(images_request)
+    settings["input_image"] = base64.b64encode(data).decode()
+    if mask is not None:
+        settings["mask"] = base64.b64encode(mask).decode()
+    return await _images_answer(images_request, settings, request, runtime, editing=True)
+
+
+@router.post("/v1/images/variations")
+async def images_variations(request: Request, runtime: Runtime = Depends(get_runtime)) -> Any:
+    """`client.images.create_variation(image=...)`: img2img of the image with no prompt (multipart)."""
+    data, _, fields = await _read_upload(request)  # OpenAI's variations take no mask
+    variation = VariationsRequest.model_validate(fields)
+    settings = oa.normalise_settings(dict(variation.model_extra or {}), "the request body")
+    if variation.size and variation.size.strip().lower() != "auto":
+        settings["width"], settings["height"] = oa.parse_size(variation.size)
+    settings.update(num_images=variation.n, input_image=base64.b64encode(data).decode())
+    if variation.model is not None:
+        settings["model"] = variation.model
+    return await _images_answer(variation, settings, request, runtime, settings_type=VariationSettings)
+
+
+async def _read_upload(request: Request) -> tuple[bytes, bytes | None, dict[str, str]]:
+    """The `image` file part, the `mask` file part if any, and the text fields of a multipart
+    Images API request."""
     # Starlette spools file parts to disk without a bound: refuse oversized bodies up front.
     length = request.headers.get("content-length", "")
     if not length.isdigit() or int(length) > MAX_INPUT_BYTES + (1 << 20):
@@ -104,29 +134,36 @@ async def images_edits(request: Request, runtime: Runtime = Depends(get_runtime)
     for param, part in (("image", data), ("mask", mask)):
         if part is not None and len(part) > MAX_INPUT_BYTES:
             raise ApiError(400, f"{param} is over {MAX_INPUT_BYTES // (1024 * 1024)} MB", param=param)
-    images_request = oa.ImagesRequest.model_validate(fields)
-    settings = oa.images_settings(images_request)
-    settings["input_image"] = base64.b64encode(data).decode()
-    if mask is not None:
-        settings["mask"] = base64.b64encode(mask).decode()
-    return await _images_answer(images_request, settings, request, runtime)
+    return data, mask, fields
 
 
 async def _images_answer(
-    images_request: oa.ImagesRequest, values: dict[str, Any], request: Request, runtime: Runtime
+    images_request: oa.ImagesRequest | VariationsRequest, values: dict[str, Any], request: Request, runtime: Runtime,
+    *, editing: bool = False, settings_type: type[GenerationSettings] = GenerationSettings,
 ) -> JSONResponse:
-    settings = GenerationSettings.model_validate(values)
+    options = images_request if isinstance(images_request, ImageOptions) else ImageOptions()
+    quality = answered_quality(options, values)
+    default_steps = await run_in_threadpool(_default_steps, runtime, values.get("model")) if options.quality else None
+    settings = settings_type.model_validate(
+        apply_image_options(options, values, default_steps=default_steps, editing=editing)
+    )
     job = await submit(runtime, settings, "images")
     await wait_for(job, request, runtime)
+    revised = {"revised_prompt": settings.prompt} if settings.prompt else {}  # a variation has none
     if images_request.response_format == "b64_json":
-        data = [
-            {"b64_json": image_b64(runtime, name),
-             "revised_prompt": settings.prompt}
-            for name in job.images
-        ]
+        data = [{"b64_json": image_b64(runtime, name), **revised} for name in job.images]
     else:
-        data = [{"url": url, "revised_prompt": settings.prompt} for url in image_urls(request, runtime, job)]
-    return JSONResponse({"created": int(job.finished or job.created), "data": data})
+        data = [{"url": url, **revised} for url in image_urls(request, runtime, job)]
+    spec = job.spec
+    return JSONResponse(images_response(
+        int(job.finished or job.created), data, width=spec.width, height=spec.height,
+        output_format=spec.output_format, quality=quality,
+    ))
+
+
+def _default_steps(runtime: Runtime, model: str | None) -> int:
+    """The default steps of the requested model's family, which `quality` is relative to."""
+    return runtime.resolve_model(strip_model_prefix(model) if model else None).family_facts.default_steps
 
 
 @router.get("/v1/models")

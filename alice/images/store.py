@@ -1,6 +1,8 @@
-"""The folder of generated PNGs: atomic writes, unguessable names, A1111 metadata, retention.
+"""The folder of generated images (PNG, JPEG, WebP): atomic writes, unguessable names, A1111
+metadata, retention.
 
-The A1111 `parameters` text itself is written and read in alice/protocol/a1111.py.
+The A1111 `parameters` text itself is written and read in alice/protocol/a1111.py; in JPEG and
+WebP files it sits in the EXIF (alice/images/formats.py).
 
 Image URLs (`/images/{name}`) need no key, so a file name is a capability: 128 random
 bits, checked strictly before it ever touches the file system.
@@ -23,10 +25,13 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
+from alice.images.formats import FORMATS, encode_with_exif, exif_parameters
+
 logger = logging.getLogger("alice.images")
 
 # 32 lowercase hex digits = 128 bits from secrets.token_hex(16); nothing else is a name.
-NAME_PATTERN = re.compile(r"[0-9a-f]{32}\.png")
+# The suffix names the file format (alice/images/formats.py): .png, .jpg or .webp.
+NAME_PATTERN = re.compile(r"[0-9a-f]{32}(?:%s)" % "|".join(re.escape(fmt.suffix) for fmt in FORMATS.values()))
 # Temp files start with a dot and never match NAME_PATTERN, so they are never served or listed.
 TEMP_PREFIX = ".tmp-"
 
@@ -55,22 +60,31 @@ class StoredImage:
 
 
 class ImageStore:
-    """PNG files in one folder, named by 128 random bits and written atomically."""
+    """Image files in one folder, named by 128 random bits and written atomically."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def save(self, image: Image.Image, parameters: str) -> str:
-        """Encode `image` with its A1111 parameters and store it; returns the new name."""
-        return self.save_png(encode_png(image, parameters))
+    def save(self, image: Image.Image, parameters: str, output_format: str = "png", compression: int = 100) -> str:
+        """Encode `image` with its A1111 parameters as `output_format` (png, jpeg, webp; jpeg and
+        webp at quality `compression`) and store it; returns the new name."""
+        if output_format == "png":
+            return self.save_png(encode_png(image, parameters))
+        return self.save_file(encode_with_exif(image, parameters, output_format, compression),
+                              FORMATS[output_format].suffix)
 
     def save_png(self, data: bytes) -> str:
+        return self.save_file(data, ".png")
+
+    def save_file(self, data: bytes, suffix: str) -> str:
         """Write to a temp file, fsync, rename: a reader sees the whole file or none.
 
         On any error (a full disk, say) the temp file is removed and the error propagates.
         """
-        name = secrets.token_hex(16) + ".png"
+        name = secrets.token_hex(16) + suffix
+        if not NAME_PATTERN.fullmatch(name):  # a name the store would never serve, list or sweep
+            raise ValueError(f"not a suffix of the image store: {suffix!r}")
         # Same folder, so os.replace is a rename within one file system, hence atomic.
         fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.root)
         try:
@@ -226,7 +240,10 @@ class ImageStore:
 
 
 def _read_parameters(path: Path) -> str | None:
-    """The `parameters` chunk of a PNG; None for a missing, vanished or unreadable file."""
+    """The A1111 text of a stored image: a PNG's `parameters` chunk, a JPEG's or WebP's EXIF
+    UserComment; None for a missing, vanished or unreadable file."""
+    if path.suffix != ".png":
+        return exif_parameters(path)
     try:
         # Only the chunks before the pixel data are parsed; the image is never decoded.
         with Image.open(path, formats=["PNG"]) as image:

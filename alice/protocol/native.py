@@ -16,9 +16,9 @@ class GenerateRequest(GenerationSettings):
 
 class GeneratedImage(BaseModel):
     name: str = Field(description="File name in the image store.")
-    url: str = Field(description="Absolute URL of the PNG (no key needed).")
+    url: str = Field(description="Absolute URL of the image (no key needed).")
     seed: int = Field(description="Seed of this image alone.")
-    b64_json: str = Field(description="The PNG, base64-encoded; the same bytes as the URL serves.")
+    b64_json: str = Field(description="The image file (PNG, JPEG or WebP: output_format), base64-encoded; the same bytes as the URL serves.")
 
 
 class GenerateResponse(GenerationResult):  # type: ignore[misc, valid-type]

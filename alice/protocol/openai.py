@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from alice.protocol.generation import GenerationSettings, InvalidRequest
+from alice.protocol.image_options import ImageOptions
 
 # Lowest priority first: OpenAI's top-level fields (or the SDK's extra_body), then SAM's places.
 SETTINGS_SOURCES = ("metadata", "samConfig", "sam_config")
@@ -90,7 +91,7 @@ class ChatCompletionRequest(OpenAIModel):
     sam_config: dict[str, Any] | None = None
 
 
-class ImagesRequest(OpenAIModel):
+class ImagesRequest(ImageOptions, OpenAIModel):  # quality, background...: image_options.py
     prompt: str
     model: str | None = None
     n: int = Field(1, ge=1)
@@ -158,7 +159,7 @@ def chat_settings(request: ChatCompletionRequest) -> dict[str, Any]:
 
 def images_settings(request: ImagesRequest) -> dict[str, Any]:
     merged = normalise_settings(dict(request.model_extra or {}), "the request body")
-    if request.size:
+    if request.size and request.size.strip().lower() != "auto":  # auto: the model's native size
         merged["width"], merged["height"] = parse_size(request.size)
     merged.update(prompt=request.prompt, num_images=request.n)
     if request.model is not None:

@@ -190,12 +190,15 @@ class Worker:
             return 1
 
     def _saving(self, job: Job, control: JobControl, images: list[Image.Image]) -> FinishUp:
-        """The saving of a job's images, with their parameters in A1111's PNG text."""
+        """The saving of a job's images in the format it asked for, with their parameters in
+        A1111's text (a PNG's text chunk, a JPEG's or WebP's EXIF)."""
         parameters = GenerationParameters.of(job.spec)
+        spec = job.spec
 
         def save_images() -> None:  # on the finisher thread, while the next job generates
             for index, image in enumerate(images):
-                control.add_image(self.images.save(image, parameters.a1111_text(job.model, index)))
+                text = parameters.a1111_text(job.model, index)
+                control.add_image(self.images.save(image, text, spec.output_format, spec.output_compression))
 
         return save_images
 

@@ -15,6 +15,7 @@ import openai
 import pytest
 from PIL import Image
 
+from alice.images.formats import EXIF_IFD, USER_COMMENT, decode_user_comment
 from harness.environment import alice_environment
 from harness.server import ServerProcess, running_server
 
@@ -141,6 +142,51 @@ def test_openai_sdk_sees_typed_errors_without_retrying(server):
         client.chat.completions.create(model="sd/missing", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{server}/v1", api_key="wrong").models.list()
+
+
+def test_openai_sdk_images_fields_of_today(server):
+    """output_format and output_compression, quality, size auto, background, moderation,
+    input_fidelity and variations, as the official SDK sends them to the real server."""
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0)
+    headers = {"X-Api-Key": API_KEY}
+    # Few steps: each one is slow in a server on a busy machine. Only `quality` draws 13 of them.
+    for output_format, pillow, quality, steps in (("jpeg", "JPEG", "low", None), ("webp", "WEBP", None, 2)):
+        result = client.images.generate(prompt="a fox", size="64x64", output_format=output_format,
+                                        output_compression=70, quality=quality or openai.omit, background="opaque",
+                                        moderation="low", extra_body={"seed": 4, "steps": steps})
+        assert (result.output_format, result.quality, result.size, result.background) == (
+            output_format, quality, "64x64", "opaque")
+        assert result.usage.total_tokens == 0 and result.created > 0
+        served = httpx.get(result.data[0].url)
+        assert served.headers["content-type"] == f"image/{output_format}"
+        image = Image.open(io.BytesIO(served.content))
+        assert image.format == pillow
+        text = decode_user_comment(image.getexif().get_ifd(EXIF_IFD)[USER_COMMENT])
+        assert text.startswith("a fox\n") and f"Steps: {steps or 13}," in text  # low = half the demo's 25 steps
+
+    auto = client.images.generate(prompt="a fox", size="auto", response_format="b64_json", extra_body={"steps": 2})
+    assert auto.size == "64x64"  # the demo's native size
+    assert Image.open(io.BytesIO(base64.b64decode(auto.data[0].b64_json))).size == (64, 64)
+
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 64), (30, 160, 40)).save(picture, format="PNG")
+    edit = client.images.edit(image=("in.png", picture.getvalue(), "image/png"), prompt="a boat", size="64x64",
+                              input_fidelity="high", output_format="webp", response_format="b64_json",
+                              extra_body={"steps": 3})
+    assert Image.open(io.BytesIO(base64.b64decode(edit.data[0].b64_json))).format == "WEBP"
+    assert httpx.get(f"{server}/v1/jobs", headers=headers).json()["data"][0]["parameters"]["strength"] == 0.4
+
+    variation = client.images.create_variation(image=("in.png", picture.getvalue(), "image/png"), n=2,
+                                               size="64x64", response_format="b64_json", extra_body={"steps": 4})
+    drawn = [base64.b64decode(item.b64_json) for item in variation.data]
+    assert len(set(drawn)) == 2 and all(Image.open(io.BytesIO(data)).size == (64, 64) for data in drawn)
+    job = httpx.get(f"{server}/v1/jobs", headers=headers).json()["data"][0]
+    assert (job["parameters"]["prompt"], job["parameters"]["strength"], job["source"]) == ("", 0.6, "images")
+
+    for field, value in (("background", "transparent"), ("output_format", "gif"), ("quality", "ultra")):
+        with pytest.raises(openai.BadRequestError) as bad:
+            client.images.generate(prompt="a fox", size="64x64", **{field: value})
+        assert bad.value.body["param"] == field, bad.value.body
 
 
 def test_sam_without_v1_and_with_x_api_key(server):

@@ -214,7 +214,7 @@ HEX = "0123456789abcdef" * 2
     "SECRET",  # replaced below by the absolute path of an existing file outside the store
     HEX.upper() + ".png",
     HEX + ".PNG",
-    HEX + ".jpg",
+    HEX + ".gif",  # a format the store does not write
     HEX,
     HEX[:31] + ".png",
     HEX + "0.png",
@@ -237,7 +237,7 @@ def test_only_valid_existing_names_resolve(tmp_path, name):
     (tmp_path / "outside").mkdir()
     (tmp_path / "outside" / (HEX + ".png")).write_bytes(b"outside")
     # Files that exist under names close to the requested ones, so only validation can say no.
-    (tmp_path / "images" / (HEX + ".jpg")).write_bytes(b"jpeg")
+    (tmp_path / "images" / (HEX + ".gif")).write_bytes(b"gif")
     (tmp_path / "images" / (".tmp-" + HEX)).write_bytes(b"half")
     (tmp_path / "images" / ".tmp-abc.png").write_bytes(b"half")
     if name == "SECRET":

@@ -22,8 +22,8 @@ def test_the_record_names_its_version_and_its_own_fields():
     assert record["spec"] == {
         "prompt": "a cat", "negative_prompt": "", "seed": 7, "width": 64, "height": 64, "steps": 3,
         "guidance_scale": 7.5, "scheduler": SPEC.scheduler, "num_images": 1, "init_image": "in.png",
-        "strength": 0.5, "clip_skip": None, "loras": [{"name": "ink", "scale": 0.8}], "prompt_notes": [],
-        "mask_image": None,
+        "strength": 0.5, "clip_skip": None, "output_format": "png", "output_compression": 100,
+        "loras": [{"name": "ink", "scale": 0.8}], "prompt_notes": [], "mask_image": None,
     }
     assert "parameters" not in record  # not the engine's dataclass dumped as it is
     again = Job.from_record(json.loads(json.dumps(record)))

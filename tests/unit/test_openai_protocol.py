@@ -76,9 +76,9 @@ def ignored_log(caplog, monkeypatch):
 def test_each_ignored_setting_is_logged_once_by_name_never_its_value(ignored_log):
     chat(stepz=9, metadata={"guidance": "SECRET-VALUE", "steps": 3}, samConfig={"guidance": 1},
          sam_config={"sampler_nmae": "euler"})
-    images_settings(ImagesRequest(prompt="x", stepz=4, quality="hd"))
+    images_settings(ImagesRequest(prompt="x", stepz=4, style="vivid"))
     names = [record.args[0] for record in ignored_log.records]
-    assert names == ["stepz", "guidance", "sampler_nmae", "quality"]
+    assert names == ["stepz", "guidance", "sampler_nmae", "style"]
     assert all(record.levelno == logging.INFO for record in ignored_log.records)
     assert "in metadata" in ignored_log.records[1].getMessage()
     assert "SECRET-VALUE" not in ignored_log.text
