@@ -166,7 +166,7 @@ class Runtime:
         if request.input_image:
             stored = keep_input_image(decode_input_image(request.input_image, self.images), self.inputs)
             spec = dataclasses.replace(spec, init_image=stored)
-        job = self.jobs.submit(model.name, spec, source, self.settings.request_timeout_s)
+        job = self.jobs.submit(model.name, spec, source, self.settings.request_timeout_s, previews=request.previews)
         self._update_gauges()
         return job
 
