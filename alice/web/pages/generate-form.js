@@ -198,6 +198,7 @@ export function readForm() {
     scheduler: own("gen-scheduler", $("gen-scheduler").value || undefined),
     clip_skip: facts.clip_skip ? optional("gen-clip-skip") : undefined,
     num_images: number("gen-count") || 1,
+    previews: previewsWanted(),
   };
   const seed = $("gen-seed").value.trim();
   if (seed !== "") body.seed = Number(seed);
@@ -210,6 +211,14 @@ export function readForm() {
     body.strength = number("gen-strength");
   }
   return body;
+}
+
+// Live previews of the image forming, shown while the job runs: as many as the server allows,
+// up to one every few steps of a default drawing (an older server without them: none asked).
+const PREVIEWS = 6;
+function previewsWanted() {
+  const limit = serverSettings && serverSettings.setting_limits && serverSettings.setting_limits.previews;
+  return limit && limit.maximum ? Math.min(PREVIEWS, limit.maximum) : undefined;
 }
 
 /** What is wrong with the body before the server sees it, or "". */
