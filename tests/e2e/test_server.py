@@ -104,7 +104,7 @@ def test_openai_sdk_chat_images_and_streaming(server):
 
 def test_openai_sdk_streams_partial_images_then_the_unstreamed_image(server):
     client = openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0)
-    asked = dict(prompt="a red circle", model="sd/alice-demo", size="64x64", extra_body={"steps": 6, "seed": 21})
+    asked = dict(prompt="a red circle", model="sd/alice-demo", size="64x64", extra_body={"steps": 3, "seed": 21})
     events = list(client.images.generate(**asked, stream=True, partial_images=2))
     assert [event.type for event in events] == ["image_generation.partial_image"] * 2 + ["image_generation.completed"]
     assert [event.partial_image_index for event in events[:2]] == [0, 1]
