@@ -9,6 +9,8 @@ run (previews off, on, off, on...) so both see the same load. Printed:
 
 - ratio: median time with previews over median without (target <= 1.02);
 - paired: the median of each run with previews over the run without just before it;
+- fastest: the fastest run with previews over the fastest without (the runs least disturbed
+  by other work on a shared machine);
 - preview work: the time spent making previews (the callback's decode, measured around it) as
   a share of the runs with previews: the steadiest figure on a shared CPU, where two runs of
   the same drawing differ by more than the previews cost.
@@ -92,7 +94,7 @@ def main() -> None:
     print(f"  without: median {statistics.median(off) * 1000:.1f} ms (min {min(off) * 1000:.1f})")
     print(f"  with:    median {statistics.median(on) * 1000:.1f} ms (min {min(on) * 1000:.1f})")
     print(f"  ratio {statistics.median(on) / statistics.median(off):.4f}; "
-          f"paired {statistics.median(b / a for a, b in zip(off, on)):.4f}; "
+          f"paired {statistics.median(b / a for a, b in zip(off, on)):.4f}; fastest {min(on) / min(off):.4f}; "
           f"preview work {spent[0] * 1000 / runs:.2f} ms a run = {spent[0] / sum(on):.4%} of the runs with previews")
 
 
