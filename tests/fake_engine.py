@@ -16,6 +16,7 @@ from PIL import Image
 
 from alice.models import store as model_store
 from alice.engine.generate import BatchEntry, GenerationOutput, GenerationStopped, StopCheck, images_per_call
+from alice.engine.previews import Preview, preview_steps
 
 
 class FakeEngine:
@@ -93,6 +94,12 @@ class FakeEngine:
                     done[index] += 1
                     if entry.on_step:
                         entry.on_step(done[index], total[index])
+                    # Live previews of its first image, as the real one spreads them: noise at 1/8 the side.
+                    if entry.on_preview and (index, entry.spec.seed) in call and (
+                        done[index] % steps or steps) in preview_steps(entry.previews, steps):
+                        shown = sum(1 for _ in preview_steps(entry.previews, steps) if _ < (done[index] % steps or steps))
+                        small = noise(max(1, entry.spec.width // 8), max(1, entry.spec.height // 8), entry.spec.seed)
+                        entry.on_preview(Preview(small, shown, done[index] % steps or steps, steps))
                     if entry.should_stop and (reason := entry.should_stop()):
                         stopped[index] = reason
             for index, seed in call:

@@ -21,6 +21,7 @@ from alice.engine.embeddings import spell_embeddings
 from alice.engine.families import Family, family_of_pipeline
 from alice.engine.finite import finite_decode
 from alice.engine.masks import blend_back
+from alice.engine.previews import Preview, PreviewDecoder, decoder_for, preview_steps, unpacked
 from alice.engine.prompt_embeds import encode_prompts, needs_own_encoding
 from alice.engine.prompt_tags import extract_prompt_loras
 from alice.engine.prompt_weights import has_weight_syntax, plain_text
@@ -36,6 +37,9 @@ StepCallback = Callable[[int, int], None]
 
 StopCheck = Callable[[], "str | None"]
 """Asked after every step; a non-empty reason stops the run at that step."""
+
+PreviewCallback = Callable[[Preview], None]
+"""Handed each live preview of the entry's first image (alice/engine/previews.py)."""
 
 
 @contextlib.contextmanager
@@ -75,13 +79,16 @@ class GenerationStopped(Exception):
 @dataclass(frozen=True)
 class BatchEntry:
     """One request's share of a batch: what to draw, its input image (and the mask of what to
-    redraw of it: "L", 255 = redraw), and its own progress and stop callbacks."""
+    redraw of it: "L", 255 = redraw), its own progress and stop callbacks, and how many live
+    previews of its first image to hand `on_preview`."""
 
     spec: GenerationSpec
     init_image: Image.Image | None = None
     on_step: StepCallback | None = None
     should_stop: StopCheck | None = None
     mask: Image.Image | None = None
+    previews: int = 0
+    on_preview: PreviewCallback | None = None
 
 
 def images_per_call(spec: GenerationSpec, max_batch: int, max_pixels: int) -> int:
@@ -270,7 +277,11 @@ def _draw(
         # (see images_per_call); alone, diffusers' slicing changes nothing.
         pipe.vae.enable_slicing()
 
+    previewing = _Previews(pipe, family, spec, entries, call)
+
     def step_end(pipeline: DiffusionPipeline, step: int, timestep: Any, kwargs: dict) -> dict:
+        if previewing.rows:  # nothing at all when no entry asked for previews
+            previewing.step(step + 1, pipeline.num_timesteps, kwargs["latents"], progress.stopped)
         progress.step(indices, step, pipeline.num_timesteps)
         if all(index in progress.stopped for index in indices):
             # Skips the remaining steps; the pipeline still decodes, and the result is dropped.
@@ -317,6 +328,39 @@ def prompt_arguments(
         elif isinstance(negative, list):
             args["negative_prompt"] = [plain_text(n) if has_weight_syntax(n) else n for n in negative]
     return {"prompt": prompts[0] if single else prompts, **args}
+
+
+class _Previews:
+    """The live previews of one pipeline call: for each entry that asked for them and whose first
+    image this call draws, its row of the latents pictured after its chosen steps."""
+
+    def __init__(
+        self, pipe: DiffusionPipeline, family: Family, spec: GenerationSpec, entries: Sequence[BatchEntry],
+        call: list[Row],
+    ) -> None:
+        self.pipe, self.spec, self.entries = pipe, spec, entries
+        # Entry index -> its first image's row in the call.
+        self.rows = {
+            index: call.index((index, entries[index].spec.seed)) for index, entry in enumerate(entries)
+            if entry.previews > 0 and entry.on_preview and (index, entry.spec.seed) in call
+        }
+        self.decoder: PreviewDecoder | None = decoder_for(pipe, family.name) if self.rows else None
+        if self.decoder is None:
+            self.rows = {}
+        self.shown = dict.fromkeys(self.rows, 0)
+
+    def step(self, done: int, total: int, latents: Any, stopped: dict[int, str]) -> None:
+        due = [index for index in self.rows
+               if index not in stopped and done in preview_steps(self.entries[index].previews, total)]
+        if not due or self.decoder is None:
+            return
+        latents = unpacked(self.pipe, latents, self.spec.width, self.spec.height)
+        pictures = self.decoder.images(latents[[self.rows[index] for index in due]])
+        for index, picture in zip(due, pictures):
+            on_preview = self.entries[index].on_preview
+            assert on_preview is not None
+            on_preview(Preview(picture, self.shown[index], done, total))
+            self.shown[index] += 1
 
 
 def family_arguments(family: Family, spec: GenerationSpec, negative: str | list[str]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from alice.http.errors import ApiError
 from alice.http.handling import get_runtime, image_urls, read_json_object, submit
 from alice.jobs.queue import Job
 from alice.protocol.native import GenerateRequest
+from alice.protocol.previews import preview_view
 from alice.protocol.results import public_job
 from alice.serving.runtime import Runtime
 
@@ -37,7 +38,12 @@ def list_jobs(request: Request, runtime: Runtime = Depends(get_runtime)) -> dict
 
 @router.get("/jobs/{job_id}")
 def get_job(job_id: str, request: Request, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
-    return job_view(_found(runtime.jobs.get(job_id), job_id), request, runtime)
+    job = _found(runtime.jobs.get(job_id), job_id)
+    view = job_view(job, request, runtime)
+    if job.previews:  # opt-in: the job asked for `previews`; its newest one so far, or null
+        frames = job.preview_frames
+        view["preview"] = preview_view(frames[-1], job.spec.width, job.spec.height) if frames else None
+    return view
 
 
 @router.delete("/jobs/{job_id}")

@@ -10,11 +10,12 @@ from typing import Any, AsyncIterator
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from alice.models import store as model_store
 from alice.http.errors import ApiError, job_error
 from alice.http.handling import get_runtime, image_b64, image_urls, read_json_object, result_metadata, submit, wait_for
+from alice.http.image_streams import image_event_stream
 from alice.protocol.input_images import MAX_INPUT_BYTES
 from alice.jobs.queue import Job
 from alice.protocol import openai as oa
@@ -22,6 +23,7 @@ from alice.protocol.generation import GenerationSettings, strip_model_prefix
 from alice.protocol.image_options import (
     ImageOptions, VariationSettings, VariationsRequest, answered_quality, apply_image_options, images_response,
 )
+from alice.protocol.previews import preview_view
 from alice.serving.runtime import Runtime
 
 logger = logging.getLogger("alice.http")
@@ -56,8 +58,9 @@ async def _stream(job: Job, request: Request, runtime: Runtime, completion_id: s
     try:
         yield event(oa.chat_chunk(completion_id, model, {"role": "assistant", "content": ""}))
         last: tuple[str, int] | None = None
+        frames, shown = job.preview_frames, 0  # none unless the request asked for `previews`
         async for current in job.watch():
-            if current.state.finished or (current.state.value, current.step) == last:
+            if current.state.finished or ((current.state.value, current.step) == last and shown == len(frames)):
                 continue
             last = (current.state.value, current.step)
             progress = {
@@ -67,7 +70,13 @@ async def _stream(job: Job, request: Request, runtime: Runtime, completion_id: s
                 "total_steps": current.total_steps,
                 "progress": round(current.progress, 4),
             }
-            yield event(oa.chat_chunk(completion_id, model, {}, progress=progress))
+            if shown == len(frames):
+                yield event(oa.chat_chunk(completion_id, model, {}, progress=progress))
+            while shown < len(frames):  # opt-in: each preview rides on a progress chunk of its own
+                spec = current.spec
+                preview = await run_in_threadpool(preview_view, frames[shown], spec.width, spec.height)
+                shown += 1
+                yield event(oa.chat_chunk(completion_id, model, {}, progress={**progress, "preview": preview}))
         error = job_error(job)
         if error:
             yield event({"error": {"message": error.message, "type": error.type, "param": None, "code": error.code}})
@@ -140,7 +149,10 @@ async def _read_upload(request: Request) -> tuple[bytes, bytes | None, dict[str,
 async def _images_answer(
     images_request: oa.ImagesRequest | VariationsRequest, values: dict[str, Any], request: Request, runtime: Runtime,
     *, editing: bool = False, settings_type: type[GenerationSettings] = GenerationSettings,
-) -> JSONResponse:
+) -> Response:
+    stream = isinstance(images_request, oa.ImagesRequest) and images_request.stream
+    if stream:  # OpenAI's partial images are ALICE's live previews
+        values = {**values, "previews": images_request.partial_images or 0}
     options = images_request if isinstance(images_request, ImageOptions) else ImageOptions()
     quality = answered_quality(options, values)
     default_steps = await run_in_threadpool(_default_steps, runtime, values.get("model")) if options.quality else None
@@ -148,6 +160,8 @@ async def _images_answer(
         apply_image_options(options, values, default_steps=default_steps, editing=editing)
     )
     job = await submit(runtime, settings, "images")
+    if stream:
+        return image_event_stream(job, runtime, "image_edit" if editing else "image_generation")
     await wait_for(job, request, runtime)
     revised = {"revised_prompt": settings.prompt} if settings.prompt else {}  # a variation has none
     if images_request.response_format == "b64_json":

@@ -14,6 +14,7 @@ from enum import Enum
 from typing import Any, AsyncIterator, Callable
 
 from alice.engine.generate import GenerationSpec
+from alice.engine.previews import Preview
 from alice.jobs import records
 
 CANCELLED = "cancelled"
@@ -72,6 +73,11 @@ class Job:
     batch: int = 0  # images drawn in one pipeline call with this job's (its own included); 0 = none yet
     replica: str | None = None  # the server that ran it (ALICE_REPLICA_NAME)
     cancel_requested: bool = False
+    # Live previews the client asked for, and those made so far: in this server's memory only
+    # (never in the records: a replica watching another's job sees none). Dropped a while after
+    # the job ends (see JobQueue._keep_previews_of).
+    previews: int = 0
+    preview_frames: list[Preview] = field(default_factory=list, repr=False)
     _watchers: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     @property

@@ -39,6 +39,7 @@ import time
 from typing import Any, Callable
 
 from alice.engine.generate import GenerationSpec, GenerationStopped
+from alice.engine.previews import Preview
 from alice.jobs.backend import BatchLimit, FinishHook, ImagesHook, JobBackend
 from alice.jobs.job import CANCELLED, DEADLINE, Chore, Job, JobFailure, JobState, QueueFull
 from alice.jobs.local import LocalJobs
@@ -60,6 +61,12 @@ class JobControl:
     def step(self, step: int, total: int) -> None:
         with self._queue.lock:
             self._job.step, self._job.total_steps = step, total
+            self._job._notify()
+
+    def preview(self, preview: Preview) -> None:
+        """A live preview of the job's first image: kept on the job for whoever watches it."""
+        with self._queue.lock:
+            self._job.preview_frames.append(preview)
             self._job._notify()
 
     def should_stop(self) -> str | None:
@@ -91,6 +98,10 @@ JobFailure). Raising ends every job of the batch with that exception. A FinishUp
 GenerationStopped or JobFailure when its job has no result."""
 
 _FAILED = object()  # what _attempt returns when the job has ended without a result
+
+# Finished jobs whose previews are kept: long enough for a stream to send the last ones after
+# its job ends, while the 500 finished jobs the queue remembers keep no pictures.
+KEEP_PREVIEWS_OF = 16
 
 
 class JobQueue:
@@ -127,6 +138,7 @@ class JobQueue:
         self._finishing: concurrent.futures.Future | None = None  # the last job handed to the finisher
         self._backend: JobBackend = backend or LocalJobs()
         self._backend.attach(self)
+        self._with_previews: collections.deque[Job] = collections.deque()  # finished, newest last
 
     # -- the worker ----------------------------------------------------------------
     def start(self, warm_up: Callable[[], None] | None = None) -> None:
@@ -238,6 +250,15 @@ class JobQueue:
             self.end(job, JobState.FAILED, "internal_error", f"generation failed: {type(exc).__name__}")
         return _FAILED
 
+    def _keep_previews_of(self, job: Job) -> None:
+        """Keep a finished job's previews while it is among the last KEEP_PREVIEWS_OF that had
+        any (under the lock); a job's list is replaced, so a stream holding it loses nothing."""
+        if not job.preview_frames:
+            return
+        self._with_previews.append(job)
+        while len(self._with_previews) > KEEP_PREVIEWS_OF:
+            self._with_previews.popleft().preview_frames = []
+
     def end(self, job: Job, state: JobState, code: str | None = None, error: str | None = None) -> None:
         """End a job (see `QueueSide.end`)."""
         discarded: list[str] = []
@@ -247,6 +268,7 @@ class JobQueue:
                 discarded, job.images = job.images, []
             job.state, job.finished = state, time.time()
             job.error_code, job.error = code, error
+            self._keep_previews_of(job)
             self._running = [other for other in self._running if other is not job]
         self.discard_images(discarded)
         self._backend.persist(job)
@@ -292,9 +314,10 @@ class JobQueue:
         return max(1, min(600, round(average * max(1, self._backend.waiting_here))))
 
     # -- the clients' side --------------------------------------------------------
-    def submit(self, model: str, spec: GenerationSpec, source: str, timeout_s: float) -> Job:
-        """Queue a job, or raise QueueFull when the queue is full."""
-        job = Job(model=model, spec=spec, source=source, deadline=time.time() + timeout_s)
+    def submit(self, model: str, spec: GenerationSpec, source: str, timeout_s: float, previews: int = 0) -> Job:
+        """Queue a job, or raise QueueFull when the queue is full; `previews`: how many live
+        previews of its first image to make while it draws."""
+        job = Job(model=model, spec=spec, source=source, deadline=time.time() + timeout_s, previews=previews)
         self._backend.submit(job)
         logger.info("job %s queued (%s, model %s)", job.id, source, model)
         return job

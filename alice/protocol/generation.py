@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
 from alice.engine.families import Family
+from alice.engine.previews import MAX_PREVIEWS
 from alice.engine.prompt_tags import extract_prompt_loras
 from alice.engine.scheduler_names import canonical_scheduler_name
 from alice.engine.spec import MAX_SEED, MAX_SIDE, GenerationSpec, drawing_settings, setting
@@ -118,6 +119,13 @@ class GenerationSettings(DrawingSettings):  # type: ignore[misc, valid-type]
     loras: list[LoraChoice] = Field(
         default_factory=list, max_length=MAX_LORAS,
         description="LoRAs to apply; `<lora:name:scale>` in the prompt works too (both count towards the limit).",
+    )
+    # Not a drawing setting (the image is the same bits with or without): what the job shows
+    # while it runs, so it is no field of the spec and no part of the results or the PNG text.
+    previews: int = Field(
+        0, ge=0, le=MAX_PREVIEWS,
+        description="Live previews of the first image while it is drawn, spread evenly over the steps "
+        "(`/v1/jobs/{id}`'s `preview`, the chat stream's progress); 0 = none.",
     )
 
     @field_validator("prompt")

@@ -97,6 +97,9 @@ class ImagesRequest(ImageOptions, OpenAIModel):  # quality, background...: image
     n: int = Field(1, ge=1)
     size: str | None = Field(None, max_length=20)
     response_format: Literal["url", "b64_json"] = "url"
+    # Streaming (alice/protocol/image_events.py): `partial_images` live previews, then the image.
+    stream: bool = False
+    partial_images: int | None = Field(None, ge=0, le=3)
 
 
 def _snake(key: str) -> str:

@@ -186,7 +186,7 @@ class Runtime:
                 init = fill_transparent(edit.image, spec.seed)
                 spec = dataclasses.replace(spec, mask_image=keep_input_image(edit.mask, self.inputs))
             spec = dataclasses.replace(spec, init_image=keep_input_image(init, self.inputs))
-        job = self.jobs.submit(model.name, spec, source, self.settings.request_timeout_s)
+        job = self.jobs.submit(model.name, spec, source, self.settings.request_timeout_s, previews=request.previews)
         self._update_gauges()
         return job
 

@@ -135,7 +135,8 @@ class Worker:
             except JobFailure as failure:  # this job's alone
                 outcomes[index] = failure
                 continue
-            entries[index] = BatchEntry(job.spec, init_image, control.step, control.should_stop, mask)
+            entries[index] = BatchEntry(job.spec, init_image, control.step, control.should_stop, mask,
+                                        previews=job.previews, on_preview=control.preview)
         if not entries:
             return outcomes
 

@@ -302,6 +302,31 @@ def test_key_prompt_then_generate_and_see_the_image_with_its_parameters(browser,
     context.close()
 
 
+def test_the_generate_view_shows_the_picture_forming(page, server):
+    page.goto("/web/#/generate")
+    expect(page.locator("#gen-model")).to_have_value("alice-demo")
+    # Every picture the preview shows, as the page sets it (a poll every 0.3 s may see a few).
+    page.evaluate("""() => {
+        window.shownPreviews = [];
+        new MutationObserver(() => {
+            const img = document.getElementById("gen-preview");
+            if (!img.hidden && img.src) window.shownPreviews.push(img.src);
+        }).observe(document.getElementById("gen-preview"), { attributes: true });
+    }""")
+    requests: list[dict] = []
+    page.on("request", lambda request: request.method == "POST" and request.url.endswith("/v1/jobs")
+            and requests.append(request.post_data_json))
+    # 30 steps: about a second on a quiet machine, long enough for the page's polls to see previews.
+    fill_generate(page, "a red circle on a blue background", seed=9, steps=30, scheduler="ddim")
+    page.click("#gen-submit")
+    expect(page.locator("#gen-preview")).to_be_visible(timeout=60_000)
+    expect(page.locator("#gen-progress-text")).to_contain_text("Done", timeout=300_000)
+    expect(page.locator("#gen-preview")).to_be_hidden()  # the finished image takes its place
+    shown = page.evaluate("window.shownPreviews")
+    assert shown and all(src.startswith("data:image/png;base64,") for src in shown)
+    assert requests[0]["previews"] == 6  # within the server's limit, from /v1/settings
+
+
 def test_the_page_loads_every_module_under_its_policy(page, server):
     page.goto("/web/")
     expect(page.locator("#dash-server")).to_contain_text("ok")

@@ -132,6 +132,19 @@ def test_openai_sdk_edit_with_a_mask_keeps_the_opaque_area_and_redraws_the_trans
     assert np.abs(drawn - original)[transparent].mean() > 20  # redrawn: nothing like the input there
 
 
+def test_openai_sdk_streams_partial_images_then_the_unstreamed_image(server):
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0)
+    asked = dict(prompt="a red circle", model="sd/alice-demo", size="64x64", extra_body={"steps": 3, "seed": 21})
+    events = list(client.images.generate(**asked, stream=True, partial_images=2))
+    assert [event.type for event in events] == ["image_generation.partial_image"] * 2 + ["image_generation.completed"]
+    assert [event.partial_image_index for event in events[:2]] == [0, 1]
+    assert all(Image.open(io.BytesIO(base64.b64decode(event.b64_json))).size == (64, 64) for event in events)
+    completed = events[-1]
+    assert completed.size == "64x64" and completed.output_format == "png" and completed.usage.total_tokens == 0
+    unstreamed = client.images.generate(**asked, response_format="b64_json")
+    assert completed.b64_json == unstreamed.data[0].b64_json  # the same PNG, bit for bit
+
+
 def test_openai_sdk_sees_typed_errors_without_retrying(server):
     client = openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY)
     with pytest.raises(openai.BadRequestError) as bad:

@@ -201,6 +201,7 @@ export function readForm() {
     scheduler: own("gen-scheduler", $("gen-scheduler").value || undefined),
     clip_skip: facts.clip_skip ? optional("gen-clip-skip") : undefined,
     num_images: number("gen-count") || 1,
+    previews: previewsWanted(),
   };
   const seed = $("gen-seed").value.trim();
   if (seed !== "") body.seed = Number(seed);
@@ -217,6 +218,14 @@ export function readForm() {
     if (border) body.outpaint = { left: border, top: border, right: border, bottom: border };
   }
   return body;
+}
+
+// Live previews of the image forming, shown while the job runs: as many as the server allows,
+// up to one every few steps of a default drawing (an older server without them: none asked).
+const PREVIEWS = 6;
+function previewsWanted() {
+  const limit = serverSettings && serverSettings.setting_limits && serverSettings.setting_limits.previews;
+  return limit && limit.maximum ? Math.min(PREVIEWS, limit.maximum) : undefined;
 }
 
 /** What is wrong with the body before the server sees it, or "". */

@@ -121,6 +121,19 @@ function showGenProgress(job) {
   }
 }
 
+/** The newest live preview of the job (`/v1/jobs/{id}`'s `preview`, a PNG in base64), or none. */
+function showPreview(preview) {
+  const img = $("gen-preview");
+  if (preview && preview.b64_json) {
+    img.src = `data:image/png;base64,${preview.b64_json}`;
+    img.title = `After step ${preview.step} of ${preview.total_steps}`;
+    img.hidden = false;
+  } else if (!preview) {
+    img.hidden = true;
+    img.removeAttribute("src");
+  }
+}
+
 async function onGenerate(event) {
   event.preventDefault();
   const error = $("gen-error");
@@ -138,10 +151,12 @@ async function onGenerate(event) {
     runningJob = job.id;
     while (!FINISHED.has(job.state)) {
       showGenProgress(job);
+      showPreview(job.preview);
       await sleep(300);
       job = await api(`/v1/jobs/${encodeURIComponent(job.id)}`);
     }
     showGenProgress(job);
+    showPreview(null); // the finished images take its place
     if (job.state === "succeeded") renderResult(job);
     else if (job.state === "failed") setText(error, job.error || "The generation failed.");
   } catch (err) {
