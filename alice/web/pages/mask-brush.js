@@ -10,6 +10,11 @@ let painted = false;
 
 export function wireMaskBrush() {
   const canvas = $("gen-mask-canvas");
+  // The brush's range is the page's own tool, not a setting of the server's (index.html writes
+  // no limits: the drawing settings' come from /v1/settings).
+  Object.assign($("gen-mask-brush"), { min: 2, max: 128, value: 16 });
+  // A border is never negative; its upper limit is the server's, whose 400 names it.
+  $("gen-outpaint").min = 0;
   let drawing = false;
   const at = (event) => {
     const box = canvas.getBoundingClientRect();
