@@ -1,5 +1,6 @@
-"""The hires fix on the demo model: a second pass at the upscaled size, through every route,
-counted against ALICE_MAX_PIXELS at its final size and written as A1111 writes it."""
+"""A1111's drawings on the demo model: the hires fix (a second pass at the upscaled size, through
+every route, counted against ALICE_MAX_PIXELS at its final size and written as A1111 writes it),
+and `/v1/images/from-parameters`, which draws what an A1111 text or PNG describes."""
 
 from __future__ import annotations
 
@@ -87,3 +88,56 @@ def test_hires_and_plain_jobs_never_share_a_pipeline_call():
     assert batch_key(plain) != batch_key(GenerationSpec(prompt="a", seed=1, width=64, height=64, hires_scale=2))
     # Without a hires fix its other settings change nothing, so they do not keep jobs apart.
     assert batch_key(plain) == batch_key(GenerationSpec(prompt="b", seed=2, width=64, height=64, hires_strength=0.3))
+
+
+def test_a_png_alice_wrote_read_back_draws_the_same_image_bit_for_bit(client):
+    body = client.post("/generate", json={"prompt": "a (red:1.2) circle", "negative_prompt": "blue", **SMALL,
+                                          "clip_skip": 2, "hires_scale": 1.5, "hires_steps": 2}).json()
+    original = body["images"][0]["b64_json"]
+    again = client.post("/v1/images/from-parameters", json={"image": original})
+    assert again.status_code == 200, again.text
+    answer = again.json()
+    assert answer["not_honoured"] == [] and answer["hires_scale"] == 1.5 and answer["clip_skip"] == 2
+    assert answer["scheduler"] == "euler" and answer["seed"] == 5 and answer["model"] == "alice-demo"
+    assert np.array_equal(np.asarray(png(answer["images"][0]["b64_json"])), np.asarray(png(original)))
+    # The same PNG as a multipart upload, and its text alone, draw it too.
+    upload = client.post("/v1/images/from-parameters", files={"image": ("a.png", base64.b64decode(original))})
+    text = client.post("/v1/images/from-parameters", json={"parameters": png(original).info["parameters"]})
+    for response in (upload, text):
+        assert response.status_code == 200, response.text
+        assert np.array_equal(np.asarray(png(response.json()["images"][0]["b64_json"])), np.asarray(png(original)))
+
+
+def test_a_forge_text_draws_what_it_can_and_names_the_rest(client):
+    text = (
+        "a red circle, <lora:add_detail:0.5>, (masterpiece:1.2)\n"
+        "Negative prompt: EasyNegative, blurry\n"
+        "Steps: 3, Sampler: Euler a, Schedule type: Automatic, CFG scale: 5, Seed: 77, Size: 64x64, "
+        "Model hash: 6ce0161689, Model: dreamshaper_8, Denoising strength: 0.5, Hires upscale: 2, "
+        "Hires upscaler: 4x-UltraSharp, ADetailer model: face_yolov8n.pt, Version: f2.0.1v1.10.1-previous-313-g8a042934"
+    )
+    response = client.post("/v1/images/from-parameters", json={"parameters": text})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["scheduler"] == "euler_a" and answer["steps"] == 3 and answer["guidance_scale"] == 5
+    assert answer["hires_upscaler"] == "lanczos" and answer["hires_strength"] == 0.5
+    assert png(answer["images"][0]["b64_json"]).size == (128, 128)
+    assert answer["prompt"] == "a red circle, , (masterpiece:1.2)" and answer["model"] == "alice-demo"
+    notes = "\n".join(answer["not_honoured"])
+    for key in ("Model hash: 6ce0161689", "Model: dreamshaper_8", "<lora:add_detail>", "4x-UltraSharp",
+                "ADetailer model: face_yolov8n.pt"):
+        assert key in notes, notes
+    assert "Version" not in notes
+
+
+def test_from_parameters_refuses_what_it_cannot_read_with_a_400(client):
+    for body in ({}, {"parameters": "Steps: 20, Seed: 1, CFG scale: 7"}, {"image": "not base64!"},
+                 {"image": base64.b64encode(b"GIF89a").decode()}, {"parameters": "a cat", "steps": 3}):
+        response = client.post("/v1/images/from-parameters", json=body)
+        assert response.status_code == 400, (body, response.text)
+    plain = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(plain, format="PNG")
+    response = client.post("/v1/images/from-parameters", json={"image": base64.b64encode(plain.getvalue()).decode()})
+    assert response.status_code == 400 and "parameters" in response.json()["error"]["message"]
+    named = client.post("/v1/images/from-parameters", json={"parameters": "a cat", "model": "nope"})
+    assert named.status_code == 404
