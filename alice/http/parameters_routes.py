@@ -36,6 +36,27 @@ router = APIRouter()
 async def from_parameters(request: Request, runtime: Runtime = Depends(get_runtime)) -> Any:
     """Draw an A1111 `parameters` text: JSON `{"parameters": ...}` or `{"image": <PNG base64>}`, or a
     multipart upload (file part `image`, or field `parameters`); `model` optional."""
+    body, reading = await _reading(request)
+    job = await submit(runtime, GenerationSettings.model_validate(reading.settings), "from-parameters")
+    await wait_for(job, request, runtime)
+    images = [
+        GeneratedImage(name=name, url=url, seed=job.spec.seed + index, b64_json=image_b64(runtime, name))
+        for index, (name, url) in enumerate(zip(job.images, image_urls(request, runtime, job)))
+    ]
+    answer = FromParametersResponse.from_job(job, images=images, not_honoured=reading.not_honoured)
+    return JSONResponse(answer.model_dump(mode="json"))
+
+
+@router.post("/v1/images/read-parameters")
+async def read_only(request: Request, runtime: Runtime = Depends(get_runtime)) -> Any:
+    """What `/v1/images/from-parameters` would draw, without drawing: the settings (as `/generate`
+    takes them) and what is not honoured. The web page fills its form from a dropped PNG with it."""
+    _, reading = await _reading(request, runtime)
+    return {"settings": reading.settings, "not_honoured": reading.not_honoured}
+
+
+async def _reading(request: Request, runtime: Runtime | None = None) -> tuple[FromParametersRequest, Reading]:
+    runtime = runtime or get_runtime(request)
     body = await _read_body(request)
     if body.parameters is not None:
         text = body.parameters
@@ -47,15 +68,7 @@ async def from_parameters(request: Request, runtime: Runtime = Depends(get_runti
     if "prompt" not in reading.settings:
         raise InvalidRequest("parameters", "parameters: the text holds no prompt")
     _honour_stored(reading, runtime, body.model)
-    settings = GenerationSettings.model_validate(reading.settings)
-    job = await submit(runtime, settings, "from-parameters")
-    await wait_for(job, request, runtime)
-    images = [
-        GeneratedImage(name=name, url=url, seed=job.spec.seed + index, b64_json=image_b64(runtime, name))
-        for index, (name, url) in enumerate(zip(job.images, image_urls(request, runtime, job)))
-    ]
-    answer = FromParametersResponse.from_job(job, images=images, not_honoured=reading.not_honoured)
-    return JSONResponse(answer.model_dump(mode="json"))
+    return body, reading
 
 
 async def _read_body(request: Request) -> FromParametersRequest:

@@ -141,3 +141,12 @@ def test_from_parameters_refuses_what_it_cannot_read_with_a_400(client):
     assert response.status_code == 400 and "parameters" in response.json()["error"]["message"]
     named = client.post("/v1/images/from-parameters", json={"parameters": "a cat", "model": "nope"})
     assert named.status_code == 404
+
+
+def test_read_parameters_tells_the_settings_without_drawing(client):
+    jobs = len(client.get("/v1/jobs").json()["data"])
+    response = client.post("/v1/images/read-parameters", json={"parameters": "a cat\nSteps: 7, Sampler: Euler, "
+                                                               "CFG scale: 6, Seed: 9, Size: 64x64, Hires upscale: 2"})
+    assert response.status_code == 200, response.text
+    assert response.json()["settings"]["hires_scale"] == 2 and response.json()["settings"]["steps"] == 7
+    assert len(client.get("/v1/jobs").json()["data"]) == jobs
