@@ -88,8 +88,12 @@ class DiffusersEngine(PipelineCache):
         import torch  # here, not at the top: see alice/engine/__init__.py
 
         spec = entries[0].spec  # the batch shares its size and which pipeline draws it (batch_key)
-        loaded = self.get_for_size(model, spec.width, spec.height)
+        # Laid out, and made cheaper after running out of memory, for the size drawn last: a hires
+        # fix's second pass is the larger.
+        width, height = spec.final_size
+        loaded = self.get_for_size(model, width, height)
         pipe = loaded.inpaint if spec.mask_image else loaded.image_to_image if spec.init_image else loaded.pipe
+        hires_pipe = loaded.image_to_image if spec.hires_scale is not None else None
         graphs, eager_calls = graphs_compiled(), _eager_calls(pipe)
         try:
             with loras_applied(pipe, loras, fuse=unet_is_compiled(pipe), should_stop=should_stop), \
@@ -100,8 +104,9 @@ class DiffusersEngine(PipelineCache):
                     entries,
                     max_images=max_images,
                     on_out_of_memory=lambda: self.recover_from_out_of_memory(model),
-                    lay_out_cheaper=lambda: self.lay_out_cheaper(model, spec.width, spec.height),
+                    lay_out_cheaper=lambda: self.lay_out_cheaper(model, width, height),
                     family=loaded.family,
+                    hires_pipe=hires_pipe,
                 )
         except torch.OutOfMemoryError:
             pass  # recovered from below: out of the except block, whose traceback holds the run's tensors

@@ -20,6 +20,7 @@ from PIL import Image
 from alice.engine.embeddings import spell_embeddings
 from alice.engine.families import Family, family_of_pipeline
 from alice.engine.finite import finite_decode
+from alice.engine.hires import first_pass_output, second_pass_arguments, second_pass_steps, upscaled
 from alice.engine.masks import blend_back
 from alice.engine.previews import Preview, PreviewDecoder, decoder_for, preview_steps, unpacked
 from alice.engine.prompt_embeds import encode_prompts, needs_own_encoding
@@ -101,7 +102,8 @@ def images_per_call(spec: GenerationSpec, max_batch: int, max_pixels: int) -> in
     one image at a time (see `_draw`). On a GPU the UNet families' batches are sized by their
     estimated working memory instead (PipelineCache.images_per_call).
     """
-    return max(1, min(max_batch, max_pixels // (spec.width * spec.height)))
+    width, height = spec.final_size  # a hires fix's second pass is the larger
+    return max(1, min(max_batch, max_pixels // (width * height)))
 
 
 def run_generation(
@@ -137,6 +139,7 @@ def run_batch(
     on_out_of_memory: Callable[[], None] | None = None,
     lay_out_cheaper: Callable[[], bool] | None = None,
     family: Family | None = None,
+    hires_pipe: DiffusionPipeline | None = None,
 ) -> list[GenerationOutput | GenerationStopped]:
     """Draw every entry's images (image i of an entry from seed `spec.seed + i`), `max_images`
     to a pipeline call, in order; the entries must share a `batch_key`. Returns, per entry, its
@@ -154,6 +157,8 @@ def run_batch(
     overflows is retried in float32 first: alice/engine/finite.py).
 
     `family` says which arguments the pipeline takes (by default the family of its class).
+    `hires_pipe`: the img2img pipeline over the same components, which draws a hires fix's second
+    pass (alice/engine/hires.py); progress counts both passes' steps.
     The caller must own the pipeline for the duration (ALICE runs one generation at a time):
     the scheduler is replaced for every call.
     """
@@ -177,7 +182,7 @@ def run_batch(
             continue
         out_of_memory = False
         try:
-            drawn = _draw(pipe, base_scheduler_config, entries, call, progress, family)
+            drawn, steps = _draw(pipe, base_scheduler_config, entries, call, progress, family, hires_pipe)
         except torch.OutOfMemoryError:
             if not (len(call) == 1 and may_lay_out) and (not may_split or len(call) == 1):
                 raise
@@ -199,7 +204,7 @@ def run_batch(
             if index not in progress.stopped:
                 images[index].append(image)
                 largest[index] = max(largest[index], len(call))
-        progress.call_done(call, pipe.num_timesteps)
+        progress.call_done(call, steps)
     seconds = time.perf_counter() - started
     return [
         GenerationStopped(progress.stopped[index]) if index in progress.stopped
@@ -240,9 +245,10 @@ class _Progress:
 
 def _draw(
     pipe: DiffusionPipeline, base_scheduler_config: Any, entries: Sequence[BatchEntry], call: list[Row],
-    progress: _Progress, family: Family,
-) -> list[Image.Image]:
-    """One pipeline call for `call`'s rows: their images, in order."""
+    progress: _Progress, family: Family, hires_pipe: DiffusionPipeline | None = None,
+) -> tuple[list[Image.Image], int]:
+    """One pipeline call for `call`'s rows (two with a hires fix): their images, in order, and
+    the denoising steps run."""
     import torch
 
     indices = list(dict.fromkeys(index for index, _ in call))
@@ -278,11 +284,15 @@ def _draw(
         pipe.vae.enable_slicing()
 
     previewing = _Previews(pipe, family, spec, entries, call)
+    hires = spec.hires_scale is not None
+    later_steps = second_pass_steps(spec) if hires else 0  # counted in the first pass's total
+    passed = 0  # the steps of the passes already run
 
     def step_end(pipeline: DiffusionPipeline, step: int, timestep: Any, kwargs: dict) -> dict:
-        if previewing.rows:  # nothing at all when no entry asked for previews
+        total = pipeline.num_timesteps + (later_steps if passed == 0 else passed)
+        if previewing.rows and passed == 0:  # nothing at all when no entry asked; the first pass's latents only
             previewing.step(step + 1, pipeline.num_timesteps, kwargs["latents"], progress.stopped)
-        progress.step(indices, step, pipeline.num_timesteps)
+        progress.step(indices, passed + step, total)
         if all(index in progress.stopped for index in indices):
             # Skips the remaining steps; the pipeline still decodes, and the result is dropped.
             pipeline._interrupt = True
@@ -298,11 +308,26 @@ def _draw(
             num_inference_steps=spec.steps,
             generator=generators[0] if single else generators,
             callback_on_step_end=step_end,
-            output_type="pil",
+            output_type=first_pass_output(spec) if hires else "pil",
         )
+        passed = pipe.num_timesteps
+        if hires and not all(index in progress.stopped for index in indices):
+            assert hires_pipe is not None, "a hires fix needs the img2img pipeline"
+            # The second pass: its own scheduler and generators from the same seeds, as a run of
+            # its own would have (A1111 draws the second pass's noise from the seeds too).
+            hires_pipe.scheduler = build_scheduler(spec.scheduler, base_scheduler_config, seeds[0] if single else seeds)
+            generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+            result = hires_pipe(
+                **text_args,
+                **second_pass_arguments(spec, upscaled(result.images, spec), single),
+                generator=generators[0] if single else generators,
+                callback_on_step_end=step_end,
+                output_type="pil",
+            )
+            passed += hires_pipe.num_timesteps
     if masks[0] is not None:  # the kept area is the client's: the original, not its VAE round trip
-        return [blend_back(kept, drawn, mask) for kept, drawn, mask in zip(inputs, result.images, masks)]
-    return result.images
+        return [blend_back(kept, drawn, mask) for kept, drawn, mask in zip(inputs, result.images, masks)], passed
+    return result.images, passed
 
 
 def prompt_arguments(

@@ -86,6 +86,45 @@ class GenerationSpec:
         Field(ge=0, le=100, description="jpeg/webp quality, 0-100 (100 = best; webp at 100 is lossless); "
                                         "png ignores it."),
     ] = 100
+    # Hires fix (A1111's "Hires. fix"): draw at width x height, upscale, then redraw the upscaled
+    # image with img2img from the same loaded components, `hires_strength` of it. A1111 writes
+    # these itself (alice/protocol/results.py): only when hires_scale is set, and the upscaler by
+    # its own name.
+    hires_scale: Annotated[
+        float | None,
+        Field(
+            ge=1, le=4, allow_inf_nan=False,
+            description="Hires fix: the second pass draws at width x height times this (rounded down to a "
+            "multiple of 8); none = no hires fix.",
+        ),
+    ] = None
+    hires_steps: Annotated[
+        int | None,
+        Field(ge=1, le=150, description="Hires fix: denoising steps of the second pass; none = steps."),
+    ] = None
+    hires_strength: Annotated[
+        float,
+        Field(gt=0, le=1, allow_inf_nan=False,
+              description="Hires fix: how much of the upscaled image the second pass redraws (denoising strength)."),
+    ] = 0.7
+    hires_upscaler: Annotated[
+        Literal["latent", "lanczos"],
+        Field(description="Hires fix: how the first pass is upscaled: `latent` (its latents, bilinear, as "
+                          "A1111's \"Latent\") or `lanczos` (the decoded image, as A1111's \"Lanczos\")."),
+    ] = "latent"
+
+    @property
+    def final_size(self) -> tuple[int, int]:
+        """The size of the images drawn: the hires fix's second pass's, else width x height."""
+        return hires_size(self.width, self.height, self.hires_scale)
+
+
+def hires_size(width: int, height: int, scale: float | None) -> tuple[int, int]:
+    """The hires fix's final size: each side times `scale` rounded down to a multiple of 8 (the
+    latents' grid; A1111 takes int(side x scale) and its latents round the same way)."""
+    if not scale:
+        return width, height
+    return int(width * scale) // 8 * 8, int(height * scale) // 8 * 8
 
 
 def drawing_settings() -> dict[str, tuple[Any, Any]]:
@@ -134,4 +173,6 @@ def batch_key(spec: GenerationSpec) -> tuple:
     }
     shared["strength"] = spec.strength if img2img else None  # text-to-image ignores it
     shared["loras"] = tuple(sorted(spec.loras))
+    if spec.hires_scale is None:  # without a hires fix its other settings do nothing
+        shared.update(hires_steps=None, hires_strength=None, hires_upscaler=None)
     return (img2img, masked, *sorted(shared.items()))

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
-from alice.http import jobs_routes, model_routes, openai_routes, web_routes
+from alice.http import jobs_routes, model_routes, openai_routes, parameters_routes, web_routes
 from alice.http.errors import ApiError, from_exception
 from alice.http.handling import get_runtime
 from alice.downloads.civitai import CivitAIError
@@ -32,6 +32,7 @@ http_app = FastAPI(title="ALICE", docs_url=None, redoc_url=None, openapi_url=Non
 # Before the OpenAI routes: GET /v1/models/{id:path} would otherwise swallow /v1/models/download/status.
 http_app.include_router(model_routes.router)
 http_app.include_router(openai_routes.router)
+http_app.include_router(parameters_routes.router)
 http_app.include_router(jobs_routes.router)
 http_app.include_router(web_routes.router)
 

@@ -21,7 +21,7 @@ from alice.engine.families import Family
 from alice.engine.previews import MAX_PREVIEWS
 from alice.engine.prompt_tags import extract_prompt_loras
 from alice.engine.scheduler_names import canonical_scheduler_name
-from alice.engine.spec import MAX_SEED, MAX_SIDE, GenerationSpec, drawing_settings, setting
+from alice.engine.spec import MAX_SEED, MAX_SIDE, GenerationSpec, drawing_settings, hires_size, setting
 
 MODEL_PREFIX = "sd/"
 MAX_INPUT_IMAGE_CHARS = 28_000_000  # 20 MB of image as base64
@@ -208,6 +208,11 @@ class GenerationSettings(DrawingSettings):  # type: ignore[misc, valid-type]
         if masked and family.inpaint is None:
             raise InvalidRequest("mask", f"{name} models have no inpainting pipeline in diffusers; leave mask "
                                          "and outpaint out")
+        if self.hires_scale is not None and not family.is_unet:
+            # Their latents are packed (FLUX) or video-shaped (Qwen-Image): a second pass over them
+            # is not the A1111 hires fix this is, and nobody has checked its images.
+            raise InvalidRequest("hires_scale", f"the hires fix applies to the Stable Diffusion models (SD 1.x, 2.x, "
+                                                f"XL), not to {name} models; leave hires_scale out")
         if self.requested_loras() and not family.loras:
             raise InvalidRequest("loras", f"LoRAs are not supported for {name} models yet")
         for side in ("width", "height"):
@@ -252,6 +257,14 @@ class GenerationSettings(DrawingSettings):  # type: ignore[misc, valid-type]
         """Limits that come from the operator's configuration and the model, not the schema
         (sizes chosen)."""
         assert self.width is not None and self.height is not None, "choose the size first"
+        final_width, final_height = hires_size(self.width, self.height, self.hires_scale)
+        if self.hires_scale is not None and self.width * self.height <= max_pixels < final_width * final_height:
+            raise InvalidRequest(
+                "hires_scale",
+                f"hires_scale = {self.hires_scale:g} draws {self.width}x{self.height} at {final_width}x{final_height} "
+                f"= {final_width * final_height} pixels, over this server's limit of {max_pixels} pixels "
+                "(ALICE_MAX_PIXELS)",
+            )
         if self.width * self.height > max_pixels:
             raise InvalidRequest(
                 "width",
@@ -270,6 +283,16 @@ class GenerationSettings(DrawingSettings):  # type: ignore[misc, valid-type]
                 "clip_skip",
                 f"clip_skip = {self.clip_skip} is beyond this model's text encoder, which has "
                 f"{text_encoder_layers} layers: at most {text_encoder_layers + 1}",
+            )
+        if self.hires_scale is not None and self.input_image is not None:
+            raise InvalidRequest("hires_scale", "the hires fix is a second pass of text-to-image; leave hires_scale "
+                                                "out of a request with input_image")
+        hires_steps = self.hires_steps or self.steps
+        if self.hires_scale is not None and int(hires_steps * self.hires_strength) < 1:
+            raise InvalidRequest(
+                "hires_strength",
+                f"the hires fix's second pass runs int(hires_steps x hires_strength) steps, and {hires_steps} x "
+                f"{self.hires_strength:g} leaves none: raise hires_steps or hires_strength",
             )
         # diffusers' img2img runs int(steps x strength) of the steps; none left is its crash.
         if self.input_image is not None and int(self.steps * self.strength) < 1:

@@ -25,3 +25,12 @@ class GenerateResponse(GenerationResult):  # type: ignore[misc, valid-type]
     """How the images were made, and the images."""
 
     images: list[GeneratedImage]
+
+
+class FromParametersResponse(GenerateResponse):  # type: ignore[misc, valid-type]
+    """`/v1/images/from-parameters`' answer: `/generate`'s, with what of the text was not honoured."""
+
+    not_honoured: list[str] = Field(
+        description="The settings of the text ALICE drew differently or not at all, each as `Key: value (why)`: "
+                    "a model hash, a sampler or upscaler it lacks, ADetailer, ControlNet, a LoRA not stored."
+    )

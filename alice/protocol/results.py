@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, create_model
 
+from alice.engine.hires import A1111_UPSCALERS
 from alice.engine.masks import FEATHER_PX
 from alice.engine.scheduler_names import a1111_sampler_name
 from alice.engine.spec import GenerationSpec
@@ -45,6 +46,12 @@ class _Parameters(BaseModel):
         for name, label in a1111_labels().items():
             if getattr(values, name) is not None:
                 extra[label] = str(getattr(values, name))
+        if values.hires_scale is not None:  # as A1111 writes it; Size stays the first pass's
+            extra["Hires upscale"] = f"{values.hires_scale:g}"
+            if values.hires_steps:  # A1111 leaves it out when the second pass runs `steps`
+                extra["Hires steps"] = str(values.hires_steps)
+            extra["Hires upscaler"] = A1111_UPSCALERS[values.hires_upscaler]
+            extra["Denoising strength"] = str(values.hires_strength)
         return a1111_parameters(
             prompt=values.prompt,
             negative_prompt=values.negative_prompt,

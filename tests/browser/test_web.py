@@ -7,6 +7,7 @@ each page go to test-output/screenshots/ (desktop and phone size).
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -684,3 +685,41 @@ def test_the_form_follows_the_chosen_models_family(page, server):
     expect(page.locator("#gen-clip-skip-row")).to_be_visible()
     expect(page.locator("#gen-width")).to_have_attribute("step", str(demo["size_multiple"]))
     api(server, "POST", f"/v1/models/{FLUX}/unload")
+
+
+def test_a_dropped_png_fills_the_form_from_its_a1111_text(page, server):
+    """A PNG made by Forge, dropped on the form: its settings fill the form (read by the server's
+    one reader), what ALICE cannot honour is shown; a hires fix drawn from the form is in its PNG."""
+    from PIL.PngImagePlugin import PngInfo
+
+    text = ("a lighthouse at dusk\nNegative prompt: blurry\nSteps: 3, Sampler: Euler a, Schedule type: Automatic, "
+            "CFG scale: 5, Seed: 42, Size: 64x64, Model hash: 31e35c80fc, Denoising strength: 0.5, "
+            "Hires upscale: 2, Hires steps: 2, Hires upscaler: Lanczos, Version: f2.0.1v1.10.1-previous-313-g8a042934")
+    info = PngInfo()
+    info.add_text("parameters", text)
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), "gray").save(buffer, format="PNG", pnginfo=info)
+    page.goto("/web/#/generate")
+    expect(page.locator("#gen-hires-strength")).to_have_value("0.7")  # the declared default, from /v1/settings
+    page.evaluate(
+        """async (b64) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], "forge.png", { type: "image/png" }));
+            document.getElementById("gen-form").dispatchEvent(
+                new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+        }""",
+        base64.b64encode(buffer.getvalue()).decode(),
+    )
+    expect(page.locator("#gen-dropped-notes")).to_contain_text("Model hash: 31e35c80fc")
+    expect(page.locator("#gen-prompt")).to_have_value("a lighthouse at dusk")
+    expect(page.locator("#gen-negative")).to_have_value("blurry")
+    expect(page.locator("#gen-seed")).to_have_value("42")
+    expect(page.locator("#gen-hires-scale")).to_have_value("2")
+    expect(page.locator("#gen-hires-strength")).to_have_value("0.5")
+    expect(page.locator("#gen-hires-upscaler")).to_have_value("lanczos")
+    expect(page.locator("#gen-scheduler")).to_have_value("euler_a")
+    page.click("#gen-submit")
+    page.wait_for_function("() => { const i = document.querySelector('#gen-result img'); return i && i.complete && i.naturalWidth === 128; }", timeout=60_000)
+    job = api(server, "GET", "/v1/jobs").json()["data"][0]
+    assert job["parameters"]["hires_scale"] == 2 and job["parameters"]["hires_upscaler"] == "lanczos"

@@ -1,6 +1,7 @@
 /* The Generate form's fields: filled from settings, read into a `/v1/jobs` body, checked;
  * its LoRA rows and its img2img input image. The form follows the chosen model's family
  * (`/v1/models`' facts): its schedulers, defaults, sizes, and what it takes at all. */
+import { api } from "../lib/api.js";
 import { $, el, fillSelect, setText } from "../lib/dom.js";
 import { loraNames, modelFacts, pipelines, serverSettings } from "../lib/server.js";
 import { maskDataUri, setMaskPicture, wireMaskBrush } from "./mask-brush.js";
@@ -32,6 +33,37 @@ export function wireForm() {
   $("gen-strength").addEventListener("input", updateStrength);
   updateStrength();
   wireMaskBrush();
+  $("gen-form").addEventListener("dragover", (event) => event.preventDefault());
+  $("gen-form").addEventListener("drop", onDroppedPng);
+}
+
+/** A PNG dropped on the form: its A1111 `parameters` text read by the server (the one reader,
+ * alice/protocol/a1111_reading.py) fills the form; what it cannot honour is shown under it. */
+async function onDroppedPng(event) {
+  const file = event.dataTransfer && event.dataTransfer.files[0];
+  if (!file) return;
+  event.preventDefault();
+  const notes = $("gen-dropped-notes");
+  notes.hidden = false;
+  if (file.size > MAX_INPUT_BYTES) {
+    setText(notes, `${file.name} is over ${MAX_INPUT_BYTES / (1024 * 1024)} MB.`);
+    return;
+  }
+  const image = await new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+  try {
+    const read = await api("/v1/images/read-parameters", { method: "POST", body: { image } });
+    applyToForm(read.settings);
+    setText(notes, read.not_honoured.length
+      ? `Filled from ${file.name}; not honoured: ${read.not_honoured.join("; ")}`
+      : `Filled from ${file.name}.`);
+  } catch (error) {
+    setText(notes, `${file.name}: ${error.message}`);
+  }
 }
 
 /** How the chosen model draws: its facts, or for one the server has no facts for (a model not
@@ -162,6 +194,10 @@ export function applyToForm(values, { keepPrompt = false } = {}) {
   $("gen-width").value = values.width ? String(values.width) : "";
   $("gen-height").value = values.height ? String(values.height) : "";
   $("gen-clip-skip").value = values.clip_skip ? String(values.clip_skip) : "";
+  $("gen-hires-scale").value = values.hires_scale ? String(values.hires_scale) : "";
+  $("gen-hires-steps").value = values.hires_steps ? String(values.hires_steps) : "";
+  set("gen-hires-strength", values.hires_strength);
+  set("gen-hires-upscaler", values.hires_upscaler);
   // Steps and guidance given are the user's; the others follow the model chosen.
   for (const [id, name] of [["gen-steps", "steps"], ["gen-guidance", "guidance_scale"]]) {
     const given = values[name] !== undefined && values[name] !== null;
@@ -209,6 +245,11 @@ export function readForm() {
     name: row.querySelector("select").value, scale: Number(row.querySelector("input").value),
   })).filter((lora) => lora.name);
   if (loras.length && facts.loras) body.loras = loras;
+  const hiresScale = optional("gen-hires-scale");
+  if (hiresScale !== undefined) {
+    Object.assign(body, { hires_scale: hiresScale, hires_steps: optional("gen-hires-steps"),
+      hires_strength: optional("gen-hires-strength"), hires_upscaler: $("gen-hires-upscaler").value });
+  }
   if (inputImage && facts.image_to_image) {
     body.input_image = inputImage;
     body.strength = number("gen-strength");
