@@ -100,6 +100,7 @@ class Family:
             "clip_skip": self.clip_skip,
             "image_to_image": self.image_to_image is not None,
             "inpaint": self.inpaint is not None,
+            "hires_fix": self.is_unet,  # the protocol refuses hires_scale elsewhere (generation.py)
             "loras": self.loras,
             "size_multiple": self.size_multiple,
         }

@@ -645,6 +645,7 @@ def test_the_form_follows_the_chosen_models_family(page, server):
     assert options.evaluate_all("os => os.map(o => o.value)") == demo["schedulers"]
     page.select_option("#gen-scheduler", "euler_a")  # an SD sampler: no FLUX scheduler
     page.fill("#gen-negative", "blurry")
+    page.fill("#gen-hires-scale", "2")  # typed for the demo: not sent for FLUX, which takes no hires fix
 
     page.select_option("#gen-model", FLUX)
     expect(page.locator("#gen-scheduler")).to_have_value(schnell["default_scheduler"])
@@ -654,6 +655,9 @@ def test_the_form_follows_the_chosen_models_family(page, server):
     expect(page.locator("#gen-steps")).to_have_value(str(schnell["default_steps"]))
     expect(page.locator("#gen-guidance")).to_have_value("0")
     expect(page.locator("#gen-clip-skip-row")).to_be_hidden()
+    assert schnell["hires_fix"] is False and demo["hires_fix"] is True
+    expect(page.locator("#gen-hires-scale")).to_be_disabled()  # by its fieldset
+    expect(page.locator("#gen-hires-hint")).to_have_text("flux1-schnell models take no hires fix: it is not sent.")
     expect(page.locator("#gen-width")).to_have_attribute("step", str(schnell["size_multiple"]))
     expect(page.locator("#gen-width")).to_have_attribute("placeholder", str(schnell["native_size"]))
     shot(page, "generate-flux")
@@ -667,6 +671,7 @@ def test_the_form_follows_the_chosen_models_family(page, server):
         page.click("#gen-submit")
     body = json.loads(sent.value.post_data)
     assert body["model"] == FLUX and not {"negative_prompt", "steps", "guidance_scale", "scheduler"} & set(body)
+    assert not {"hires_scale", "hires_steps", "hires_strength", "hires_upscaler"} & set(body)
     expect(page.locator("#gen-progress-text")).to_contain_text("Done", timeout=120_000)
     page.wait_for_function("() => { const i = document.querySelector('#gen-result img'); return i && i.complete && i.naturalWidth === 64; }")
     params = page.locator("#gen-params")
@@ -683,6 +688,8 @@ def test_the_form_follows_the_chosen_models_family(page, server):
     expect(page.locator("#gen-negative")).to_have_value("blurry")
     expect(page.locator("#gen-steps")).to_have_value(str(demo["default_steps"]))
     expect(page.locator("#gen-clip-skip-row")).to_be_visible()
+    expect(page.locator("#gen-hires-scale")).to_be_enabled()
+    page.fill("#gen-hires-scale", "")
     expect(page.locator("#gen-width")).to_have_attribute("step", str(demo["size_multiple"]))
     api(server, "POST", f"/v1/models/{FLUX}/unload")
 

@@ -76,7 +76,7 @@ function chosenFacts() {
   return {
     family: "", native_size: null, default_steps: defaults.steps, default_guidance_scale: defaults.guidance_scale,
     default_scheduler: defaults.scheduler, schedulers: (serverSettings && serverSettings.schedulers) || [],
-    guidance: "cfg", negative_prompt: true, clip_skip: true, image_to_image: true, loras: true,
+    guidance: "cfg", negative_prompt: true, clip_skip: true, image_to_image: true, hires_fix: true, loras: true,
     size_multiple: limits.side_multiple || 8,
   };
 }
@@ -106,6 +106,9 @@ export function followModel() {
   hint("gen-negative-hint", facts.negative_prompt ? "" : `${models} take no negative prompt.`);
   hint("gen-guidance-hint", facts.guidance === "none" ? `${models} ignore guidance.` : "");
   $("gen-clip-skip-row").hidden = !facts.clip_skip;
+  // An older server's facts say nothing of the hires fix: offer it, and let the server answer.
+  $("gen-hires-set").disabled = facts.hires_fix === false;
+  hint("gen-hires-hint", facts.hires_fix === false ? `${models} take no hires fix: it is not sent.` : "");
   $("gen-image-set").disabled = !facts.image_to_image;
   hint("gen-image-hint", facts.image_to_image ? "" : `${models} draw no img2img: the input image is not sent.`);
   refreshLoraChoices();
@@ -245,7 +248,7 @@ export function readForm() {
     name: row.querySelector("select").value, scale: Number(row.querySelector("input").value),
   })).filter((lora) => lora.name);
   if (loras.length && facts.loras) body.loras = loras;
-  const hiresScale = optional("gen-hires-scale");
+  const hiresScale = facts.hires_fix === false ? undefined : optional("gen-hires-scale");
   if (hiresScale !== undefined) {
     Object.assign(body, { hires_scale: hiresScale, hires_steps: optional("gen-hires-steps"),
       hires_strength: optional("gen-hires-strength"), hires_upscaler: $("gen-hires-upscaler").value });
