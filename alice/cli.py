@@ -21,6 +21,7 @@ logging.getLogger("transformers.utils.import_utils").addFilter(
 
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
+from alice.engine.preview_decoders import families_sharing_latents, is_tiny_autoencoder_folder  # noqa: E402
 from alice.engine.spec import setting, setting_limit  # noqa: E402
 from alice.models import checkpoints  # noqa: E402
 from alice.models import store as model_store  # noqa: E402
@@ -136,8 +137,10 @@ def models_list() -> None:
 
 
 def _model_type(model: model_store.StoredModel) -> str:
-    """`sd15` for a pipeline (`sd15 inpainting` for an inpainting checkpoint); other kinds (LoRAs,
-    later) say so: `lora/sdxl`."""
+    """`sd15` for a pipeline (`sd15 inpainting` for an inpainting checkpoint); other kinds say so:
+    `lora/sdxl`, `preview/sd15,sd2`."""
+    if model.kind == model_store.PREVIEW:  # one decoder previews every family sharing its latents
+        return f"preview/{','.join(families_sharing_latents(model.family))}"
     if model.kind != model_store.PIPELINE:
         return f"{model.kind}/{model.family}"
     return f"{model.family} inpainting" if model.inpainting else model.family
@@ -148,8 +151,9 @@ def models_import(
     path: Path = typer.Argument(
         ..., help="A diffusers pipeline folder (SD 1.x, 2.x, XL, 3; FLUX.1; Chroma; Z-Image; FLUX.2 Klein; "
                   "Qwen-Image), a single-file .safetensors checkpoint (SD 1.x, 2.x, SDXL), "
-                  "a transformer-only .safetensors or .gguf (with --base), or a textual-inversion "
-                  "embedding (A1111's .pt or .safetensors)."
+                  "a transformer-only .safetensors or .gguf (with --base), a textual-inversion "
+                  "embedding (A1111's .pt or .safetensors), or a tiny autoencoder folder for live previews "
+                  "(diffusers' AutoencoderTiny: TAESD, TAESDXL, TAESD3, TAEF1)."
     ),
     name: str = typer.Option(..., "--name", help="The model's id in ALICE (lowercase letters, digits, . _ -)."),
     lora: bool = typer.Option(False, "--lora", help="The file is a LoRA, not a checkpoint."),
@@ -158,9 +162,14 @@ def models_import(
         help="For a transformer-only file (.gguf, a FLUX fine-tune): the stored model of its family whose "
              "text encoders, tokenizers and VAE it uses.",
     ),
+    family: str = typer.Option(
+        None, "--family",
+        help="For a tiny autoencoder folder: the family whose latents it decodes (sd15, sdxl, sd3, flux1-dev, ...); "
+             "by default told by its released name in the folder's or --name's (taesd, taesdxl, taesd3, taef1).",
+    ),
 ) -> None:
     """Import a diffusers folder, a single-file checkpoint (converted offline), a transformer-only
-    file onto a stored model's other parts, or a LoRA into the model store."""
+    file onto a stored model's other parts, a LoRA, or a preview decoder into the model store."""
     try:
         if lora:
             model = checkpoints.import_lora_file(path, name)
@@ -168,6 +177,8 @@ def models_import(
             model = checkpoints.import_checkpoint_file(path, name, base=base)
         elif base is not None:
             raise ValueError(f"--base is for a transformer-only file; {path} is a folder")
+        elif family is not None or is_tiny_autoencoder_folder(path):
+            model = checkpoints.import_preview_decoder_folder(path, name, family=family)
         else:
             model = checkpoints.import_pipeline_folder(path, name)
     except ValueError as exc:  # InvalidModelName is one too

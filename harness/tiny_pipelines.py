@@ -144,6 +144,25 @@ def vae_16ch(scaling_factor: float, shift_factor: float) -> Any:
     ).eval()
 
 
+def tiny_autoencoder(latent_channels: int = 4, seed: int = SEED) -> Any:
+    """AutoencoderTiny like TAESD's (4 latent channels) or TAEF1's (16): the real 8x upscale,
+    blocks of 8 channels, random weights (the shapes are the point)."""
+    from diffusers import AutoencoderTiny
+
+    with _seeded(seed):
+        return AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                               num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1),
+                               latent_channels=latent_channels).eval()
+
+
+def build_tiny_autoencoder(folder: Path, latent_channels: int = 4) -> Path:
+    """A tiny autoencoder's folder as madebyollin/taesd ships one: config.json and
+    diffusion_pytorch_model.safetensors, no model_index.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tiny_autoencoder(latent_channels).save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
 def flow_scheduler(dynamic: bool, shift: float = 3.0) -> Any:
     """FlowMatchEuler as the real repos configure it: FLUX-dev/Chroma/Z-Image shift per
     resolution (`use_dynamic_shifting`, the pipeline passes `mu`); SD3 and schnell don't."""

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from alice.engine.preview_decoders import CONFIG, TINY_AUTOENCODER_CLASS
+
 if TYPE_CHECKING:  # imported when first used: the service's main process never is (alice/engine/__init__.py)
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile
@@ -23,6 +25,7 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 CONFIG_SUFFIXES = (".json", ".txt", ".model")  # configs, tokenizer vocabularies and merges
 WEIGHT_SUFFIX = ".safetensors"
 MODEL_INDEX = "model_index.json"
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
 TRANSFORMER = "transformer"  # the component a base leaves out (alice/engine/transformer_files.py says so too)
 
 
@@ -97,6 +100,8 @@ def plan(repo_id: str, filename: str | None, revision: str, *, without_transform
             _check_access(repo_id, commit, filename)
         return RepoPlan(repo_id, commit, chosen, is_pipeline=False)
     if not any(f.path == MODEL_INDEX for f in tree):
+        if not without_transformer and (files := _tiny_autoencoder_files(repo_id, commit, tree)):
+            return RepoPlan(repo_id, commit, files, is_pipeline=True)  # imported as a preview decoder
         raise HubError(f"{repo_id} is not a diffusers pipeline (no model_index.json); name a .safetensors or .gguf file")
     with _refusals(repo_id, f"cannot read model_index.json of {repo_id}"):
         index = json.loads(_read_file(repo_id, commit, MODEL_INDEX))
@@ -105,6 +110,23 @@ def plan(repo_id: str, filename: str | None, revision: str, *, without_transform
         raise HubError(f"{repo_id} has no transformer to leave out (its pipeline is {index.get('_class_name')})")
     skipped = {TRANSFORMER} if without_transformer else set()
     return RepoPlan(repo_id, commit, pipeline_files(tree, components, skip_weights_of=skipped), is_pipeline=True)
+
+
+def _tiny_autoencoder_files(repo_id: str, commit: str, tree: list[RepoFile]) -> list[RepoFile]:
+    """A tiny autoencoder's repo (madebyollin/taesd, taesdxl, taesd3, taef1: a diffusers
+    AutoencoderTiny at the top, no model_index.json): its config.json and one format of its
+    diffusers weights, leaving the original code's .pth and the .bin copies; none for another repo."""
+    if not any(f.path == CONFIG for f in tree):
+        return []
+    with _refusals(repo_id, f"cannot read {CONFIG} of {repo_id}"):
+        config = json.loads(_read_file(repo_id, commit, CONFIG))
+    if not isinstance(config, dict) or config.get("_class_name") != TINY_AUTOENCODER_CLASS:
+        return []
+    weights = _one_format([f for f in tree if "/" not in f.path and f.path.startswith(DIFFUSERS_WEIGHTS)
+                           and f.path.endswith(WEIGHT_SUFFIX)])
+    if not weights:
+        raise HubError(f"{repo_id} is a tiny autoencoder without {DIFFUSERS_WEIGHTS}.safetensors weights")
+    return [f for f in tree if f.path == CONFIG] + weights
 
 
 def pipeline_components(index: dict[str, Any]) -> set[str]:
@@ -139,7 +161,7 @@ def _one_format(weights: list[RepoFile]) -> list[RepoFile]:
     else whichever the folder has (a repo of bf16 files only)."""
     variants: dict[str | None, list[RepoFile]] = {}
     for f in weights:
-        variants.setdefault(_variant(f.path.rsplit("/", 1)[1]), []).append(f)
+        variants.setdefault(_variant(f.path.rsplit("/", 1)[-1]), []).append(f)
     for wanted in ("fp16", None):
         if wanted in variants:
             return variants[wanted]

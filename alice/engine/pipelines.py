@@ -36,6 +36,8 @@ from alice.engine.model_sizes import preset_inputs
 from alice.engine.pipeline_configs import is_inpainting_checkpoint
 from alice.engine.placement import apply_preset, enable_vae_tiling
 from alice.engine.presets import check_fits, plan_preset, preset_for
+from alice.engine.preview_decoders import load_tiny_autoencoder
+from alice.engine.previews import TINY_AUTOENCODER_ATTRIBUTE
 from alice.engine.relayout import relayout
 from alice.engine.text_cache import cache_text_outputs
 from alice.engine.transformer_files import transformer_from_file
@@ -277,7 +279,8 @@ class LoadedPipeline:
 
             if self.family.image_to_image is None:
                 raise ValueError(f"{self.family.name} models have no image-to-image pipeline in diffusers")
-            self._image_to_image = getattr(diffusers, self.family.image_to_image).from_pipe(self.pipe)
+            self._image_to_image = _with_preview_decoder(
+                getattr(diffusers, self.family.image_to_image).from_pipe(self.pipe), self.pipe)
             self._image_to_image.set_progress_bar_config(disable=True)
         return self._image_to_image
 
@@ -298,9 +301,17 @@ class LoadedPipeline:
 
             if self.family.inpaint is None:
                 raise ValueError(f"{self.family.name} models have no inpainting pipeline in diffusers")
-            self._inpaint = getattr(diffusers, self.family.inpaint).from_pipe(self.pipe)
+            self._inpaint = _with_preview_decoder(getattr(diffusers, self.family.inpaint).from_pipe(self.pipe), self.pipe)
             self._inpaint.set_progress_bar_config(disable=True)
         return self._inpaint
+
+
+def _with_preview_decoder(variant: DiffusionPipeline, pipe: DiffusionPipeline) -> DiffusionPipeline:
+    """from_pipe builds a variant of the loaded modules only: it carries the tiny autoencoder too."""
+    tiny = getattr(pipe, TINY_AUTOENCODER_ATTRIBUTE, None)
+    if tiny is not None:
+        setattr(variant, TINY_AUTOENCODER_ATTRIBUTE, tiny)
+    return variant
 
 
 class PipelineCache:
@@ -322,9 +333,13 @@ class PipelineCache:
         options: MemoryOptions = MemoryOptions(),
         on_load: Callable[[str, float], None] | None = None,
         on_cheaper_layout: Callable[[str, str], None] | None = None,
+        preview_decoder: Callable[[str], Path | None] | None = None,
     ) -> None:
         """`on_load(model, seconds)` after each load; `on_cheaper_layout(model, layout_name)` each
-        time a model is laid out cheaper after running out of memory (the runtime counts both)."""
+        time a model is laid out cheaper after running out of memory (the runtime counts both).
+        `preview_decoder(family)` is the folder of a tiny autoencoder for that family's latents, or
+        None (the runtime looks in the model store): loaded beside each model of the family."""
+        self._preview_decoder = preview_decoder or (lambda family: None)
         self._locate = locate
         self._placement = placement
         self._capacity = cache_capacity(placement.facts, budget_bytes or None)
@@ -378,6 +393,7 @@ class PipelineCache:
         )
         started = time.perf_counter()
         pipe = load_pipeline(folder, self._placement, self._options, preset)
+        self._attach_preview_decoder(pipe, family, name)
         measured = weights_footprint(pipe, preset, self._placement, self._options.max_pixels)
         loaded = LoadedPipeline(
             name, pipe, pipe.scheduler.config, time.perf_counter() - started, measured.weights, preset, measured,
@@ -387,6 +403,23 @@ class PipelineCache:
         self._loaded[name] = loaded
         self._on_load(name, loaded.load_seconds)
         return loaded
+
+    def _attach_preview_decoder(self, pipe: DiffusionPipeline, family: Family, name: str) -> None:
+        """Set the store's tiny autoencoder for the family on the pipeline (previews.decoder_for
+        uses it, only for a job that asks for previews), on the device where the pipeline runs,
+        in its dtype: with CPU offload that is the card, which the latents are on at each step.
+        A decoder that does not load leaves the linear preview: the model is served all the same."""
+        folder = self._preview_decoder(family.name)
+        if folder is None:
+            return
+        try:
+            tiny = load_tiny_autoencoder(folder, pipe._execution_device, self._placement.dtype)
+        except Exception as exc:  # a broken stored folder must not keep the model from loading
+            logger.warning("preview decoder %s for %s did not load, previews use the linear map: %s: %s",
+                           folder.name, name, type(exc).__name__, exc)
+            return
+        setattr(pipe, TINY_AUTOENCODER_ATTRIBUTE, tiny)
+        logger.info("previews of %s through the tiny autoencoder %s", name, folder.name)
 
     def images_per_call(self, name: str, spec: GenerationSpec, max_batch: int) -> int:
         """How many images of the spec's size one call of model `name` may draw, at most

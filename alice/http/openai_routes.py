@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from alice.engine.preview_decoders import families_sharing_latents
 from alice.models import store as model_store
 from alice.http.errors import ApiError, job_error
 from alice.http.handling import get_runtime, image_b64, image_urls, read_json_object, result_metadata, submit, wait_for
@@ -191,7 +192,10 @@ def list_models(runtime: Runtime = Depends(get_runtime)) -> Any:
     ]
     # Embeddings are named in prompts, not drawn with: beside the models, so no client picks one as a model.
     embeddings = [{"name": m.name, "family": m.family} for m in model_store.embeddings()]
-    return {"object": "list", "data": data, "embeddings": embeddings}
+    # Tiny autoencoders decode live previews of the families sharing their latents: likewise beside.
+    preview_decoders = [{"name": m.name, "family": m.family, "families": families_sharing_latents(m.family)}
+                        for m in model_store.preview_decoders()]
+    return {"object": "list", "data": data, "embeddings": embeddings, "preview_decoders": preview_decoders}
 
 
 def drawing_facts(model: model_store.StoredModel) -> dict[str, Any]:

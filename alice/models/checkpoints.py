@@ -18,6 +18,7 @@ from alice.engine.embeddings import EMBEDDING_FILE, embedding_family, read_embed
 from alice.engine.families import detect_family, family_named, lora_family
 from alice.engine.folder_check import FolderDoesNotLoad, check_folder_loads
 from alice.engine.pipelines import choose_placement, load_pipeline
+from alice.engine.preview_decoders import is_tiny_autoencoder_folder, load_tiny_autoencoder, preview_family
 from alice.engine.single_file import convert_single_file, detect_checkpoint_family
 from alice.engine.transformer_files import is_transformer_file
 from alice.models.store import (
@@ -25,6 +26,7 @@ from alice.models.store import (
     LORA,
     LORA_FILE,
     PIPELINE,
+    PREVIEW,
     ModelNotFound,
     StoredModel,
     get_model,
@@ -39,6 +41,8 @@ def import_pipeline_folder(folder: Path, name: str, *, source: str = "local") ->
     loads as that family's pipeline (the serving code path), then store a copy labelled with it."""
     validate_model_name(name)
     folder = Path(folder)
+    if is_tiny_autoencoder_folder(folder):  # a TAESD-like decoder for previews, not a model to draw with
+        return import_preview_decoder_folder(folder, name, source=source)
     if not (folder / "model_index.json").is_file():
         raise ValueError(f"{folder} is not a diffusers pipeline folder (it has no model_index.json)")
     if holds_no_transformer(folder):  # text encoders and VAE alone: a base for transformer files
@@ -46,6 +50,25 @@ def import_pipeline_folder(folder: Path, name: str, *, source: str = "local") ->
     family = detect_family(folder)
     _check_loads(folder, family)
     return store_folder(folder, name, kind=PIPELINE, family=family, source=source)
+
+
+def import_preview_decoder_folder(
+    folder: Path, name: str, *, family: str | None = None, source: str = "local"
+) -> StoredModel:
+    """Store a tiny autoencoder folder (diffusers' AutoencoderTiny) for live previews, labelled
+    with the family it was made for: `family`, else the released name (taesd, taesdxl, taesd3,
+    taef1) in the folder's, the model's or the source's name; checked to load on the CPU.
+    It previews every family sharing that family's latents (SD 1.x and 2.x; FLUX.1, Chroma, Z-Image)."""
+    import torch
+
+    validate_model_name(name)
+    folder = Path(folder)
+    family = preview_family(folder, family, hints=(name, folder.name, source))  # a ValueError says why not
+    try:
+        load_tiny_autoencoder(folder, "cpu", torch.float32)
+    except Exception as exc:  # missing or mis-shaped weights
+        raise ValueError(f"{folder} does not load as a tiny autoencoder: {type(exc).__name__}: {exc}") from exc
+    return store_folder(folder, name, kind=PREVIEW, family=family, source=source)
 
 
 def import_checkpoint_file(path: Path, name: str, *, source: str = "local", base: str | None = None) -> StoredModel:

@@ -24,6 +24,7 @@ from bentoml.exceptions import NotFound
 
 from alice.engine.families import DEFAULT_FAMILY, FAMILIES, Family
 from alice.engine.pipeline_configs import is_inpainting_checkpoint, native_size, text_encoder_layers
+from alice.engine.preview_decoders import families_sharing_latents
 
 logger = logging.getLogger("alice.models")
 
@@ -35,6 +36,9 @@ LORA = "lora"
 BASE = "base"
 # A textual-inversion embedding (alice/engine/embeddings.py): named by prompts, not drawn with.
 EMBEDDING = "embedding"
+# A tiny autoencoder (diffusers' AutoencoderTiny: TAESD, TAEF1, ...) labelled with the family it
+# was made for: live previews of that family's models (and those sharing its latents) at full size.
+PREVIEW = "preview"
 LORA_FILE = "lora.safetensors"  # the one file in a stored LoRA's folder
 # bentoml's own tag rule (bentoml._internal.tag): 1-63 chars, lowercase alnum at both ends.
 _NAME = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?")
@@ -125,6 +129,18 @@ def get_lora(name: str) -> StoredModel:
 def embeddings() -> list[StoredModel]:
     """The stored textual-inversion embeddings."""
     return [model for model in list_models() if model.kind == EMBEDDING]
+
+
+def preview_decoders() -> list[StoredModel]:
+    """The stored tiny autoencoders for live previews."""
+    return [model for model in list_models() if model.kind == PREVIEW]
+
+
+def preview_decoder_for(family: str) -> StoredModel | None:
+    """The stored tiny autoencoder that decodes `family`'s latents (the newest import, where
+    several do), or None."""
+    fitting = [m for m in preview_decoders() if family in families_sharing_latents(m.family)]
+    return max(fitting, key=lambda m: m.created, default=None)
 
 
 def store_folder(

@@ -105,11 +105,21 @@ class Runtime:
         )
         return DiffusersEngine(
             self._locate_model, self.placement, budget, options, on_load=self.readiness.model_loaded,
-            on_cheaper_layout=self.summary.laid_out_cheaper,
+            on_cheaper_layout=self.summary.laid_out_cheaper, preview_decoder=self._locate_preview_decoder,
         )
 
     def _locate_model(self, name: str) -> Path:
         return model_store.get_model(name).path
+
+    def _locate_preview_decoder(self, family: str) -> Path | None:
+        """The store's tiny autoencoder for a family's previews, read at each model's load: one
+        imported later is used from the model's next load."""
+        try:
+            stored = model_store.preview_decoder_for(family)
+        except Exception as exc:  # an unreadable store entry costs the previews' quality, not the model
+            logger.warning("cannot look for a preview decoder for %s: %s: %s", family, type(exc).__name__, exc)
+            return None
+        return stored.path if stored is not None else None
 
     def start(self, phases: StartPhases | None = None) -> Runtime:
         """Start the worker (which loads the default model first) and the retention sweep;

@@ -12,6 +12,7 @@ import pytest
 from alice.downloads.fetch import UNREACHABLE
 from alice.engine.demo import save_untrained_demo
 from harness.lora import write_demo_lora
+from harness.tiny_pipelines import build_tiny_autoencoder
 from tests.downloads.fake_sources import FakeSources, start
 from tests.http.conftest import start_client
 
@@ -25,6 +26,9 @@ def sources(tmp_path_factory):
     server = start(sources)
     save_untrained_demo(tmp / "tiny-sd", seed=4)
     sources.hf_repos["alice-tests/tiny-sd"] = tmp / "tiny-sd"
+    taesdxl = build_tiny_autoencoder(tmp / "taesdxl")
+    (taesdxl / "taesdxl_decoder.pth").write_bytes(b"the original code's weights: not fetched")
+    sources.hf_repos["madebyollin/taesdxl"] = taesdxl
     lora = write_demo_lora(tmp / "lora")
     sources.add_civitai_file(101, 1001, "Inky Style", "LORA", lora)
     sources.add_civitai_file(102, 1002, "Broken Hash", "LORA", lora, sha256="00" * 32)
@@ -76,6 +80,18 @@ def test_huggingface_pipeline_download_imports_and_generates(client):
     response = client.post("/generate", json={"prompt": "x", "model": "sd/tiny-sd", "width": 64, "height": 64,
                                                "steps": 2})
     assert response.status_code == 200
+
+
+def test_huggingface_tiny_autoencoder_download_imports_a_preview_decoder(client, sources):
+    accepted = client.post("/v1/models/download/huggingface", json={"modelId": "madebyollin/taesdxl"})
+    task = wait_task(client, accepted.json()["id"])
+    assert task["status"] == "completed" and task["model"] == "sd/taesdxl", task
+    folder = sources.hf_repos["madebyollin/taesdxl"]
+    wanted = {"config.json", "diffusion_pytorch_model.safetensors"}  # not the .pth of taesd's own code
+    assert task["totalSize"] == sum((folder / name).stat().st_size for name in wanted)
+    listing = client.get("/v1/models").json()
+    assert {"name": "taesdxl", "family": "sdxl", "families": ["sdxl"]} in listing["preview_decoders"]
+    assert "sd/taesdxl" not in model_ids(client)  # no model to draw with
 
 
 def test_civitai_lora_download_uses_the_token_in_a_header(client, sources):

@@ -72,12 +72,10 @@ def test_a_preview_of_the_final_latents_resembles_the_image_and_changes_no_bit(d
 
 
 def test_a_tiny_autoencoder_previews_at_the_full_size(demo_pipeline):
-    from diffusers import AutoencoderTiny
+    from harness.tiny_pipelines import tiny_autoencoder
 
     pipe, _ = demo_pipeline
-    torch.manual_seed(0)  # a random tiny autoencoder, built offline: the shapes are the point
-    tiny = AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
-                           num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1), latent_channels=4).eval()
+    tiny = tiny_autoencoder()  # random weights, built offline: the shapes are the point
     setattr(pipe, previews.TINY_AUTOENCODER_ATTRIBUTE, tiny)
     try:
         decoder = previews.decoder_for(pipe, "sd15")
