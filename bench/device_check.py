@@ -8,17 +8,31 @@
 Sections, in this order (the most wanted first, as the budget may end the run early):
 - preset: the card, the dtype and the memory preset `auto` picks for every family
   (alice/engine/presets.py), channels_last, whether compile may run here;
-- sd15: SD 1.5 at 512x512, as the server draws it (auto preset);
-- sdxl: SDXL at 1024x1024, auto preset;
+- sd15: SD 1.5 at 512x512, as the server draws it (auto preset), then the same pipeline with
+  channels_last the other way (auto turns it on where tensor cores are): time ratio and PSNR;
+- sdxl: SDXL at 1024x1024, auto preset, then channels_last the other way, as sd15;
 - precision: SD 1.5 in fp32, fp16, fp16 storage with fp32 compute (diffusers' layerwise casting)
   and bf16 on this card, each image against fp32's (PSNR);
-- batching: images/s drawing 1, 2, 4 and 8 SD 1.5 images in one call;
+- batching: images/s drawing 1, 2, 4 and 8 SD 1.5 images in one call; then the batch
+  PipelineCache.images_per_call picks (capped by memory) for SD 1.5 at 512 and SDXL at 1024,
+  drawn once: in one call or split, its peak reserved memory against the card's;
+- offload: SD 1.5 and SDXL with model and with sequential CPU offload (load_pipeline with
+  ALICE_CPU_OFFLOAD), one image of 8 steps each: whether it draws, time, peak reserved memory; a
+  layout that fails is an error of its line, its text kept in full in the JSON;
+- relayout: the re-layout after running out of memory (PipelineCache.lay_out_cheaper, then
+  get_for_size back), SD 1.5 at 512: none -> model offload -> none in place, each re-layout's
+  seconds and each image against the first (PSNR);
 - memory: bench.memory's GPU figures (where that module is in the tree);
-- one section per `--transformers` architecture at 1024x1024 (SD 3.5 Medium by default; FLUX.1
-  schnell is 34 GB of random weights to build, write and read back: ask for it);
-- compile: ALICE_COMPILE_UNET's compile time and its speedup over eager (where it may run), last
-  and in its own process: Triton's autotuning may take minutes, and what it has not finished when
-  the budget ends is killed and reported as timed out.
+- one section per `--transformers` architecture at 1024x1024, as planned and with group offload
+  (SD 3.5 Medium by default; FLUX.1 schnell is 34 GB of random weights to build, write and read
+  back: ask for it);
+- compile: SD 1.5's UNet compiled as the server does (compiled_unet.compile_and_warm for 512x512,
+  1-4 images a call): graphs, warm-up seconds, eager vs compiled time per call, and another size
+  drawn eager without a recompile; last and in its own process: Triton's autotuning may take
+  minutes, and what it has not finished when the budget ends is killed and reported as timed out.
+All of them take longer than the default budget on an H100 (SECTION_SECONDS adds up to about
+11 minutes): the run keeps the order above, reports the rest skipped, and `--sections` runs those
+next (15 minutes of a lent device hold two runs).
 Per line: the median time per call, it/s, images/s, the allocator's peak reserved memory and the
 card's use by the driver (bench/card.py), NaN drawings and float32 VAE retries (finite.py), load
 and first-call times. The drawings are bench.gpu's: its prompt, seed and scheduler (SD's
@@ -37,8 +51,11 @@ rows and details) and device_check.md (a table to paste into bench/RESULTS.md).
 Weights are random (bench/random_pipelines.py, from alice/configs; built on the card where they
 fit, else on the CPU): the images mean nothing, speed and memory are the real models'. `--cpu` uses
 the demo model for SD 1.5 (64 px) and the architectures shrunk to a few narrow layers for the rest,
-1 step, one timed call, batches of 1 and 2, no fp16 line (emulated on the CPU, 10x slower): it
-proves the script runs end to end, not how fast anything is.
+1 step, one timed call, batches of 1 and 2, no fp16 line (emulated on the CPU, 10x slower), SDXL's
+offload and images_per_call lines left out (the same code as SD 1.5's), the offload layouts and the
+re-layout applied with relayout() itself (load_pipeline and PipelineCache offload nothing on the
+CPU), and compile's compiled code the UNet's eager forward standing in (inductor's CPU compile
+takes minutes): it proves the script runs end to end, not how fast anything is.
 """
 
 from __future__ import annotations
@@ -60,15 +77,15 @@ from typing import Any
 
 import torch
 
-from bench import device_sections
+from bench import device_layouts, device_sections
 from bench.card import card_facts, describe
 from bench.device_sections import Context, Outcome, SectionSkipped
 
 # About how long each section takes on an H100 (weights built, saved and loaded included): one is
 # skipped when less than this is left. Estimates from the models' sizes (no GPU has run this yet):
 # correct them from the report's `seconds` after the first run.
-SECTION_SECONDS = {"preset": 5, "sd15": 30, "sdxl": 45, "precision": 60, "batching": 40, "memory": 60,
-                   "sd35-medium": 100, "flux1-schnell": 210, "compile": 60}
+SECTION_SECONDS = {"preset": 5, "sd15": 35, "sdxl": 60, "precision": 60, "batching": 75, "offload": 60,
+                   "relayout": 20, "memory": 60, "sd35-medium": 130, "flux1-schnell": 260, "compile": 150}
 DEFAULT_TRANSFORMERS = "sd35-medium"
 TABLE_COLUMNS = ("section", "line", "s/call", "it/s", "images/s", "reserved GiB", "card GiB", "NaN", "PSNR dB",
                  "notes")
@@ -92,6 +109,8 @@ def sections(args: argparse.Namespace) -> dict[str, Callable[[Context], Outcome]
         "sdxl": device_sections.sdxl,
         "precision": device_sections.precision,
         "batching": device_sections.batching,
+        "offload": device_layouts.offload,
+        "relayout": device_layouts.relayout_in_place,
         "memory": lambda ctx: device_sections.memory(ctx, args.memory_args.split()),
     }
     for architecture in filter(None, args.transformers.split(",")):

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from alice.engine.compiled_unet import CompiledShapes, compile_and_warm, graphs_compiled
 from alice.engine.demo import DEMO_MODEL_DIR
 from alice.engine.device import FAMILIES, MemoryOptions, has_tensor_cores
 from alice.engine.families import Family, detect_family, family_named
@@ -34,10 +35,13 @@ from alice.engine.finite import NonFiniteOutput
 from alice.engine.generate import BatchEntry, run_batch
 from alice.engine.memory_figures import TRANSFORMER_FAMILIES
 from alice.engine.pipelines import (
+    PipelineCache,
     choose_placement,
     compile_refusal,
+    compile_unet as compile_unet_in_place,
     host_compiler,
     load_pipeline,
+    memory_preset,
     unet_is_compiled,
 )
 from alice.engine.presets import preset_for
@@ -47,6 +51,10 @@ from bench.gpu import drawing_for, format_psnr, free_memory, psnr, save_dtype, s
 from bench.random_pipelines import CONFIGS, random_pipeline_folder
 
 BATCH_SIZES = (1, 2, 4, 8)
+MAX_BATCH_CEILING = 64  # ALICE_MAX_BATCH's largest value (alice/config.py): what memory alone allows
+DEFAULT_MAX_BATCH = 8  # its default
+COMPILE_IMAGES = 4  # the compiled shapes' batches on a card: 1 to this many images a call
+FIT_STEPS = 2  # a batch's fit check: every step needs the same memory, so two tell as much as 25
 CPU_BATCH_SIZES = (1, 2)  # --cpu proves the section runs; 8 images even at 64 px cost the suite seconds
 DRAWN_FAMILIES = ("sd15", "sdxl", "sd3", "flux1-schnell")  # the preset rows: what this check draws
 
@@ -244,16 +252,49 @@ def preset(ctx: Context) -> Outcome:
 
 
 def sd15(ctx: Context) -> Outcome:
-    """SD 1.5 at 512x512 as the server draws it (auto preset)."""
-    line, _ = load_and_measure(ctx, ctx.folder("sd15"), ctx.sd_size, "ALICE auto")
-    return Outcome(rows=[line])
+    """SD 1.5 at 512x512 as the server draws it (auto preset), then with channels_last the other way."""
+    return auto_and_channels_last(ctx, ctx.folder("sd15"), ctx.sd_size)
 
 
 def sdxl(ctx: Context) -> Outcome:
-    """SDXL at 1024x1024 as the server draws it (auto preset)."""
-    line, _ = load_and_measure(ctx, ctx.folder("sdxl"), ctx.sdxl_size, "ALICE auto")
-    ctx.drop_folder("sdxl")
-    return Outcome(rows=[line])
+    """SDXL at 1024x1024 as the server draws it (auto preset), then with channels_last the other way.
+    Its folder stays for the batching and offload sections (the transformer sections drop it)."""
+    return auto_and_channels_last(ctx, ctx.folder("sdxl"), ctx.sdxl_size)
+
+
+def auto_and_channels_last(ctx: Context, folder: Path, size: int) -> Outcome:
+    """The auto preset's line, then the same pipeline's UNet switched to the other memory format
+    (issue 28 item 8: auto turns channels_last on where tensor cores are, unmeasured): the same
+    drawing, its time against auto's and its image against auto's (PSNR). The switch is in
+    place, so the second line costs no load; its error ends that line alone."""
+    family = family_named(detect_family(folder))
+    drawing = drawing_for(family, size, ctx.steps)
+    started = time.perf_counter()
+    pipe = load_pipeline(folder, choose_placement(ctx.device), MemoryOptions())
+    try:
+        load_s = time.perf_counter() - started
+        auto_on = pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+        measured = measure(ctx, pipe, family, drawing.spec)
+        measured.load_s = load_s
+        rows = [row("ALICE auto", measured, drawing.spec.steps, size=size,
+                    note=f"channels_last {'on' if auto_on else 'off'}")]
+        label = f"channels_last {'off' if auto_on else 'on'}"
+        try:
+            pipe.unet.to(memory_format=torch.contiguous_format if auto_on else torch.channels_last)
+            other = measure(ctx, pipe, family, drawing.spec)
+            line = row(label, other, drawing.spec.steps, size=size)
+            if measured.seconds and other.seconds:
+                ratio = statistics.median(other.seconds) / statistics.median(measured.seconds)
+                line["note"] = f"x{ratio:.2f} auto's time per call"
+            if measured.image is not None and other.image is not None:
+                line.update(psnr_db=format_psnr(psnr(other.image, measured.image)), psnr_vs="auto")
+        except Exception as error:
+            line = {"line": label, "status": "error", "note": f"{type(error).__name__}: {error}"[:300]}
+        rows.append(line)
+    finally:
+        del pipe
+        free_memory()
+    return Outcome(rows=rows)
 
 
 def precision(ctx: Context) -> Outcome:
@@ -298,12 +339,15 @@ def precision(ctx: Context) -> Outcome:
 
 def batching(ctx: Context) -> Outcome:
     """Images per second drawing 1, 2, 4 and 8 SD 1.5 images in one call (ALICE's run_batch) with
-    the auto preset; each size's out-of-memory or error ends that size alone."""
-    folder = ctx.folder("sd15")
-    family = family_named(detect_family(folder))
+    the auto preset; each size's out-of-memory or error ends that size alone. Then the batch
+    PipelineCache.images_per_call picks on this card (capped by the memory estimate,
+    alice/engine/pipelines.py) for SD 1.5 and SDXL at their sizes, each drawn once to see it fit.
+    `ALICE_MAX_BATCH`'s ceiling (64) lets memory alone decide on the card."""
+    cache = PipelineCache(ctx.folder, choose_placement(ctx.device), options=MemoryOptions())
+    family = family_named("sd15")
     drawing = drawing_for(family, ctx.sd_size, ctx.steps)
     outcome = Outcome()
-    pipe = load_pipeline(folder, choose_placement(ctx.device), MemoryOptions())
+    pipe = cache.get("sd15").pipe
     try:
         single = None
         for batch in CPU_BATCH_SIZES if ctx.cpu else BATCH_SIZES:
@@ -328,46 +372,119 @@ def batching(ctx: Context) -> Outcome:
     finally:
         del pipe
         free_memory()
+    # On the CPU SD 1.5 alone: SDXL's line runs the same code (the suite's seconds).
+    for name, size in (("sd15", ctx.sd_size),) if ctx.cpu else (("sd15", ctx.sd_size), ("sdxl", ctx.sdxl_size)):
+        line = f"images_per_call {name}"
+        if ctx.seconds_left <= 0:
+            outcome.rows.append({"line": line, "status": "skipped", "note": "over --budget-s"})
+            continue
+        try:
+            outcome.rows.append(picked_batch(ctx, cache, name, size))
+        except Exception as error:  # this family's line alone
+            outcome.rows.append({"line": line, "status": "error", "note": f"{type(error).__name__}: {error}"[:400]})
+        finally:
+            cache.drop(name)
+            free_memory()
     return outcome
 
 
+def picked_batch(ctx: Context, cache: PipelineCache, name: str, size: int) -> dict[str, Any]:
+    """The batch images_per_call gives model `name` at `size` (up to ALICE_MAX_BATCH's ceiling on
+    a card, --cpu's largest batch on the CPU), drawn once in FIT_STEPS steps (the working memory of
+    a step is the same in any number of them): whether run_batch had to split it (out of memory)
+    and its peak reserved memory against the card."""
+    family = family_named(name)
+    spec = dataclasses.replace(drawing_for(family, size, ctx.steps).spec, steps=ctx.steps or FIT_STEPS)
+    ceiling = CPU_BATCH_SIZES[-1] if ctx.cpu else MAX_BATCH_CEILING
+    loaded = cache.get(name)
+    picked = cache.images_per_call(name, spec, ceiling)
+    at_default = cache.images_per_call(name, spec, DEFAULT_MAX_BATCH)
+    measured = measure(ctx, loaded.pipe, family, spec, picked, runs=1)
+    line = row(f"images_per_call {name}", measured, spec.steps, picked, size=size, images=picked)
+    fits = measured.call_size == picked and not measured.nan
+    notes = [f"picks {picked} of at most {ceiling} ({at_default} at the default ALICE_MAX_BATCH "
+             f"{DEFAULT_MAX_BATCH})", "drawn in one call" if fits else f"split: calls of {measured.call_size}"]
+    if measured.peak is not None:
+        total = torch.cuda.get_device_properties(ctx.device).total_memory
+        notes.append(f"peak reserved {measured.peak / GiB:.1f} of the card's {total / GiB:.1f} GiB")
+    line.update(fits=fits, note="; ".join(notes))
+    return line
+
+
 def compile_unet(ctx: Context) -> Outcome:
-    """SD 1.5 with ALICE_COMPILE_UNET's compile: the first call (compilation) and the speedup of
-    the calls after it over the same model eager. Runs where compile_refusal allows it (Triton
-    needs 7.0 and a C compiler); bench.device_check runs it in its own process, so a compile that
-    outlasts the budget is killed there and the other sections keep their time."""
+    """SD 1.5's UNet compiled as the server compiles it (pipelines.compile_unet, then
+    compiled_unet.compile_and_warm for one size at batches 1 to COMPILE_IMAGES): the graphs and
+    the warm-up's seconds, eager against compiled time per step at that size, and a drawing at
+    another size, which must run eager without compiling another graph. Runs where
+    compile_refusal allows it (Triton needs 7.0 and a C compiler); bench.device_check runs it in
+    its own process, so a compile that outlasts the budget is killed there. With --cpu the
+    compiled code is the UNet's eager forward standing in (inductor's CPU compile of the demo takes
+    minutes and dynamo's trace alone ~20 s): the routing, the record and the report run, no graph."""
     placement = choose_placement(ctx.device)
-    reason = compile_refusal(placement.facts, "none", host_compiler(placement.is_gpu) is not None)
+    folder = ctx.folder("sd15")
+    preset = memory_preset(folder, placement, MemoryOptions())
+    reason = None if ctx.cpu else compile_refusal(placement.facts, preset.cpu_offload,
+                                                   host_compiler(placement.is_gpu) is not None)
     if reason:
         raise SectionSkipped(reason)
-    folder = ctx.folder("sd15")
-    eager, _ = load_and_measure(ctx, folder, ctx.sd_size, "eager")
-    was_compiled: list[bool] = []
-
-    def remember(pipe: Any) -> None:
-        was_compiled.append(unet_is_compiled(pipe))
-
-    compiled, measured = load_and_measure(ctx, folder, ctx.sd_size, "compiled",
-                                          options=MemoryOptions(compile_unet=True), prepare=remember)
-    if not was_compiled[0]:
-        raise RuntimeError("load_pipeline left the UNet eager (see its log for why)")
-    if eager["seconds"] and compiled["seconds"]:
-        compiled["note"] = (f"compiled in the first call: {measured.first_s or 0:.1f} s; "
-                            f"x{eager['seconds'] / compiled['seconds']:.2f} eager's speed after it")
-    return Outcome(rows=[eager, compiled])
+    family = family_named(detect_family(folder))
+    drawing = drawing_for(family, ctx.sd_size, ctx.steps)
+    images = CPU_BATCH_SIZES[-1] if ctx.cpu else COMPILE_IMAGES
+    other_size = ctx.sd_size + 64  # outside the compiled shapes
+    outcome = Outcome()
+    pipe = load_pipeline(folder, placement, MemoryOptions(), preset)
+    try:
+        eager = measure(ctx, pipe, family, drawing.spec)
+        outcome.rows.append(row("eager", eager, drawing.spec.steps, size=ctx.sd_size))
+        if ctx.cpu:
+            pipe.unet._compiled_call_impl = pipe.unet._call_impl  # the stand-in: see the docstring
+        else:
+            compile_unet_in_place(pipe, placement, preset)
+        if not unet_is_compiled(pipe):
+            raise RuntimeError("compile_unet left the UNet eager (see its log for why)")
+        record = compile_and_warm(pipe, pipe.scheduler.config, family, CompiledShapes(ctx.sd_size, ctx.sd_size, images))
+        compiled = measure(ctx, pipe, family, drawing.spec)
+        line = row("compiled", compiled, drawing.spec.steps, size=ctx.sd_size)
+        speed = (f"; x{statistics.median(eager.seconds) / statistics.median(compiled.seconds):.2f} eager's speed"
+                 if eager.seconds and compiled.seconds else "")
+        line["note"] = (f"{'--cpu stand-in, no graph: ' if ctx.cpu else ''}{record.graphs} graph(s) compiled in "
+                        f"{record.seconds:.1f} s for 1-{images} images{speed}")
+        outcome.rows.append(line)
+        graphs, eager_calls = graphs_compiled(), record.eager_calls
+        elsewhere = measure(ctx, pipe, family, dataclasses.replace(drawing.spec, width=other_size, height=other_size),
+                            runs=1)
+        recompiled = graphs_compiled() - graphs
+        line = row(f"other size ({other_size} px)", elsewhere, drawing.spec.steps, size=other_size)
+        line["note"] = (f"eager calls {record.eager_calls - eager_calls}, compiled calls {record.compiled_calls}, "
+                        f"graphs compiled {recompiled}" + ("" if recompiled == 0 else " (a recompile: a bug)"))
+        outcome.rows.append(line)
+        outcome.details = {"record": record.public(), "recompiled_at_other_size": recompiled,
+                           "eager_calls_at_other_size": record.eager_calls - eager_calls}
+    finally:
+        del pipe
+        free_memory()
+    return outcome
 
 
 def transformer(architecture: str) -> Callable[[Context], Outcome]:
-    """A transformer family at 1024x1024 as the server draws it (auto preset), its folder dropped after."""
+    """A transformer family at 1024x1024 as the server draws it (auto preset), then laid out with
+    group offload (the transformer streamed block by block); its folder dropped after."""
 
     def section(ctx: Context) -> Outcome:
+        ctx.drop_folder("sdxl")  # the disk for this family's weights (FLUX.1: 34 GB)
         try:
-            line, _ = load_and_measure(ctx, ctx.folder(architecture), ctx.transformer_size, "ALICE auto")
+            folder = ctx.folder(architecture)
+            line, _ = load_and_measure(ctx, folder, ctx.transformer_size, "ALICE auto")
+            rows = [line]
+            if ctx.seconds_left > 0:
+                from bench.device_layouts import offload_line
+
+                rows.append(offload_line(ctx, folder, "group", ctx.transformer_size))
         finally:
             ctx.drop_folder(architecture)
-        return Outcome(rows=[line])
+        return Outcome(rows=rows)
 
-    section.__doc__ = f"{architecture} at 1024x1024 (random weights), the auto preset."
+    section.__doc__ = f"{architecture} at 1024x1024 (random weights): the auto preset, then group offload."
     return section
 
 
