@@ -208,3 +208,24 @@ def test_image_to_image_with_the_family_class(builder: str, engine: Any,
                        generator=torch.Generator("cpu").manual_seed(7),
                        **bare_arguments(family, spec.guidance_scale)).images[0]
     assert psnr(np.asarray(out.images[0]), np.asarray(expected)) >= 40
+
+
+@pytest.mark.parametrize("builder", ["flux", "sd3", "flux2-klein"])
+def test_inpainting_with_the_family_class_keeps_the_unmasked_area(builder: str, engine: Any) -> None:
+    """A masked edit draws with the family's inpaint class over the loaded modules (FLUX.2 Klein
+    too, which has no img2img), and every pixel outside the mask is the input's."""
+    from PIL import Image
+
+    family = FAMILY_OF_BUILDER[builder]
+    start = Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))  # 255: redraw
+    spec = spec_for(family, steps=2, strength=1.0, init_image="input.png", mask_image="mask.png")
+    [out] = draw(engine, builder, BatchEntry(spec, init_image=start, mask=mask))
+    loaded = engine.get(builder)
+    assert type(loaded.inpaint).__name__ == FAMILIES[family].inpaint
+    assert loaded.inpaint.transformer is loaded.pipe.transformer  # no second copy of the weights
+    drawn, original = np.asarray(out.images[0]).astype(int), np.asarray(start).astype(int)
+    kept = np.asarray(mask) == 0
+    assert (drawn[kept] == original[kept]).all()
+    assert np.abs(drawn[~kept] - original[~kept]).mean() > 20  # redrawn
