@@ -24,6 +24,7 @@ def test_the_record_names_its_version_and_its_own_fields():
         "guidance_scale": 7.5, "scheduler": SPEC.scheduler, "num_images": 1, "init_image": "in.png",
         "strength": 0.5, "clip_skip": None, "output_format": "png", "output_compression": 100,
         "loras": [{"name": "ink", "scale": 0.8}], "prompt_notes": [], "mask_image": None,
+        "hires_scale": None, "hires_steps": None, "hires_strength": 0.7, "hires_upscaler": "latent",
     }
     assert "parameters" not in record  # not the engine's dataclass dumped as it is
     again = Job.from_record(json.loads(json.dumps(record)))
