@@ -317,10 +317,11 @@ def test_the_generate_view_shows_the_picture_forming(page, server):
     requests: list[dict] = []
     page.on("request", lambda request: request.method == "POST" and request.url.endswith("/v1/jobs")
             and requests.append(request.post_data_json))
-    # 30 steps: about a second on a quiet machine, long enough for the page's polls to see previews.
-    fill_generate(page, "a red circle on a blue background", seed=9, steps=30, scheduler="ddim")
+    # 60 steps: about two seconds on a quiet machine, several of the page's polls (every 0.3 s) while
+    # it draws. A preview shows for one poll only, so the observer above records what was shown:
+    # waiting for the element to be visible would miss it on a fast machine.
+    fill_generate(page, "a red circle on a blue background", seed=9, steps=60, scheduler="ddim")
     page.click("#gen-submit")
-    expect(page.locator("#gen-preview")).to_be_visible(timeout=60_000)
     expect(page.locator("#gen-progress-text")).to_contain_text("Done", timeout=300_000)
     expect(page.locator("#gen-preview")).to_be_hidden()  # the finished image takes its place
     shown = page.evaluate("window.shownPreviews")
