@@ -114,7 +114,7 @@ def sections(args: argparse.Namespace) -> dict[str, Callable[[Context], Outcome]
         "memory": lambda ctx: device_sections.memory(ctx, args.memory_args.split()),
     }
     for architecture in filter(None, args.transformers.split(",")):
-        chosen[architecture] = device_sections.transformer(architecture)
+        chosen[architecture] = device_layouts.transformer(architecture)
     chosen["compile"] = device_sections.compile_unet
     return chosen
 

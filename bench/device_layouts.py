@@ -1,5 +1,6 @@
 """bench.device_check's layout sections: what the offload layouts cost on the card, and the
-out-of-memory re-layout in place (alice/engine/escalation.py, relayout.py) timed and checked.
+out-of-memory re-layout in place (alice/engine/escalation.py, relayout.py) timed and checked, and
+the transformer families' sections (the auto preset, then group offload).
 
 On the CPU (--cpu) load_pipeline keeps everything where it is (there is nowhere to offload to) and
 PipelineCache.lay_out_cheaper refuses for the same reason, so there the sections lay the pipeline
@@ -12,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from alice.engine.families import detect_family, family_named
 from alice.engine.pipelines import PipelineCache, choose_placement, load_pipeline, memory_preset
 from alice.engine.presets import OFFLOAD, layout_parts
 from alice.engine.relayout import relayout
-from bench.device_sections import Context, Outcome, measure, row
+from bench.device_sections import Context, Outcome, load_and_measure, measure, row
 from bench.gpu import drawing_for, format_psnr, free_memory, psnr
 
 OFFLOAD_STEPS = 8  # an offload line's steps (fewer than the family's default where that is more): time per step is its figure
@@ -149,3 +151,23 @@ def compared(line: str, measured: Any, reference: Any, steps: int, size: int, re
     if measured.image is not None and reference.image is not None:
         result.update(psnr_db=format_psnr(psnr(measured.image, reference.image)), psnr_vs="planned")
     return result
+
+
+def transformer(architecture: str) -> Callable[[Context], Outcome]:
+    """A transformer family at 1024x1024 as the server draws it (auto preset), then laid out with
+    group offload (the transformer streamed block by block); its folder dropped after."""
+
+    def section(ctx: Context) -> Outcome:
+        ctx.drop_folder("sdxl")  # the disk for this family's weights (FLUX.1: 34 GB)
+        try:
+            folder = ctx.folder(architecture)
+            line, _ = load_and_measure(ctx, folder, ctx.transformer_size, "ALICE auto")
+            rows = [line]
+            if ctx.seconds_left > 0:
+                rows.append(offload_line(ctx, folder, "group", ctx.transformer_size))
+        finally:
+            ctx.drop_folder(architecture)
+        return Outcome(rows=rows)
+
+    section.__doc__ = f"{architecture} at 1024x1024 (random weights): the auto preset, then group offload."
+    return section

@@ -466,28 +466,6 @@ def compile_unet(ctx: Context) -> Outcome:
     return outcome
 
 
-def transformer(architecture: str) -> Callable[[Context], Outcome]:
-    """A transformer family at 1024x1024 as the server draws it (auto preset), then laid out with
-    group offload (the transformer streamed block by block); its folder dropped after."""
-
-    def section(ctx: Context) -> Outcome:
-        ctx.drop_folder("sdxl")  # the disk for this family's weights (FLUX.1: 34 GB)
-        try:
-            folder = ctx.folder(architecture)
-            line, _ = load_and_measure(ctx, folder, ctx.transformer_size, "ALICE auto")
-            rows = [line]
-            if ctx.seconds_left > 0:
-                from bench.device_layouts import offload_line
-
-                rows.append(offload_line(ctx, folder, "group", ctx.transformer_size))
-        finally:
-            ctx.drop_folder(architecture)
-        return Outcome(rows=rows)
-
-    section.__doc__ = f"{architecture} at 1024x1024 (random weights): the auto preset, then group offload."
-    return section
-
-
 def memory(ctx: Context, args: list[str]) -> Outcome:
     """bench.memory's GPU figures (working memory of the UNet families' parts by size, from which
     alice/engine/device.py's constants come), where that module is in this tree: its own command
