@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from alice.engine.prompt_embeds import clip_encoders
 from alice.engine.text_cache import forget_text_outputs
 
 if TYPE_CHECKING:  # imported where they run: see alice/engine/__init__.py
@@ -90,7 +91,7 @@ def embeddings_applied(pipe: DiffusionPipeline, embeddings: Sequence[tuple[str, 
         for name, vectors in fitting:
             token = f"<alice-embedding-{len(tokens)}>"
             # SDXL: the first encoder's vectors, then the second's, each under the same token.
-            for key, (tokenizer, encoder) in zip(("clip_l", "clip_g"), _encoders(pipe)):
+            for key, (tokenizer, encoder) in zip(("clip_l", "clip_g"), clip_encoders(pipe)):
                 pipe.load_textual_inversion(vectors[key], token=token, tokenizer=tokenizer, text_encoder=encoder)
             tokens[name] = token
         setattr(pipe, _ATTRIBUTE, tokens)
@@ -98,7 +99,7 @@ def embeddings_applied(pipe: DiffusionPipeline, embeddings: Sequence[tuple[str, 
     finally:
         if hasattr(pipe, _ATTRIBUTE):
             delattr(pipe, _ATTRIBUTE)
-        for tokenizer, encoder in _encoders(pipe):
+        for tokenizer, encoder in clip_encoders(pipe):
             pipe.unload_textual_inversion(tokens=_added(tokenizer, tokens.values()), tokenizer=tokenizer,
                                           text_encoder=encoder)
         forget_text_outputs(pipe)
@@ -115,14 +116,8 @@ def _word(name: str) -> re.Pattern[str]:
     return re.compile(rf"(?<![\w]){re.escape(name)}(?![\w])", re.IGNORECASE)
 
 
-def _encoders(pipe: DiffusionPipeline) -> list[tuple[object, object]]:
-    pairs = [(getattr(pipe, "tokenizer", None), getattr(pipe, "text_encoder", None)),
-             (getattr(pipe, "tokenizer_2", None), getattr(pipe, "text_encoder_2", None))]
-    return [(tokenizer, encoder) for tokenizer, encoder in pairs if tokenizer is not None and encoder is not None]
-
-
 def _fits(pipe: DiffusionPipeline, vectors: dict[str, torch.Tensor]) -> bool:
-    encoders = _encoders(pipe)
+    encoders = clip_encoders(pipe)
     widths = [encoder.get_input_embeddings().weight.shape[-1] for _, encoder in encoders]
     return len(vectors) == len(encoders) and all(v.shape[-1] == w for v, w in zip(vectors.values(), widths))
 

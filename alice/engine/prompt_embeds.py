@@ -82,6 +82,13 @@ def chunk_length(tokenizer: Any) -> int:
     return int(tokenizer.model_max_length) - 2
 
 
+def clip_encoders(pipe: DiffusionPipeline) -> list[tuple[Any, Any]]:
+    """The pipeline's (tokenizer, text encoder) pairs: one for SD 1.x/2.x, two for SDXL."""
+    pairs = [(getattr(pipe, "tokenizer", None), getattr(pipe, "text_encoder", None)),
+             (getattr(pipe, "tokenizer_2", None), getattr(pipe, "text_encoder_2", None))]
+    return [(tokenizer, encoder) for tokenizer, encoder in pairs if tokenizer is not None and encoder is not None]
+
+
 def needs_own_encoding(pipe: DiffusionPipeline, texts: Sequence[str]) -> bool:
     """Whether any prompt of the call has weight syntax or is longer than the encoder reads
     (textual-inversion vectors counted): diffusers would read the brackets as words and cut it."""
@@ -102,8 +109,7 @@ def encode_prompts(
     `force_zeros_for_empty_prompt`, as diffusers does when there is no negative prompt)."""
     import torch
 
-    pairs = [(t, e) for t, e in ((pipe.tokenizer, pipe.text_encoder), (getattr(pipe, "tokenizer_2", None),
-             getattr(pipe, "text_encoder_2", None))) if t is not None and e is not None]
+    pairs = clip_encoders(pipe)
     xl = getattr(pipe, "text_encoder_2", None) is not None
     texts = [*prompts, *negatives]
     chunked = [[token_chunks(pipe, tokenizer, text) for text in texts] for tokenizer, _ in pairs]
