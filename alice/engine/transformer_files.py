@@ -144,6 +144,47 @@ def load_transformer_file(file: Path, folder: Path, dtype: torch.dtype, *, disab
     return model
 
 
+def check_transformer_file(file: Path, folder: Path) -> None:
+    """Whether an unquantized transformer-only file would load with the config in
+    `folder`/transformer, checked without loading it (a FLUX.1 fine-tune is 24 GB in bf16): the
+    model built on the meta device from the config, the file's tensors read from its header
+    (a truncated file is found there), BFL/ComfyUI names converted by diffusers' own converter
+    run on meta tensors, and the names and shapes compared as a load would.
+    FolderDoesNotLoad (a ValueError) saying what does not fit."""
+    import diffusers
+    import torch
+    from diffusers.loaders.single_file_model import (
+        SINGLE_FILE_LOADABLE_CLASSES,
+        _get_single_file_loadable_mapping_class,
+    )
+
+    from alice.engine.folder_check import (
+        FolderDoesNotLoad,
+        _compare,
+        _on_meta,
+        _tensors_in,
+    )
+
+    part = Path(folder) / TRANSFORMER
+    model_class = getattr(diffusers, str(read_config(part / "config.json").get("_class_name", "")), None)
+    mapping = _get_single_file_loadable_mapping_class(model_class) if isinstance(model_class, type) else None
+    if mapping is None:
+        raise FolderDoesNotLoad(f"{part}/config.json names no diffusers transformer that loads single files")
+    model = _on_meta(model_class, "diffusers", part, TRANSFORMER)
+    expected = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
+    found = _tensors_in([Path(file)], TRANSFORMER)
+    if not found.keys() & expected.keys():  # not diffusers' names: converted as from_single_file would
+        checkpoint = {key: torch.empty(shape, device="meta") for key, shape in found.items()}
+        try:
+            converted = SINGLE_FILE_LOADABLE_CLASSES[mapping]["checkpoint_mapping_fn"](
+                config=dict(model.config), checkpoint=checkpoint)
+        except Exception as exc:  # the converters raise KeyError, RuntimeError (split sizes), ...
+            raise FolderDoesNotLoad(f"{TRANSFORMER}: diffusers cannot convert its tensors' names and shapes "
+                                    f"({type(exc).__name__}: {exc})") from None
+        found = {key: tuple(tensor.shape) for key, tensor in converted.items()}
+    _compare(TRANSFORMER, expected, found)
+
+
 def transformer_from_file(folder: Path, dtype: torch.dtype, disable_mmap: bool = False) -> dict[str, Any]:
     """`from_pretrained` keyword arguments for a model folder: its transformer, loaded, when
     `transformer/` holds a transformer-only file; none otherwise (diffusers loads the folder)."""
