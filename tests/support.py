@@ -3,6 +3,8 @@ layouts the loaders read. What bench/ shares with the tests lives in harness/.""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -151,3 +153,17 @@ def original_vae_state_dict(vae, prefix: str) -> dict:
         new_key, new_tensor = vae_key(key, tensor)
         state[f"{prefix}{new_key}"] = new_tensor
     return state
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread while the block runs: on a small, busy machine torch's default thread
+    count can make a tiny generation take seconds (its threads spin waiting for each other)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

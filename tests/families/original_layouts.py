@@ -36,17 +36,19 @@ def at_tiny_width(converter: Callable, width: int) -> Callable:
 
 @contextmanager
 def flux_converter_at_tiny_width(width: int = 32) -> Iterator[None]:
-    """diffusers' FLUX.1 transformer converter at the tiny width while the block runs, for every
-    loader that looks it up (from_single_file of the transformer and of the whole pipeline)."""
+    """diffusers' FLUX.1 and Chroma transformer converters at the tiny width while the block
+    runs, for every loader that looks them up (from_single_file of a transformer or a pipeline)."""
     from diffusers.loaders.single_file_model import SINGLE_FILE_LOADABLE_CLASSES
 
-    entry = SINGLE_FILE_LOADABLE_CLASSES["FluxTransformer2DModel"]
-    original = entry["checkpoint_mapping_fn"]
-    entry["checkpoint_mapping_fn"] = at_tiny_width(original, width)
+    entries = [SINGLE_FILE_LOADABLE_CLASSES[name] for name in ("FluxTransformer2DModel", "ChromaTransformer2DModel")]
+    originals = [entry["checkpoint_mapping_fn"] for entry in entries]
+    for entry, original in zip(entries, originals):
+        entry["checkpoint_mapping_fn"] = at_tiny_width(original, width)
     try:
         yield
     finally:
-        entry["checkpoint_mapping_fn"] = original
+        for entry, original in zip(entries, originals):
+            entry["checkpoint_mapping_fn"] = original
 
 
 def _swap_halves(weight: torch.Tensor) -> torch.Tensor:
@@ -56,7 +58,9 @@ def _swap_halves(weight: torch.Tensor) -> torch.Tensor:
 
 
 def flux_to_bfl(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A diffusers FluxTransformer2DModel state dict under BFL's names (flux1-dev.safetensors')."""
+    """A diffusers FluxTransformer2DModel (or ChromaTransformer2DModel: FLUX.1's blocks without
+    their modulation, and a distilled guidance layer) state dict under BFL's names
+    (flux1-dev.safetensors', Chroma1-HD.safetensors')."""
     state = dict(state)
     out: dict[str, torch.Tensor] = {}
 
@@ -72,6 +76,13 @@ def flux_to_bfl(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for bfl, ours in (("time_in", "timestep_embedder"), ("vector_in", "text_embedder"), ("guidance_in", "guidance_embedder")):
         move(f"{bfl}.in_layer", f"time_text_embed.{ours}.linear_1")
         move(f"{bfl}.out_layer", f"time_text_embed.{ours}.linear_2")
+    move("distilled_guidance_layer.in_proj", "distilled_guidance_layer.in_proj")
+    move("distilled_guidance_layer.out_proj", "distilled_guidance_layer.out_proj")
+    guidance_layers = {int(key.split(".")[2]) for key in state if key.startswith("distilled_guidance_layer.layers.")}
+    for i in sorted(guidance_layers):
+        move(f"distilled_guidance_layer.layers.{i}.in_layer", f"distilled_guidance_layer.layers.{i}.linear_1")
+        move(f"distilled_guidance_layer.layers.{i}.out_layer", f"distilled_guidance_layer.layers.{i}.linear_2")
+        out[f"distilled_guidance_layer.norms.{i}.scale"] = state.pop(f"distilled_guidance_layer.norms.{i}.weight")
     move("txt_in", "context_embedder")
     move("img_in", "x_embedder")
     doubles = sorted({int(key.split(".")[1]) for key in state if key.startswith("transformer_blocks.")})
@@ -100,7 +111,58 @@ def flux_to_bfl(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         move(f"{bfl}linear2", f"{ours}proj_out")
     move("final_layer.linear", "proj_out")
     for suffix in ("weight", "bias"):
-        out[f"final_layer.adaLN_modulation.1.{suffix}"] = _swap_halves(state.pop(f"norm_out.linear.{suffix}"))
+        if f"norm_out.linear.{suffix}" in state:  # Chroma's final norm has no modulation
+            out[f"final_layer.adaLN_modulation.1.{suffix}"] = _swap_halves(state.pop(f"norm_out.linear.{suffix}"))
+    assert not state, f"unmapped: {sorted(state)[:5]}"
+    return out
+
+
+def sd3_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diffusers SD3Transformer2DModel state dict under Stability's MMDiT names
+    (sd3.5_medium.safetensors'): the reverse of convert_sd3_transformer_checkpoint_to_diffusers."""
+    state = dict(state)
+    out: dict[str, torch.Tensor] = {}
+
+    def move(new: str, old: str, change: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> None:
+        for suffix in ("weight", "bias"):
+            if f"{old}.{suffix}" in state:
+                out[f"{new}.{suffix}"] = change(state.pop(f"{old}.{suffix}"))
+
+    def fuse(new: str, olds: list[str]) -> None:
+        for suffix in ("weight", "bias"):
+            out[f"{new}.{suffix}"] = torch.cat([state.pop(f"{old}.{suffix}") for old in olds])
+
+    out["pos_embed"] = state.pop("pos_embed.pos_embed")
+    move("x_embedder.proj", "pos_embed.proj")
+    move("t_embedder.mlp.0", "time_text_embed.timestep_embedder.linear_1")
+    move("t_embedder.mlp.2", "time_text_embed.timestep_embedder.linear_2")
+    move("y_embedder.mlp.0", "time_text_embed.text_embedder.linear_1")
+    move("y_embedder.mlp.2", "time_text_embed.text_embedder.linear_2")
+    move("context_embedder", "context_embedder")
+    layers = sorted({int(key.split(".")[1]) for key in state if key.startswith("transformer_blocks.")})
+    for i in layers:
+        ours, x, context = f"transformer_blocks.{i}.", f"joint_blocks.{i}.x_block.", f"joint_blocks.{i}.context_block."
+        last = i == layers[-1]  # its context stream ends in a norm alone (SD3's `context_pre_only`)
+        fuse(f"{x}attn.qkv", [f"{ours}attn.to_{q}" for q in "qkv"])
+        fuse(f"{context}attn.qkv", [f"{ours}attn.add_{q}_proj" for q in "qkv"])
+        for norm, original in (("norm_q", f"{x}attn.ln_q"), ("norm_k", f"{x}attn.ln_k"),
+                               ("norm_added_q", f"{context}attn.ln_q"), ("norm_added_k", f"{context}attn.ln_k")):
+            move(original, f"{ours}attn.{norm}")
+        move(f"{x}attn.proj", f"{ours}attn.to_out.0")
+        move(f"{context}attn.proj", f"{ours}attn.to_add_out")
+        if f"{ours}attn2.to_q.weight" in state:  # SD3.5 Medium's dual attention
+            fuse(f"{x}attn2.qkv", [f"{ours}attn2.to_{q}" for q in "qkv"])
+            move(f"{x}attn2.ln_q", f"{ours}attn2.norm_q")
+            move(f"{x}attn2.ln_k", f"{ours}attn2.norm_k")
+            move(f"{x}attn2.proj", f"{ours}attn2.to_out.0")
+        move(f"{x}adaLN_modulation.1", f"{ours}norm1.linear")
+        move(f"{context}adaLN_modulation.1", f"{ours}norm1_context.linear", _swap_halves if last else lambda t: t)
+        move(f"{x}mlp.fc1", f"{ours}ff.net.0.proj")
+        move(f"{x}mlp.fc2", f"{ours}ff.net.2")
+        move(f"{context}mlp.fc1", f"{ours}ff_context.net.0.proj")
+        move(f"{context}mlp.fc2", f"{ours}ff_context.net.2")
+    move("final_layer.linear", "proj_out")
+    move("final_layer.adaLN_modulation.1", "norm_out.linear", _swap_halves)
     assert not state, f"unmapped: {sorted(state)[:5]}"
     return out
 
@@ -147,24 +209,28 @@ def write_all_in_one(folder: Path, out: Path, family: str, *, parts: tuple[str, 
                      transformer_names: str = "original") -> Path:
     """One all-in-one `.safetensors` of a tiny pipeline folder in ComfyUI's layout, holding `parts`
     (default: every part a real file of the family can hold). `transformer_names`: "original"
-    (BFL's / Z-Image's) or "diffusers"."""
+    (BFL's, Stability's, Z-Image's) or "diffusers"."""
     from diffusers import DiffusionPipeline
 
     pipe = DiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
-    everything = {"flux": ("transformer", "vae", "clip_l", "t5xxl"), "zimage": ("transformer", "vae")}[family]
+    everything = {"flux": ("transformer", "vae", "clip_l", "t5xxl"), "chroma": ("transformer", "vae", "t5xxl"),
+                  "sd3": ("transformer", "vae", "clip_l", "clip_g", "t5xxl"), "zimage": ("transformer", "vae")}[family]
     parts = everything if parts is None else parts
     state: dict[str, torch.Tensor] = {}
     if "transformer" in parts:
         weights = pipe.transformer.state_dict()
         if transformer_names == "original":
-            weights = flux_to_bfl(weights) if family == "flux" else z_image_to_original(weights)
+            weights = {"flux": flux_to_bfl, "chroma": flux_to_bfl, "sd3": sd3_to_original,
+                       "zimage": z_image_to_original}[family](weights)
         state.update({f"model.diffusion_model.{key}": tensor for key, tensor in weights.items()})
     if "vae" in parts:
         state.update(original_vae_state_dict(pipe.vae, "vae."))
     if "clip_l" in parts:
         state.update(_text_model("text_encoders.clip_l.", pipe.text_encoder))
+    if "clip_g" in parts:
+        state.update(_text_model("text_encoders.clip_g.", pipe.text_encoder_2))
     if "t5xxl" in parts:
-        state.update(_t5(pipe.text_encoder_2))
+        state.update(_t5(getattr(pipe, {"flux": "text_encoder_2", "chroma": "text_encoder", "sd3": "text_encoder_3"}[family])))
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({key: tensor.detach().clone().contiguous() for key, tensor in state.items()}, str(out))
     return out

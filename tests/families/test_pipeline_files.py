@@ -4,11 +4,13 @@ from the tiny pipelines (tests/families/original_layouts.py), imported, and draw
 the pipeline they were written from; and transformer-only files checked from their header.
 
 What the tiny files cover: every key diffusers 0.42.1 maps for FLUX.1 (transformer, LDM VAE,
-CLIP-L, T5) and Z-Image (transformer, VAE), run through ALICE's import and loader. The FLUX.1
-transformer converter runs with FLUX.1's width constant (3072) swapped for the tiny width, as
+CLIP-L, T5), Chroma (transformer, VAE, T5), SD3 (MMDiT transformer, VAE, CLIP-L, T5) and
+Z-Image (transformer, VAE), run through ALICE's import and loader. The FLUX.1 and Chroma
+transformer converters run with FLUX.1's width constant (3072) swapped for the tiny width, as
 only that constant keeps a tiny BFL file from converting; the real width is exercised by the
-header check of a real-sized FLUX.1 file (sparse, never read). SD3 and Chroma all-in-one files
-go through the same code with diffusers' converters, untested here at tiny size.
+header check of a real-sized FLUX.1 file (sparse, never read). Not covered: SD3's CLIP-G read
+from a file (diffusers tells SD3's CLIPs apart by width; the tiny ones are alike), the shipped
+SD 3.5 Medium configs with a file (real-sized), float8 transformers.
 Images are 64x64, 2 steps, fp32 on the CPU.
 """
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,16 +36,27 @@ from alice.engine.transformer_files import check_transformer_file
 from alice.models import checkpoints
 from alice.models import store as model_store
 from tests.families.original_layouts import flux_converter_at_tiny_width, flux_to_bfl, write_all_in_one
+from tests.support import one_torch_thread
 
 WEIGHTS = "transformer/diffusion_pytorch_model.safetensors"
 runner = CliRunner()
 
 
+# Guidance 1: one transformer pass a step, no negative prompt encoded (SD3, Chroma, Z-Image run
+# CFG above 1). What is compared is the weights each image is drawn with.
+DRAWING = {"prompt": "a red circle", "num_inference_steps": 2, "height": 64, "width": 64, "guidance_scale": 1.0,
+           "output_type": "np"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    with one_torch_thread():
+        yield
+
+
 def draw(folder: Path) -> np.ndarray:
     pipe = load_pipeline(folder, choose_placement("cpu"))
-    image = pipe("a red circle", num_inference_steps=2, height=64, width=64, output_type="np",
-                 generator=torch.Generator().manual_seed(0)).images[0]
-    return np.asarray(image)
+    return np.asarray(pipe(**DRAWING, generator=torch.Generator().manual_seed(0)).images[0])
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +102,8 @@ def test_flux_all_in_one_file_is_stored_as_a_folder_and_draws_as_its_pipeline(
     assert np.array_equal(draw(stored.path), reference)  # bit for bit
 
 
-def test_a_file_without_t5_takes_it_from_the_base_named(
-    base: model_store.StoredModel, files: dict[str, Path], reference: np.ndarray
+def test_a_file_without_t5_says_which_base_would_give_it(
+    base: model_store.StoredModel, files: dict[str, Path]
 ) -> None:
     result = runner.invoke(app, ["models", "import", str(files["no-t5"]), "--name", "no-t5"])
     assert result.exit_code == 1
@@ -98,26 +111,23 @@ def test_a_file_without_t5_takes_it_from_the_base_named(
     assert "flux1-dev-no-t5.safetensors is a flux1-dev checkpoint without its text_encoder_2 (T5 text encoder)" in message
     assert "`alice models import flux1-dev-no-t5.safetensors --name N --base <a stored flux1-dev or" in message
     assert "(stored flux1-dev or flux1-schnell models: flux-base)" in message
-
-    with flux_converter_at_tiny_width():
-        stored = checkpoints.import_checkpoint_file(files["no-t5"], "no-t5", base="flux-base")
-    t5 = Path("text_encoder_2") / "model.safetensors"
-    assert (stored.path / t5).stat().st_ino == (base.path / t5).stat().st_ino  # the base's file, linked
-    assert (stored.path / "vae").is_dir() and not (stored.path / "vae").is_symlink()
-    assert np.array_equal(draw(stored.path), reference)
+    assert [m.name for m in model_store.list_models()] == ["flux-base"]
 
 
-def test_float8_text_encoders_are_taken_from_the_base(
-    base: model_store.StoredModel, flux: Path, tmp_path: Path, reference: np.ndarray
+def test_t5_missing_or_in_float8_is_taken_from_the_base(
+    base: model_store.StoredModel, files: dict[str, Path], tmp_path: Path, reference: np.ndarray
 ) -> None:
-    file = write_all_in_one(flux, tmp_path / "fp8.safetensors", "flux")
-    state = load_file(str(file))
+    t5 = Path("text_encoder_2") / "model.safetensors"
+    state = load_file(str(files["whole"]))
+    file = tmp_path / "fp8.safetensors"
     save_file({k: v.to(torch.float8_e4m3fn) if k.startswith("text_encoders.t5xxl.") else v
                for k, v in state.items()}, str(file))  # as "fp8" FLUX files ship T5
     with flux_converter_at_tiny_width():
         stored = checkpoints.import_checkpoint_file(file, "fp8", base="flux-base")
-    t5 = Path("text_encoder_2") / "model.safetensors"
-    assert (stored.path / t5).stat().st_ino == (base.path / t5).stat().st_ino
+        without = checkpoints.import_checkpoint_file(files["no-t5"], "no-t5", base="flux-base")
+    for model in (stored, without):
+        assert (model.path / t5).stat().st_ino == (base.path / t5).stat().st_ino  # the base's file, linked
+        assert (model.path / "vae" / "diffusion_pytorch_model.safetensors").stat().st_nlink == 1  # the file's own
     assert np.array_equal(draw(stored.path), reference)  # an upcast fp8 T5 would not draw the same
 
 
@@ -132,6 +142,41 @@ def test_z_image_all_in_one_takes_its_text_encoder_from_a_base(
     stored = checkpoints.import_checkpoint_file(file, "z", base="z-base")
     assert stored.family == "zimage"
     assert np.array_equal(draw(stored.path), draw(folder))
+
+
+def test_chroma_all_in_one_converts_with_a_base_s_configs(
+    bentoml_home: Path, tiny_family: Callable[[str], Path], tmp_path: Path
+) -> None:
+    folder = tiny_family("chroma")
+    file = write_all_in_one(folder, tmp_path / "chroma-aio.safetensors", "chroma")  # BFL-named, T5, VAE
+    with pytest.raises(ValueError, match=r"chroma-aio.safetensors is a chroma checkpoint without its configs "
+                                         r"\(ALICE ships none for chroma\)"):
+        checkpoints.import_checkpoint_file(file, "chroma-aio")
+    checkpoints.import_pipeline_folder(folder, "chroma-base")
+    with flux_converter_at_tiny_width():  # Chroma's converter hard-codes FLUX.1's width too
+        stored = checkpoints.import_checkpoint_file(file, "chroma-aio", base="chroma-base")
+    assert not any(p.stat().st_nlink > 1 for p in stored.path.rglob("*.safetensors"))  # all its own
+    assert np.array_equal(draw(stored.path), draw(folder))
+
+
+def test_sd3_all_in_one_draws_as_its_pipeline_with_diffusers_clip_l_projection(
+    bentoml_home: Path, tiny_family: Callable[[str], Path], tmp_path: Path
+) -> None:
+    folder = tiny_family("sd3")
+    # No CLIP-G: diffusers tells SD3's two CLIPs apart by width, and the tiny ones are both 32
+    # wide; it comes from the base. MMDiT-named transformer, VAE, CLIP-L and T5 from the file.
+    file = write_all_in_one(folder, tmp_path / "sd35-aio.safetensors", "sd3",
+                            parts=("transformer", "vae", "clip_l", "t5xxl"))
+    checkpoints.import_pipeline_folder(folder, "sd3-base")
+    stored = checkpoints.import_checkpoint_file(file, "sd3-aio", base="sd3-base")
+    assert stored.family == "sd3"
+    # diffusers gives SD3's CLIP-L an identity projection (the files carry none it reads), as
+    # SD3 pools CLIP-L unprojected: the drawing is the tiny pipeline's with that projection.
+    pipe = load_pipeline(folder, choose_placement("cpu"))
+    with torch.no_grad():
+        pipe.text_encoder.text_projection.weight.copy_(torch.eye(pipe.text_encoder.config.hidden_size))
+    expected = pipe(**DRAWING, generator=torch.Generator().manual_seed(0)).images[0]
+    assert np.array_equal(draw(stored.path), np.asarray(expected))
 
 
 def test_bfl_named_transformer_file_draws_as_the_diffusers_named_one(
