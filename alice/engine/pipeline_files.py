@@ -23,6 +23,7 @@ from pathlib import Path
 from alice.engine.families import family_named, transformer_family
 from alice.engine.pipeline_configs import read_config
 from alice.engine.single_file import CONFIGS, _read_header
+from alice.engine.transformer_files import refuse_scaled_fp8
 
 logger = logging.getLogger("alice.engine")
 
@@ -88,6 +89,7 @@ def read_pipeline_file(path: Path) -> PipelineFile | None:
     others = [name for name in names if not name.startswith(TRANSFORMER_PREFIX)]
     if family is None or not any(name.startswith(_prefixes("vae") + ("text_encoders.",)) for name in others):
         return None
+    refuse_scaled_fp8(path, names)
     components = _COMPONENTS.get(family_named(family).text_to_image)
     if components is None:
         raise ValueError(f"{path.name} is a whole {family} checkpoint, which diffusers cannot convert from one "

@@ -65,6 +65,7 @@ def read_transformer_file(path: Path) -> TransformerFile:
         )
     if any("lora" in name.lower() for name in names):
         raise ValueError(f"{path.name} is a LoRA, not a transformer: import it with --lora")
+    refuse_scaled_fp8(path, names)
     family = transformer_family(names)
     if family is None:
         raise ValueError(
@@ -72,6 +73,18 @@ def read_transformer_file(path: Path) -> TransformerFile:
             f"such as {', '.join(sorted(names)[:3]) or 'none'})"
         )
     return TransformerFile(path, family, len(names), quant_types)
+
+
+# ComfyUI's "scaled fp8" files store each weight in float8 beside a `.scale_weight` it is to be
+# multiplied by; diffusers' converters drop the scales, which would load wrong weights silently.
+_SCALED_FP8 = ("scaled_fp8", ".scale_weight", ".scale_input")
+
+
+def refuse_scaled_fp8(path: Path, names: list[str]) -> None:
+    """ValueError for a file in ComfyUI's scaled-fp8 format, which diffusers does not read."""
+    if any(name.endswith(_SCALED_FP8) for name in names):
+        raise ValueError(f"{path.name} is in ComfyUI's scaled-fp8 format (weights with `.scale_weight` "
+                         "factors), which diffusers cannot load: use the model's bf16, fp16 or plain fp8 file")
 
 
 def _read_gguf(path: Path) -> tuple[list[str], tuple[str, ...]]:

@@ -46,7 +46,9 @@ def import_pipeline_file(file: PipelineFile, name: str, *, base: str | None, sou
         try:
             convert_pipeline_file(file, staging, config_dir, leave_out=leave_out)
         except Exception as exc:  # shapes that do not fit the configs, truncated tensors, ...
-            configs = f"{base}'s configs" if base_model is not None else f"the shipped {family.name} configs"
+            configs = f"{base}'s configs" if base_model is not None else (
+                f"the shipped {family.name} configs ({shipped.name}; a model of another size converts with "
+                f"--base <a stored model of its size>)")
             raise ValueError(f"{file.path.name} does not convert as a {family.name} checkpoint with {configs}: "
                              f"{type(exc).__name__}: {exc}") from exc
         try:  # the base's parts were checked when it was imported

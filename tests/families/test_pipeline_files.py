@@ -203,6 +203,11 @@ def test_all_in_one_files_that_do_not_fit_are_refused(
     with flux_converter_at_tiny_width(), pytest.raises(
             ValueError, match="odd.safetensors does not convert as a flux1-dev checkpoint with flux-base's configs"):
         checkpoints.import_checkpoint_file(tmp_path / "odd.safetensors", "odd", base="flux-base")
+    state = load_file(str(files["no-t5"]))
+    state["model.diffusion_model.img_in.scale_weight"] = torch.ones(1)  # ComfyUI's scaled fp8
+    save_file(state, str(tmp_path / "scaled.safetensors"))
+    with pytest.raises(ValueError, match="scaled.safetensors is in ComfyUI's scaled-fp8 format"):
+        checkpoints.import_checkpoint_file(tmp_path / "scaled.safetensors", "scaled", base="flux-base")
     assert sorted(m.name for m in model_store.list_models()) == ["chroma", "flux-base"]
 
 
