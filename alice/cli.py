@@ -150,8 +150,8 @@ def _model_type(model: model_store.StoredModel) -> str:
 def models_import(
     path: Path = typer.Argument(
         ..., help="A diffusers pipeline folder (SD 1.x, 2.x, XL, 3; FLUX.1; Chroma; Z-Image; FLUX.2 Klein; "
-                  "Qwen-Image), a single-file .safetensors checkpoint (SD 1.x, 2.x, SDXL), "
-                  "a transformer-only .safetensors or .gguf (with --base), a textual-inversion "
+                  "Qwen-Image), a single-file .safetensors checkpoint (SD 1.x, 2.x, SDXL; all-in-one SD3, "
+                  "FLUX.1, Chroma, Z-Image), a transformer-only .safetensors or .gguf (with --base), a textual-inversion "
                   "embedding (A1111's .pt or .safetensors), or a tiny autoencoder folder for live previews "
                   "(diffusers' AutoencoderTiny: TAESD, TAESDXL, TAESD3, TAEF1)."
     ),
@@ -160,7 +160,8 @@ def models_import(
     base: str = typer.Option(
         None, "--base",
         help="For a transformer-only file (.gguf, a FLUX fine-tune): the stored model of its family whose "
-             "text encoders, tokenizers and VAE it uses.",
+             "text encoders, tokenizers and VAE it uses. For an all-in-one file: the stored model whose configs "
+             "it converts with, and whose parts it lacks (or holds in float8) it uses.",
     ),
     family: str = typer.Option(
         None, "--family",

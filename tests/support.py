@@ -3,6 +3,8 @@ layouts the loaders read. What bench/ shares with the tests lives in harness/.""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -109,7 +111,20 @@ def original_layout_state_dict(pipe) -> dict:
         block = level * (per_level + 1) + layer
         return f"output_blocks.{block}.0.{resnet(tail)}" if kind == "resnets" else f"output_blocks.{block}.1.{tail}"
 
-    levels = len(pipe.vae.config.block_out_channels)
+    state = {}
+    for key, tensor in unet.state_dict().items():
+        state[f"model.diffusion_model.{unet_key(key)}"] = tensor
+    state.update(original_vae_state_dict(pipe.vae, "first_stage_model."))
+    for key, tensor in pipe.text_encoder.state_dict().items():
+        # transformers 5's CLIPTextModel has no `text_model.` level; the original layout does
+        state[f"cond_stage_model.transformer.text_model.{key.removeprefix('text_model.')}"] = tensor
+    return state
+
+
+def original_vae_state_dict(vae, prefix: str) -> dict:
+    """An AutoencoderKL's weights under their original (CompVis / LDM) names, after `prefix`:
+    `first_stage_model.` in SD checkpoints, `vae.` in the FLUX/SD3 all-in-one files."""
+    levels = len(vae.config.block_out_channels)
     vae_attention = [("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out")]
 
     def vae_key(key: str, tensor):
@@ -134,12 +149,21 @@ def original_layout_state_dict(pipe) -> dict:
         return (f"{coder}.{rest}" if coder in ("encoder", "decoder") else key), tensor
 
     state = {}
-    for key, tensor in unet.state_dict().items():
-        state[f"model.diffusion_model.{unet_key(key)}"] = tensor
-    for key, tensor in pipe.vae.state_dict().items():
+    for key, tensor in vae.state_dict().items():
         new_key, new_tensor = vae_key(key, tensor)
-        state[f"first_stage_model.{new_key}"] = new_tensor
-    for key, tensor in pipe.text_encoder.state_dict().items():
-        # transformers 5's CLIPTextModel has no `text_model.` level; the original layout does
-        state[f"cond_stage_model.transformer.text_model.{key.removeprefix('text_model.')}"] = tensor
+        state[f"{prefix}{new_key}"] = new_tensor
     return state
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread while the block runs: on a small, busy machine torch's default thread
+    count can make a tiny generation take seconds (its threads spin waiting for each other)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

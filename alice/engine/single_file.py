@@ -94,8 +94,8 @@ def convert_single_file(path: Path, out_dir: Path, family: str, *, config_dir: P
     path, out_dir = Path(path), Path(out_dir)
     pipeline_class = family_named(family).text_to_image  # ValueError for an unknown family
     config_dir = Path(config_dir) if config_dir is not None else CONFIGS / family
-    if not config_dir.is_dir():  # the transformer families' single files come later
-        raise ValueError(f"single-file checkpoints of {family} models cannot be converted yet; import a diffusers folder")
+    if not config_dir.is_dir():  # the transformer families' all-in-one files: alice/engine/pipeline_files.py
+        raise ValueError(f"{family} single files are not Stable Diffusion checkpoints; convert_pipeline_file converts them")
     header = _read_header(path)
     import diffusers
     from diffusers.utils import logging as diffusers_logging

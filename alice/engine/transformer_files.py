@@ -65,6 +65,7 @@ def read_transformer_file(path: Path) -> TransformerFile:
         )
     if any("lora" in name.lower() for name in names):
         raise ValueError(f"{path.name} is a LoRA, not a transformer: import it with --lora")
+    refuse_scaled_fp8(path, names)
     family = transformer_family(names)
     if family is None:
         raise ValueError(
@@ -72,6 +73,18 @@ def read_transformer_file(path: Path) -> TransformerFile:
             f"such as {', '.join(sorted(names)[:3]) or 'none'})"
         )
     return TransformerFile(path, family, len(names), quant_types)
+
+
+# ComfyUI's "scaled fp8" files store each weight in float8 beside a `.scale_weight` it is to be
+# multiplied by; diffusers' converters drop the scales, which would load wrong weights silently.
+_SCALED_FP8 = ("scaled_fp8", ".scale_weight", ".scale_input")
+
+
+def refuse_scaled_fp8(path: Path, names: list[str]) -> None:
+    """ValueError for a file in ComfyUI's scaled-fp8 format, which diffusers does not read."""
+    if any(name.endswith(_SCALED_FP8) for name in names):
+        raise ValueError(f"{path.name} is in ComfyUI's scaled-fp8 format (weights with `.scale_weight` "
+                         "factors), which diffusers cannot load: use the model's bf16, fp16 or plain fp8 file")
 
 
 def _read_gguf(path: Path) -> tuple[list[str], tuple[str, ...]]:
@@ -142,6 +155,47 @@ def load_transformer_file(file: Path, folder: Path, dtype: torch.dtype, *, disab
     )
     logger.info("loaded %s from %s (computing in %s)", model_class.__name__, file.name, dtype)
     return model
+
+
+def check_transformer_file(file: Path, folder: Path) -> None:
+    """Whether an unquantized transformer-only file would load with the config in
+    `folder`/transformer, checked without loading it (a FLUX.1 fine-tune is 24 GB in bf16): the
+    model built on the meta device from the config, the file's tensors read from its header
+    (a truncated file is found there), BFL/ComfyUI names converted by diffusers' own converter
+    run on meta tensors, and the names and shapes compared as a load would.
+    FolderDoesNotLoad (a ValueError) saying what does not fit."""
+    import diffusers
+    import torch
+    from diffusers.loaders.single_file_model import (
+        SINGLE_FILE_LOADABLE_CLASSES,
+        _get_single_file_loadable_mapping_class,
+    )
+
+    from alice.engine.folder_check import (
+        FolderDoesNotLoad,
+        _compare,
+        _on_meta,
+        _tensors_in,
+    )
+
+    part = Path(folder) / TRANSFORMER
+    model_class = getattr(diffusers, str(read_config(part / "config.json").get("_class_name", "")), None)
+    mapping = _get_single_file_loadable_mapping_class(model_class) if isinstance(model_class, type) else None
+    if mapping is None:
+        raise FolderDoesNotLoad(f"{part}/config.json names no diffusers transformer that loads single files")
+    model = _on_meta(model_class, "diffusers", part, TRANSFORMER)
+    expected = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
+    found = _tensors_in([Path(file)], TRANSFORMER)
+    if not found.keys() & expected.keys():  # not diffusers' names: converted as from_single_file would
+        checkpoint = {key: torch.empty(shape, device="meta") for key, shape in found.items()}
+        try:
+            converted = SINGLE_FILE_LOADABLE_CLASSES[mapping]["checkpoint_mapping_fn"](
+                config=dict(model.config), checkpoint=checkpoint)
+        except Exception as exc:  # the converters raise KeyError, RuntimeError (split sizes), ...
+            raise FolderDoesNotLoad(f"{TRANSFORMER}: diffusers cannot convert its tensors' names and shapes "
+                                    f"({type(exc).__name__}: {exc})") from None
+        found = {key: tuple(tensor.shape) for key, tensor in converted.items()}
+    _compare(TRANSFORMER, expected, found)
 
 
 def transformer_from_file(folder: Path, dtype: torch.dtype, disable_mmap: bool = False) -> dict[str, Any]:

@@ -17,10 +17,12 @@ from alice.engine.demo import DEMO_MODEL_DIR, DEMO_MODEL_NAME
 from alice.engine.embeddings import EMBEDDING_FILE, embedding_family, read_embedding
 from alice.engine.families import detect_family, family_named, lora_family
 from alice.engine.folder_check import FolderDoesNotLoad, check_folder_loads
+from alice.engine.pipeline_files import read_pipeline_file
 from alice.engine.pipelines import choose_placement, load_pipeline
 from alice.engine.preview_decoders import is_tiny_autoencoder_folder, load_tiny_autoencoder, preview_family
 from alice.engine.single_file import convert_single_file, detect_checkpoint_family
 from alice.engine.transformer_files import is_transformer_file
+from alice.models.pipeline_files import import_pipeline_file
 from alice.models.store import (
     EMBEDDING,
     LORA,
@@ -74,12 +76,17 @@ def import_preview_decoder_folder(
 def import_checkpoint_file(path: Path, name: str, *, source: str = "local", base: str | None = None) -> StoredModel:
     """Convert a single-file `.safetensors` checkpoint (SD 1.x, 2.x or SDXL, told apart by its
     weights) into a diffusers folder offline, then import that like any pipeline folder.
+    A transformer family's all-in-one file (SD3, FLUX.1, Chroma, Z-Image) is converted with the
+    shipped configs, the parts it lacks taken from `base` (alice/models/pipeline_files.py).
     A transformer-only file (a `.gguf`, a FLUX fine-tune) takes its other parts from the stored
     model `base` (alice/models/transformer_imports.py)."""
     validate_model_name(name)
     path = Path(path)
     if base is None and is_embedding_file(path):
         return import_embedding_file(path, name, source=source)
+    whole = read_pipeline_file(path) if path.suffix.lower() == ".safetensors" else None
+    if whole is not None:
+        return import_pipeline_file(whole, name, base=base, source=source)
     if base is not None or is_transformer_file(path):
         return import_transformer_file(path, name, base=base, source=source)
     family = detect_checkpoint_family(path)  # ValueError for a LoRA or anything else

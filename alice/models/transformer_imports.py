@@ -19,11 +19,12 @@ from pathlib import Path
 from alice.engine.families import FAMILIES, detect_family, family_named
 from alice.engine.folder_check import FolderDoesNotLoad, check_folder_loads
 from alice.engine.pipeline_configs import read_config
-from alice.engine.single_file import CONFIGS
+from alice.engine.pipeline_files import FLUX1_SCHEDULERS, SHIPPED_CONFIGS
 from alice.engine.transformer_files import (
     SUFFIXES,
     TRANSFORMER,
     TransformerFile,
+    check_transformer_file,
     load_transformer_file,
     read_transformer_file,
 )
@@ -41,16 +42,6 @@ from alice.models.store import (
 
 logger = logging.getLogger("alice.models")
 
-# The scheduler each FLUX.1 variant ships with (the BFL repos' scheduler_config.json): a dev file
-# on a schnell base (or the reverse) takes its own, not the base's.
-_FLUX1_SCHEDULERS = {
-    "flux1-dev": {"shift": 3.0, "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15,
-                  "base_image_seq_len": 256, "max_image_seq_len": 4096},
-    "flux1-schnell": {"shift": 1.0, "use_dynamic_shifting": False},
-}
-# The released transformer's config, for a base stored without one (a repo fetched without its
-# transformer folder): FLUX.1 dev's and schnell's differ only in `guidance_embeds`, set per file.
-_SHIPPED_CONFIGS = {"flux1-dev": CONFIGS / "flux1-schnell", "flux1-schnell": CONFIGS / "flux1-schnell"}
 _BENTOML_FILES = ("model.yaml",)  # bentoml's own, in every stored version's folder
 
 
@@ -87,27 +78,28 @@ def import_transformer_file(path: Path, name: str, *, base: str | None, source: 
 
 
 def _shipped_config(family: str) -> dict:
-    folder = _SHIPPED_CONFIGS.get(family)
+    folder = SHIPPED_CONFIGS.get(family)
     return read_config(folder / TRANSFORMER / "config.json") if folder else {}
 
 
 def check_base_for(family_name: str, base: str | None, filename: str, *,
-                   how: str = "`alice models import {file} --name N --base <a stored {kind} model>`") -> StoredModel:
+                   how: str = "`alice models import {file} --name N --base <a stored {kind} model>`",
+                   lacks: str | None = None) -> StoredModel:
     """The stored model `base` a transformer file of this family takes its other parts from.
 
     ValueError, saying what to do, when no base is given (`how`, naming the stored models that
-    would do), or it is not stored, not a pipeline or base, or of a family whose text encoders
-    and VAE do not fit. Downloads ask this before fetching, from the family their source names."""
+    would do; `lacks`, the parts an all-in-one file is without), or it is not stored, not a
+    pipeline or base, or of a family whose text encoders and VAE do not fit. Downloads ask this
+    before fetching, from the family their source names."""
     family = family_named(family_name)
     kind = _same_kind(family.name)
     if base is None:
         candidates = [m.name for m in list_models() if m.kind in (PIPELINE, BASE) and m.family in FAMILIES
                       and FAMILIES[m.family].text_to_image == family.text_to_image]
         stored = f"stored {kind} models: {', '.join(candidates)}" if candidates else f"no {kind} model is stored yet"
-        raise ValueError(
-            f"{filename} holds only a {family.name} transformer; its text encoders and VAE come from a stored "
-            f"{kind} model: {how.format(file=filename, kind=kind)} ({stored})"
-        )
+        what = (f"is a {family.name} checkpoint without its {lacks}, which come" if lacks
+                else f"holds only a {family.name} transformer; its text encoders and VAE come")
+        raise ValueError(f"{filename} {what} from a stored {kind} model: {how.format(file=filename, kind=kind)} ({stored})")
     base_model = _base_model(base)
     base_family = family_named(base_model.family)
     # FLUX.1 dev and schnell share their text encoders and VAE: a pipeline class in common says so.
@@ -149,9 +141,9 @@ def _write_own_files(
     (staging / TRANSFORMER / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     written = {f"{TRANSFORMER}/{target}", f"{TRANSFORMER}/config.json"}
     scheduler = read_config(base.path / "scheduler" / "scheduler_config.json")
-    if family != base.family and family in _FLUX1_SCHEDULERS and scheduler:
+    if family != base.family and family in FLUX1_SCHEDULERS and scheduler:
         (staging / "scheduler").mkdir()
-        scheduler.update(_FLUX1_SCHEDULERS[family])
+        scheduler.update(FLUX1_SCHEDULERS[family])
         (staging / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2) + "\n")
         written.add("scheduler/scheduler_config.json")
     return staging / TRANSFORMER / target, written
@@ -164,20 +156,25 @@ def _files_of(folder: Path) -> list[str]:
 
 
 def _check_loads(file: TransformerFile, staged: Path, staging: Path, base: str) -> None:
-    """Load the transformer as the engine will, so a file that does not fit the base's config
-    (another size, a truncated tensor) fails the import rather than the first request. In
-    bf16: half of float32's memory for an unquantized file, the weights checked all the same."""
+    """Check the transformer would load as the engine will, so a file that does not fit the
+    base's config (another size, a truncated tensor) fails the import rather than the first
+    request. An unquantized file is checked without loading it (its header against the model
+    built on the meta device: check_transformer_file); a GGUF, a quarter of the size and kept
+    quantized in memory, is loaded."""
     import torch
 
     try:
-        model = load_transformer_file(staged, staging, torch.bfloat16)
+        if file.is_gguf:
+            model = load_transformer_file(staged, staging, torch.bfloat16)
+            del model
+            gc.collect()  # gigabytes of weights: do not hold them until the next collection
+        else:
+            check_transformer_file(staged, staging)
     except Exception as exc:  # diffusers raises many kinds for files that do not fit
         raise ValueError(
             f"{file.path.name} does not load as a {file.family} transformer with {base}'s config (a model of "
             f"another size, or tensors diffusers cannot convert): {type(exc).__name__}: {exc}"
         ) from exc
-    del model
-    gc.collect()  # gigabytes of weights: do not hold them until the next collection
 
 
 def holds_no_transformer(folder: Path) -> bool:

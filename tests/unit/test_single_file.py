@@ -116,7 +116,7 @@ def test_prediction_type_from_modelspec_metadata(tmp_path: Path, demo, written: 
 def test_unknown_family_refused(demo, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown model family 'sd4'"):
         convert_single_file(demo["checkpoint"], tmp_path / "out", "sd4")
-    with pytest.raises(ValueError, match="single-file checkpoints of flux1-dev models cannot be converted yet"):
+    with pytest.raises(ValueError, match="flux1-dev single files are not Stable Diffusion checkpoints"):
         convert_single_file(demo["checkpoint"], tmp_path / "out", "flux1-dev")
 
 
