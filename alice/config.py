@@ -295,7 +295,8 @@ def _key_file(path: Path) -> list[ApiKey]:
         label, colon, secret = line.partition(":")
         words, secret = label.split(), secret.strip()
         admin = len(words) == 2 and words[0] == "admin"
-        if not colon or not secret or len(words) != (2 if admin else 1) or not KEY_NAME.fullmatch(words[-1]):
+        if (not colon or not secret or len(words) != (2 if admin else 1) or not KEY_NAME.fullmatch(words[-1])
+                or words == ["admin"]):  # `admin: key` would be a user key named admin: surely a slip
             # The line itself is never quoted: it holds a key.
             raise ConfigError(f"ALICE_API_KEYS_FILE={path}, line {number}: expected `name: key` or "
                               "`admin name: key` (a name of letters, digits, _ . -)")
