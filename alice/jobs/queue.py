@@ -329,7 +329,7 @@ class JobQueue:
         job = Job(model=model, spec=spec, source=source, deadline=time.time() + timeout_s, previews=previews,
                   owner=owner)
         self._backend.submit(job)
-        logger.info("job %s queued (%s, model %s)", job.id, source, model)
+        logger.info("job %s queued (%s, model %s%s)", job.id, source, model, f", key {owner}" if owner else "")
         return job
 
     def cancel(self, job_id: str) -> Job | None:

@@ -65,6 +65,19 @@ def test_a_user_key_reads_lists_and_cancels_its_own_jobs_only_and_an_admin_all(t
     assert teams.get(f"/v1/jobs/{anns['id']}", headers=key(ANN)).json()["state"] == "succeeded"
 
 
+def test_every_generation_route_files_its_job_under_the_key_that_asked(teams):
+    before = ids(teams, ANN)
+    assert teams.post("/generate", json={"prompt": "x", **SMALL}, headers=key(ANN)).status_code == 200
+    assert teams.post("/v1/chat/completions", headers=key(ANN), json={
+        "model": "sd/alice-demo", "messages": [{"role": "user", "content": "x"}],
+        "metadata": {"width": 64, "height": 64, "steps": 2}}).status_code == 200
+    assert teams.post("/v1/images/generations", headers=key(ANN), json={
+        "model": "sd/alice-demo", "prompt": "x", "size": "64x64"}).status_code == 200
+    new = ids(teams, ANN) - before
+    sources = {teams.get(f"/v1/jobs/{job_id}", headers=key(ANN)).json()["source"] for job_id in new}
+    assert sources == {"generate", "chat", "images"} and not new & ids(teams, BOB)
+
+
 def test_a_user_keys_gallery_holds_its_own_images_and_image_urls_stay_open(teams):
     [anns] = finished_job(teams, ANN)["image_urls"]
     name = anns.rsplit("/", 1)[1]
