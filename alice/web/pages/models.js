@@ -93,7 +93,7 @@ function renderStore(store) {
       el("div", { class: "side" },
         drawable ? el("button", { type: "button", class: "small", text: "Use",
           onclick: () => useModel(model) }) : null,
-        ...(isUserKey() ? [] : managing(model)))));
+        ...(isUserKey() ? [] : managing(model))));
   }, "The model store is empty.");
 }
 
