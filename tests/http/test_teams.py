@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from tests.http.conftest import start_fake_client
+from tests.postgres_server import fresh_database, postgres_bin, postgres_server
 
 pytestmark = pytest.mark.fake_engine
 
@@ -37,6 +38,18 @@ def household(tmp_path_factory):
         tmp_path_factory.mktemp("household"), ALICE_API_KEYS=f"{ANN},{BOB}", ALICE_RATE_LIMIT="2/second",
         ALICE_ADMIN_KEYS="", ALICE_MAX_QUEUED_PER_KEY="0",  # not the other fixture's, whose environment is around
     )
+
+
+@pytest.fixture(scope="module")
+def shared_teams(tmp_path_factory):
+    """Roles on a replica of the PostgreSQL-shared queue: the owner travels in the record."""
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL is installed by `make test-tools`")
+    with postgres_server() as server:
+        yield from start_fake_client(
+            tmp_path_factory.mktemp("shared-teams"), ALICE_DATABASE_URL=fresh_database(server),
+            ALICE_API_KEYS=f"{ANN},{BOB}", ALICE_ADMIN_KEYS=ROOT, ALICE_MAX_QUEUED_PER_KEY="0", ALICE_RATE_LIMIT="",
+        )
 
 
 def finished_job(client, who: str, **body) -> dict:
@@ -169,3 +182,13 @@ def test_the_rate_limit_answers_429_with_retry_after_which_the_openai_sdk_waits_
     started = time.monotonic()
     assert sdk.with_options(max_retries=2).images.generate(**draw).data[0].url  # retried after Retry-After
     assert time.monotonic() - started >= 0.4
+
+
+def test_on_the_shared_queue_a_user_key_sees_its_own_jobs_and_images_only(shared_teams):
+    anns, bobs = finished_job(shared_teams, ANN), finished_job(shared_teams, BOB)
+    assert anns["replica"] and shared_teams.get(f"/v1/jobs/{anns['id']}", headers=key(BOB)).status_code == 404
+    assert shared_teams.delete(f"/v1/jobs/{anns['id']}", headers=key(BOB)).status_code == 404
+    assert ids(shared_teams, ANN) == {anns["id"]} and ids(shared_teams, BOB) == {bobs["id"]}
+    assert ids(shared_teams, ROOT) == {anns["id"], bobs["id"]}
+    [image] = [item["name"] for item in shared_teams.get("/v1/gallery", headers=key(BOB)).json()["data"]]
+    assert bobs["image_urls"][0].endswith(image)
