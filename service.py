@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import bentoml
 
-from alice.http import native, route_labels
+from alice.http import header_timeout, native, route_labels
 from alice.http.app import http_app
 from alice.http.auth import ApiKeyMiddleware, warn_if_open_beyond_loopback
 from alice.http.handling import serve_runtime
@@ -24,6 +24,8 @@ route_labels.install()
 # decorator); the key check and the runtime get the same ones.
 setup = ServiceSetup()
 _decorator_settings = setup.settings_or_defaults()
+# Before uvicorn builds its protocol: slow or idle connections must not hold the sockets.
+header_timeout.install(_decorator_settings.header_timeout_s)
 
 
 @bentoml.service(
@@ -42,7 +44,9 @@ class Alice:
         phases = StartPhases("imports and BentoML setup")  # logged once the default model is loaded
         settings = setup.settings()  # a bad setting ends the start here, named
         configure_logging(settings.log_level)
-        warn_if_open_beyond_loopback(settings.api_keys, tls=settings.tls_certfile is not None)
+        keys = settings.keyring()
+        warn_if_open_beyond_loopback([key.name for key in keys], tls=settings.tls_certfile is not None,
+                                     admins=sum(key.admin for key in keys))
         phases.done("settings")
         self.runtime = setup.runtime()
         serve_runtime(http_app, self.runtime)  # the mounted app's handlers find it on its state

@@ -8,8 +8,12 @@ setting, its environment variable and what is allowed.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
+import re
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -33,7 +37,33 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         repr=False,
-        description="API keys clients must send (comma-separated in ALICE_API_KEYS); empty = open.",
+        description="API keys clients must send (comma-separated in ALICE_API_KEYS; `name=key` names one for logs "
+        "and metrics); empty = open. With ALICE_ADMIN_KEYS set these are user keys: each sees its own jobs and images.",
+    )
+    admin_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        repr=False,
+        description="Admin keys (comma-separated, `name=key` as in ALICE_API_KEYS); set = roles on: only these manage "
+        "models and see every key's jobs and images; unset = every key does everything (one household).",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="A file of keys, one `name: key` a line (`admin name: key` for an admin key; # comments), "
+        "added to ALICE_API_KEYS and ALICE_ADMIN_KEYS: keys out of the environment.",
+    )
+    max_queued_per_key: int = Field(
+        0, ge=0, le=10_000, description="Most jobs one key may have waiting; more get 429 (0 = no limit but the queue's)."
+    )
+    rate_limit: str | None = Field(
+        None,
+        pattern=r"^\d+/(second|minute|hour)$",
+        description="Most requests that change something (POST, PUT, DELETE) one key may make, e.g. 60/minute; "
+        "more get 429 with Retry-After; unset = no limit.",
+    )
+    header_timeout_s: float = Field(
+        10, gt=0, le=300,
+        description="A connection that has not sent a request's headers this long after opening (or after its last "
+        "answer) is closed, so slow or idle connections cannot hold the server's sockets.",
     )
     public_url: str | None = Field(
         None, description="Base URL for handed-out image URLs when behind a proxy, e.g. https://alice.example.com."
@@ -141,7 +171,7 @@ class Settings(BaseSettings):
             return [_network_or_text(network) for network in value]
         return value
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -167,12 +197,17 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
-    @field_validator("data_dir", "tls_certfile", "tls_keyfile")
+    @field_validator("data_dir", "tls_certfile", "tls_keyfile", "api_keys_file")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value else None
 
-    @field_validator("tls_certfile", "tls_keyfile", mode="before")
+    @field_validator("rate_limit", mode="before")
+    @classmethod
+    def _no_rate(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("tls_certfile", "tls_keyfile", "api_keys_file", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -193,9 +228,80 @@ class Settings(BaseSettings):
         """The effective settings with secrets masked, for the settings page and logs."""
         view = self.model_dump(mode="json")
         view["api_keys"] = ["****"] * len(self.api_keys)
+        view["admin_keys"] = ["****"] * len(self.admin_keys)
         view["civitai_api_key"] = "****" if self.civitai_api_key else None
         view["database_url"] = "****" if self.database_url else None
         return view
+
+
+    def keyring(self) -> list[ApiKey]:
+        """Every configured key with its name and role (ConfigError for a bad key file or a name
+        or key given twice)."""
+        return read_keyring(self)
+
+    def rate_budget(self) -> tuple[int, float] | None:
+        """ALICE_RATE_LIMIT as (requests, per seconds), None when unset."""
+        if not self.rate_limit:
+            return None
+        count, _, unit = self.rate_limit.partition("/")
+        return int(count), {"second": 1.0, "minute": 60.0, "hour": 3600.0}[unit]
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A configured key: `name` is what logs, metrics and job records carry (never the key)."""
+
+    name: str
+    secret: str = dataclasses.field(default="", repr=False)
+    admin: bool = False
+
+
+KEY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+
+
+def read_keyring(settings: Settings) -> list[ApiKey]:
+    entries = [(entry, False) for entry in settings.api_keys] + [(entry, True) for entry in settings.admin_keys]
+    keys = [_named(entry, admin) for entry, admin in entries]
+    if settings.api_keys_file:
+        keys += _key_file(settings.api_keys_file)
+    names = [key.name for key in keys]
+    if len(set(names)) != len(names):
+        twice = sorted({name for name in names if names.count(name) > 1})[0]
+        raise ConfigError(f"invalid setting api_keys: the key name '{twice}' is given twice")
+    if len({key.secret for key in keys}) != len(keys):
+        raise ConfigError("invalid setting api_keys: one key is given twice (as two names or two roles)")
+    return keys
+
+
+def _named(entry: str, admin: bool) -> ApiKey:
+    """`name=key` names a key; a bare key is named by a short hash of itself (stable across a
+    reordered list, never the key). A key whose `=` is base64's padding stays a bare key."""
+    name, equals, secret = entry.partition("=")
+    if equals and KEY_NAME.fullmatch(name) and len(secret) >= 8 and not secret.startswith("="):
+        return ApiKey(name, secret, admin)
+    return ApiKey(f"key-{hashlib.sha256(entry.encode()).hexdigest()[:8]}", entry, admin)
+
+
+def _key_file(path: Path) -> list[ApiKey]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"ALICE_API_KEYS_FILE={path}: cannot read the file ({exc.strerror})") from None
+    keys = []
+    for number, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        label, colon, secret = line.partition(":")
+        words, secret = label.split(), secret.strip()
+        admin = len(words) == 2 and words[0] == "admin"
+        if (not colon or not secret or len(words) != (2 if admin else 1) or not KEY_NAME.fullmatch(words[-1])
+                or words == ["admin"]):  # `admin: key` would be a user key named admin: surely a slip
+            # The line itself is never quoted: it holds a key.
+            raise ConfigError(f"ALICE_API_KEYS_FILE={path}, line {number}: expected `name: key` or "
+                              "`admin name: key` (a name of letters, digits, _ . -)")
+        keys.append(ApiKey(words[-1], secret, admin))
+    return keys
 
 
 def _network_or_text(value: Any) -> Any:

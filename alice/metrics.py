@@ -1,6 +1,7 @@
 """`alice_*` Prometheus metrics, exported on BentoML's `/metrics`, and a JSON summary.
 
-No prompt or key ever goes into a label: labels are model names and failure codes.
+No prompt or key ever goes into a label: labels are model names, failure codes and the names
+of configured keys (a bounded set: a job of a name no longer configured counts as `other`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ class Metrics:
     cheaper_layouts: Any
     unet_compiles: Any
     unet_eager_calls: Any
+    jobs_by_key: Any
+    images_by_key: Any
 
 
 @functools.cache
@@ -67,6 +70,10 @@ def prometheus_metrics() -> Metrics:
             "UNet calls of a compiled model run eager, being outside its compiled shapes (another size, one row).",
             ["model"],
         ),
+        jobs_by_key=Counter("alice_key_jobs_total", "Jobs that ended, by the name of the key that asked and how "
+                            "they ended (only on servers with API keys).", ["key", "state"]),
+        images_by_key=Counter("alice_key_images_total", "Images generated, by the name of the key that asked.",
+                              ["key"]),
     )
 
 
@@ -97,24 +104,40 @@ class Summary:
     steps: int = 0
     generation_seconds: float = 0.0
     model_loads: dict[str, float] = field(default_factory=dict)
+    key_names: frozenset[str] = frozenset()  # the configured keys' names: the only `key` labels
+    by_key: dict[str, Summary] = field(default_factory=dict)  # each key's own figures
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def job_finished(self, state: str, reason: str | None, model: str, images: int, steps: int, seconds: float) -> None:
+    def job_finished(self, state: str, reason: str | None, model: str, images: int, steps: int, seconds: float,
+                     owner: str | None = None) -> None:
         with self._lock:
-            self.jobs_by_state[state] = self.jobs_by_state.get(state, 0) + 1
-            if reason:
-                self.failures_by_reason[reason] = self.failures_by_reason.get(reason, 0) + 1
-            self.images += images
-            self.steps += steps
-            if images:
-                self.generation_seconds += seconds
+            self._count(state, reason, images, steps, seconds)
+            if owner is not None:
+                mine = self.by_key.get(owner)
+                if mine is None:
+                    mine = self.by_key[owner] = Summary(started=self.started)
+                mine._count(state, reason, images, steps, seconds)
         metrics = prometheus_metrics()
+        if owner is not None:
+            key = owner if owner in self.key_names else "other"
+            metrics.jobs_by_key.labels(key=key, state=state).inc()
+            if images:
+                metrics.images_by_key.labels(key=key).inc(images)
         metrics.steps.labels(model=model).inc(steps)
         if images:
             metrics.images.labels(model=model).inc(images)
             metrics.generation_seconds.labels(model=model).observe(seconds)
         elif reason:
             metrics.failures.labels(reason=reason).inc()
+
+    def _count(self, state: str, reason: str | None, images: int, steps: int, seconds: float) -> None:
+        self.jobs_by_state[state] = self.jobs_by_state.get(state, 0) + 1
+        if reason:
+            self.failures_by_reason[reason] = self.failures_by_reason.get(reason, 0) + 1
+        self.images += images
+        self.steps += steps
+        if images:
+            self.generation_seconds += seconds
 
     def model_loaded(self, model: str, seconds: float) -> None:
         with self._lock:
@@ -124,7 +147,12 @@ class Summary:
     def laid_out_cheaper(self, model: str, layout: str) -> None:
         prometheus_metrics().cheaper_layouts.labels(model=model, layout=layout).inc()
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, owner: str | None = None) -> dict[str, Any]:
+        """The figures of every job, or of `owner`'s jobs only (a user key's view)."""
+        if owner is not None:
+            with self._lock:
+                mine = self.by_key.get(owner) or Summary(started=self.started)
+            return {**mine.snapshot(), "model_load_seconds": self.snapshot()["model_load_seconds"]}
         with self._lock:
             succeeded = self.jobs_by_state.get("succeeded", 0)
             return {

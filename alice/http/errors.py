@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse
 
 from alice.downloads.civitai import CivitAIError
 from alice.downloads.huggingface import HubError
-from alice.jobs.queue import Job, JobFailure, JobState, QueueFull
+from alice.jobs.queue import Job, JobFailure, JobState, OwnerQueueFull, QueueFull
 from alice.models.store import InvalidModelName, LoraNotFound, ModelNotFound
 from alice.protocol.generation import InvalidRequest
 from alice.protocol.openai import error_body
@@ -22,8 +22,10 @@ from alice.protocol.openai import error_body
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    403: "permission_error",
     404: "not_found_error",
     409: "cancelled",
+    429: "requests",  # OpenAI's type for a request-rate limit
     500: "server_error",
     503: "server_overloaded",
     502: "upstream_error",
@@ -106,6 +108,8 @@ def from_exception(exc: Exception) -> ApiError | None:
         return ApiError(502, str(exc), code="upstream_error")
     if isinstance(exc, JobFailure):  # from work done on the worker for a request (loading a model)
         return ApiError(FAILURE_STATUS.get(exc.code, 500), str(exc), code=exc.code)
+    if isinstance(exc, OwnerQueueFull):  # this key's share is full, not the server: the SDK retries 429
+        return ApiError(429, str(exc), code=exc.code, retry_after_s=exc.retry_after_s)
     if isinstance(exc, QueueFull):
         return ApiError(503, str(exc), code=exc.code, retry_after_s=exc.retry_after_s)
     return None

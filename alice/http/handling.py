@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.applications import Starlette
 from starlette.requests import Request
 
+from alice.http.auth import current_caller
 from alice.http.errors import ApiError, job_error
 from alice.http.urls import base_url, image_url
 from alice.jobs.queue import Job
@@ -50,7 +51,7 @@ async def read_json_object(request: Request) -> dict[str, Any]:
 async def submit(runtime: Runtime, request: GenerationSettings, source: str) -> Job:
     """Queue a request's job off the event loop: an img2img input is decoded, re-encoded and
     fsynced on the way (seconds for a 4096x4096 input), and every other client waits while the loop does."""
-    return await run_in_threadpool(runtime.submit, request, source)
+    return await run_in_threadpool(runtime.submit, request, source, current_caller().name)
 
 
 async def wait_for(job: Job, request: Request, runtime: Runtime) -> Job:

@@ -1,4 +1,7 @@
-"""Admin routes for jobs: submit without waiting, list, poll, cancel; and the metrics summary."""
+"""Routes for jobs: submit without waiting, list, poll, cancel; and the metrics summary.
+
+With roles on (ALICE_ADMIN_KEYS), a user key lists, reads and cancels its own jobs only: another
+key's job is a 404, as an unknown one, so its existence is not told either."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import JSONResponse
 
+from alice.http.auth import current_caller
 from alice.http.errors import ApiError
 from alice.http.handling import get_runtime, image_urls, read_json_object, submit
 from alice.jobs.queue import Job
@@ -32,8 +36,9 @@ async def submit_job(request: Request, runtime: Runtime = Depends(get_runtime)) 
 
 @router.get("/jobs")
 def list_jobs(request: Request, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
-    """Every job this server remembers, newest first."""
-    return {"object": "list", "data": [job_view(job, request, runtime) for job in runtime.jobs.list()]}
+    """Every job this server remembers (a user key's own), newest first."""
+    jobs = runtime.jobs.list(current_caller().owner_filter)
+    return {"object": "list", "data": [job_view(job, request, runtime) for job in jobs]}
 
 
 @router.get("/jobs/{job_id}")
@@ -49,16 +54,17 @@ def get_job(job_id: str, request: Request, runtime: Runtime = Depends(get_runtim
 @router.delete("/jobs/{job_id}")
 def cancel_job(job_id: str, request: Request, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
     """Cancels that job only: a queued one at once, a running one at its next step."""
+    _found(runtime.jobs.get(job_id), job_id)  # another key's job is not this key's to cancel
     return job_view(_found(runtime.jobs.cancel(job_id), job_id), request, runtime)
 
 
 @router.get("/metrics")
 def metrics(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
     """A JSON summary for the web page; Prometheus scrapes `/metrics`."""
-    return runtime.metrics_summary()
+    return runtime.metrics_summary(current_caller().owner_filter)
 
 
 def _found(job: Job | None, job_id: str) -> Job:
-    if job is None:
+    if job is None or not current_caller().sees(job.owner):
         raise ApiError(404, f"no job '{job_id}'", param="job_id", code="job_not_found")
     return job

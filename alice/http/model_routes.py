@@ -1,4 +1,6 @@
-"""Model-manager admin routes: search, download, status, cancel, delete (api-contract.md section 8)."""
+"""Model-manager admin routes: search, download, status, cancel, load, unload, delete (api-contract.md
+section 8). With roles on (ALICE_ADMIN_KEYS) an admin key's only: a user key gets 403 (every key
+may list the models and draw with them: `/v1/models`, `/v1/store/models`)."""
 
 from __future__ import annotations
 
@@ -12,13 +14,14 @@ from starlette.responses import JSONResponse
 from alice.models import store as model_store
 from alice.downloads import huggingface
 from alice.downloads.manager import DownloadTask
+from alice.http.auth import admin_only
 from alice.http.errors import ApiError
 from alice.http.handling import get_runtime, read_json_object
 from alice.protocol import models as mp
 from alice.protocol.generation import strip_model_prefix
 from alice.serving.runtime import Runtime
 
-router = APIRouter(prefix="/v1/models")
+router = APIRouter(prefix="/v1/models", dependencies=[Depends(admin_only)])
 
 
 @router.post("/search/civitai")

@@ -19,6 +19,7 @@ from alice.models import store as model_store
 from alice.config import Settings, env_name
 from alice.engine.scheduler_names import DEFAULT_SCHEDULER, SCHEDULER_NAMES
 from alice.engine.spec import setting
+from alice.http.auth import admin_only, current_caller
 from alice.http.errors import ApiError
 from alice.http.handling import get_runtime
 from alice.images.store import StoredImage
@@ -137,12 +138,13 @@ def gallery(
     limit: int = Query(24, ge=1, le=GALLERY_PAGE_MAX),
     runtime: Runtime = Depends(get_runtime),
 ) -> dict[str, Any]:
-    """Stored images, newest first, with their parameters; `total` for paging."""
-    images = runtime.images.list(offset, limit)
+    """Stored images (a user key's own), newest first, with their parameters; `total` for paging."""
+    owner = current_caller().owner_filter
+    images = runtime.images.list(offset, limit, owner)
     return {
         "object": "list",
         "data": [gallery_item(image) for image in images],
-        "total": runtime.images.count(),
+        "total": runtime.images.count(owner),
         "offset": offset,
         "limit": limit,
     }
@@ -150,7 +152,7 @@ def gallery(
 
 @router.delete("/v1/gallery/{name}")
 def delete_image(name: str, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
-    if not runtime.images.delete(name):
+    if not runtime.images.delete(name, current_caller().owner_filter):  # another key's: as if none
         raise ApiError(404, "no such image (it may have expired)", param="name", code="image_not_found")
     return {"name": name, "object": "image", "deleted": True}
 
@@ -183,18 +185,22 @@ def stored_models(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
 
 @router.get("/v1/settings")
 def settings(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
-    """The effective configuration (secrets masked), and what a request may ask for: each
-    setting's default and limits as its declaration states them (the page's form takes both)."""
+    """The effective configuration (secrets masked; an admin's to read when roles are on), and
+    what a request may ask for: each setting's default and limits as its declaration states them
+    (the page's form takes both); and who asks (`caller`: the page hides what its key cannot do)."""
     current = runtime.settings
+    caller = current_caller()
     fields = GenerationSettings.model_fields
     limits = setting_limits()
     return {
         "version": __version__,
-        "settings": current.public_view(),
+        "caller": {"name": caller.name, "role": caller.role, "roles": caller.roles},
+        # The operator's configuration is the settings page's: with roles on, an admin's only.
+        "settings": current.public_view() if caller.admin else None,
         "descriptions": {
             name: {"env": env_name(name), "description": field.description or ""}
             for name, field in Settings.model_fields.items()
-        },
+        } if caller.admin else None,
         "schedulers": SCHEDULER_NAMES,
         "default_scheduler": DEFAULT_SCHEDULER,
         "defaults": {

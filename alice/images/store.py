@@ -6,6 +6,10 @@ WebP files it sits in the EXIF (alice/images/formats.py).
 
 Image URLs (`/images/{name}`) need no key, so a file name is a capability: 128 random
 bits, checked strictly before it ever touches the file system.
+
+Which key made an image is an empty file `.owners/<key name>/<image name>` beside it: not in
+the image (whose text anyone with its URL reads), kept as long as the image, the same for
+replicas that share the folder; the gallery of a user key lists its own folder's names.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ logger = logging.getLogger("alice.images")
 NAME_PATTERN = re.compile(r"[0-9a-f]{32}(?:%s)" % "|".join(re.escape(fmt.suffix) for fmt in FORMATS.values()))
 # Temp files start with a dot and never match NAME_PATTERN, so they are never served or listed.
 TEMP_PREFIX = ".tmp-"
+OWNERS = ".owners"  # dot-led: never a name the store serves or lists
+OWNER_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a key's name (alice.config.KEY_NAME)
 
 def encode_png(image: Image.Image, parameters: str) -> bytes:
     """PNG bytes with a `parameters` text chunk; the same image and text give the same bytes.
@@ -66,13 +72,45 @@ class ImageStore:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def save(self, image: Image.Image, parameters: str, output_format: str = "png", compression: int = 100) -> str:
+    def save(self, image: Image.Image, parameters: str, output_format: str = "png", compression: int = 100,
+             owner: str | None = None) -> str:
         """Encode `image` with its A1111 parameters as `output_format` (png, jpeg, webp; jpeg and
-        webp at quality `compression`) and store it; returns the new name."""
+        webp at quality `compression`) and store it as `owner`'s (a key's name); returns the new name."""
         if output_format == "png":
-            return self.save_png(encode_png(image, parameters))
-        return self.save_file(encode_with_exif(image, parameters, output_format, compression),
-                              FORMATS[output_format].suffix)
+            name = self.save_png(encode_png(image, parameters))
+        else:
+            name = self.save_file(encode_with_exif(image, parameters, output_format, compression),
+                                  FORMATS[output_format].suffix)
+        if owner is not None:
+            folder = self._owner_folder(owner)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).touch()
+        return name
+
+    def _owner_folder(self, owner: str) -> Path:
+        if not OWNER_PATTERN.fullmatch(owner):
+            raise ValueError(f"not a key name: {owner!r}")
+        return self.root / OWNERS / owner
+
+    def owned_by(self, name: str, owner: str) -> bool:
+        """Whether `owner`'s key made the image `name`."""
+        return bool(NAME_PATTERN.fullmatch(name)) and (self._owner_folder(owner) / name).is_file()
+
+    def _owned(self, images: list[StoredImage], owner: str | None) -> list[StoredImage]:
+        if owner is None:
+            return images
+        try:
+            names = set(os.listdir(self._owner_folder(owner)))
+        except FileNotFoundError:
+            return []
+        return [image for image in images if image.name in names]
+
+    def _forget_owner(self, name: str) -> None:
+        """Remove the owner mark of a deleted image (whoever's it was)."""
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.root / OWNERS) as owners:
+            for owner in owners:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(owner.path, name))
 
     def save_png(self, data: bytes) -> str:
         return self.save_file(data, ".png")
@@ -123,32 +161,35 @@ class ImageStore:
             return None
         return _read_parameters(path)
 
-    def list(self, offset: int = 0, limit: int = 50) -> list[StoredImage]:
-        """A page of images, newest first (by mtime, then name), with their parameters."""
+    def list(self, offset: int = 0, limit: int = 50, owner: str | None = None) -> list[StoredImage]:
+        """A page of images (`owner`'s only, if named), newest first (by mtime, then name), with
+        their parameters."""
         offset, limit = max(offset, 0), max(limit, 0)
-        page = self._all()[offset : offset + limit]
+        page = self._owned(self._all(), owner)[offset : offset + limit]
         return [
             StoredImage(image.name, image.size_bytes, image.created, _read_parameters(self.root / image.name))
             for image in page
         ]
 
-    def count(self) -> int:
-        """How many images the folder holds."""
-        return len(self._all())
+    def count(self, owner: str | None = None) -> int:
+        """How many images the folder holds (`owner`'s, if named)."""
+        return len(self._owned(self._all(), owner))
 
     def total_bytes(self) -> int:
         """The size of all images together (temp files excluded)."""
         return sum(image.size_bytes for image in self._all())
 
-    def delete(self, name: str) -> bool:
-        """Remove one image; False when the name is invalid or the file is already gone."""
+    def delete(self, name: str, owner: str | None = None) -> bool:
+        """Remove one image (only if `owner`'s, when named); False when the name is invalid, the
+        file is already gone or another key's."""
         path = self.path_for(name)
-        if path is None:
+        if path is None or (owner is not None and not self.owned_by(name, owner)):
             return False
         try:
             os.unlink(path)
         except FileNotFoundError:
             return False
+        self._forget_owner(name)
         return True
 
     def remove_partial_files(self, older_than_s: float = 0) -> int:
@@ -200,6 +241,7 @@ class ImageStore:
             except OSError as error:
                 logger.warning("retention could not remove an image: %s", error.strerror)
                 continue
+            self._forget_owner(image.name)
             total -= image.size_bytes
             removed.append(image.name)
         if removed:

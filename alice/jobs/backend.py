@@ -34,6 +34,7 @@ class QueueSide(Protocol):
     lock: threading.Condition
     max_waiting: int  # jobs and chores that may wait (beyond one that is about to run)
     keep_finished: int  # finished jobs remembered
+    max_per_owner: int  # jobs one key may have waiting (0: no bound but max_waiting)
     max_images: BatchLimit
     discard_images: ImagesHook  # deletes the images of a job that ended without success
     on_finish: FinishHook  # sees every job that ends (for metrics)
@@ -64,6 +65,9 @@ class QueueSide(Protocol):
     def retry_after_s(self) -> int:
         """A fair guess at when a slot frees up (for QueueFull)."""
 
+    def check_owner_room(self, owner: str | None, waiting: int) -> None:
+        """Raise OwnerQueueFull when `owner` has `waiting` jobs waiting and that is its bound."""
+
 
 class JobBackend(Protocol):
     """Where jobs wait and where their records live, for one JobQueue (see the module's notes).
@@ -82,23 +86,24 @@ class JobBackend(Protocol):
         """After the worker has stopped: end those threads, write what is left, let go."""
 
     def next_work(self) -> Chore | list[Job] | None:
-        """On the worker: wait for the next chore or batch of jobs (the batching rule of
-        `alice.jobs.batching`), marked running with `QueueSide.mark_running`; None once the
-        queue stops accepting."""
+        """On the worker: wait for the next chore or batch of jobs (whose turn it is by
+        `alice.jobs.batching`'s round of keys, with its batching rule), marked running with
+        `QueueSide.mark_running`; None once the queue stops accepting."""
 
     def add_chore(self, chore: Chore) -> None:
         """Queue a chore for this server's worker (under the lock, room checked)."""
 
     def submit(self, job: Job) -> None:
-        """Queue a new job, or raise QueueFull (QueueUnavailable where a database is away)."""
+        """Queue a new job, or raise QueueFull (OwnerQueueFull beyond its owner's share,
+        QueueUnavailable where a database is away)."""
 
     def cancel(self, job_id: str) -> Job | None:
         """Cancel a queued job now, or a running one at its next step; None if unknown."""
 
     def get(self, job_id: str) -> Job | None: ...
 
-    def list(self) -> list[Job]:
-        """The jobs known, newest first."""
+    def list(self, owner: str | None = None) -> list[Job]:
+        """The jobs known (`owner`'s only, if named), newest first."""
 
     @property
     def waiting(self) -> int:

@@ -1,6 +1,12 @@
-"""The batching rule, one for both backends: which waiting jobs join the head job's pipeline call.
+"""Whose turn it is, and the batching rule, one for both backends: which waiting job heads the
+next pipeline call, and which waiting jobs join it.
 
-The jobs right behind the head join it, in order, while they share its call (same model and
+Turns go round the keys (the jobs' owners): the head is the oldest job of the key served least
+recently (a key not served yet first), so one key's burst of forty jobs waits behind another
+key's single job, which waits at most for the batch running when it came. Within one key it
+is first come, first served; with one key (or none) the whole queue is one FIFO.
+
+The jobs behind the head (every key's, in queue order) join it, in order, while they share its call (same model and
 drawing settings, `generate.batch_key`) and their images fit the limit. The first that cannot
 join (other settings, a chore, too many images) ends the batch, even if a later one could
 join: no job is ever overtaken by a later job it could not share with. A job past its deadline
@@ -9,7 +15,8 @@ is taken out on the way (to be failed) and counts no image.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from alice.engine.generate import batch_key
@@ -27,6 +34,15 @@ class Companions:
     @property
     def taken(self) -> int:
         return len(self.joined) + len(self.expired)
+
+
+def whose_turn(waiting: Sequence[Job], served: Mapping[str | None, float]) -> Job:
+    """The job to head the next batch: of the keys with jobs `waiting` (in queue order), the
+    first job of the one `served` least recently (when it last had a batch; never: first)."""
+    firsts: dict[str | None, Job] = {}
+    for job in waiting:
+        firsts.setdefault(job.owner, job)
+    return min(firsts.values(), key=lambda job: served.get(job.owner, -math.inf))  # min keeps queue order on ties
 
 
 def companions(head: Job, behind: Iterable[Job | Chore], max_images: int, now: float) -> Companions:

@@ -43,6 +43,17 @@ class QueueFull(Exception):
         self.retry_after_s = retry_after_s
 
 
+class OwnerQueueFull(QueueFull):
+    """One key already has ALICE_MAX_QUEUED_PER_KEY jobs waiting: its share, not the queue, is full."""
+
+    code = "too_many_queued_jobs"
+
+    def __init__(self, owner: str, waiting: int, retry_after_s: int) -> None:
+        Exception.__init__(self, f"key '{owner}' already has {waiting} jobs waiting (ALICE_MAX_QUEUED_PER_KEY); "
+                                 "try again when one has started")
+        self.retry_after_s = retry_after_s
+
+
 class JobFailure(Exception):
     """Raised by an executor for a failure with a known cause (code) and a message for the client."""
 
@@ -72,6 +83,7 @@ class Job:
     images: list[str] = field(default_factory=list)
     batch: int = 0  # images drawn in one pipeline call with this job's (its own included); 0 = none yet
     replica: str | None = None  # the server that ran it (ALICE_REPLICA_NAME)
+    owner: str | None = None  # the name of the key that submitted it (None on a server without keys)
     cancel_requested: bool = False
     # Live previews the client asked for, and those made so far: in this server's memory only
     # (never in the records: a replica watching another's job sees none). Dropped a while after

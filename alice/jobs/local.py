@@ -8,12 +8,13 @@ before it.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import time
 from typing import Any
 
 from alice.jobs.backend import QueueSide
-from alice.jobs.batching import companions
+from alice.jobs.batching import companions, whose_turn
 from alice.jobs.job import CANCELLED, DEADLINE, Chore, Job, JobState
 from alice.jobs.sqlite import SqliteJobStore
 
@@ -28,6 +29,8 @@ class LocalJobs:
         self._store = store
         self._waiting: collections.deque[Job | Chore] = collections.deque()  # one FIFO for both
         self._jobs: dict[str, Job] = {}  # insertion order = submission order
+        self._served: dict[str | None, int] = {}  # each key's last batch, counted (the round of keys)
+        self._batches = itertools.count()
 
     def attach(self, queue: QueueSide) -> None:
         self._queue = queue
@@ -68,18 +71,26 @@ class LocalJobs:
                     self._lock.wait()
                 if not self._queue.accepting:
                     return None
-                head = self._waiting.popleft()
-                if isinstance(head, Chore):
-                    self._queue.mark_running(head)
-                    return head
+                if isinstance(self._waiting[0], Chore):
+                    chore = self._waiting.popleft()
+                    self._queue.mark_running(chore)
+                    return chore
+                # A chore is a barrier: the keys take turns among the jobs queued before it.
+                jobs: list[Job] = list(itertools.takewhile(lambda work: isinstance(work, Job), self._waiting))
+                head = whose_turn(jobs, self._served)
+                self._waiting.remove(head)
                 if self._expired(head):
                     continue
-                found = companions(head, self._waiting, self._queue.max_images(head), time.time())
-                for _ in range(found.taken):
-                    self._waiting.popleft()
+                found = companions(head, [job for job in jobs if job is not head], self._queue.max_images(head),
+                                   time.time())
+                for job in found.joined + found.expired:
+                    self._waiting.remove(job)
                 for job in found.expired:
                     self._expired(job)
                 batch = [head, *found.joined]
+                turn = next(self._batches)
+                for job in batch:
+                    self._served[job.owner] = turn
                 self._queue.mark_running(batch)
                 return batch
 
@@ -111,6 +122,9 @@ class LocalJobs:
     def submit(self, job: Job) -> None:
         with self._lock:
             self._queue.check_room()
+            if job.owner is not None and self._queue.max_per_owner:
+                self._queue.check_owner_room(job.owner, sum(
+                    1 for waiting in self._waiting if isinstance(waiting, Job) and waiting.owner == job.owner))
             self._jobs[job.id] = job
             self._waiting.append(job)
             self._lock.notify_all()
@@ -132,9 +146,9 @@ class LocalJobs:
         with self._lock:
             return self._jobs.get(job_id)
 
-    def list(self) -> list[Job]:
+    def list(self, owner: str | None = None) -> list[Job]:
         with self._lock:
-            return list(reversed(self._jobs.values()))
+            return [job for job in reversed(self._jobs.values()) if owner is None or job.owner == owner]
 
     @property
     def waiting(self) -> int:

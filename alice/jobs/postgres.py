@@ -157,11 +157,19 @@ class PostgresJobStore:
             self._callers.release()
 
     # -- submitting ----------------------------------------------------------------
-    def insert(self, record: dict[str, Any], max_waiting: int, replica_timeout_s: float) -> tuple[int, float | None, int] | None:
+    def insert(self, record: dict[str, Any], max_waiting: int, replica_timeout_s: float,
+               max_per_owner: int = 0) -> tuple[int, float | None, int] | None:
         """Queue a job unless the queue is full: `max_waiting` jobs waiting beyond one per idle
-        replica. None when queued; else (jobs waiting, recent seconds per job, live replicas)."""
+        replica, or `max_per_owner` of its owner's (0: no such bound). None when queued; else
+        (jobs waiting, recent seconds per job, live replicas), the first negative (minus its
+        owner's jobs waiting) when the owner's share is full."""
         with self._connection() as db, db.transaction():
             db.execute("SELECT pg_advisory_xact_lock(%s)", (SUBMIT_LOCK,))
+            if max_per_owner and record.get("owner") is not None:
+                owned = db.execute("SELECT count(*) FROM alice_jobs WHERE state = 'queued' AND record->>'owner' = %s",
+                                   (record["owner"],)).fetchone()[0]
+                if owned >= max_per_owner:
+                    return -owned, None, 0
             waiting = db.execute("SELECT count(*) FROM alice_jobs WHERE state = 'queued'").fetchone()[0]
             live, idle = db.execute(
                 f"SELECT count(*), count(*) FILTER (WHERE NOT busy) FROM alice_replicas WHERE seen > {NOW} - %s",
@@ -187,13 +195,19 @@ class PostgresJobStore:
         room: Callable[[dict[str, Any]], int],
         choose: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
     ) -> list[dict[str, Any]]:
-        """Take the oldest queued job no other replica is taking, and those right behind it that
-        `choose` picks to join it; `room(head)` says how many could join at most. `choose`
-        returns the records to store (marked running). Returns them; [] when none waits."""
+        """Take the queued job whose turn it is (the oldest of the key whose jobs started least
+        recently: `alice.jobs.batching.whose_turn` across replicas) that no other replica is
+        taking, and those behind it (any key's, in queue order) that `choose` picks to join it;
+        `room(head)` says how many could join at most. `choose` returns the records to store
+        (marked running). Returns them; [] when none waits."""
         with self._connection() as db, db.transaction():
             head = db.execute(
-                "SELECT seq, created, record FROM alice_jobs WHERE state = 'queued' "
-                "ORDER BY created, seq LIMIT 1 FOR UPDATE SKIP LOCKED"
+                "WITH served AS (SELECT record->>'owner' AS owner, max((record->>'started')::float) AS last "
+                "FROM alice_jobs WHERE record->>'started' IS NOT NULL GROUP BY 1) "
+                "SELECT job.seq, job.created, job.record FROM alice_jobs job "
+                "LEFT JOIN served ON served.owner IS NOT DISTINCT FROM job.record->>'owner' "
+                "WHERE job.state = 'queued' ORDER BY served.last NULLS FIRST, job.created, job.seq "
+                "LIMIT 1 FOR UPDATE OF job SKIP LOCKED"
             ).fetchone()
             if head is None:
                 return []
@@ -201,9 +215,9 @@ class PostgresJobStore:
             followers: list[dict[str, Any]] = []
             if (more := room(head_record)) > 0:
                 followers = [row[0] for row in db.execute(
-                    "SELECT record FROM alice_jobs WHERE state = 'queued' AND (created, seq) > (%s, %s) "
+                    "SELECT record FROM alice_jobs WHERE state = 'queued' AND seq <> %s "
                     "ORDER BY created, seq LIMIT %s FOR UPDATE SKIP LOCKED",
-                    (created, seq, more),
+                    (seq, more),
                 )]
             chosen = choose([head_record, *followers])
             for record in chosen:
@@ -328,11 +342,12 @@ class PostgresJobStore:
         with self._connection() as db:
             return [row[0] for row in db.execute(f"SELECT {RECORD} FROM alice_jobs WHERE id = ANY(%s)", (ids,))]
 
-    def recent(self, limit: int) -> list[dict[str, Any]]:
-        """The newest `limit` records, newest first."""
+    def recent(self, limit: int, owner: str | None = None) -> list[dict[str, Any]]:
+        """The newest `limit` records (`owner`'s only, if named), newest first."""
         with self._connection() as db:
             return [row[0] for row in db.execute(
-                f"SELECT {RECORD} FROM alice_jobs ORDER BY created DESC, seq DESC LIMIT %s", (limit,)
+                f"SELECT {RECORD} FROM alice_jobs WHERE %s::text IS NULL OR record->>'owner' = %s "
+                "ORDER BY created DESC, seq DESC LIMIT %s", (owner, owner, limit)
             )]
 
     def waiting(self) -> int:

@@ -41,12 +41,12 @@ from typing import Any, Callable
 from alice.engine.generate import GenerationSpec, GenerationStopped
 from alice.engine.previews import Preview
 from alice.jobs.backend import BatchLimit, FinishHook, ImagesHook, JobBackend
-from alice.jobs.job import CANCELLED, DEADLINE, Chore, Job, JobFailure, JobState, QueueFull
+from alice.jobs.job import CANCELLED, DEADLINE, Chore, Job, JobFailure, JobState, OwnerQueueFull, QueueFull
 from alice.jobs.local import LocalJobs
 
 __all__ = [  # the job's names, imported from here by the HTTP layer and the runtime
     "CANCELLED", "DEADLINE", "Chore", "Executor", "FinishUp", "Job", "JobControl", "JobFailure", "JobQueue",
-    "JobState", "QueueFull",
+    "JobState", "OwnerQueueFull", "QueueFull",
 ]
 
 logger = logging.getLogger("alice.jobs")
@@ -117,17 +117,19 @@ class JobQueue:
         on_finish: FinishHook | None = None,
         keep_finished: int = 500,
         max_images: BatchLimit = lambda job: 1,
+        max_per_owner: int = 0,
     ) -> None:
         """`backend` holds the waiting jobs and their records (default: this server's FIFO in
         memory, no records kept); `discard_images` deletes the images of a job that ended
         without success; `on_finish` sees every job that ends (for metrics); `max_images`
-        bounds a batch."""
+        bounds a batch; `max_per_owner` bounds one key's waiting jobs (0: only the queue's bound)."""
         self._execute = execute
         self.max_images = max_images
         self.max_waiting = max_waiting
         self.discard_images: ImagesHook = discard_images or (lambda names: None)
         self.on_finish: FinishHook = on_finish or (lambda job: None)
         self.keep_finished = keep_finished
+        self.max_per_owner = max_per_owner
         self.lock = threading.Condition()  # reentrant: a backend may end a job while holding it
         self._running: list[Job] = []  # the batch being generated
         self._chore_running = False
@@ -300,6 +302,11 @@ class JobQueue:
             job._notify()
         self._running = work
 
+    def check_owner_room(self, owner: str | None, waiting: int) -> None:
+        """Raise OwnerQueueFull when `owner` already has `max_per_owner` jobs `waiting`."""
+        if owner is not None and self.max_per_owner and waiting >= self.max_per_owner:
+            raise OwnerQueueFull(owner, waiting, self.retry_after_s())
+
     def check_room(self) -> None:
         """Raise QueueFull when `max_waiting` jobs and chores already wait for this server's
         worker (under the lock)."""
@@ -314,12 +321,15 @@ class JobQueue:
         return max(1, min(600, round(average * max(1, self._backend.waiting_here))))
 
     # -- the clients' side --------------------------------------------------------
-    def submit(self, model: str, spec: GenerationSpec, source: str, timeout_s: float, previews: int = 0) -> Job:
-        """Queue a job, or raise QueueFull when the queue is full; `previews`: how many live
-        previews of its first image to make while it draws."""
-        job = Job(model=model, spec=spec, source=source, deadline=time.time() + timeout_s, previews=previews)
+    def submit(self, model: str, spec: GenerationSpec, source: str, timeout_s: float, previews: int = 0,
+               owner: str | None = None) -> Job:
+        """Queue a job, or raise QueueFull when the queue (or OwnerQueueFull when `owner`'s share
+        of it) is full; `previews`: how many live previews of its first image to make while it
+        draws; `owner`: the name of the key that asked."""
+        job = Job(model=model, spec=spec, source=source, deadline=time.time() + timeout_s, previews=previews,
+                  owner=owner)
         self._backend.submit(job)
-        logger.info("job %s queued (%s, model %s)", job.id, source, model)
+        logger.info("job %s queued (%s, model %s%s)", job.id, source, model, f", key {owner}" if owner else "")
         return job
 
     def cancel(self, job_id: str) -> Job | None:
@@ -329,9 +339,9 @@ class JobQueue:
     def get(self, job_id: str) -> Job | None:
         return self._backend.get(job_id)
 
-    def list(self) -> list[Job]:
-        """All known jobs, newest first."""
-        return self._backend.list()
+    def list(self, owner: str | None = None) -> list[Job]:
+        """All known jobs (`owner`'s only, if named), newest first."""
+        return self._backend.list(owner)
 
     @property
     def waiting(self) -> int:

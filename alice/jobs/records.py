@@ -59,6 +59,7 @@ def job_record(job: Any) -> dict[str, Any]:
         "images": list(job.images),
         "batch": job.batch,
         "replica": job.replica,
+        "owner": job.owner,
     }
 
 
@@ -92,4 +93,5 @@ def job_fields(record: dict[str, Any]) -> dict[str, Any]:
         "images": list(record.get("images", ())),
         "batch": record.get("batch", 0),
         "replica": record.get("replica"),
+        "owner": record.get("owner"),  # none in records from before keys had names: an admin's to see
     }

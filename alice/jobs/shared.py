@@ -1,8 +1,10 @@
 """The job queue of replicas that share one PostgreSQL database (`ALICE_DATABASE_URL`).
 
 Every replica accepts jobs into the one queue (the rows of `alice_jobs` in state queued), and
-every replica's worker claims the oldest job it can take there, with the jobs behind it that
-share its pipeline call, by the same rule as one server (`alice.jobs.batching`). This is the
+every replica's worker claims the job whose turn it is there (the oldest of the key served least
+recently, by the jobs' start times in the records: the round of keys goes across replicas), with
+the jobs behind it that share its pipeline call, by the same rule as one server
+(`alice.jobs.batching`). This is the
 queue's backend (`alice.jobs.backend`); the worker and each job's lifecycle are `JobQueue`'s.
 What differs from one server (`alice.jobs.local`):
 
@@ -41,7 +43,7 @@ import psycopg
 
 from alice.jobs.backend import QueueSide
 from alice.jobs.batching import companions
-from alice.jobs.job import CANCELLED, DEADLINE, Chore, Job, JobState, QueueFull
+from alice.jobs.job import CANCELLED, DEADLINE, Chore, Job, JobState, OwnerQueueFull, QueueFull
 from alice.jobs.postgres import PostgresJobStore
 from alice.metrics import prometheus_metrics, shared_queue_depth
 
@@ -340,7 +342,10 @@ class SharedJobs:
         with self._lock:
             if not self._queue.accepting:
                 raise QueueFull(self._waiting_everywhere, self._queue.retry_after_s())
-        full = self._db(self._shared.insert, job.record(), self._queue.max_waiting, replica_timeout_s=self._lease_s)
+        full = self._db(self._shared.insert, job.record(), self._queue.max_waiting, replica_timeout_s=self._lease_s,
+                        max_per_owner=self._queue.max_per_owner)
+        if full and full[0] < 0:  # its owner's share is full
+            raise OwnerQueueFull(job.owner or "", -full[0], self._queue.retry_after_s())
         if full:
             waiting, average, live = full
             raise QueueFull(waiting, max(1, min(600, round((average or 10.0) * max(1, waiting) / max(1, live)))))
@@ -404,10 +409,10 @@ class SharedJobs:
         record = self._db(self._shared.get, job_id)
         return self._follow(record) if record else None
 
-    def list(self) -> list[Job]:
+    def list(self, owner: str | None = None) -> list[Job]:
         with self._lock:
             mine = dict(self._mine)
-        records = self._db(self._shared.recent, self._queue.keep_finished + self._queue.max_waiting + 1)
+        records = self._db(self._shared.recent, self._queue.keep_finished + self._queue.max_waiting + 1, owner)
         return [mine.get(record["id"]) or Job.from_record(record) for record in records]
 
     @property

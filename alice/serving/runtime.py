@@ -56,7 +56,7 @@ class Runtime:
         removed = self.images.remove_partial_files(partial_age_s)
         if removed:
             logger.warning("removed %d half-written image files left by an earlier run", removed)
-        self.summary = Summary()
+        self.summary = Summary(key_names=frozenset(key.name for key in settings.keyring()))
         self.readiness = Readiness(settings.default_model, self.summary)
         self.pipelines: Engine = engine or self._diffusers_engine()
         # The worker updates the gauges as each batch starts, through the runtime: the views that
@@ -76,7 +76,7 @@ class Runtime:
         """The embedded queue (records in SQLite), or with ALICE_DATABASE_URL the queue that
         replicas share in PostgreSQL."""
         hooks = dict(discard_images=self._discard_images, on_finish=self._job_finished,
-                     max_images=self.worker.images_per_call)
+                     max_images=self.worker.images_per_call, max_per_owner=settings.max_queued_per_key)
         if settings.database_url is None:
             from alice.jobs.local import LocalJobs
 
@@ -164,9 +164,9 @@ class Runtime:
             self.resolve_model(name)
         return self.jobs.run_on_worker(lambda: self.pipelines.drop(name))
 
-    def submit(self, request: GenerationSettings, source: str) -> Job:
+    def submit(self, request: GenerationSettings, source: str, owner: str | None = None) -> Job:
         """Resolve a request into what to draw, check it against the server's limits and
-        store, and queue it (QueueFull when full)."""
+        store, and queue it for `owner` (the key's name) (QueueFull when full)."""
         model = self.resolve_model(request.model)
         edit = self._edit_inputs(request, model)
         if edit is not None and request.outpaint and request.width is None and request.height is None:
@@ -196,7 +196,8 @@ class Runtime:
                 init = fill_transparent(edit.image, spec.seed)
                 spec = dataclasses.replace(spec, mask_image=keep_input_image(edit.mask, self.inputs))
             spec = dataclasses.replace(spec, init_image=keep_input_image(init, self.inputs))
-        job = self.jobs.submit(model.name, spec, source, self.settings.request_timeout_s, previews=request.previews)
+        job = self.jobs.submit(model.name, spec, source, self.settings.request_timeout_s, previews=request.previews,
+                               owner=owner)
         self._update_gauges()
         return job
 
@@ -233,8 +234,8 @@ class Runtime:
     def health(self) -> dict[str, Any]:
         return self.views.health()
 
-    def metrics_summary(self) -> dict[str, Any]:
-        return self.views.metrics_summary()
+    def metrics_summary(self, owner: str | None = None) -> dict[str, Any]:
+        return self.views.metrics_summary(owner)
 
     # -- the queue's hooks ----------------------------------------------------------
     def _discard_images(self, names: list[str]) -> None:
@@ -246,7 +247,8 @@ class Runtime:
             if stored:
                 self.inputs.delete(stored)
         seconds = (job.finished or 0) - (job.started or job.finished or 0)
-        self.summary.job_finished(job.state.value, job.error_code, job.model, len(job.images), job.step, seconds)
+        self.summary.job_finished(job.state.value, job.error_code, job.model, len(job.images), job.step, seconds,
+                                  owner=job.owner)
         self._update_gauges()
 
     def _update_gauges(self) -> None:

@@ -52,8 +52,9 @@ class StatusViews:
             "unet_compile": {"enabled": self.settings.compile_unet, "models": self.pipelines.compile_status()},
         }
 
-    def metrics_summary(self) -> dict[str, Any]:
-        """The JSON summary behind `GET /v1/metrics`."""
+    def metrics_summary(self, owner: str | None = None) -> dict[str, Any]:
+        """The JSON summary behind `GET /v1/metrics`: its job figures `owner`'s only, if named
+        (a user key's: the queue's length it sees, but not whose jobs wait or run)."""
         gpu = None
         if self.placement.is_gpu:
             import torch
@@ -62,8 +63,10 @@ class StatusViews:
             free, total = torch.cuda.mem_get_info(device)
             gpu = {"allocated_bytes": torch.cuda.memory_allocated(device), "free_bytes": free, "total_bytes": total}
         running = self.jobs.running
+        if running is not None and owner is not None and running.owner != owner:
+            running = None
         return {
-            **self.summary.snapshot(),
+            **self.summary.snapshot(owner),
             "queue": {"waiting": self.jobs.waiting, "running": public_job(running) if running else None},
             "loaded_models": self.pipelines.names(),
             "device": self.placement.device,

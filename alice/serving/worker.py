@@ -199,7 +199,8 @@ class Worker:
         def save_images() -> None:  # on the finisher thread, while the next job generates
             for index, image in enumerate(images):
                 text = parameters.a1111_text(job.model, index)
-                control.add_image(self.images.save(image, text, spec.output_format, spec.output_compression))
+                control.add_image(self.images.save(image, text, spec.output_format, spec.output_compression,
+                                                   owner=job.owner))
 
         return save_images
 

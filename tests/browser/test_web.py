@@ -38,6 +38,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_play
 
 API_KEY = "browser-test-key-3f9a"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+USER_KEY = "browser-user-key-81c2"
 SHOTS = ROOT / "test-output" / "screenshots"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 HOSTILE = "<img src=x onerror=alert(1)><b>bold</b>"
@@ -61,7 +62,8 @@ def server(tmp_path_factory) -> Iterator[ServerProcess]:
     http = start(sources)
     sources.hf_repos["alice-tests/tiny-sd"] = tmp / "tiny-sd"  # listed by search only, never fetched
     (tmp / "tiny-sd").mkdir()
-    env = {"ALICE_API_KEYS": API_KEY, "HF_ENDPOINT": sources.url, "ALICE_CIVITAI_URL": sources.url,
+    # The tests' key is an admin's (it does everything, as without roles); a user key to see what it is not offered.
+    env = {"ALICE_ADMIN_KEYS": API_KEY, "ALICE_API_KEYS": f"viewer={USER_KEY}", "HF_ENDPOINT": sources.url, "ALICE_CIVITAI_URL": sources.url,
            "ALICE_MAX_IMAGES_PER_REQUEST": "16"}  # the gallery test makes a page and a bit in one request
     with alice_environment(tmp, env) as root:
         from alice.models import checkpoints
@@ -578,6 +580,26 @@ def test_settings_page_masks_secrets_and_keeps_user_defaults(page, server):
     page.click("#nav a[data-page=generate]")
     expect(page.locator("#gen-steps")).to_have_value("7")
     expect(page.locator("#gen-negative")).to_have_value("watermark")
+
+
+def test_a_user_key_is_not_offered_model_management_and_is_told_why(browser, server):
+    """Roles on: a user key's Models page lists the store without Load, Unload, Delete, search or
+    downloads, and says which key and role; its Settings page shows no configuration."""
+    context = browser.new_context(base_url=server.url)
+    context.add_init_script(f"localStorage.setItem('alice.apiKey', {json.dumps(USER_KEY)})")
+    page = context.new_page()
+    page.goto("/web/#/models")
+    expect(page.locator("#models-role")).to_contain_text('("viewer") has the role "user"')
+    expect(page.locator(".model-item[data-name=alice-demo] button", has_text="Use")).to_be_visible()
+    expect(page.locator(".model-item button", has_text="Delete")).to_have_count(0)
+    expect(page.locator(".model-item button", has_text="Load")).to_have_count(0)
+    for card in page.locator("#page-models .admin-only").all():
+        expect(card).to_be_hidden()
+    page.click("#nav a[data-page=settings]")
+    expect(page.locator("#settings-role")).to_contain_text("need an admin key")
+    expect(page.locator("#settings-list .setting")).to_have_count(0)
+    expect(page.locator("#limits-list")).to_contain_text("1048576")  # the form's limits are every key's
+    context.close()
 
 
 def test_the_forms_take_their_limits_from_the_server(page, server):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +28,9 @@ API_KEY = "e2e-key"
 @pytest.fixture(scope="module")
 def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("e2e")
-    with alice_environment(tmp, {"ALICE_API_KEYS": API_KEY}), running_server(tmp / "server.log") as running:
+    # A short header timeout, for the raw-socket test; real clients send their headers at once.
+    with alice_environment(tmp, {"ALICE_API_KEYS": API_KEY, "ALICE_HEADER_TIMEOUT_S": "1"}), \
+            running_server(tmp / "server.log") as running:
         yield running
 
 
@@ -242,3 +245,30 @@ def test_health_answers_fast_during_a_generation_and_metrics_work(server):
             if job["state"] in ("queued", "running"):
                 httpx.delete(f"{server}/v1/jobs/{job['id']}", headers=headers)
         busy.join()
+
+
+def test_connections_that_never_finish_their_headers_are_closed_while_others_are_answered(server):
+    """ALICE_HEADER_TIMEOUT_S (1 s here): a connection that sends nothing, and one that trickles
+    a request's headers a byte at a time, are closed; a prompt request meanwhile is answered."""
+    host, port = server.removeprefix("http://").split(":")
+    idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(3)]
+    trickling = socket.create_connection((host, int(port)), timeout=0.2)
+    opened = time.monotonic()
+    closed_after = None
+    for byte in b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"y" * 100:
+        try:
+            trickling.sendall(bytes([byte]))
+            if trickling.recv(100) == b"":
+                closed_after = time.monotonic() - opened
+                break
+        except TimeoutError:
+            continue
+        except OSError:  # reset: closed as well
+            closed_after = time.monotonic() - opened
+            break
+    assert closed_after is not None and 0.8 <= closed_after < 3, closed_after
+    assert httpx.get(f"{server}/health").status_code == 200
+    for connection in idle:
+        assert connection.recv(100) == b""  # closed by the server, without an answer
+        connection.close()
+    assert time.monotonic() - opened < 4

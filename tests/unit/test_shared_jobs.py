@@ -16,7 +16,7 @@ import pytest
 
 from alice.engine.generate import GenerationSpec
 from alice.jobs.postgres import CANCEL_CHANNEL, MIGRATIONS, PostgresJobStore
-from alice.jobs.queue import Job, JobQueue, JobState, QueueFull
+from alice.jobs.queue import Job, JobQueue, JobState, OwnerQueueFull, QueueFull
 from alice.jobs.shared import QueueUnavailable, SharedJobs
 from tests.postgres_server import fresh_database, postgres_bin, postgres_server, table_locked
 from tests.unit.test_jobs import SteppingExecutor, wait_until
@@ -433,3 +433,25 @@ def test_a_replica_stopping_hands_back_the_jobs_it_claimed_but_did_not_start(url
     wait_until(lambda: store.get(job.id)["state"] == "succeeded", 10)
     assert store.get(job.id)["replica"] == "other" and other.executor.order == ["handed back"]
     store.close()
+
+
+def test_the_shared_queue_takes_turns_across_keys_and_keeps_each_keys_jobs_its_own(replicas):
+    """Ann's burst queued before Bob's single job: Bob's runs next, on whichever replica; each
+    key lists its own, from any replica; the owner is in the record; a key's share is bounded."""
+    other = GenerationSpec(prompt="p", seed=0, steps=24)
+    one = replicas("one", max_images=lambda job: 2, max_per_owner=6)
+    one.executor.release.clear()
+    one.start()
+    running = one.submit("m", SPEC, "a0", 60, owner="ann")
+    wait_until(lambda: running.state is JobState.RUNNING, 10)
+    burst = [one.submit("m", SPEC, f"a{n}", 60, owner="ann") for n in range(1, 7)]
+    with pytest.raises(OwnerQueueFull):
+        one.submit("m", SPEC, "a7", 60, owner="ann")
+    single = one.submit("m", other, "b", 60, owner="bob")
+    two = replicas("two")  # reads only: never started
+    assert [job.id for job in two.list("bob")] == [single.id] and two.get(single.id).owner == "bob"
+    assert {job.id for job in two.list("ann")} == {job.id for job in [running, *burst]}
+    one.executor.release.set()
+    for job in [running, *burst, single]:
+        asyncio.run(asyncio.wait_for(job.wait(), 30))
+    assert one.executor.order == ["a0", "b", "a1+a2", "a3+a4", "a5+a6"]

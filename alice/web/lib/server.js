@@ -32,6 +32,14 @@ export async function loadStore() {
   return stored;
 }
 
+/** Whether this key is a user key on a server with roles (ALICE_ADMIN_KEYS): it sees its own jobs
+ * and images, and cannot manage models or read the server's configuration. */
+export const isUserKey = () => Boolean(serverSettings && serverSettings.caller && serverSettings.caller.role === "user");
+
+/** Why a user key does not see `what`, naming its role (the server answers such a request 403). */
+export const adminOnlyNote = (what) =>
+  `${what} need an admin key (ALICE_ADMIN_KEYS); this key ("${serverSettings.caller.name}") has the role "user".`;
+
 /** [value, label] pairs for a <select> (see dom.fillSelect). */
 export const modelOptions = () => pipelines.map((m) => [m.name, m.type ? `${m.name} (${m.type})` : m.name]);
 export const schedulerOptions = () => ((serverSettings && serverSettings.schedulers) || []).map((name) => [name, name]);

@@ -4,7 +4,7 @@ import { $, el, progressBar, reconcile, setProgress, setText } from "../lib/dom.
 import { fmtBytes, fmtDate } from "../lib/format.js";
 import { confirmBox, toast } from "../lib/overlays.js";
 import { currentPage } from "../lib/router.js";
-import { loadStore } from "../lib/server.js";
+import { adminOnlyNote, isUserKey, loadSettings, loadStore } from "../lib/server.js";
 import { useModel } from "./generate.js";
 import { wireSearch } from "./model-search.js";
 
@@ -22,6 +22,16 @@ export const models = {
     this.storeKey = "";
   },
   async refresh() {
+    await loadSettings();
+    const user = isUserKey();
+    for (const card of document.querySelectorAll("#page-models .admin-only")) card.hidden = user;
+    const note = $("models-role");
+    note.hidden = !user;
+    if (user) {  // what this key cannot do is not offered: it would only be refused (403)
+      setText(note, adminOnlyNote("Downloads, loading, unloading and deleting models"));
+      await showStore();
+      return;
+    }
     const [, downloads] = await Promise.all([
       showStore(),
       api("/v1/models/download/status").catch((error) => ({ error })),
@@ -83,14 +93,22 @@ function renderStore(store) {
       el("div", { class: "side" },
         drawable ? el("button", { type: "button", class: "small", text: "Use",
           onclick: () => useModel(model) }) : null,
-        model.kind === "lora" || !drawable ? null : el("button", { type: "button", class: "small",
-          text: model.loaded ? "Unload" : "Load",
-          title: model.loaded ? "Free its memory; it loads again when next used" : "Load it into memory now",
-          onclick: () => loadOrUnload(model) }),
-        el("button", { type: "button", class: "small danger", text: "Delete", disabled: Boolean(model.default),
-          title: model.default ? "The default model (ALICE_DEFAULT_MODEL) cannot be deleted" : "Remove from the store",
-          onclick: () => deleteModel(model) })));
+        ...(isUserKey() ? [] : managing(model))));
   }, "The model store is empty.");
+}
+
+/** The Load/Unload and Delete buttons of a model (an admin's only, where roles are on). */
+function managing(model) {
+  const drawable = model.kind !== "base";
+  return [
+    model.kind === "lora" || !drawable ? null : el("button", { type: "button", class: "small",
+      text: model.loaded ? "Unload" : "Load",
+      title: model.loaded ? "Free its memory; it loads again when next used" : "Load it into memory now",
+      onclick: () => loadOrUnload(model) }),
+    el("button", { type: "button", class: "small danger", text: "Delete", disabled: Boolean(model.default),
+      title: model.default ? "The default model (ALICE_DEFAULT_MODEL) cannot be deleted" : "Remove from the store",
+      onclick: () => deleteModel(model) }),
+  ];
 }
 
 async function loadOrUnload(model) {

@@ -4,7 +4,9 @@ import { effectiveDefaults, forgetUserDefaults, saveUserDefaults, userDefaults }
 import { $, el, fillKv, fillSelect, setText } from "../lib/dom.js";
 import { getKey, isKeyRequired, setKey, showKeyDialog } from "../lib/key.js";
 import { toast } from "../lib/overlays.js";
-import { applyLimits, loadModels, loadSettings, modelOptions, schedulerOptions } from "../lib/server.js";
+import {
+  adminOnlyNote, applyLimits, isUserKey, loadModels, loadSettings, modelOptions, schedulerOptions,
+} from "../lib/server.js";
 import { defaultsChanged } from "./generate.js";
 
 // The defaults form's inputs that hold a setting with limits, by the setting's name.
@@ -49,6 +51,13 @@ export const settings = {
 };
 
 function renderServerSettings(info) {
+  const note = $("settings-role");
+  note.hidden = !isUserKey();
+  if (isUserKey()) {  // the server withholds its configuration from a user key
+    setText(note, adminOnlyNote("The server's configuration and model management"));
+    $("settings-list").replaceChildren();
+    return;
+  }
   const descriptions = info.descriptions || {};
   $("settings-list").replaceChildren(...Object.entries(info.settings).map(([name, value]) => el("div", { class: "setting", dataset: { name } },
     el("div", {}, el("div", { class: "name", text: name }),
