@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 3000
 
-.PHONY: serve test demo-model venv test-tools bento image clean
+.PHONY: serve test demo-model venv codegen-venv test-tools bento image clean
 
 venv: $(VENV)/.installed
 
@@ -23,7 +23,17 @@ demo-model: venv
 serve: demo-model
 	$(BIN)/bentoml serve service:Alice --host $(HOST) --port $(PORT)
 
-test: venv test-tools
+# openapi-python-client (a test generates a client from the served OpenAPI document) pins an
+# older typer than ALICE's CLI, so it gets a virtualenv of its own.
+CODEGEN := .venv-codegen
+codegen-venv: $(CODEGEN)/.installed
+
+$(CODEGEN)/.installed: requirements-codegen.txt
+	test -x $(CODEGEN)/bin/python || $(PYTHON) -m venv $(CODEGEN)
+	$(CODEGEN)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-codegen.txt
+	touch $@
+
+test: venv codegen-venv test-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Debian packages the tests drive: Chromium for the web page (never a downloaded browser),
