@@ -8,8 +8,8 @@ larger (alice/engine/pipelines.py). The steps, cheapest change first:
 - VAE tiling: decode in tiles of `SMALLEST_TILE` where that tiles this image (smaller images
   decode whole whatever the setting, so the step is skipped for them);
 - the next offload: for the UNet families none -> model -> sequential (resolve_preset's order),
-  for the transformer families presets.LAYOUTS (gpu -> text-offloaded -> model -> group ->
-  sequential), each keeping the tiling it had.
+  for the transformer families presets.LAYOUTS (gpu -> text-offloaded -> text-cpu -> model ->
+  group -> sequential), each keeping the tiling it had.
 Only `auto` settings move: an explicit ALICE_VAE_TILING or ALICE_CPU_OFFLOAD pins its part, and
 `note` says when that is what stopped the escalation.
 """
@@ -45,6 +45,8 @@ def layout_of(preset: MemoryPreset) -> str:
         return "gpu"
     if len(places) == 1:
         return places.pop()  # model or sequential: whole-pipeline
+    if where.get("transformer") == "gpu" and "cpu" in places:
+        return "text-cpu"  # the text encoders run in RAM beside a card
     return "group" if where.get("transformer") == "group" else "text-offloaded"
 
 

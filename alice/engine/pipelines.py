@@ -122,7 +122,12 @@ def load_pipeline(
     pipeline_class = getattr(diffusers, family.inpaint if inpainting else family.text_to_image)
     pipe = pipeline_class.from_pretrained(
         str(folder), dtype=placement.dtype, local_files_only=True, disable_mmap=in_host_memory,
-        **transformer_from_file(folder, placement.dtype, in_host_memory),  # a stored .gguf or fine-tune file
+        # A stored .gguf or fine-tune file; or a 16-bit transformer the preset quantizes to NF4, loaded
+        # straight onto the card where it stays there (no 16-bit copy in RAM), else into RAM.
+        **transformer_from_file(
+            folder, placement.dtype, in_host_memory, quantize=preset.quantize,
+            device=placement.device if dict(preset.parts).get("transformer") == "gpu" else "cpu",
+        ),
     )
     if in_host_memory:
         _copy_mapped_text_encoders(pipe)

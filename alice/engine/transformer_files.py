@@ -144,10 +144,46 @@ def load_transformer_file(file: Path, folder: Path, dtype: torch.dtype, *, disab
     return model
 
 
-def transformer_from_file(folder: Path, dtype: torch.dtype, disable_mmap: bool = False) -> dict[str, Any]:
+def transformer_from_file(
+    folder: Path, dtype: torch.dtype, disable_mmap: bool = False, *, quantize: str | None = None, device: str = "cpu"
+) -> dict[str, Any]:
     """`from_pretrained` keyword arguments for a model folder: its transformer, loaded, when
-    `transformer/` holds a transformer-only file; none otherwise (diffusers loads the folder)."""
+    `transformer/` holds a transformer-only file or the preset quantizes it at load (`quantize`
+    "nf4", loaded onto `device`); none otherwise (diffusers loads the folder)."""
     file = transformer_file_in(folder)
+    if quantize == "nf4":
+        return {TRANSFORMER: load_nf4_transformer(folder, file, dtype, device)}
     if file is None:
         return {}
     return {TRANSFORMER: load_transformer_file(file, folder, dtype, disable_mmap=disable_mmap)}
+
+
+def nf4_config(dtype: torch.dtype) -> Any:
+    """diffusers' BitsAndBytesConfig for NF4 computing in `dtype`: bitsandbytes' defaults
+    otherwise (blocks of 64, no double quantization: presets' NF4_BYTES_PER_PARAM)."""
+    import diffusers
+
+    return diffusers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+
+
+def load_nf4_transformer(folder: Path, file: Path | None, dtype: torch.dtype, device: str) -> Any:
+    """A 16-bit transformer (diffusers' folder, or a transformer-only .safetensors) quantized to
+    NF4 as it loads, onto `device` (bitsandbytes quantizes each weight as it is placed: the 16-bit
+    whole is never held). diffusers' quantizer refuses without a GPU; the presets never ask it there."""
+    import diffusers
+
+    config = read_config(Path(folder) / TRANSFORMER / "config.json")
+    model_class = getattr(diffusers, str(config.get("_class_name", "")), None)
+    if model_class is None:
+        raise ValueError(f"{folder}/{TRANSFORMER}/config.json names no diffusers transformer")
+    options: dict[str, Any] = {"quantization_config": nf4_config(dtype), "device_map": {"": device}}
+    if file is None:
+        model = model_class.from_pretrained(
+            str(folder), subfolder=TRANSFORMER, dtype=dtype, local_files_only=True, **options)
+    elif file.suffix.lower() == ".gguf":
+        raise ValueError(f"{file.name} is quantized already (GGUF): it is not quantized again at load")
+    else:
+        model = model_class.from_single_file(
+            str(file), config=str(folder), subfolder=TRANSFORMER, dtype=dtype, local_files_only=True, **options)
+    logger.info("loaded %s quantized to NF4 at load on %s (computing in %s)", model_class.__name__, device, dtype)
+    return model

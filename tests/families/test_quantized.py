@@ -1,0 +1,128 @@
+"""NF4 transformers (bitsandbytes) and text encoders run on the CPU beside a card, on tiny FLUX.1.
+
+This machine has no GPU: diffusers' bitsandbytes quantizer refuses to start without one, so the
+NF4 tests stand in a GPU for that check alone (`validate_environment`), and take bitsandbytes'
+generic CPU path (its AVX512-bf16 path packs weights in blocks wider than the tiny model's 32
+inputs). The weights are quantized and dequantized by bitsandbytes itself. Images: 64x64, 2 steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from alice.engine.device import MemoryPreset
+from alice.engine.model_sizes import is_nf4_folder, preset_inputs
+from alice.engine.pipelines import choose_placement, load_pipeline
+from alice.engine.presets import layout_parts
+from alice.engine.relayout import relayout
+from alice.engine.transformer_files import TRANSFORMER, transformer_from_file
+
+# Measured on this CPU, tiny FLUX.1 dev, seed 0, "a red circle", 64x64, 2 steps: NF4 35.4 dB from the
+# fp32 model's image (GGUF Q4_0 drew 39.1 dB at 4 steps: test_transformer_files.py); the text
+# encoders on the CPU in bf16 beside an fp16 pipeline 68.5 dB from all in fp16. The bounds leave
+# 7 dB and more: wrong scales, a transposed block or a wrong dtype hand-over draw noise, under 15 dB.
+NF4_PSNR = 28.0
+TEXT_CPU_PSNR = 55.0
+ENCODERS = ("text_encoder", "text_encoder_2")
+
+
+def psnr(reference: np.ndarray, image: np.ndarray) -> float:
+    return float(10 * np.log10(1.0 / max(np.mean((reference - image) ** 2), 1e-20)))
+
+
+def draw(pipe) -> np.ndarray:
+    image = pipe("a red circle", num_inference_steps=2, height=64, width=64, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    return np.asarray(image, dtype=np.float64)
+
+
+@pytest.fixture(scope="module")
+def flux(tiny_family: Callable[[str], Path]) -> Path:
+    return tiny_family("flux")
+
+
+@pytest.fixture
+def gpu_for_bitsandbytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffusers.quantizers.bitsandbytes.bnb_quantizer import BnB4BitDiffusersQuantizer
+
+    monkeypatch.setattr(BnB4BitDiffusersQuantizer, "validate_environment", lambda self, *a, **k: None)
+
+
+def generic_cpu_path(model: torch.nn.Module) -> int:
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
+def test_a_transformer_quantized_to_nf4_at_load_draws_close_to_16_bits(
+    flux: Path, gpu_for_bitsandbytes: None, tmp_path: Path
+) -> None:
+    import diffusers
+
+    reference = draw(diffusers.FluxPipeline.from_pretrained(str(flux), dtype=torch.float32))
+    loaded = transformer_from_file(flux, torch.float32, quantize="nf4", device="cpu")
+    transformer = loaded[TRANSFORMER]
+    linears = [m for m in transformer.modules() if isinstance(m, torch.nn.Linear)]
+    assert generic_cpu_path(transformer) == len(linears) == 30  # every Linear (diffusers keeps none out here)
+    assert transformer.proj_out.weight.dtype == torch.uint8  # two 4-bit weights a byte
+    pipe = diffusers.FluxPipeline.from_pretrained(str(flux), dtype=torch.float32, **loaded)
+    measured = psnr(reference, draw(pipe))
+    assert measured >= NF4_PSNR, f"NF4 drew {measured:.1f} dB from the fp32 image"
+    assert measured < 80  # it is quantized: not the same image
+
+    # Saved as diffusers saves it, the folder reads as NF4 for the planner, at its stored size.
+    transformer.save_pretrained(str(tmp_path / TRANSFORMER))
+    assert is_nf4_folder(tmp_path / TRANSFORMER) and not is_nf4_folder(flux / TRANSFORMER)
+    for part in ("model_index.json", "text_encoder", "text_encoder_2", "vae"):
+        (tmp_path / part).symlink_to(flux / part)
+    inputs = preset_inputs(tmp_path, "flux1-dev")
+    unquantized = preset_inputs(flux, "flux1-dev")
+    assert inputs.quantized == "nf4" and inputs.transformer_bytes < unquantized.transformer_bytes
+    assert abs(inputs.transformer_params - unquantized.transformer_params) < 0.02 * unquantized.transformer_params
+
+
+def test_nf4_of_a_gguf_is_refused(flux: Path, tmp_path: Path) -> None:
+    from alice.engine.transformer_files import load_nf4_transformer
+
+    with pytest.raises(ValueError, match="quantized already"):
+        load_nf4_transformer(flux, tmp_path / "flux-q4.gguf", torch.float32, "cpu")
+
+
+def preset(parts: tuple[tuple[str, str], ...]) -> MemoryPreset:
+    return MemoryPreset(family="flux1-dev", cpu_offload="none", vae_tiling_above=None, attention_slicing=False,
+                        channels_last=False, parts=parts, dtype="float16")
+
+
+def test_text_encoders_on_the_cpu_run_in_bf16_and_hand_the_card_its_dtype(flux: Path) -> None:
+    """The text-cpu layout beside an fp16 card, on this CPU standing in for the card (the same
+    device, so what is checked is each part's dtype, the hand-over, and the image)."""
+    placement = choose_placement("cpu", "float16")
+    whole = load_pipeline(flux, placement, preset=preset(layout_parts(ENCODERS, "gpu")))
+    reference = draw(whole)
+    text_cpu = preset(layout_parts(ENCODERS, "text-cpu"))
+    assert dict(text_cpu.parts) == {"transformer": "gpu", "text_encoder": "cpu", "text_encoder_2": "cpu", "vae": "gpu"}
+    pipe = load_pipeline(flux, placement, preset=text_cpu)
+    t5 = pipe.text_encoder_2
+    assert {p.dtype for p in t5.parameters()} == {torch.bfloat16} and t5.device.type == "cpu"
+    assert t5.dtype == torch.float16 and type(t5).__name__ == "T5EncoderModel"  # what the pipeline casts to
+    assert {p.dtype for p in pipe.transformer.parameters()} == {torch.float16}
+    ids = pipe.tokenizer_2(["a red circle"], return_tensors="pt").input_ids
+    assert t5(ids)[0].dtype == torch.float16  # handed over in the card's dtype
+    measured = psnr(reference, draw(pipe))
+    assert TEXT_CPU_PSNR <= measured < 100, f"text encoders in bf16 drew {measured:.1f} dB from all in fp16"
+
+    # Laid out again (after running out of memory, or back), the encoders are ordinary fp16 modules.
+    relayout(pipe, replace(text_cpu, parts=layout_parts(ENCODERS, "gpu")), "cpu")
+    assert {p.dtype for p in t5.parameters()} == {torch.float16} and type(t5).__module__.startswith("transformers")
+    assert not t5._forward_hooks and not t5._forward_pre_hooks
+    # Nearly the image all in fp16 drew: the encoders' weights went through bf16 and back.
+    assert psnr(reference, draw(pipe)) > 60
