@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from alice.engine.memory_figures import FAMILY_FIGURES
 from alice.engine.pipeline_configs import read_config
 from alice.engine.presets import PresetInputs, reference_inputs
 from alice.engine.transformer_files import TRANSFORMER, transformer_file_in
@@ -35,11 +36,15 @@ def preset_inputs(folder: Path, family: str) -> PresetInputs:
         name: 2 * sum(_safetensors_params(f) for f in sorted((folder / name).glob("*.safetensors")))
         for name in _components(folder) if name.startswith("text_encoder")
     }
+    figures = FAMILY_FIGURES[family].text_encoders
+    # A part with no .safetensors (a GGUF T5, dequantized to 16 bits as it loads): the family's figure.
+    encoders = {name: size or figures.get(name, 0) for name, size in encoders.items()}
     return reference_inputs(
         family,
         transformer_bytes=transformer_bytes or None,
         quantized=quantized,
         transformer_params=params or None,
+        # A part with no .safetensors (a GGUF T5, dequantized to 16 bits as it loads): the family's figure.
         text_encoders={name: size for name, size in encoders.items() if size} or None,
     )
 

@@ -20,6 +20,7 @@ from alice.engine.folder_check import FolderDoesNotLoad, check_folder_loads
 from alice.engine.pipelines import choose_placement, load_pipeline
 from alice.engine.preview_decoders import is_tiny_autoencoder_folder, load_tiny_autoencoder, preview_family
 from alice.engine.single_file import convert_single_file, detect_checkpoint_family
+from alice.engine.text_encoder_files import is_t5_gguf
 from alice.engine.transformer_files import is_transformer_file
 from alice.models.store import (
     EMBEDDING,
@@ -33,6 +34,7 @@ from alice.models.store import (
     store_folder,
     validate_model_name,
 )
+from alice.models.text_encoder_imports import import_t5_file
 from alice.models.transformer_imports import holds_no_transformer, import_base_folder, import_transformer_file
 
 
@@ -80,6 +82,8 @@ def import_checkpoint_file(path: Path, name: str, *, source: str = "local", base
     path = Path(path)
     if base is None and is_embedding_file(path):
         return import_embedding_file(path, name, source=source)
+    if is_t5_gguf(path):  # a quantized T5 in place of the base's (alice/models/text_encoder_imports.py)
+        return import_t5_file(path, name, base=base, source=source)
     if base is not None or is_transformer_file(path):
         return import_transformer_file(path, name, base=base, source=source)
     family = detect_checkpoint_family(path)  # ValueError for a LoRA or anything else

@@ -29,6 +29,7 @@ from alice.engine.transformer_files import TRANSFORMER, transformer_from_file
 # 7 dB and more: wrong scales, a transposed block or a wrong dtype hand-over draw noise, under 15 dB.
 NF4_PSNR = 28.0
 TEXT_CPU_PSNR = 55.0
+T5_GGUF_PSNR = 70.0  # a Q8_0 T5: 89.5 dB measured (the tiny T5 counts little in the image)
 ENCODERS = ("text_encoder", "text_encoder_2")
 
 
@@ -126,3 +127,60 @@ def test_text_encoders_on_the_cpu_run_in_bf16_and_hand_the_card_its_dtype(flux: 
     assert not t5._forward_hooks and not t5._forward_pre_hooks
     # Nearly the image all in fp16 drew: the encoders' weights went through bf16 and back.
     assert psnr(reference, draw(pipe)) > 60
+
+
+# -- a quantized T5 in place of the base's ------------------------------------------------------------
+def write_t5_gguf(component: Path, out: Path, quant: str = "Q8_0") -> Path:
+    """A GGUF of a T5 encoder as llama.cpp's converter writes city96's files: architecture
+    `t5encoder`, gguf-py's tensor names (`enc.blk.0.attn_q.weight`, `token_embd.weight`), 2-D
+    weights quantized, norms in F32."""
+    import gguf
+    from transformers import T5EncoderModel
+    from transformers.modeling_gguf_pytorch_utils import T5TensorProcessor, get_gguf_hf_weights_map
+
+    model = T5EncoderModel.from_pretrained(str(component))
+    names = {hf: name for name, hf in get_gguf_hf_weights_map(model, T5TensorProcessor(), model_type="t5").items()}
+    config, qtype = model.config, gguf.GGMLQuantizationType[quant]
+    writer = gguf.GGUFWriter(str(out), arch="t5encoder")
+    for key, value in {"block_count": config.num_layers, "embedding_length": config.d_model,
+                       "feed_forward_length": config.d_ff, "attention.head_count": config.num_heads,
+                       "attention.key_length": config.d_kv, "attention.value_length": config.d_kv,
+                       "attention.relative_buckets_count": config.relative_attention_num_buckets,
+                       "context_length": 512}.items():
+        writer.add_uint32(f"t5encoder.{key}", value)
+    writer.add_float32("t5encoder.attention.layer_norm_epsilon", config.layer_norm_epsilon)
+    for name, tensor in model.state_dict().items():
+        if name not in names:  # encoder.embed_tokens: the same tensor as `shared`
+            continue
+        array = tensor.float().numpy()
+        if array.ndim == 2 and array.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0] == 0:
+            quantized = gguf.quants.quantize(array, qtype)
+            writer.add_tensor(names[name], quantized, raw_shape=quantized.shape, raw_dtype=qtype)
+        else:
+            writer.add_tensor(names[name], array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
+def test_a_gguf_t5_onto_a_stored_flux_draws_close_to_its_16_bit_t5(bentoml_home: Path, flux: Path, tmp_path: Path) -> None:
+    from alice.models import checkpoints
+
+    base = checkpoints.import_pipeline_folder(flux, "flux-base")
+    file = write_t5_gguf(flux / "text_encoder_2", tmp_path / "t5-v1_1-xxl-encoder-Q8_0.gguf")
+    stored = checkpoints.import_checkpoint_file(file, "flux-t5q8", base="flux-base")  # told apart by the file
+    assert sorted(p.name for p in (stored.path / "text_encoder_2").iterdir()) == ["config.json", file.name]
+    assert (stored.path / "transformer" / "diffusion_pytorch_model.safetensors").stat().st_ino == \
+        (base.path / "transformer" / "diffusion_pytorch_model.safetensors").stat().st_ino  # linked, not copied
+    reference = draw(load_pipeline(base.path, choose_placement("cpu")))
+    pipe = load_pipeline(stored.path, choose_placement("cpu"))
+    # Dequantized as it loads: the GGUF saved disk, not memory (the planner counts 16 bits).
+    assert {p.dtype for p in pipe.text_encoder_2.parameters()} == {torch.float32}
+    assert preset_inputs(stored.path, "flux1-dev").text_encoders["text_encoder_2"] > 9e9
+    measured = psnr(reference, draw(pipe))
+    assert T5_GGUF_PSNR <= measured < 100, f"the Q8_0 T5 drew {measured:.1f} dB from the 16-bit T5's image"
+
+    with pytest.raises(ValueError, match="holds a T5 text encoder alone"):
+        checkpoints.import_checkpoint_file(file, "no-base")
