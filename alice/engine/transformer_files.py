@@ -24,6 +24,8 @@ TRANSFORMER = "transformer"  # the pipeline component (and folder) these files s
 SUFFIXES = (".gguf", ".safetensors")
 # diffusers' own weight files (sharded ones start alike): a folder holding them is no single file.
 _DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
+# bitsandbytes' 4-bit state beside each packed weight, as saved in a state dict.
+_BNB_STATE = (".absmax", ".quant_map", ".quant_state.bitsandbytes__nf4", ".quant_state.bitsandbytes__fp4")
 # Tensors only a whole checkpoint has (its VAE, its text encoders, an SD UNet): such a file is
 # not a transformer alone. Names as in single-file checkpoints of every family.
 _WHOLE_CHECKPOINT = ("first_stage_model.", "vae.", "cond_stage_model.", "conditioner.", "text_encoders.",
@@ -58,6 +60,13 @@ def read_transformer_file(path: Path) -> TransformerFile:
         names, quant_types = _read_gguf(path)
     else:
         names, quant_types = list(_read_header(path).shapes), ()  # ValueError when unreadable
+    if any(name.endswith(_BNB_STATE) for name in names):
+        raise ValueError(
+            f"{path.name} holds bitsandbytes NF4/FP4 weights in one file (as Forge's flux1-dev-bnb-nf4): diffusers "
+            "0.42.1 converts no single file of packed 4-bit weights. Import a GGUF of it, the 16-bit file (with "
+            "ALICE_QUANTIZE=nf4 it is quantized as it loads), or a transformer folder saved by diffusers with a "
+            "BitsAndBytesConfig (config.json with quantization_config) with --base"
+        )
     if any(name.startswith(_WHOLE_CHECKPOINT) for name in names):
         raise ValueError(
             f"{path.name} is a whole checkpoint (it has its own VAE or text encoder weights), not a "

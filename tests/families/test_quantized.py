@@ -15,13 +15,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
 
+from alice.cli import app
 from alice.engine.device import MemoryPreset
 from alice.engine.model_sizes import is_nf4_folder, preset_inputs
 from alice.engine.pipelines import choose_placement, load_pipeline
-from alice.engine.presets import layout_parts
+from alice.engine.presets import PresetDoesNotFit, layout_parts
 from alice.engine.relayout import relayout
 from alice.engine.transformer_files import TRANSFORMER, transformer_from_file
+from alice.models import checkpoints
+from alice.models import store as model_store
 
 # Measured on this CPU, tiny FLUX.1 dev, seed 0, "a red circle", 64x64, 2 steps: NF4 35.4 dB from the
 # fp32 model's image (GGUF Q4_0 drew 39.1 dB at 4 steps: test_transformer_files.py); the text
@@ -65,7 +70,7 @@ def generic_cpu_path(model: torch.nn.Module) -> int:
 
 
 def test_a_transformer_quantized_to_nf4_at_load_draws_close_to_16_bits(
-    flux: Path, gpu_for_bitsandbytes: None, tmp_path: Path
+    flux: Path, gpu_for_bitsandbytes: None, bentoml_home: Path, tmp_path: Path
 ) -> None:
     import diffusers
 
@@ -80,15 +85,26 @@ def test_a_transformer_quantized_to_nf4_at_load_draws_close_to_16_bits(
     assert measured >= NF4_PSNR, f"NF4 drew {measured:.1f} dB from the fp32 image"
     assert measured < 80  # it is quantized: not the same image
 
-    # Saved as diffusers saves it, the folder reads as NF4 for the planner, at its stored size.
-    transformer.save_pretrained(str(tmp_path / TRANSFORMER))
-    assert is_nf4_folder(tmp_path / TRANSFORMER) and not is_nf4_folder(flux / TRANSFORMER)
-    for part in ("model_index.json", "text_encoder", "text_encoder_2", "vae"):
-        (tmp_path / part).symlink_to(flux / part)
-    inputs = preset_inputs(tmp_path, "flux1-dev")
-    unquantized = preset_inputs(flux, "flux1-dev")
+    # Saved as diffusers saves it, the folder imports onto a stored base (`--base`, as a GGUF does) and
+    # reads as NF4 for the planner, at its stored size; on this CPU it is refused before any weight is read.
+    saved = tmp_path / "flux-nf4-transformer"
+    transformer.save_pretrained(str(saved))
+    assert is_nf4_folder(saved) and not is_nf4_folder(flux / TRANSFORMER)
+    checkpoints.import_pipeline_folder(flux, "flux-base")
+    result = CliRunner().invoke(app, ["models", "import", str(saved), "--name", "flux-nf4", "--base", "flux-base"])
+    assert result.exit_code == 0, result.output
+    stored = model_store.get_model("flux-nf4")
+    inputs, unquantized = preset_inputs(stored.path, "flux1-dev"), preset_inputs(flux, "flux1-dev")
     assert inputs.quantized == "nf4" and inputs.transformer_bytes < unquantized.transformer_bytes
-    assert abs(inputs.transformer_params - unquantized.transformer_params) < 0.02 * unquantized.transformer_params
+    assert inputs.transformer_params == unquantized.transformer_params  # two weights a byte, the state left out
+    with pytest.raises(PresetDoesNotFit, match="NF4 .bitsandbytes. needs a CUDA card of compute capability 6.0"):
+        load_pipeline(stored.path, choose_placement("cpu"))
+
+    # Forge's single-file NF4 (packed weights and their state in one .safetensors) is refused, saying what loads.
+    save_file({k: v.contiguous() for k, v in transformer.state_dict().items()}, str(tmp_path / "flux-bnb-nf4.safetensors"))
+    with pytest.raises(ValueError, match="bitsandbytes NF4/FP4 weights in one file .as Forge's flux1-dev-bnb-nf4.: "
+                                         "diffusers 0.42.1 converts no single file"):
+        checkpoints.import_checkpoint_file(tmp_path / "flux-bnb-nf4.safetensors", "forge", base="flux-base")
 
 
 def test_nf4_of_a_gguf_is_refused(flux: Path, tmp_path: Path) -> None:
@@ -166,8 +182,6 @@ def write_t5_gguf(component: Path, out: Path, quant: str = "Q8_0") -> Path:
 
 
 def test_a_gguf_t5_onto_a_stored_flux_draws_close_to_its_16_bit_t5(bentoml_home: Path, flux: Path, tmp_path: Path) -> None:
-    from alice.models import checkpoints
-
     base = checkpoints.import_pipeline_folder(flux, "flux-base")
     file = write_t5_gguf(flux / "text_encoder_2", tmp_path / "t5-v1_1-xxl-encoder-Q8_0.gguf")
     stored = checkpoints.import_checkpoint_file(file, "flux-t5q8", base="flux-base")  # told apart by the file

@@ -83,6 +83,8 @@ def test_sd35_medium_on_a_gtx_1060_runs_its_text_encoders_on_the_cpu():
                              "text_encoder_3": "cpu", "vae": "gpu"}
     assert chosen.cpu_offload == "none" and chosen.fp8_storage == () and chosen.quantize is None
     assert "text encoders run on the CPU" in chosen.reason
+    shown = chosen.public()  # as /health's memory_preset shows it
+    assert shown["parts"]["text_encoder_3"] == "cpu" and shown["quantize"] is None
     assert "fp16 untested for this transformer" in chosen.reason
     # Without the CPU layout it would be whole-part offload (T5 onto the card for every new prompt).
     assert plan(GTX_1060_16GB, reference_inputs("sd3"), cpu_offload="model").fits
