@@ -25,7 +25,6 @@ from alice.engine.preview_decoders import families_sharing_latents, is_tiny_auto
 from alice.engine.spec import setting, setting_limit  # noqa: E402
 from alice.models import checkpoints  # noqa: E402
 from alice.models import store as model_store  # noqa: E402
-from alice.models.transformer_imports import import_transformer_folder  # noqa: E402
 from alice.logs import configure_logging  # noqa: E402
 
 
@@ -152,7 +151,8 @@ def models_import(
     path: Path = typer.Argument(
         ..., help="A diffusers pipeline folder (SD 1.x, 2.x, XL, 3; FLUX.1; Chroma; Z-Image; FLUX.2 Klein; "
                   "Qwen-Image), a single-file .safetensors checkpoint (SD 1.x, 2.x, SDXL), "
-                  "a transformer-only .safetensors, .gguf or NF4 folder (with --base), a T5 encoder .gguf (with --base), a textual-inversion "
+                  "a transformer-only .safetensors, .gguf or NF4 folder (with --base), a T5 encoder .gguf "
+                  "or NF4/8-bit folder (with --base), a textual-inversion "
                   "embedding (A1111's .pt or .safetensors), or a tiny autoencoder folder for live previews "
                   "(diffusers' AutoencoderTiny: TAESD, TAESDXL, TAESD3, TAEF1)."
     ),
@@ -162,7 +162,7 @@ def models_import(
         None, "--base",
         help="For a transformer-only file (.gguf, a FLUX fine-tune) or folder (NF4, saved by diffusers): the "
              "stored model of its family whose text encoders, tokenizers and VAE it uses; for a T5 encoder "
-             ".gguf: the stored model whose T5 it replaces.",
+             "(.gguf, or a folder saved by transformers): the stored model whose T5 it replaces.",
     ),
     family: str = typer.Option(
         None, "--family",
@@ -177,8 +177,8 @@ def models_import(
             model = checkpoints.import_lora_file(path, name)
         elif path.is_file():
             model = checkpoints.import_checkpoint_file(path, name, base=base)
-        elif base is not None:  # a transformer folder (an NF4 one saved by diffusers) onto a stored base
-            model = import_transformer_folder(path, name, base=base)
+        elif base is not None:  # a transformer or T5 folder (NF4, 8-bit) onto a stored base
+            model = checkpoints.import_folder_onto_base(path, name, base=base)
         elif family is not None or is_tiny_autoencoder_folder(path):
             model = checkpoints.import_preview_decoder_folder(path, name, family=family)
         else:

@@ -94,7 +94,8 @@ class Settings(BaseSettings):
     quantize: Literal["auto", "none", "nf4"] = Field(
         "auto",
         description="Quantize a transformer family's 16-bit transformer to NF4 as it loads (bitsandbytes; a CUDA card "
-        "of compute capability 6.0+); auto = only where its 16 bits would stream from RAM every step or fit nowhere. "
+        "of compute capability 6.0+); auto = only where its 16 bits would stream from RAM every step or fit nowhere "
+        "(with ALICE_CPU_OFFLOAD=auto). "
         "none keeps 16 bits (NF4 changes the images a little); a GGUF or NF4 file is used as it is.",
     )
     channels_last: bool | Literal["auto"] = Field(

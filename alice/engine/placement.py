@@ -32,6 +32,9 @@ def apply_preset(pipe: DiffusionPipeline, preset: MemoryPreset, device: str) -> 
 
     compute = getattr(torch, preset.dtype or "float32")
     for name in preset.fp8_storage:
+        if is_quantized(getattr(pipe, name)):  # an NF4 or 8-bit T5 is smaller than fp8 already
+            logger.info("%s is stored quantized: not in fp8", name)
+            continue
         store_in_fp8(getattr(pipe, name), compute)
     where = dict(preset.parts)
     kinds = set(where.values())
@@ -147,18 +150,28 @@ def run_on_cpu(module: torch.nn.Module, compute: torch.dtype, device: str) -> No
 
     if getattr(module, _ON_CPU, None) is not None:
         return
-    stored_fp8 = any(p.dtype == torch.float8_e4m3fn for p in module.parameters())
+    # fp8 storage (layerwise casting) and bitsandbytes' NF4/8-bit weights keep what they are stored in.
+    stored_fp8 = is_quantized(module) or any(p.dtype == torch.float8_e4m3fn for p in module.parameters())
     held = compute if stored_fp8 or compute == torch.float32 else torch.bfloat16
     module.to("cpu") if stored_fp8 else module.to("cpu", held)
     own = type(module)
     if held != compute:
-        module.__class__ = type(own.__name__, (own,), {"dtype": property(lambda self: compute), "__module__": own.__module__})
+        reporting = {"dtype": property(lambda self: compute), "__module__": own.__module__}
+        module.__class__ = type(own.__name__, (own,), reporting)
     handles = (
         module.register_forward_pre_hook(_inputs_to_cpu, with_kwargs=True),
         module.register_forward_hook(lambda _module, _args, output: _moved(output, torch.device(device), compute)),
     )
     setattr(module, _ON_CPU, (handles, own, compute, stored_fp8))
     logger.info("%s runs on the CPU in %s, its output moved to %s in %s", own.__name__, held, device, compute)
+
+
+def is_quantized(module: torch.nn.Module) -> bool:
+    """Whether a module holds packed integer weights (bitsandbytes NF4 or 8-bit, GGUF): no dtype
+    cast or fp8 storage applies to those."""
+    import torch
+
+    return any(p.dtype in (torch.uint8, torch.int8) for p in module.parameters())
 
 
 def undo_run_on_cpu(module: torch.nn.Module) -> None:

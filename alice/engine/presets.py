@@ -273,8 +273,8 @@ def _quantized_at_load(
     )
     if options.quantize == "nf4":
         return nf4  # on the CPU or before sm_60 the plan then says why it cannot
-    if not facts.is_gpu or facts.capability < (6, 0):
-        return inputs
+    if not facts.is_gpu or facts.capability < (6, 0) or options.cpu_offload != "auto":
+        return inputs  # an offload the operator chose is theirs to run in 16 bits
     if _first_fit(facts, inputs, options, dtype_name, WHOLE_TRANSFORMER) is not None:
         return inputs
     # Streamed either way, NF4 moves a quarter of the bytes every step; or it fits where 16 bits do not.

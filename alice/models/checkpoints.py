@@ -17,6 +17,7 @@ from alice.engine.demo import DEMO_MODEL_DIR, DEMO_MODEL_NAME
 from alice.engine.embeddings import EMBEDDING_FILE, embedding_family, read_embedding
 from alice.engine.families import detect_family, family_named, lora_family
 from alice.engine.folder_check import FolderDoesNotLoad, check_folder_loads
+from alice.engine.pipeline_configs import read_config
 from alice.engine.pipelines import choose_placement, load_pipeline
 from alice.engine.preview_decoders import is_tiny_autoencoder_folder, load_tiny_autoencoder, preview_family
 from alice.engine.single_file import convert_single_file, detect_checkpoint_family
@@ -34,8 +35,13 @@ from alice.models.store import (
     store_folder,
     validate_model_name,
 )
-from alice.models.text_encoder_imports import import_t5_file
-from alice.models.transformer_imports import holds_no_transformer, import_base_folder, import_transformer_file
+from alice.models.text_encoder_imports import import_t5_file, import_t5_folder
+from alice.models.transformer_imports import (
+    holds_no_transformer,
+    import_base_folder,
+    import_transformer_file,
+    import_transformer_folder,
+)
 
 
 def import_pipeline_folder(folder: Path, name: str, *, source: str = "local") -> StoredModel:
@@ -93,6 +99,14 @@ def import_checkpoint_file(path: Path, name: str, *, source: str = "local", base
         except Exception as exc:  # shapes that do not fit the family, truncated files, ...
             raise ValueError(f"{path} does not convert as an {family} checkpoint: {type(exc).__name__}: {exc}") from exc
         return import_pipeline_folder(Path(scratch), name, source=source)
+
+
+def import_folder_onto_base(folder: Path, name: str, *, base: str, source: str = "local") -> StoredModel:
+    """A transformer folder (an NF4 one saved by diffusers) or a T5 encoder folder (NF4 or 8-bit,
+    saved by transformers) onto the stored model `base`, told apart by its config.json."""
+    if read_config(Path(folder) / "config.json").get("model_type") in ("t5", "umt5"):
+        return import_t5_folder(folder, name, base=base, source=source)
+    return import_transformer_folder(folder, name, base=base, source=source)
 
 
 def import_lora_file(path: Path, name: str, *, source: str = "local") -> StoredModel:

@@ -34,7 +34,10 @@ from alice.models import store as model_store
 # 7 dB and more: wrong scales, a transposed block or a wrong dtype hand-over draw noise, under 15 dB.
 NF4_PSNR = 28.0
 TEXT_CPU_PSNR = 55.0
-T5_GGUF_PSNR = 70.0  # a Q8_0 T5: 89.5 dB measured (the tiny T5 counts little in the image)
+# A quantized T5 in place of the 16-bit one (the tiny T5 counts little in the image): Q8_0 GGUF 89.5 dB,
+# NF4 57.5 dB measured.
+T5_GGUF_PSNR = 70.0
+T5_NF4_PSNR = 45.0
 ENCODERS = ("text_encoder", "text_encoder_2")
 
 
@@ -101,10 +104,11 @@ def test_a_transformer_quantized_to_nf4_at_load_draws_close_to_16_bits(
         load_pipeline(stored.path, choose_placement("cpu"))
 
     # Forge's single-file NF4 (packed weights and their state in one .safetensors) is refused, saying what loads.
-    save_file({k: v.contiguous() for k, v in transformer.state_dict().items()}, str(tmp_path / "flux-bnb-nf4.safetensors"))
+    forge = tmp_path / "flux-bnb-nf4.safetensors"
+    save_file({k: v.contiguous() for k, v in transformer.state_dict().items()}, str(forge))
     with pytest.raises(ValueError, match="bitsandbytes NF4/FP4 weights in one file .as Forge's flux1-dev-bnb-nf4.: "
                                          "diffusers 0.42.1 converts no single file"):
-        checkpoints.import_checkpoint_file(tmp_path / "flux-bnb-nf4.safetensors", "forge", base="flux-base")
+        checkpoints.import_checkpoint_file(forge, "forge", base="flux-base")
 
 
 def test_nf4_of_a_gguf_is_refused(flux: Path, tmp_path: Path) -> None:
@@ -181,7 +185,9 @@ def write_t5_gguf(component: Path, out: Path, quant: str = "Q8_0") -> Path:
     return out
 
 
-def test_a_gguf_t5_onto_a_stored_flux_draws_close_to_its_16_bit_t5(bentoml_home: Path, flux: Path, tmp_path: Path) -> None:
+def test_a_gguf_or_nf4_t5_onto_a_stored_flux_draws_close_to_its_16_bit_t5(
+    bentoml_home: Path, flux: Path, tmp_path: Path
+) -> None:
     base = checkpoints.import_pipeline_folder(flux, "flux-base")
     file = write_t5_gguf(flux / "text_encoder_2", tmp_path / "t5-v1_1-xxl-encoder-Q8_0.gguf")
     stored = checkpoints.import_checkpoint_file(file, "flux-t5q8", base="flux-base")  # told apart by the file
@@ -198,3 +204,18 @@ def test_a_gguf_t5_onto_a_stored_flux_draws_close_to_its_16_bit_t5(bentoml_home:
 
     with pytest.raises(ValueError, match="holds a T5 text encoder alone"):
         checkpoints.import_checkpoint_file(file, "no-base")
+
+    # A T5 quantized to NF4 by transformers' BitsAndBytesConfig and saved: a folder onto the same base,
+    # kept in NF4 (bitsandbytes runs on the CPU through transformers; the tiny T5 takes its generic path).
+    from transformers import BitsAndBytesConfig, T5EncoderModel
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    T5EncoderModel.from_pretrained(str(flux / "text_encoder_2"), quantization_config=config, device_map={"": "cpu"}) \
+        .save_pretrained(str(tmp_path / "t5-nf4"))
+    result = CliRunner().invoke(app, ["models", "import", str(tmp_path / "t5-nf4"), "--name", "flux-t5nf4",
+                                      "--base", "flux-base"])
+    assert result.exit_code == 0, result.output
+    pipe = load_pipeline(model_store.get_model("flux-t5nf4").path, choose_placement("cpu"))
+    assert generic_cpu_path(pipe.text_encoder_2) == 12  # its Linear layers stayed NF4
+    measured = psnr(reference, draw(pipe))
+    assert T5_NF4_PSNR <= measured < 100, f"the NF4 T5 drew {measured:.1f} dB from the 16-bit T5's image"

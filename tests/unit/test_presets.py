@@ -130,7 +130,8 @@ def test_a_24gb_card():
     assert where(flux) == {"transformer": "gpu", "text_encoder": "group", "text_encoder_2": "group", "vae": "gpu"}
     assert flux.vae_tiling_above is not None  # what is left of the card decodes in tiles
     assert not plan(facts, reference_inputs("qwen-image"), dtype, quantize="none").fits  # 40.9 GB
-    assert plan(card("24gb", 64)[0], reference_inputs("qwen-image"), dtype, quantize="none").fits  # streamed from 64 GiB
+    roomy = card("24gb", 64)[0]
+    assert plan(roomy, reference_inputs("qwen-image"), dtype, quantize="none").fits  # streamed from 64 GiB
     nf4 = plan(facts, reference_inputs("qwen-image"), dtype)  # auto: 11.5 GB of NF4 stays on the card
     assert nf4.quantize == "nf4" and where(nf4)["transformer"] == "gpu"
 
@@ -186,8 +187,8 @@ def test_nf4_needs_pascal_or_newer():
     maxwell = gpu("NVIDIA GeForce GTX 980 Ti", (5, 2), 6_442_450_944, ram_gib=64)
     chosen = plan(maxwell, reference_inputs("flux1-dev", transformer_bytes=int(6.7 * GB), quantized="nf4"))
     assert not chosen.fits
-    assert "NF4 (bitsandbytes) needs a CUDA card of compute capability 6.0 or newer, NVIDIA GeForce GTX 980 Ti has 5.2" \
-        in chosen.reason
+    assert ("NF4 (bitsandbytes) needs a CUDA card of compute capability 6.0 or newer, "
+            "NVIDIA GeForce GTX 980 Ti has 5.2") in chosen.reason
     assert plan(GTX_1060_16GB, reference_inputs("flux1-dev", transformer_bytes=int(6.7 * GB), quantized="nf4")).fits
 
 
@@ -233,6 +234,8 @@ def test_auto_quantizes_a_bf16_flux_to_nf4_on_a_12gb_card_where_16_bits_would_st
     assert "16-bit transformer quantized to NF4 at load, 6.7 GB" in chosen.reason
     assert chosen.needs.on_card < 8 * GB
     assert plan(facts, reference_inputs("flux1-dev"), dtype, quantize="none").quantize is None
+    pinned = plan(facts, reference_inputs("flux1-dev"), dtype, cpu_offload="group")  # the operator's own layout
+    assert pinned.quantize is None and where(pinned)["transformer"] == "group"
 
 
 def test_auto_leaves_what_fits_whole_in_16_bits_and_nf4_forces_it():
