@@ -233,7 +233,8 @@ class MemoryPreset:
     fp8_storage: tuple[str, ...] = ()  # components whose Linear weights are stored in fp8
     dtype: str | None = None  # the compute dtype, as torch names it
     pin_streams: bool = False  # group offload may keep pinned copies (twice its RAM)
-    quantize: str | None = None  # "nf4": the 16-bit transformer is quantized at load (bitsandbytes)
+    # "nf4": the transformer is held in NF4 (bitsandbytes): stored so, or quantized as it loads.
+    quantize: str | None = None
     fits: bool = True  # False: nothing fits the card and RAM; `reason` says what would
     reason: str = ""
     needs: Footprint | None = None  # the planner's estimate for this layout

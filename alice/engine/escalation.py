@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from alice.engine.device import SMALLEST_TILE, MemoryOptions, MemoryPreset
-from alice.engine.presets import DESCRIPTIONS, LAYOUTS, OFFLOAD, Layout, layout_parts
+from alice.engine.presets import DESCRIPTIONS, LAYOUTS, OFFLOAD, WHOLE_TRANSFORMER, Layout, layout_parts
 
 UNET_OFFLOADS = ("none", "model", "sequential")
 
@@ -82,6 +82,8 @@ def cheaper_layout(
     order: tuple[str, ...] = LAYOUTS if current.parts else UNET_OFFLOADS
     if options.compile_unet and not current.parts:
         order = order[:-1]  # a compiled UNet does not go with sequential offload (pipelines.compile_refusal)
+    if current.quantize == "nf4":
+        order = WHOLE_TRANSFORMER  # an NF4 transformer is never streamed block by block (presets.py)
     following = order[order.index(step) + 1:] if step in order else ()
     if not gpu or not following:
         why = "on the CPU nothing can be offloaded" if not gpu else f"{layout_name(current)} is the cheapest layout"

@@ -12,9 +12,8 @@ import json
 from pathlib import Path
 
 from alice.engine.memory_figures import FAMILY_FIGURES
-from alice.engine.pipeline_configs import read_config
 from alice.engine.presets import PresetInputs, reference_inputs
-from alice.engine.transformer_files import TRANSFORMER, transformer_file_in
+from alice.engine.transformer_files import TRANSFORMER, is_nf4_folder, transformer_file_in
 
 
 def preset_inputs(folder: Path, family: str) -> PresetInputs:
@@ -55,14 +54,6 @@ def _components(folder: Path) -> list[str]:
     except (OSError, ValueError):
         return []
     return [name for name, value in index.items() if not name.startswith("_") and isinstance(value, list)]
-
-
-def is_nf4_folder(folder: Path) -> bool:
-    """Whether a model's config.json says its weights are stored as bitsandbytes NF4 (diffusers'
-    or transformers' `save_pretrained` of a model loaded with a 4-bit BitsAndBytesConfig)."""
-    quantization = read_config(Path(folder) / "config.json").get("quantization_config") or {}
-    return quantization.get("quant_method") == "bitsandbytes" and bool(quantization.get("load_in_4bit")) \
-        and quantization.get("bnb_4bit_quant_type", "fp4") == "nf4"
 
 
 # The quantization state beside each NF4 weight (`.absmax`, `.quant_map`, `.quant_state.*`): no weights.

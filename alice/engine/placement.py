@@ -49,7 +49,9 @@ def apply_preset(pipe: DiffusionPipeline, preset: MemoryPreset, device: str) -> 
             module = getattr(pipe, name, None)
             if not isinstance(module, torch.nn.Module):
                 continue
-            if place == "cpu" and on_a_card:
+            if (place == "cpu" and on_a_card) or (place == "group" and name != "transformer" and is_quantized(module)):
+                # A bitsandbytes encoder cannot be group-offloaded (its quantization state would stay
+                # behind in RAM): it runs on the CPU instead, where bitsandbytes computes too.
                 run_on_cpu(module, compute, device)
             elif place == "gpu":
                 module.to(device)

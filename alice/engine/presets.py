@@ -23,8 +23,10 @@ Layouts, cheapest first (each with whole-image decoding, then VAE tiling):
 - sequential: layer by layer, the slowest.
 A 16-bit transformer may be quantized to NF4 at load (bitsandbytes, ALICE_QUANTIZE): `auto` does
 so where its 16 bits would stream from RAM every step (group, sequential) or fit nowhere, and NF4
-fits: 4.5 bits a weight, a quarter of the bytes to hold, or to move every step. The images change
-a little (NF4 is lossy); ALICE_QUANTIZE=none keeps 16 bits and streams instead. NF4 needs a
+keeps it whole on the card (gpu, text-offloaded, text-cpu or model offload): 4.5 bits a weight, a
+quarter of the bytes. An NF4 transformer is never streamed block by block: diffusers' group offload
+moves each weight's data without bitsandbytes' quantization state. The images change a little
+(NF4 is lossy); ALICE_QUANTIZE=none keeps 16 bits and streams instead. NF4 needs a
 card of compute capability 6.0 (bitsandbytes' CUDA kernels); diffusers 0.42.1 refuses to quantize
 without a GPU, so never on the CPU.
 All of that first with the text encoders in 16 bits, then stored in fp8 (diffusers' layerwise
@@ -248,7 +250,7 @@ def plan_preset(facts: DeviceFacts, inputs: PresetInputs, options: MemoryOptions
         fp8_storage=tuple(inputs.text_encoders) if fp8 else (),
         dtype=dtype_name,
         pin_streams=pin,
-        quantize="nf4" if inputs.quantized == "nf4" and inputs.quantize_at_load else None,
+        quantize="nf4" if inputs.quantized == "nf4" else None,
         needs=Footprint(weights=need.weights, on_card=need.on_card, in_ram=need.ram, working=need.card - need.on_card)
         if gpu else Footprint(need.weights, 0, need.weights, 0),
     )
@@ -264,7 +266,8 @@ def _quantized_at_load(
     facts: DeviceFacts, inputs: PresetInputs, options: MemoryOptions, dtype_name: str
 ) -> PresetInputs:
     """The inputs as they will be held: a 16-bit transformer as NF4 where ALICE_QUANTIZE says so
-    (`nf4`: always; `auto`: where the 16 bits would leave the card every step, or fit nowhere)."""
+    (`nf4`: always; `auto`: where the 16 bits would leave the card every step, or fit nowhere, and
+    NF4 stays whole on the card)."""
     if inputs.quantized or options.quantize == "none":
         return inputs
     nf4 = replace(
@@ -277,7 +280,6 @@ def _quantized_at_load(
         return inputs  # an offload the operator chose is theirs to run in 16 bits
     if _first_fit(facts, inputs, options, dtype_name, WHOLE_TRANSFORMER) is not None:
         return inputs
-    # Streamed either way, NF4 moves a quarter of the bytes every step; or it fits where 16 bits do not.
     return nf4 if _first_fit(facts, nf4, options, dtype_name) is not None else inputs
 
 
@@ -287,6 +289,10 @@ def _first_fit(
 ) -> tuple[bool, Layout, int | None, _Need] | None:
     if inputs.quantized == "nf4" and not _nf4_runs(facts):
         return None
+    if inputs.quantized == "nf4":
+        # diffusers' group offload moves a weight's data and not bitsandbytes' quantization state
+        # beside it (hooks/group_offloading.py `_transfer_tensor_to_device`): NF4 stays whole on the card.
+        layouts = tuple(layout for layout in layouts if layout in WHOLE_TRANSFORMER)
     card, ram = card_capacity(facts), ram_capacity(facts)
     for fp8, layout, tile in _candidates(options, facts.is_gpu):
         if (fp8 and not inputs.text_encoders) or layout not in (layouts if facts.is_gpu else ("gpu",)):
@@ -315,7 +321,7 @@ def _reason(
     facts: DeviceFacts, inputs: PresetInputs, preset: MemoryPreset, layout: Layout, need: _Need, dtype_name: str
 ) -> str:
     stored = {"gguf": "GGUF", "nf4": "NF4"}.get(inputs.quantized or "", "16-bit")
-    if preset.quantize:
+    if inputs.quantize_at_load:
         stored = "16-bit transformer quantized to NF4 at load,"
     else:
         stored += " transformer"
@@ -393,7 +399,7 @@ def _what_would_fit(facts: DeviceFacts, inputs: PresetInputs, options: MemoryOpt
 def _largest_transformer(facts: DeviceFacts, inputs: PresetInputs, options: MemoryOptions, dtype_name: str) -> int:
     """The largest quantized transformer file that would fit, to 0.1 GB; 0 if none would."""
     def fits(size: int) -> bool:
-        trial = replace(inputs, transformer_bytes=size, quantized=inputs.quantized or "gguf")
+        trial = replace(inputs, transformer_bytes=size, quantized="gguf")  # what it names: GGUF files
         return _first_fit(facts, trial, options, dtype_name) is not None
 
     low, high = 0, inputs.transformer_bytes

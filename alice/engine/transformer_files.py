@@ -108,6 +108,14 @@ def _read_gguf(path: Path) -> tuple[list[str], tuple[str, ...]]:
     return [name for name, _ in tensors], tuple(sorted({kind.name for _, kind in tensors}))
 
 
+def is_nf4_folder(folder: Path) -> bool:
+    """Whether a model's config.json says its weights are stored as bitsandbytes NF4 (diffusers'
+    or transformers' `save_pretrained` of a model loaded with a 4-bit BitsAndBytesConfig)."""
+    quantization = read_config(Path(folder) / "config.json").get("quantization_config") or {}
+    return quantization.get("quant_method") == "bitsandbytes" and bool(quantization.get("load_in_4bit")) \
+        and quantization.get("bnb_4bit_quant_type", "fp4") == "nf4"
+
+
 def is_transformer_file(path: Path) -> bool:
     """Whether a file is (meant as) a transformer alone: any `.gguf`, or a `.safetensors` whose
     tensors are a known transformer's and nothing more. Never raises for a readable file."""
@@ -160,7 +168,7 @@ def transformer_from_file(
     `transformer/` holds a transformer-only file or the preset quantizes it at load (`quantize`
     "nf4", loaded onto `device`); none otherwise (diffusers loads the folder)."""
     file = transformer_file_in(folder)
-    if quantize == "nf4":
+    if quantize == "nf4" and not is_nf4_folder(Path(folder) / TRANSFORMER):  # stored NF4: loaded as it is
         return {TRANSFORMER: load_nf4_transformer(folder, file, dtype, device)}
     if file is None:
         return {}

@@ -20,11 +20,11 @@ from typer.testing import CliRunner
 
 from alice.cli import app
 from alice.engine.device import MemoryPreset
-from alice.engine.model_sizes import is_nf4_folder, preset_inputs
+from alice.engine.model_sizes import preset_inputs
 from alice.engine.pipelines import choose_placement, load_pipeline
 from alice.engine.presets import PresetDoesNotFit, layout_parts
 from alice.engine.relayout import relayout
-from alice.engine.transformer_files import TRANSFORMER, transformer_from_file
+from alice.engine.transformer_files import TRANSFORMER, is_nf4_folder, transformer_from_file
 from alice.models import checkpoints
 from alice.models import store as model_store
 

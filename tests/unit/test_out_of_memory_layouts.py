@@ -90,6 +90,9 @@ def test_a_transformer_family_walks_the_planned_layouts():
     text_cpu = cheaper_layout(text_offloaded, MemoryOptions(), gpu=True, width=512, height=512).preset
     assert dict(text_cpu.parts) == {"transformer": "gpu", "text_encoder": "cpu", "vae": "gpu"}  # run in RAM
     assert text_cpu.cpu_offload == "none" and layout_name(text_cpu) == "text-cpu"
+    # An NF4 transformer is never streamed block by block: the walk ends at model offload.
+    nf4 = replace(planned, quantize="nf4")
+    assert steps(nf4, side=512) == ["text-offloaded", "text-cpu", "model", "stop: model is the cheapest layout"]
 
 
 # -- on the real demo pipeline --------------------------------------------------------------------

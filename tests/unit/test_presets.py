@@ -189,7 +189,8 @@ def test_nf4_needs_pascal_or_newer():
     assert not chosen.fits
     assert ("NF4 (bitsandbytes) needs a CUDA card of compute capability 6.0 or newer, "
             "NVIDIA GeForce GTX 980 Ti has 5.2") in chosen.reason
-    assert plan(GTX_1060_16GB, reference_inputs("flux1-dev", transformer_bytes=int(6.7 * GB), quantized="nf4")).fits
+    klein = reference_inputs("flux2-klein", transformer_bytes=int(2.2 * GB), quantized="nf4")
+    assert plan(GTX_1060_16GB, klein).fits and not plan(maxwell, klein).fits
 
 
 def test_the_cpu_keeps_every_part_in_ram_in_fp32():
@@ -247,10 +248,19 @@ def test_auto_leaves_what_fits_whole_in_16_bits_and_nf4_forces_it():
     assert gguf.quantize is None  # a GGUF file is quantized already: nothing to do at load
 
 
-def test_a_6gb_pascal_streams_nf4_rather_than_refusing_flux_dev():
-    chosen = plan(GTX_1060_16GB, reference_inputs("flux1-dev"))  # refused in 16 bits (see above)
-    assert_fits(chosen, GTX_1060_16GB)
-    assert chosen.quantize == "nf4" and where(chosen)["transformer"] == "group"  # 6.7 GB > 5.9 GiB
+def test_nf4_stays_whole_on_the_card_never_streamed():
+    # diffusers' group offload would leave bitsandbytes' quantization state in RAM: an NF4 FLUX.1
+    # (6.7 GB) does not fit a 5.9 GiB card whole, so a 1060 streams 16 bits (32 GiB) or refuses.
+    nf4 = reference_inputs("flux1-dev", transformer_bytes=int(6.7 * GB), quantized="nf4")
+    refused = plan(GTX_1060_16GB, nf4)
+    assert not refused.fits and "GGUF Q3_K_S (5.23 GB)" in refused.reason  # a (smaller) GGUF streams: it would do
+    assert plan(GTX_1060_16GB, reference_inputs("flux1-dev")).quantize is None
+    facts, dtype = card("6gb", 32)
+    assert where(plan(facts, reference_inputs("flux1-dev"), dtype))["transformer"] == "group"  # 16 bits
+    # Klein 4B as NF4 (2.2 GB) stays on that card whole, where its 7.8 GB of bf16 would stream.
+    klein = plan(GTX_1060_16GB, reference_inputs("flux2-klein"))
+    assert_fits(klein, GTX_1060_16GB)
+    assert klein.quantize == "nf4" and where(klein)["transformer"] == "gpu"
 
 
 def test_nf4_at_load_is_never_planned_on_the_cpu_or_before_pascal():
