@@ -60,13 +60,7 @@ def read_transformer_file(path: Path) -> TransformerFile:
         names, quant_types = _read_gguf(path)
     else:
         names, quant_types = list(_read_header(path).shapes), ()  # ValueError when unreadable
-    if any(name.endswith(_BNB_STATE) for name in names):
-        raise ValueError(
-            f"{path.name} holds bitsandbytes NF4/FP4 weights in one file (as Forge's flux1-dev-bnb-nf4): diffusers "
-            "0.42.1 converts no single file of packed 4-bit weights. Import a GGUF of it, the 16-bit file (with "
-            "ALICE_QUANTIZE=nf4 it is quantized as it loads), or a transformer folder saved by diffusers with a "
-            "BitsAndBytesConfig (config.json with quantization_config) with --base"
-        )
+    check_not_bnb_single_file(path, names)
     if any(name.startswith(_WHOLE_CHECKPOINT) for name in names):
         raise ValueError(
             f"{path.name} is a whole checkpoint (it has its own VAE or text encoder weights), not a "
@@ -81,6 +75,24 @@ def read_transformer_file(path: Path) -> TransformerFile:
             f"such as {', '.join(sorted(names)[:3]) or 'none'})"
         )
     return TransformerFile(path, family, len(names), quant_types)
+
+
+def check_not_bnb_single_file(path: Path, names: list[str] | None = None) -> None:
+    """ValueError, saying what loads instead, for a .safetensors of bitsandbytes 4-bit weights (as
+    Forge's flux1-dev-bnb-nf4, a whole checkpoint): diffusers 0.42.1's single-file converters know
+    no packed weights nor their state."""
+    if names is None:
+        try:
+            names = list(_read_header(Path(path)).shapes)
+        except ValueError:
+            return  # unreadable: the caller's own checks say so
+    if any(name.endswith(_BNB_STATE) for name in names):
+        raise ValueError(
+            f"{Path(path).name} holds bitsandbytes NF4/FP4 weights in one file (as Forge's flux1-dev-bnb-nf4): "
+            "diffusers 0.42.1 converts no single file of packed 4-bit weights. Import a GGUF of it, the 16-bit "
+            "file (with ALICE_QUANTIZE=nf4 it is quantized as it loads), or a transformer folder saved by "
+            "diffusers with a BitsAndBytesConfig (config.json with quantization_config) with --base"
+        )
 
 
 def _read_gguf(path: Path) -> tuple[list[str], tuple[str, ...]]:

@@ -22,7 +22,7 @@ from alice.engine.pipelines import choose_placement, load_pipeline
 from alice.engine.preview_decoders import is_tiny_autoencoder_folder, load_tiny_autoencoder, preview_family
 from alice.engine.single_file import convert_single_file, detect_checkpoint_family
 from alice.engine.text_encoder_files import is_t5_gguf
-from alice.engine.transformer_files import is_transformer_file
+from alice.engine.transformer_files import check_not_bnb_single_file, is_transformer_file
 from alice.models.store import (
     EMBEDDING,
     LORA,
@@ -92,6 +92,7 @@ def import_checkpoint_file(path: Path, name: str, *, source: str = "local", base
         return import_t5_file(path, name, base=base, source=source)
     if base is not None or is_transformer_file(path):
         return import_transformer_file(path, name, base=base, source=source)
+    check_not_bnb_single_file(path)  # Forge's NF4 checkpoints: refused saying what loads instead
     family = detect_checkpoint_family(path)  # ValueError for a LoRA or anything else
     with tempfile.TemporaryDirectory(prefix="alice-convert-") as scratch:
         try:

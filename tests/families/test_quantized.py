@@ -109,6 +109,8 @@ def test_a_transformer_quantized_to_nf4_at_load_draws_close_to_16_bits(
     with pytest.raises(ValueError, match="bitsandbytes NF4/FP4 weights in one file .as Forge's flux1-dev-bnb-nf4.: "
                                          "diffusers 0.42.1 converts no single file"):
         checkpoints.import_checkpoint_file(forge, "forge", base="flux-base")
+    with pytest.raises(ValueError, match="bitsandbytes NF4/FP4 weights in one file"):
+        checkpoints.import_checkpoint_file(forge, "forge")  # without --base, as a whole checkpoint would come
 
 
 def test_nf4_of_a_gguf_is_refused(flux: Path, tmp_path: Path) -> None:
