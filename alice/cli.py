@@ -151,7 +151,8 @@ def models_import(
     path: Path = typer.Argument(
         ..., help="A diffusers pipeline folder (SD 1.x, 2.x, XL, 3; FLUX.1; Chroma; Z-Image; FLUX.2 Klein; "
                   "Qwen-Image), a single-file .safetensors checkpoint (SD 1.x, 2.x, SDXL; all-in-one SD3, "
-                  "FLUX.1, Chroma, Z-Image), a transformer-only .safetensors or .gguf (with --base), a textual-inversion "
+                  "FLUX.1, Chroma, Z-Image), a transformer-only .safetensors, .gguf or NF4 folder (with --base), "
+                  "a T5 encoder .gguf or NF4/8-bit folder (with --base), a textual-inversion "
                   "embedding (A1111's .pt or .safetensors), or a tiny autoencoder folder for live previews "
                   "(diffusers' AutoencoderTiny: TAESD, TAESDXL, TAESD3, TAEF1)."
     ),
@@ -159,9 +160,11 @@ def models_import(
     lora: bool = typer.Option(False, "--lora", help="The file is a LoRA, not a checkpoint."),
     base: str = typer.Option(
         None, "--base",
-        help="For a transformer-only file (.gguf, a FLUX fine-tune): the stored model of its family whose "
-             "text encoders, tokenizers and VAE it uses. For an all-in-one file: the stored model whose configs "
-             "it converts with, and whose parts it lacks (or holds in float8) it uses.",
+        help="For a transformer-only file (.gguf, a FLUX fine-tune) or folder (NF4, saved by diffusers): the "
+             "stored model of its family whose text encoders, tokenizers and VAE it uses; for a T5 encoder "
+             "(.gguf, or a folder saved by transformers): the stored model whose T5 it replaces. For an "
+             "all-in-one file: the stored model whose configs it converts with, and whose parts it lacks "
+             "(or holds in float8) it uses.",
     ),
     family: str = typer.Option(
         None, "--family",
@@ -176,8 +179,8 @@ def models_import(
             model = checkpoints.import_lora_file(path, name)
         elif path.is_file():
             model = checkpoints.import_checkpoint_file(path, name, base=base)
-        elif base is not None:
-            raise ValueError(f"--base is for a transformer-only file; {path} is a folder")
+        elif base is not None:  # a transformer or T5 folder (NF4, 8-bit) onto a stored base
+            model = checkpoints.import_folder_onto_base(path, name, base=base)
         elif family is not None or is_tiny_autoencoder_folder(path):
             model = checkpoints.import_preview_decoder_folder(path, name, family=family)
         else:

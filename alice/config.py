@@ -121,6 +121,13 @@ class Settings(BaseSettings):
         "(group: the transformer families; SD's UNets take model offload for it) or layer by layer "
         "(sequential); auto = only for models whose weights and working memory do not fit the card.",
     )
+    quantize: Literal["auto", "none", "nf4"] = Field(
+        "auto",
+        description="Quantize a transformer family's 16-bit transformer to NF4 as it loads (bitsandbytes; a CUDA card "
+        "of compute capability 6.0+); auto = only where its 16 bits would stream from RAM every step or fit nowhere "
+        "(with ALICE_CPU_OFFLOAD=auto). "
+        "none keeps 16 bits (NF4 changes the images a little); a GGUF or NF4 file is used as it is.",
+    )
     channels_last: bool | Literal["auto"] = Field(
         "auto", description="channels_last memory format for the UNet on CUDA (faster convolutions through tensor-core "
         "kernels; not under sequential offload); auto = on cards with tensor cores (Volta and later, not GTX 16xx)."

@@ -214,6 +214,9 @@ class MemoryOptions:
     channels_last: bool | Literal["auto"] = "auto"  # faster convolutions on CUDA; auto = where tensor cores are
     compile_unet: bool = False  # torch.compile the UNet: faster steps after a slow first run
     max_pixels: int = 1024 * 1024  # the largest image a request may ask for (ALICE_MAX_PIXELS)
+    # A 16-bit transformer quantized to NF4 at load (ALICE_QUANTIZE): auto = where it would
+    # otherwise stream from RAM every step or not fit (alice/engine/presets.py).
+    quantize: Literal["auto", "none", "nf4"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,8 @@ class MemoryPreset:
     fp8_storage: tuple[str, ...] = ()  # components whose Linear weights are stored in fp8
     dtype: str | None = None  # the compute dtype, as torch names it
     pin_streams: bool = False  # group offload may keep pinned copies (twice its RAM)
+    # "nf4": the transformer is held in NF4 (bitsandbytes): stored so, or quantized as it loads.
+    quantize: str | None = None
     fits: bool = True  # False: nothing fits the card and RAM; `reason` says what would
     reason: str = ""
     needs: Footprint | None = None  # the planner's estimate for this layout
@@ -244,7 +249,7 @@ class MemoryPreset:
         if self.parts or not self.fits:
             shown.update(
                 parts=dict(self.parts), fp8_storage=list(self.fp8_storage), dtype=self.dtype,
-                fits=self.fits, reason=self.reason,
+                quantize=self.quantize, fits=self.fits, reason=self.reason,
             )
         return shown
 

@@ -8,8 +8,8 @@ larger (alice/engine/pipelines.py). The steps, cheapest change first:
 - VAE tiling: decode in tiles of `SMALLEST_TILE` where that tiles this image (smaller images
   decode whole whatever the setting, so the step is skipped for them);
 - the next offload: for the UNet families none -> model -> sequential (resolve_preset's order),
-  for the transformer families presets.LAYOUTS (gpu -> text-offloaded -> model -> group ->
-  sequential), each keeping the tiling it had.
+  for the transformer families presets.LAYOUTS (gpu -> text-offloaded -> text-cpu -> model ->
+  group -> sequential), each keeping the tiling it had.
 Only `auto` settings move: an explicit ALICE_VAE_TILING or ALICE_CPU_OFFLOAD pins its part, and
 `note` says when that is what stopped the escalation.
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from alice.engine.device import SMALLEST_TILE, MemoryOptions, MemoryPreset
-from alice.engine.presets import DESCRIPTIONS, LAYOUTS, OFFLOAD, Layout, layout_parts
+from alice.engine.presets import DESCRIPTIONS, LAYOUTS, OFFLOAD, WHOLE_TRANSFORMER, Layout, layout_parts
 
 UNET_OFFLOADS = ("none", "model", "sequential")
 
@@ -45,6 +45,8 @@ def layout_of(preset: MemoryPreset) -> str:
         return "gpu"
     if len(places) == 1:
         return places.pop()  # model or sequential: whole-pipeline
+    if where.get("transformer") == "gpu" and "cpu" in places:
+        return "text-cpu"  # the text encoders run in RAM beside a card
     return "group" if where.get("transformer") == "group" else "text-offloaded"
 
 
@@ -80,6 +82,8 @@ def cheaper_layout(
     order: tuple[str, ...] = LAYOUTS if current.parts else UNET_OFFLOADS
     if options.compile_unet and not current.parts:
         order = order[:-1]  # a compiled UNet does not go with sequential offload (pipelines.compile_refusal)
+    if current.quantize == "nf4":
+        order = WHOLE_TRANSFORMER  # an NF4 transformer is never streamed block by block (presets.py)
     following = order[order.index(step) + 1:] if step in order else ()
     if not gpu or not following:
         why = "on the CPU nothing can be offloaded" if not gpu else f"{layout_name(current)} is the cheapest layout"

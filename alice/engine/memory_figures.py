@@ -122,6 +122,12 @@ DEQUANTIZED_LAYER = int(0.1 * GB)
 # Bits a weight of a GGUF Q4_0 file takes, from FLUX.1-dev's: 6.79 GB for 11.9B weights (4.5 bits
 # and the unquantized norms and embedders); the no-fit error's estimate where no file is listed.
 Q4_0_BYTES_PER_PARAM = 6.79e9 / 11.9e9
+# A transformer quantized to NF4 by bitsandbytes (diffusers' BitsAndBytesConfig, 4-bit, no double
+# quantization): each Linear weight 4 bits plus one float32 absmax per block of 64 weights, 4.5
+# bits or 0.5625 bytes (bitsandbytes' blockwise layout; Linear4bit(3072, 3072) holds 5.31 MB for
+# 9.44M weights). The norms and embedders stay 16-bit: under 1 % of these transformers.
+# Forge's flux1-dev-bnb-nf4 transformer, ~6.7 GB for 11.9B weights, is the same ratio.
+NF4_BYTES_PER_PARAM = 0.5625
 
 
 def width_for(family: str, params: int) -> int:

@@ -40,6 +40,7 @@ from alice.engine.preview_decoders import load_tiny_autoencoder
 from alice.engine.previews import TINY_AUTOENCODER_ATTRIBUTE
 from alice.engine.relayout import relayout
 from alice.engine.text_cache import cache_text_outputs
+from alice.engine.text_encoder_files import text_encoders_from_files
 from alice.engine.transformer_files import transformer_from_file
 
 if TYPE_CHECKING:  # imported where they run: see alice/engine/__init__.py
@@ -122,7 +123,13 @@ def load_pipeline(
     pipeline_class = getattr(diffusers, family.inpaint if inpainting else family.text_to_image)
     pipe = pipeline_class.from_pretrained(
         str(folder), dtype=placement.dtype, local_files_only=True, disable_mmap=in_host_memory,
-        **transformer_from_file(folder, placement.dtype, in_host_memory),  # a stored .gguf or fine-tune file
+        # A stored .gguf or fine-tune file; or a 16-bit transformer the preset quantizes to NF4, loaded
+        # straight onto the card where it stays there (no 16-bit copy in RAM), else into RAM.
+        **transformer_from_file(
+            folder, placement.dtype, in_host_memory, quantize=preset.quantize,
+            device=placement.device if dict(preset.parts).get("transformer") == "gpu" else "cpu",
+        ),
+        **text_encoders_from_files(folder, placement.dtype),  # a stored GGUF T5
     )
     if in_host_memory:
         _copy_mapped_text_encoders(pipe)

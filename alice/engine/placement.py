@@ -32,6 +32,9 @@ def apply_preset(pipe: DiffusionPipeline, preset: MemoryPreset, device: str) -> 
 
     compute = getattr(torch, preset.dtype or "float32")
     for name in preset.fp8_storage:
+        if is_quantized(getattr(pipe, name)):  # an NF4 or 8-bit T5 is smaller than fp8 already
+            logger.info("%s is stored quantized: not in fp8", name)
+            continue
         store_in_fp8(getattr(pipe, name), compute)
     where = dict(preset.parts)
     kinds = set(where.values())
@@ -41,11 +44,16 @@ def apply_preset(pipe: DiffusionPipeline, preset: MemoryPreset, device: str) -> 
         pipe.enable_sequential_cpu_offload(device=device)
     else:
         streams = device.startswith("cuda")
+        on_a_card = where.get("transformer") != "cpu"  # "cpu" parts beside a card: text-cpu
         for name, place in where.items():
             module = getattr(pipe, name, None)
             if not isinstance(module, torch.nn.Module):
                 continue
-            if place == "gpu":
+            if (place == "cpu" and on_a_card) or (place == "group" and name != "transformer" and is_quantized(module)):
+                # A bitsandbytes encoder cannot be group-offloaded (its quantization state would stay
+                # behind in RAM): it runs on the CPU instead, where bitsandbytes computes too.
+                run_on_cpu(module, compute, device)
+            elif place == "gpu":
                 module.to(device)
             elif place == "group":
                 apply_group_offloading(
@@ -124,3 +132,82 @@ def enable_vae_tiling(vae: torch.nn.Module, above: int) -> None:
     downscale = 2 ** (len(vae.config.block_out_channels) - 1)
     vae.tile_sample_min_size = above
     vae.tile_latent_min_size = above // downscale
+
+
+_ON_CPU = "_alice_on_cpu"  # on a text encoder run_on_cpu placed: (hook handles, own class, compute dtype, fp8?)
+
+
+def run_on_cpu(module: torch.nn.Module, compute: torch.dtype, device: str) -> None:
+    """Run a text encoder in RAM beside a card: held in bf16 (fp32 when the pipeline computes in
+    fp32: bf16 has fp32's range, so T5 needs no fp32 `wo` and no clipping as in fp16, at half of
+    fp32's RAM), its inputs moved to the CPU and its outputs to `device` in the compute dtype.
+
+    The pipelines cast the prompt embeddings to the encoder's `dtype` (FluxPipeline's
+    `_get_t5_prompt_embeds`, SD3's likewise) and the transformer takes them as they come: an
+    encoder held in bf16 beside an fp16 transformer would hand it bf16. So the encoder reports the
+    compute dtype (a subclass of its own class with `dtype` overridden), which undo_run_on_cpu reverts.
+    An encoder stored in fp8 (layerwise casting) keeps its storage and computes in `compute`.
+    """
+    import torch
+
+    if getattr(module, _ON_CPU, None) is not None:
+        return
+    # fp8 storage (layerwise casting) and bitsandbytes' NF4/8-bit weights keep what they are stored in.
+    stored_fp8 = is_quantized(module) or any(p.dtype == torch.float8_e4m3fn for p in module.parameters())
+    held = compute if stored_fp8 or compute == torch.float32 else torch.bfloat16
+    module.to("cpu") if stored_fp8 else module.to("cpu", held)
+    own = type(module)
+    if held != compute:
+        reporting = {"dtype": property(lambda self: compute), "__module__": own.__module__}
+        module.__class__ = type(own.__name__, (own,), reporting)
+    handles = (
+        module.register_forward_pre_hook(_inputs_to_cpu, with_kwargs=True),
+        module.register_forward_hook(lambda _module, _args, output: _moved(output, torch.device(device), compute)),
+    )
+    setattr(module, _ON_CPU, (handles, own, compute, stored_fp8))
+    logger.info("%s runs on the CPU in %s, its output moved to %s in %s", own.__name__, held, device, compute)
+
+
+def is_quantized(module: torch.nn.Module) -> bool:
+    """Whether a module holds packed integer weights (bitsandbytes NF4 or 8-bit, GGUF): no dtype
+    cast or fp8 storage applies to those."""
+    import torch
+
+    return any(p.dtype in (torch.uint8, torch.int8) for p in module.parameters())
+
+
+def undo_run_on_cpu(module: torch.nn.Module) -> None:
+    """Back to an ordinary module in the compute dtype, in RAM (the next layout places it)."""
+    found = getattr(module, _ON_CPU, None)
+    if found is None:
+        return
+    handles, own, compute, stored_fp8 = found
+    for handle in handles:
+        handle.remove()
+    module.__class__ = own
+    if not stored_fp8:  # fp8-stored weights keep their storage
+        module.to(compute)
+    delattr(module, _ON_CPU)
+
+
+def _inputs_to_cpu(_module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    import torch
+
+    cpu = torch.device("cpu")
+    return tuple(_moved(a, cpu, None) for a in args), {k: _moved(v, cpu, None) for k, v in kwargs.items()}
+
+
+def _moved(value: object, device: torch.device, dtype: torch.dtype | None) -> object:
+    """Tensors in `value` (a tensor, a tuple or list, transformers' ModelOutput or a dict) on `device`,
+    floating ones in `dtype` (None: as they are)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.to(device, dtype) if dtype is not None and value.is_floating_point() else value.to(device)
+    if isinstance(value, dict):  # ModelOutput is an OrderedDict: set in place, its attributes follow
+        for key in list(value.keys()):
+            value[key] = _moved(value[key], device, dtype)
+        return value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_moved(item, device, dtype) for item in value)
+    return value

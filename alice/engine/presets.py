@@ -9,10 +9,26 @@ Layouts, cheapest first (each with whole-image decoding, then VAE tiling):
 - text-offloaded: transformer and VAE on the card; the text encoders stream onto it block by
   block (group offload) once per prompt. The text encoders are as large as the transformer here
   (T5-XXL 9.5 GB) and run once a request, the transformer every step.
+- text-cpu: transformer and VAE on the card; the text encoders stay in RAM and run there (in
+  bf16, fp32 when the pipeline computes in fp32), their output moved to the card in the
+  pipeline's dtype. Nothing of them reaches the card, not even the two layers streaming keeps
+  there; but a new prompt's T5 pass takes seconds on a CPU where streaming takes about one
+  (9.5 GB over PCIe), so it comes after text-offloaded. The prompt-embedding cache
+  (alice/engine/text_cache.py) makes a repeated prompt free in both. Before `model`: whole-part
+  offload would bring T5 (9.5 GB) onto the card for every new prompt and move the transformer
+  off and on for every image.
 - model: diffusers' model CPU offload, one whole part on the card at a time.
 - group: the transformer streams too, block by block with CUDA streams, every step; the VAE stays.
   diffusers' docs rank quantization plus model offload first for images, where it fits.
 - sequential: layer by layer, the slowest.
+A 16-bit transformer may be quantized to NF4 at load (bitsandbytes, ALICE_QUANTIZE): `auto` does
+so where its 16 bits would stream from RAM every step (group, sequential) or fit nowhere, and NF4
+keeps it whole on the card (gpu, text-offloaded, text-cpu or model offload): 4.5 bits a weight, a
+quarter of the bytes. An NF4 transformer is never streamed block by block: diffusers' group offload
+moves each weight's data without bitsandbytes' quantization state. The images change a little
+(NF4 is lossy); ALICE_QUANTIZE=none keeps 16 bits and streams instead. NF4 needs a
+card of compute capability 6.0 (bitsandbytes' CUDA kernels); diffusers 0.42.1 refuses to quantize
+without a GPU, so never on the CPU.
 All of that first with the text encoders in 16 bits, then stored in fp8 (diffusers' layerwise
 casting, computed in the pipeline's dtype): ComfyUI's low-memory FLUX setups use an fp8 T5, and on
 16 GB of RAM a 16-bit T5 (9.5 GB) and a FLUX GGUF Q4 (6.8 GB) do not fit side by side.
@@ -43,6 +59,7 @@ from alice.engine.memory_figures import (
     EMBEDDING,
     FAMILY_FIGURES,
     GB,
+    NF4_BYTES_PER_PARAM,
     Q4_0_BYTES_PER_PARAM,
     T5_WO_PARAMS,
     T5_XXL,
@@ -51,11 +68,14 @@ from alice.engine.memory_figures import (
     transformer_working,
 )
 
-Layout = Literal["gpu", "text-offloaded", "model", "group", "sequential"]
-LAYOUTS: tuple[Layout, ...] = ("gpu", "text-offloaded", "model", "group", "sequential")
+Layout = Literal["gpu", "text-offloaded", "text-cpu", "model", "group", "sequential"]
+LAYOUTS: tuple[Layout, ...] = ("gpu", "text-offloaded", "text-cpu", "model", "group", "sequential")
 OFFLOAD: dict[Layout, Offload] = {
-    "gpu": "none", "text-offloaded": "group", "model": "model", "group": "group", "sequential": "sequential",
+    "gpu": "none", "text-offloaded": "group", "text-cpu": "none", "model": "model", "group": "group",
+    "sequential": "sequential",
 }
+# Layouts that keep the transformer whole on the card while it steps: what NF4 is for (see above).
+WHOLE_TRANSFORMER: tuple[Layout, ...] = ("gpu", "text-offloaded", "text-cpu", "model")
 # The process itself (Python, torch and CUDA's libraries), the OS and a little page cache: RAM the
 # weights cannot have. An assumption, not a measurement.
 RAM_RESERVE = 3 * GiB
@@ -79,6 +99,7 @@ class PresetInputs:
     quantized: Literal["gguf", "nf4"] | None = None
     text_encoders: dict[str, int] = field(default_factory=dict)  # component -> 16-bit bytes
     vae: int = VAE
+    quantize_at_load: bool = False  # "nf4" here: a 16-bit transformer that loading quantizes (ALICE_QUANTIZE)
 
 
 def reference_inputs(
@@ -151,6 +172,9 @@ def _need(inputs: PresetInputs, layout: Layout, fp8: bool, tile: int | None, pix
         return _Need(weights + max(stepping, TEXT_WORKING, decode), 0, weights, weights)
     if layout == "text-offloaded":
         return _Need(transformer + vae + max(stepping, streamed_text, decode), text, weights, transformer + vae)
+    if layout == "text-cpu":  # in RAM in bf16 (16-bit bytes; fp32: twice), fp16's fp32 `wo` cast down too
+        in_ram = sum(inputs.text_encoders.values()) * (2 if value_bytes == 4 else 1)
+        return _Need(transformer + vae + max(stepping, decode), in_ram, transformer + in_ram + vae, transformer + vae)
     if layout == "model":
         largest_text = max(encoders.values(), default=0) + TEXT_WORKING
         return _Need(max(transformer + stepping, largest_text, vae + decode), weights, weights, 0)
@@ -174,6 +198,8 @@ def layout_parts(encoders: tuple[str, ...], layout: Layout) -> tuple[tuple[str, 
         where = dict.fromkeys(("transformer", *encoders, "vae"), "gpu")
     elif layout == "text-offloaded":
         where = {"transformer": "gpu", **dict.fromkeys(encoders, "group"), "vae": "gpu"}
+    elif layout == "text-cpu":
+        where = {"transformer": "gpu", **dict.fromkeys(encoders, "cpu"), "vae": "gpu"}
     elif layout == "group":
         where = {"transformer": "group", **dict.fromkeys(encoders, "group"), "vae": "gpu"}
     else:
@@ -207,6 +233,7 @@ def plan_preset(facts: DeviceFacts, inputs: PresetInputs, options: MemoryOptions
     """The cheapest layout of the model on this card and RAM, by the estimates; `dtype` is the
     pipeline's compute dtype (`auto_dtype`: fp16 before Ampere, fp32 on the CPU)."""
     dtype_name = str(dtype).removeprefix("torch.")
+    inputs = _quantized_at_load(facts, inputs, options, dtype_name)
     found = _first_fit(facts, inputs, options, dtype_name)
     if found is None:
         return _no_fit(facts, inputs, options, dtype_name)
@@ -223,21 +250,55 @@ def plan_preset(facts: DeviceFacts, inputs: PresetInputs, options: MemoryOptions
         fp8_storage=tuple(inputs.text_encoders) if fp8 else (),
         dtype=dtype_name,
         pin_streams=pin,
+        quantize="nf4" if inputs.quantized == "nf4" else None,
         needs=Footprint(weights=need.weights, on_card=need.on_card, in_ram=need.ram, working=need.card - need.on_card)
         if gpu else Footprint(need.weights, 0, need.weights, 0),
     )
     return replace(preset, reason=_reason(facts, inputs, preset, layout, need, dtype_name))
 
 
-def _first_fit(
+def _nf4_runs(facts: DeviceFacts) -> bool:
+    """bitsandbytes' CUDA kernels start at sm_60; diffusers 0.42.1's quantizer refuses without a GPU."""
+    return facts.is_gpu and facts.capability >= (6, 0)
+
+
+def _quantized_at_load(
     facts: DeviceFacts, inputs: PresetInputs, options: MemoryOptions, dtype_name: str
+) -> PresetInputs:
+    """The inputs as they will be held: a 16-bit transformer as NF4 where ALICE_QUANTIZE says so
+    (`nf4`: always; `auto`: where the 16 bits would leave the card every step, or fit nowhere, and
+    NF4 stays whole on the card)."""
+    if inputs.quantized or options.quantize == "none":
+        return inputs
+    nf4 = replace(
+        inputs, transformer_bytes=int(inputs.transformer_params * NF4_BYTES_PER_PARAM), quantized="nf4",
+        quantize_at_load=True,
+    )
+    if options.quantize == "nf4":
+        return nf4  # on the CPU or before sm_60 the plan then says why it cannot
+    if not facts.is_gpu or facts.capability < (6, 0) or options.cpu_offload != "auto":
+        return inputs  # an offload the operator chose is theirs to run in 16 bits
+    if _first_fit(facts, inputs, options, dtype_name, WHOLE_TRANSFORMER) is not None:
+        return inputs
+    return nf4 if _first_fit(facts, nf4, options, dtype_name) is not None else inputs
+
+
+def _first_fit(
+    facts: DeviceFacts, inputs: PresetInputs, options: MemoryOptions, dtype_name: str,
+    layouts: tuple[Layout, ...] = LAYOUTS,
 ) -> tuple[bool, Layout, int | None, _Need] | None:
-    if inputs.quantized == "nf4" and facts.is_gpu and facts.capability < (6, 0):
-        return None  # bitsandbytes' CUDA kernels start at sm_60
+    if inputs.quantized == "nf4" and not _nf4_runs(facts):
+        return None
+    if inputs.quantized == "nf4":
+        # diffusers' group offload moves a weight's data and not bitsandbytes' quantization state
+        # beside it (hooks/group_offloading.py `_transfer_tensor_to_device`): NF4 stays whole on the card.
+        layouts = tuple(layout for layout in layouts if layout in WHOLE_TRANSFORMER)
     card, ram = card_capacity(facts), ram_capacity(facts)
     for fp8, layout, tile in _candidates(options, facts.is_gpu):
-        if fp8 and not inputs.text_encoders:
+        if (fp8 and not inputs.text_encoders) or layout not in (layouts if facts.is_gpu else ("gpu",)):
             continue
+        if fp8 and layout == "text-cpu":
+            continue  # the encoders run in RAM in bf16: fp8 storage there would only slow them down
         need = _need(inputs, layout, fp8, tile, options.max_pixels, dtype_name)
         if not facts.is_gpu:
             need = _Need(0, need.weights, need.weights, 0)  # everything in RAM, activations too small to matter here
@@ -249,6 +310,7 @@ def _first_fit(
 DESCRIPTIONS: dict[Layout, str] = {
     "gpu": "everything on the card",
     "text-offloaded": "transformer and VAE on the card, text encoders streamed onto it per prompt (group offload)",
+    "text-cpu": "transformer and VAE on the card, text encoders run on the CPU (their output moved to the card)",
     "model": "model CPU offload (one whole part on the card at a time)",
     "group": "transformer and text encoders streamed onto the card block by block (group offload), VAE on the card",
     "sequential": "sequential CPU offload (layer by layer, slowest)",
@@ -259,8 +321,12 @@ def _reason(
     facts: DeviceFacts, inputs: PresetInputs, preset: MemoryPreset, layout: Layout, need: _Need, dtype_name: str
 ) -> str:
     stored = {"gguf": "GGUF", "nf4": "NF4"}.get(inputs.quantized or "", "16-bit")
+    if inputs.quantize_at_load:
+        stored = "16-bit transformer quantized to NF4 at load,"
+    else:
+        stored += " transformer"
     notes = [
-        f"{inputs.family} ({stored} transformer {inputs.transformer_bytes / GB:.1f} GB): "
+        f"{inputs.family} ({stored} {inputs.transformer_bytes / GB:.1f} GB): "
         + (DESCRIPTIONS[layout] if facts.is_gpu else f"on the CPU in {preset.dtype}"),
         f"VAE tiling above {preset.vae_tiling_above} px" if preset.vae_tiling_above else "no VAE tiling",
     ]
@@ -290,8 +356,10 @@ def _no_fit(facts: DeviceFacts, inputs: PresetInputs, options: MemoryOptions, dt
     stored = f"{inputs.quantized.upper()} " if inputs.quantized else "16-bit "
     size = inputs.transformer_bytes / GB
     reason = f"{inputs.family} with a {stored}transformer of {size:.1f} GB does not fit {where}"
-    if inputs.quantized == "nf4" and facts.is_gpu and facts.capability < (6, 0):
-        reason += ": NF4 (bitsandbytes) needs compute capability 6.0"
+    if inputs.quantized == "nf4" and not _nf4_runs(facts):
+        reason += (": NF4 (bitsandbytes) needs a CUDA card of compute capability 6.0 or newer"
+                   + (f", {facts.name} has {facts.capability[0]}.{facts.capability[1]}" if facts.is_gpu else
+                      " (diffusers 0.42.1 does not quantize without a GPU)"))
     else:
         reason += f" by the estimates; would fit: {'; or '.join(_what_would_fit(facts, inputs, options, dtype_name))}"
     return MemoryPreset(
@@ -331,7 +399,7 @@ def _what_would_fit(facts: DeviceFacts, inputs: PresetInputs, options: MemoryOpt
 def _largest_transformer(facts: DeviceFacts, inputs: PresetInputs, options: MemoryOptions, dtype_name: str) -> int:
     """The largest quantized transformer file that would fit, to 0.1 GB; 0 if none would."""
     def fits(size: int) -> bool:
-        trial = replace(inputs, transformer_bytes=size, quantized=inputs.quantized or "gguf")
+        trial = replace(inputs, transformer_bytes=size, quantized="gguf")  # what it names: GGUF files
         return _first_fit(facts, trial, options, dtype_name) is not None
 
     low, high = 0, inputs.transformer_bytes

@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from alice.engine.device import MemoryPreset
-from alice.engine.placement import apply_preset, enable_vae_tiling
+from alice.engine.placement import apply_preset, enable_vae_tiling, undo_run_on_cpu
 
 if TYPE_CHECKING:  # imported where they run: see alice/engine/__init__.py
     from diffusers import DiffusionPipeline
@@ -53,6 +53,9 @@ def remove_offloading(pipe: DiffusionPipeline) -> None:
     )
 
     pipe.remove_all_hooks()
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            undo_run_on_cpu(module)  # text encoders a text-cpu layout ran in RAM
     for name, module in pipe.components.items():
         if isinstance(module, torch.nn.Module) and _is_group_offload_enabled(module):
             registry = HookRegistry.check_if_exists_or_initialize(module)

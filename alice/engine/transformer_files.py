@@ -24,6 +24,8 @@ TRANSFORMER = "transformer"  # the pipeline component (and folder) these files s
 SUFFIXES = (".gguf", ".safetensors")
 # diffusers' own weight files (sharded ones start alike): a folder holding them is no single file.
 _DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
+# bitsandbytes' 4-bit state beside each packed weight, as saved in a state dict.
+_BNB_STATE = (".absmax", ".quant_map", ".quant_state.bitsandbytes__nf4", ".quant_state.bitsandbytes__fp4")
 # Tensors only a whole checkpoint has (its VAE, its text encoders, an SD UNet): such a file is
 # not a transformer alone. Names as in single-file checkpoints of every family.
 _WHOLE_CHECKPOINT = ("first_stage_model.", "vae.", "cond_stage_model.", "conditioner.", "text_encoders.",
@@ -58,6 +60,7 @@ def read_transformer_file(path: Path) -> TransformerFile:
         names, quant_types = _read_gguf(path)
     else:
         names, quant_types = list(_read_header(path).shapes), ()  # ValueError when unreadable
+    check_not_bnb_single_file(path, names)
     if any(name.startswith(_WHOLE_CHECKPOINT) for name in names):
         raise ValueError(
             f"{path.name} is a whole checkpoint (it has its own VAE or text encoder weights), not a "
@@ -87,6 +90,24 @@ def refuse_scaled_fp8(path: Path, names: list[str]) -> None:
                          "factors), which diffusers cannot load: use the model's bf16, fp16 or plain fp8 file")
 
 
+def check_not_bnb_single_file(path: Path, names: list[str] | None = None) -> None:
+    """ValueError, saying what loads instead, for a .safetensors of bitsandbytes 4-bit weights (as
+    Forge's flux1-dev-bnb-nf4, a whole checkpoint): diffusers 0.42.1's single-file converters know
+    no packed weights nor their state."""
+    if names is None:
+        try:
+            names = list(_read_header(Path(path)).shapes)
+        except ValueError:
+            return  # unreadable: the caller's own checks say so
+    if any(name.endswith(_BNB_STATE) for name in names):
+        raise ValueError(
+            f"{Path(path).name} holds bitsandbytes NF4/FP4 weights in one file (as Forge's flux1-dev-bnb-nf4): "
+            "diffusers 0.42.1 converts no single file of packed 4-bit weights. Import a GGUF of it, the 16-bit "
+            "file (with ALICE_QUANTIZE=nf4 it is quantized as it loads), or a transformer folder saved by "
+            "diffusers with a BitsAndBytesConfig (config.json with quantization_config) with --base"
+        )
+
+
 def _read_gguf(path: Path) -> tuple[list[str], tuple[str, ...]]:
     """A GGUF's tensor names and quantization types; ValueError when it cannot be read or
     holds types diffusers has no dequantization for (most of the IQ types)."""
@@ -110,6 +131,14 @@ def _read_gguf(path: Path) -> tuple[list[str], tuple[str, ...]]:
             f"use a file quantized as one of {supported}"
         )
     return [name for name, _ in tensors], tuple(sorted({kind.name for _, kind in tensors}))
+
+
+def is_nf4_folder(folder: Path) -> bool:
+    """Whether a model's config.json says its weights are stored as bitsandbytes NF4 (diffusers'
+    or transformers' `save_pretrained` of a model loaded with a 4-bit BitsAndBytesConfig)."""
+    quantization = read_config(Path(folder) / "config.json").get("quantization_config") or {}
+    return quantization.get("quant_method") == "bitsandbytes" and bool(quantization.get("load_in_4bit")) \
+        and quantization.get("bnb_4bit_quant_type", "fp4") == "nf4"
 
 
 def is_transformer_file(path: Path) -> bool:
@@ -198,10 +227,46 @@ def check_transformer_file(file: Path, folder: Path) -> None:
     _compare(TRANSFORMER, expected, found)
 
 
-def transformer_from_file(folder: Path, dtype: torch.dtype, disable_mmap: bool = False) -> dict[str, Any]:
+def transformer_from_file(
+    folder: Path, dtype: torch.dtype, disable_mmap: bool = False, *, quantize: str | None = None, device: str = "cpu"
+) -> dict[str, Any]:
     """`from_pretrained` keyword arguments for a model folder: its transformer, loaded, when
-    `transformer/` holds a transformer-only file; none otherwise (diffusers loads the folder)."""
+    `transformer/` holds a transformer-only file or the preset quantizes it at load (`quantize`
+    "nf4", loaded onto `device`); none otherwise (diffusers loads the folder)."""
     file = transformer_file_in(folder)
+    if quantize == "nf4" and not is_nf4_folder(Path(folder) / TRANSFORMER):  # stored NF4: loaded as it is
+        return {TRANSFORMER: load_nf4_transformer(folder, file, dtype, device)}
     if file is None:
         return {}
     return {TRANSFORMER: load_transformer_file(file, folder, dtype, disable_mmap=disable_mmap)}
+
+
+def nf4_config(dtype: torch.dtype) -> Any:
+    """diffusers' BitsAndBytesConfig for NF4 computing in `dtype`: bitsandbytes' defaults
+    otherwise (blocks of 64, no double quantization: presets' NF4_BYTES_PER_PARAM)."""
+    import diffusers
+
+    return diffusers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+
+
+def load_nf4_transformer(folder: Path, file: Path | None, dtype: torch.dtype, device: str) -> Any:
+    """A 16-bit transformer (diffusers' folder, or a transformer-only .safetensors) quantized to
+    NF4 as it loads, onto `device` (bitsandbytes quantizes each weight as it is placed: the 16-bit
+    whole is never held). diffusers' quantizer refuses without a GPU; the presets never ask it there."""
+    import diffusers
+
+    config = read_config(Path(folder) / TRANSFORMER / "config.json")
+    model_class = getattr(diffusers, str(config.get("_class_name", "")), None)
+    if model_class is None:
+        raise ValueError(f"{folder}/{TRANSFORMER}/config.json names no diffusers transformer")
+    options: dict[str, Any] = {"quantization_config": nf4_config(dtype), "device_map": {"": device}}
+    if file is None:
+        model = model_class.from_pretrained(
+            str(folder), subfolder=TRANSFORMER, dtype=dtype, local_files_only=True, **options)
+    elif file.suffix.lower() == ".gguf":
+        raise ValueError(f"{file.name} is quantized already (GGUF): it is not quantized again at load")
+    else:
+        model = model_class.from_single_file(
+            str(file), config=str(folder), subfolder=TRANSFORMER, dtype=dtype, local_files_only=True, **options)
+    logger.info("loaded %s quantized to NF4 at load on %s (computing in %s)", model_class.__name__, device, dtype)
+    return model

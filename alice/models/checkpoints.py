@@ -17,10 +17,13 @@ from alice.engine.demo import DEMO_MODEL_DIR, DEMO_MODEL_NAME
 from alice.engine.embeddings import EMBEDDING_FILE, embedding_family, read_embedding
 from alice.engine.families import detect_family, family_named, lora_family
 from alice.engine.folder_check import FolderDoesNotLoad, check_folder_loads
+from alice.engine.pipeline_configs import read_config
 from alice.engine.pipeline_files import read_pipeline_file
 from alice.engine.pipelines import choose_placement, load_pipeline
 from alice.engine.preview_decoders import is_tiny_autoencoder_folder, load_tiny_autoencoder, preview_family
 from alice.engine.single_file import convert_single_file, detect_checkpoint_family
+from alice.engine.text_encoder_files import is_t5_gguf
+from alice.engine.transformer_files import check_not_bnb_single_file, is_transformer_file
 from alice.engine.transformer_files import is_transformer_file
 from alice.models.pipeline_files import import_pipeline_file
 from alice.models.store import (
@@ -35,7 +38,13 @@ from alice.models.store import (
     store_folder,
     validate_model_name,
 )
-from alice.models.transformer_imports import holds_no_transformer, import_base_folder, import_transformer_file
+from alice.models.text_encoder_imports import import_t5_file, import_t5_folder
+from alice.models.transformer_imports import (
+    holds_no_transformer,
+    import_base_folder,
+    import_transformer_file,
+    import_transformer_folder,
+)
 
 
 def import_pipeline_folder(folder: Path, name: str, *, source: str = "local") -> StoredModel:
@@ -84,9 +93,13 @@ def import_checkpoint_file(path: Path, name: str, *, source: str = "local", base
     path = Path(path)
     if base is None and is_embedding_file(path):
         return import_embedding_file(path, name, source=source)
-    whole = read_pipeline_file(path) if path.suffix.lower() == ".safetensors" else None
-    if whole is not None:
-        return import_pipeline_file(whole, name, base=base, source=source)
+    if is_t5_gguf(path):  # a quantized T5 in place of the base's (alice/models/text_encoder_imports.py)
+        return import_t5_file(path, name, base=base, source=source)
+    if path.suffix.lower() == ".safetensors":
+        check_not_bnb_single_file(path)  # Forge's NF4 checkpoints: refused saying what loads instead
+        whole = read_pipeline_file(path)
+        if whole is not None:
+            return import_pipeline_file(whole, name, base=base, source=source)
     if base is not None or is_transformer_file(path):
         return import_transformer_file(path, name, base=base, source=source)
     family = detect_checkpoint_family(path)  # ValueError for a LoRA or anything else
@@ -96,6 +109,14 @@ def import_checkpoint_file(path: Path, name: str, *, source: str = "local", base
         except Exception as exc:  # shapes that do not fit the family, truncated files, ...
             raise ValueError(f"{path} does not convert as an {family} checkpoint: {type(exc).__name__}: {exc}") from exc
         return import_pipeline_folder(Path(scratch), name, source=source)
+
+
+def import_folder_onto_base(folder: Path, name: str, *, base: str, source: str = "local") -> StoredModel:
+    """A transformer folder (an NF4 one saved by diffusers) or a T5 encoder folder (NF4 or 8-bit,
+    saved by transformers) onto the stored model `base`, told apart by its config.json."""
+    if read_config(Path(folder) / "config.json").get("model_type") in ("t5", "umt5"):
+        return import_t5_folder(folder, name, base=base, source=source)
+    return import_transformer_folder(folder, name, base=base, source=source)
 
 
 def import_lora_file(path: Path, name: str, *, source: str = "local") -> StoredModel:

@@ -16,10 +16,11 @@ import logging
 import tempfile
 from pathlib import Path
 
-from alice.engine.families import FAMILIES, detect_family, family_named
+from alice.engine.families import FAMILIES, detect_family, family_named, transformer_family
 from alice.engine.folder_check import FolderDoesNotLoad, check_folder_loads
 from alice.engine.pipeline_configs import read_config
 from alice.engine.pipeline_files import FLUX1_SCHEDULERS, SHIPPED_CONFIGS
+from alice.engine.single_file import _read_header
 from alice.engine.transformer_files import (
     SUFFIXES,
     TRANSFORMER,
@@ -74,6 +75,45 @@ def import_transformer_file(path: Path, name: str, *, base: str | None, source: 
         stored = store_folder(staging, name, kind=PIPELINE, family=family.name, source=source, linked=linked)
     logger.info("imported %s (%s%s) onto %s's parts as %s", path.name, family.name,
                 f", {'/'.join(file.quant_types)}" if file.quant_types else "", base, stored.tag)
+    return stored
+
+
+def import_transformer_folder(folder: Path, name: str, *, base: str | None, source: str = "local") -> StoredModel:
+    """Store a transformer folder saved by diffusers (config.json and .safetensors weights; one
+    quantized to NF4 with a BitsAndBytesConfig keeps its `quantization_config`) as a model whose
+    other parts are the stored model `base`'s.
+
+    Checked without loading: the family from its tensor names, the class against the base's
+    (diffusers loads an NF4 folder on a CUDA card only; the planner refuses it elsewhere before
+    loading). ValueError, saying what to do, as for a transformer file.
+    """
+    validate_model_name(name)
+    folder = Path(folder)
+    config = read_config(folder / "config.json")
+    weights = sorted(folder.glob("*.safetensors"))
+    if not str(config.get("_class_name", "")).endswith("Transformer2DModel") or not weights:
+        raise ValueError(f"{folder} is no diffusers transformer folder (a config.json naming a transformer class "
+                         "and .safetensors weights); --base takes a transformer-only file or such a folder")
+    names = [key for file in weights for key in _read_header(file).shapes]  # ValueError when unreadable
+    family_name = transformer_family(names)
+    if family_name is None:
+        raise ValueError(f"{folder} holds no transformer of a model family ALICE knows")
+    family = family_named(family_name)
+    base_model = check_base_for(family.name, base, folder.name)
+    base_class = read_config(base_model.path / TRANSFORMER / "config.json").get("_class_name")
+    if base_class and base_class != config["_class_name"]:
+        raise ValueError(f"{folder} holds a {config['_class_name']}, {base}'s transformer is a {base_class}")
+    with tempfile.TemporaryDirectory(prefix="alice-transformer-") as scratch:
+        staging = Path(scratch)
+        (staging / TRANSFORMER).mkdir()
+        for file in [folder / "config.json", *weights, *folder.glob("*.index.json")]:
+            _link_or_copy(str(file), str(staging / TRANSFORMER / file.name))
+        linked = {relative: base_model.path / relative for relative in _files_of(base_model.path)
+                  if not relative.startswith(f"{TRANSFORMER}/")}
+        stored = store_folder(staging, name, kind=PIPELINE, family=family.name, source=source, linked=linked)
+    quantization = config.get("quantization_config") or {}
+    logger.info("imported the transformer folder %s (%s%s) onto %s's parts as %s", folder, family.name,
+                f", {quantization.get('quant_method')}" if quantization else "", base, stored.tag)
     return stored
 
 

@@ -102,6 +102,7 @@ class Runtime:
             channels_last=settings.channels_last,
             compile_unet=settings.compile_unet,
             max_pixels=settings.max_pixels,
+            quantize=settings.quantize,
         )
         return DiffusersEngine(
             self._locate_model, self.placement, budget, options, on_load=self.readiness.model_loaded,

@@ -337,6 +337,8 @@ def test_the_card_budget_leaves_the_cuda_context_and_other_processes_out():
         ("ALICE_ATTENTION_SLICING", "true", True),
         ("ALICE_CPU_OFFLOAD", "none", "none"),
         ("ALICE_CPU_OFFLOAD", "sequential", "sequential"),
+        ("ALICE_QUANTIZE", "nf4", "nf4"),
+        ("ALICE_QUANTIZE", "none", "none"),
     ],
 )
 def test_memory_settings_take_auto_and_keep_their_old_values(monkeypatch, env, value, parsed):
@@ -349,7 +351,7 @@ def test_memory_settings_take_auto_and_keep_their_old_values(monkeypatch, env, v
 def test_memory_settings_default_to_auto(monkeypatch):
     from alice.config import load_settings
 
-    for env in ("ALICE_VAE_TILING", "ALICE_ATTENTION_SLICING", "ALICE_CPU_OFFLOAD"):
+    for env in ("ALICE_VAE_TILING", "ALICE_ATTENTION_SLICING", "ALICE_CPU_OFFLOAD", "ALICE_QUANTIZE"):
         monkeypatch.delenv(env, raising=False)
     settings = load_settings()
-    assert (settings.vae_tiling, settings.attention_slicing, settings.cpu_offload) == ("auto", "auto", "auto")
+    assert (settings.vae_tiling, settings.attention_slicing, settings.cpu_offload, settings.quantize) == ("auto",) * 4
