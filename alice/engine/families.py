@@ -63,8 +63,8 @@ class Family:
     # A LoRA file: patterns (regular expressions matched at the start of a tensor name) of the
     # names its LoRAs have, in each naming they ship in that its diffusers loader takes. Names
     # several families share (the double-stream blocks' attention of SD3, FLUX.1, FLUX.2 and
-    # Qwen-Image) are each family's: a file is labelled with the families that fit most of its
-    # tensors, and where several fit alike with all of them (see `lora_family`).
+    # Qwen-Image) are each family's: a file is labelled with every family that fits all of its
+    # tensors (see `lora_family`).
     lora_prefixes: tuple[str, ...] = ()
     # The family whose LoRAs it takes, where not its own (FLUX.1 schnell takes dev's: one
     # transformer architecture). A LoRA is stored labelled with the family that owns its kind.
@@ -158,8 +158,10 @@ _TRANSFORMER = dict(denoiser="transformer", clip_skip=False, size_multiple=16, d
 # blocks' attention is named alike in SD3, FLUX.1, FLUX.2 and Qwen-Image)
 _DOUBLE_ATTENTION = r"transformer\.transformer_blocks\.\d+\.attn\."
 _SD3_AND_FLUX1_BLOCKS = r"transformer\.transformer_blocks\.\d+\.(ff|ff_context)\.net\.|transformer\.transformer_blocks\.\d+\.norm1(_context)?\.linear"
-# BFL's names (kohya sd-scripts, ai-toolkit and ComfyUI write them): FLUX.1's and FLUX.2's blocks alike
-_BFL_BLOCKS = (r"lora_unet_(double|single)_blocks_\d", r"diffusion_model\.(double|single)_blocks\.")
+# BFL's names (kohya sd-scripts, ai-toolkit and ComfyUI write them): FLUX.1's and FLUX.2's blocks alike,
+# but for FLUX.1's modulation in each block (FLUX.2 modulates all blocks from one layer)
+_BFL_BLOCKS = (r"lora_unet_(double|single)_blocks_\d+_", r"diffusion_model\.(double|single)_blocks\.\d+\.")
+_BFL_UNMODULATED = tuple(pattern + r"(?!(img|txt)_mod|modulation)" for pattern in _BFL_BLOCKS)
 SD3 = Family(
     name="sd3",
     text_to_image="StableDiffusion3Pipeline",
@@ -203,8 +205,7 @@ FLUX1_DEV = Family(
     # renames them for diffusers' converter).
     lora_prefixes=(_DOUBLE_ATTENTION, _SD3_AND_FLUX1_BLOCKS,
                    r"transformer\.single_transformer_blocks\.\d+\.(attn\.to_[qkv]\.|proj_mlp|proj_out|norm\.linear)",
-                   *_BFL_BLOCKS, r"lora_unet_(double_blocks_\d+_(img|txt)_mod|single_blocks_\d+_modulation)",
-                   r"diffusion_model\.(double_blocks\.\d+\.(img|txt)_mod|single_blocks\.\d+\.modulation)",
+                   *_BFL_BLOCKS,
                    "lora_transformer_single_transformer_blocks_", "lora_transformer_transformer_blocks_",
                    r"(double|single)_blocks\.\d+\.processor\."),
     **_TRANSFORMER,
@@ -283,7 +284,7 @@ FLUX2_KLEIN = Family(
     # own), and BFL's as ai-toolkit, ComfyUI and kohya write them, which FLUX.1's LoRAs have too.
     lora_prefixes=(_DOUBLE_ATTENTION, r"transformer\.transformer_blocks\.\d+\.ff(_context)?\.linear_",
                    r"transformer\.single_transformer_blocks\.\d+\.attn\.(to_qkv_mlp_proj|to_out)",
-                   r"(transformer|diffusion_model)\.(double|single)_stream_modulation", *_BFL_BLOCKS),
+                   r"(transformer|diffusion_model)\.(double|single)_stream_modulation", *_BFL_UNMODULATED),
     **_TRANSFORMER,
 )
 QWEN_IMAGE = Family(
@@ -375,15 +376,22 @@ def checkpoint_family(shapes: dict[str, list[int]]) -> str | None:
 
 
 def lora_family(keys: Iterable[str]) -> str:
-    """The family label of a LoRA file, from its tensor names: the transformer family whose LoRA
-    names fit most of its tensors, or the families (comma-separated, in FAMILIES' order) that fit
-    alike, as a LoRA of the double-stream blocks' attention alone in diffusers' names fits SD3,
-    FLUX.1, FLUX.2 and Qwen-Image; failing any, the UNet family its marks tell (SD 1.x unmarked)."""
+    """The family label of a LoRA file, from its tensor names: the transformer families whose LoRA
+    names fit every tensor that some transformer family's fit (comma-separated, in FAMILIES' order:
+    a LoRA of the double-stream blocks' attention alone in diffusers' names fits SD3, FLUX.1,
+    FLUX.2 and Qwen-Image alike), or where none fits them all, those that fit the most; failing
+    any, the UNet family its marks tell (SD 1.x where none)."""
     keys = list(keys)
-    fits = {family.name: sum(1 for key in keys if _lora_pattern(family).match(key))
-            for family in FAMILIES.values() if not family.is_unet and family.lora_prefixes}
-    if (most := max(fits.values(), default=0)) > 0:
-        return ",".join(name for name, count in fits.items() if count == most)
+    patterns = {family.name: _lora_pattern(family) for family in FAMILIES.values()
+                if not family.is_unet and family.lora_prefixes}
+    fitting = [{name for name, pattern in patterns.items() if pattern.match(key)} for key in keys]
+    fitting = [names for names in fitting if names]
+    if fitting:
+        every = set.intersection(*fitting)
+        if not every:  # names of several families in one file: those with the most
+            counts = {name: sum(name in names for names in fitting) for name in patterns}
+            every = {name for name, count in counts.items() if count == max(counts.values())}
+        return ",".join(name for name in patterns if name in every)
     for family in _newest_first():
         if _has_prefix(keys, family.lora_prefixes):
             return family.name
