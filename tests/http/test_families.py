@@ -182,7 +182,11 @@ def test_a_zimage_lora_draws_through_the_service_and_an_sd3_one_is_a_400_on_it(f
 
     from alice.models import checkpoints
     from tests.families.test_transformer_loras import ATTENTION, bare_lora_draw
-    from tests.families.tiny_loras import lora_layers, write_diffusers_lora, write_renamed_lora
+    from tests.families.tiny_loras import (
+        lora_layers,
+        write_diffusers_lora,
+        write_renamed_lora,
+    )
 
     zimage, sd3 = families_client.folders["tiny-zimage"], families_client.folders["tiny-sd3"]
     files = {"z-style": write_renamed_lora(lora_layers(zimage), tmp_path / "z.safetensors",
@@ -213,8 +217,8 @@ def test_a_zimage_lora_draws_through_the_service_and_an_sd3_one_is_a_400_on_it(f
 
     jobs = len(families_client.get("/v1/jobs").json()["data"])
     for model, lora, words in [
-        ("tiny-zimage", "sd3-style", "it was made for sd3 or flux1-dev or flux2-klein or qwen-image models, and "
-                                     "zimage models take zimage LoRAs"),
+        ("tiny-zimage", "sd3-style", ("it was made for sd3 or flux1-dev or flux2-klein or qwen-image models, and "
+                                      "zimage models take zimage LoRAs")),
         ("tiny-sd3", "z-style", "it was made for zimage models, and sd3 models take sd3 LoRAs"),
     ]:
         response = families_client.post("/generate", json={**settings, "model": model, "loras": [{"name": lora}]})
