@@ -9,6 +9,7 @@ protocol checks a request against its model's family before the queue.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,9 @@ class Family:
     guidance: str = "cfg"
     negative_prompt: bool = True  # whether the pipeline takes a negative prompt
     clip_skip: bool = True  # CLIP-conditioned UNets only: diffusers' `clip_skip`
-    loras: bool = True  # whether ALICE applies LoRAs to it (its LoRA import tells only these apart)
+    # Whether ALICE applies LoRAs to it: where diffusers has a LoRA loader for its pipelines. A family
+    # whose pipelines have none says False here, and a request with LoRAs on it is a 400 saying so.
+    loras: bool = True
     size_multiple: int = 8  # width and height: the VAE's 8x, and 2x2 latent patches on top
     # A diffusers folder: model_index.json `_class_name` prefixes only this family's folders have,
     # else the UNet config's `cross_attention_dim` (the width of its text encoders' output);
@@ -57,7 +60,11 @@ class Family:
     # encoder's tensors as SD 1.x does).
     checkpoint_prefixes: tuple[str, ...] = ()
     checkpoint_cross_attention: int | None = None
-    # A LoRA file: tensor name prefixes only this family's LoRAs have, in each naming they ship in.
+    # A LoRA file: patterns (regular expressions matched at the start of a tensor name) of the
+    # names its LoRAs have, in each naming they ship in that its diffusers loader takes. Names
+    # several families share (the double-stream blocks' attention of SD3, FLUX.1, FLUX.2 and
+    # Qwen-Image) are each family's: a file is labelled with every family that fits all of its
+    # tensors (see `lora_family`).
     lora_prefixes: tuple[str, ...] = ()
     # The family whose LoRAs it takes, where not its own (FLUX.1 schnell takes dev's: one
     # transformer architecture). A LoRA is stored labelled with the family that owns its kind.
@@ -146,8 +153,15 @@ SDXL = Family(
 # FLUX.1 schnell passes `mu` without dynamic shifting, which DPM++ asserts against; Chroma,
 # Qwen-Image and Z-Image pass `sigmas=`, which DPM++ does not take, and Z-Image's are a list
 # that UniPC cannot scale.
-_TRANSFORMER = dict(denoiser="transformer", clip_skip=False, loras=False, size_multiple=16,
-                    default_scheduler="flow-euler")
+_TRANSFORMER = dict(denoiser="transformer", clip_skip=False, size_multiple=16, default_scheduler="flow-euler")
+# diffusers/PEFT LoRA names: `transformer.` + the transformer's module names (the double-stream
+# blocks' attention is named alike in SD3, FLUX.1, FLUX.2 and Qwen-Image)
+_DOUBLE_ATTENTION = r"transformer\.transformer_blocks\.\d+\.attn\."
+_SD3_AND_FLUX1_BLOCKS = r"transformer\.transformer_blocks\.\d+\.(ff|ff_context)\.net\.|transformer\.transformer_blocks\.\d+\.norm1(_context)?\.linear"
+# BFL's names (kohya sd-scripts, ai-toolkit and ComfyUI write them): FLUX.1's and FLUX.2's blocks alike,
+# but for FLUX.1's modulation in each block (FLUX.2 modulates all blocks from one layer)
+_BFL_BLOCKS = (r"lora_unet_(double|single)_blocks_\d+_", r"diffusion_model\.(double|single)_blocks\.\d+\.")
+_BFL_UNMODULATED = tuple(pattern + r"(?!(img|txt)_mod|modulation)" for pattern in _BFL_BLOCKS)
 SD3 = Family(
     name="sd3",
     text_to_image="StableDiffusion3Pipeline",
@@ -160,6 +174,11 @@ SD3 = Family(
     index_classes=("StableDiffusion3",),
     transformer_keys=(("joint_blocks.",),
                       ("transformer_blocks.", "pos_embed.proj.", "time_text_embed.text_embedder.")),
+    # SD3LoraLoaderMixin converts nothing: diffusers/PEFT names only (diffusers' and SimpleTuner's
+    # trainers). kohya sd-scripts' (`lora_unet_joint_blocks_`) are told, but do not load: such a
+    # LoRA fails its job `lora_failed`.
+    lora_prefixes=(_DOUBLE_ATTENTION, _SD3_AND_FLUX1_BLOCKS, r"transformer\.transformer_blocks\.\d+\.attn2\.",
+                   "lora_unet_joint_blocks_"),
     **_TRANSFORMER,
 )
 FLUX1_DEV = Family(
@@ -181,14 +200,15 @@ FLUX1_DEV = Family(
     # The namings CivitAI's FLUX.1 LoRAs come in (/work/shared/families.md section 6), each
     # converted by diffusers' FluxPipeline.load_lora_weights: diffusers/PEFT and ai-toolkit
     # (`transformer.` + diffusers module names), kohya sd-scripts, kohya names on diffusers
-    # modules, BFL/XLabs (`double_blocks.0.processor.qkv_lora1.down`), ComfyUI. A diffusers LoRA
-    # of the double-stream blocks alone names modules SD3's transformer has too: not told.
-    lora_prefixes=("transformer.single_transformer_blocks.",
-                   "lora_unet_double_blocks_", "lora_unet_single_blocks_",
-                   "lora_transformer_single_transformer_blocks_",
-                   "double_blocks.", "single_blocks.",
-                   "diffusion_model.double_blocks.", "diffusion_model.single_blocks."),
-    **(_TRANSFORMER | {"loras": True}),
+    # modules, BFL/XLabs (`double_blocks.0.processor.qkv_lora1.down`), ComfyUI (`diffusion_model.`
+    # + BFL names; with lora_A/lora_B rather than kohya's lora_down/lora_up, alice/engine/loras.py
+    # renames them for diffusers' converter).
+    lora_prefixes=(_DOUBLE_ATTENTION, _SD3_AND_FLUX1_BLOCKS,
+                   r"transformer\.single_transformer_blocks\.\d+\.(attn\.to_[qkv]\.|proj_mlp|proj_out|norm\.linear)",
+                   *_BFL_BLOCKS,
+                   "lora_transformer_single_transformer_blocks_", "lora_transformer_transformer_blocks_",
+                   r"(double|single)_blocks\.\d+\.processor\."),
+    **_TRANSFORMER,
 )
 FLUX1_SCHNELL = Family(
     name="flux1-schnell",
@@ -206,7 +226,7 @@ FLUX1_SCHNELL = Family(
                       ("single_transformer_blocks.", "time_text_embed.text_embedder.")),
     guidance_embeds=False,
     lora_family="flux1-dev",  # the same transformer as dev's (less the guidance embedder): dev's LoRAs
-    **(_TRANSFORMER | {"loras": True}),
+    **_TRANSFORMER,
 )
 CHROMA = Family(
     name="chroma",
@@ -223,6 +243,9 @@ CHROMA = Family(
     index_classes=("ChromaPipeline", "ChromaImg2ImgPipeline", "ChromaInpaintPipeline"),
     transformer_keys=(("double_blocks.", "distilled_guidance_layer."),
                       ("single_transformer_blocks.", "distilled_guidance_layer.")),
+    # Its pipelines load LoRAs with FLUX.1's loader (FluxLoraLoaderMixin), onto FLUX.1's blocks less
+    # their modulation: its LoRAs are named as FLUX.1's, and FLUX.1's load into it.
+    lora_family="flux1-dev",
     **_TRANSFORMER,
 )
 ZIMAGE = Family(
@@ -238,6 +261,10 @@ ZIMAGE = Family(
     schedulers=("flow-euler",),
     index_classes=("ZImagePipeline", "ZImageImg2ImgPipeline", "ZImageInpaintPipeline"),
     transformer_keys=(("layers.", "noise_refiner.", "context_refiner."),),
+    # ZImageLoraLoaderMixin: diffusers/PEFT names, ai-toolkit's and ComfyUI's (`diffusion_model.`),
+    # kohya's (`lora_unet_layers_0_attention_to_q`), all on its own block names.
+    lora_prefixes=(r"(transformer|diffusion_model)\.(layers|noise_refiner|context_refiner)\.",
+                   "lora_unet_layers_", "lora_unet_noise_refiner_", "lora_unet_context_refiner_"),
     **_TRANSFORMER,
 )
 FLUX2_KLEIN = Family(
@@ -253,6 +280,11 @@ FLUX2_KLEIN = Family(
     negative_prompt=False,  # no text `negative_prompt` argument
     index_classes=("Flux2KleinPipeline",),
     transformer_keys=(("double_stream_modulation_img.", "single_stream_modulation."),),
+    # Flux2LoraLoaderMixin: diffusers/PEFT names (its single-stream blocks' fused projections are its
+    # own), and BFL's as ai-toolkit, ComfyUI and kohya write them, which FLUX.1's LoRAs have too.
+    lora_prefixes=(_DOUBLE_ATTENTION, r"transformer\.transformer_blocks\.\d+\.ff(_context)?\.linear_",
+                   r"transformer\.single_transformer_blocks\.\d+\.attn\.(to_qkv_mlp_proj|to_out)",
+                   r"(transformer|diffusion_model)\.(double|single)_stream_modulation", *_BFL_UNMODULATED),
     **_TRANSFORMER,
 )
 QWEN_IMAGE = Family(
@@ -268,6 +300,10 @@ QWEN_IMAGE = Family(
     guidance="true-cfg",  # `guidance_scale` does nothing in its pipeline; `true_cfg_scale` does
     index_classes=("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline"),
     transformer_keys=(("transformer_blocks.", "img_in.", "txt_norm."),),  # diffusers' names only load
+    # QwenImageLoraLoaderMixin: diffusers/PEFT names, ai-toolkit's and ComfyUI's (`diffusion_model.`),
+    # kohya's and musubi-tuner's (`lora_unet_transformer_blocks_0_attn_to_q`).
+    lora_prefixes=(_DOUBLE_ATTENTION, r"transformer\.transformer_blocks\.\d+\.(img|txt)_(mlp|mod)",
+                   r"diffusion_model\.transformer_blocks\.", "lora_unet_transformer_blocks_"),
     **_TRANSFORMER,
 )
 
@@ -340,26 +376,46 @@ def checkpoint_family(shapes: dict[str, list[int]]) -> str | None:
 
 
 def lora_family(keys: Iterable[str]) -> str:
-    """The family a LoRA file was trained for, from its tensor names."""
+    """The family label of a LoRA file, from its tensor names: the transformer families whose LoRA
+    names fit every tensor that some transformer family's fit (comma-separated, in FAMILIES' order:
+    a LoRA of the double-stream blocks' attention alone in diffusers' names fits SD3, FLUX.1,
+    FLUX.2 and Qwen-Image alike), or where none fits them all, those that fit the most; failing
+    any, the UNet family its marks tell (SD 1.x where none)."""
     keys = list(keys)
+    patterns = {family.name: _lora_pattern(family) for family in FAMILIES.values()
+                if not family.is_unet and family.lora_prefixes}
+    fitting = [{name for name, pattern in patterns.items() if pattern.match(key)} for key in keys]
+    fitting = [names for names in fitting if names]
+    if fitting:
+        every = set.intersection(*fitting)
+        if not every:  # names of several families in one file: those with the most
+            counts = {name: sum(name in names for names in fitting) for name in patterns}
+            every = {name for name, count in counts.items() if count == max(counts.values())}
+        return ",".join(name for name in patterns if name in every)
     for family in _newest_first():
         if _has_prefix(keys, family.lora_prefixes):
             return family.name
     return DEFAULT_FAMILY.name
 
 
+def _lora_pattern(family: Family) -> re.Pattern[str]:
+    return re.compile("|".join(f"(?:{pattern})" for pattern in family.lora_prefixes))
+
+
 def lora_refusal(lora_family_name: str, family: Family) -> str | None:
     """Why a LoRA stored with that family label is no LoRA for a model of `family`, or None when
     it may be. Among the UNet families the label is a guess (an SD 2.x LoRA shows no mark of its
     own and is labelled SD 1.x, as is any file of no known naming), so there the loading tells;
-    a transformer family's label comes from marks only its LoRAs have."""
-    lora = FAMILIES.get(lora_family_name, DEFAULT_FAMILY)
-    if (lora.is_unet and family.is_unet) or lora.takes_loras_of == family.takes_loras_of:
-        return None
+    a transformer LoRA's label names the families its tensor names fit, and it may go on a model
+    of any of them (where it names several, the loading tells: shapes of another width fail it)."""
     def kind(of: Family) -> str:
         return "Stable Diffusion (UNet)" if of.is_unet else of.takes_loras_of
 
-    return f"it was made for {kind(lora)} models, and {family.name} models take {kind(family)} LoRAs"
+    made_for = [FAMILIES.get(name, DEFAULT_FAMILY) for name in lora_family_name.split(",")]
+    if any((lora.is_unet and family.is_unet) or lora.takes_loras_of == family.takes_loras_of for lora in made_for):
+        return None
+    kinds = " or ".join(dict.fromkeys(kind(lora) for lora in made_for))
+    return f"it was made for {kinds} models, and {family.name} models take {kind(family)} LoRAs"
 
 
 def transformer_family(keys: Iterable[str]) -> str | None:

@@ -1,5 +1,5 @@
-"""LoRA adapters for one run (SD 1.x, 2.x, XL and FLUX.1 pipelines alike): `<lora:name:scale>` in
-prompts or `loras` in settings, loaded before, unloaded after."""
+"""LoRA adapters for one run (the UNet families' pipelines and the transformer families' alike):
+`<lora:name:scale>` in prompts or `loras` in settings, loaded before, unloaded after."""
 
 from __future__ import annotations
 
@@ -70,7 +70,10 @@ def loras_applied(
                 raise GenerationStopped(reason)
             adapter = f"alice_{index}_{re.sub(r'[^a-zA-Z0-9_]', '_', name)}"
             try:
-                pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter)
+                if (renamed := _kohya_names_for_flux1(pipe, path)) is not None:
+                    pipe.load_lora_weights(renamed, adapter_name=adapter)
+                else:
+                    pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter)
             except torch.OutOfMemoryError:
                 raise
             except Exception as exc:  # shapes or keys of another family's model, a damaged file
@@ -90,6 +93,28 @@ def loras_applied(
             for tensor, original in saved:
                 tensor.copy_(original)
         forget_text_outputs(pipe)  # what the LoRA's encoders gave is not the clean model's
+
+
+def _kohya_names_for_flux1(pipe: DiffusionPipeline, path: Path) -> dict[str, torch.Tensor] | None:
+    """A FLUX.1 LoRA in ComfyUI's names with PEFT's matrix names (`diffusion_model.double_blocks.0.
+    img_attn.qkv.lora_A.weight`), renamed to kohya's (`lora_down`/`lora_up`), which diffusers'
+    FLUX.1 converter takes under the same `diffusion_model.` names and fuses alike; None for any
+    other file or pipeline. FluxLoraLoaderMixin sends `lora_down` files to that converter and
+    leaves these untouched, so no layer would take them. No `alpha`: the converter then scales
+    by 1, as PEFT's names without one mean."""
+    from diffusers.loaders import FluxLoraLoaderMixin
+    from safetensors import safe_open
+
+    if not isinstance(pipe, FluxLoraLoaderMixin):
+        return None
+    with safe_open(str(path), framework="pt") as weights:
+        keys = list(weights.keys())
+        if not keys or not all(key.startswith("diffusion_model.") for key in keys) or not any(
+            ".lora_A." in key for key in keys
+        ) or any(".lora_down." in key for key in keys):
+            return None
+        return {key.replace(".lora_A.", ".lora_down.").replace(".lora_B.", ".lora_up."): weights.get_tensor(key)
+                for key in keys}
 
 
 def _adapted_components(pipe: DiffusionPipeline) -> list[str]:

@@ -121,9 +121,10 @@ def import_folder_onto_base(folder: Path, name: str, *, base: str, source: str =
 
 def import_lora_file(path: Path, name: str, *, source: str = "local") -> StoredModel:
     """Store a LoRA `.safetensors` file labelled with the family its tensor names tell: SD 1.x,
-    2.x or XL (kohya/A1111 or diffusers/peft names), or FLUX.1 (`flux1-dev`, which schnell shares:
-    diffusers/peft, kohya, XLabs/BFL or ComfyUI names). The label lets a request that puts it on a
-    model of another kind be refused before the queue (families.lora_refusal)."""
+    2.x or XL (kohya/A1111 or diffusers/peft names), or the transformer families whose LoRA names
+    fit it (`flux1-dev`, which schnell and Chroma share; `zimage`; several, comma-separated, where
+    the names are alike: families.lora_family). The label lets a request that puts it on a model
+    of another kind be refused before the queue (families.lora_refusal)."""
     validate_model_name(name)
     path = Path(path)
     try:

@@ -214,7 +214,8 @@ class GenerationSettings(DrawingSettings):  # type: ignore[misc, valid-type]
             raise InvalidRequest("hires_scale", f"the hires fix applies to the Stable Diffusion models (SD 1.x, 2.x, "
                                                 f"XL), not to {name} models; leave hires_scale out")
         if self.requested_loras() and not family.loras:
-            raise InvalidRequest("loras", f"LoRAs are not supported for {name} models yet")
+            raise InvalidRequest("loras", f"diffusers has no LoRA loader for {name} models; leave loras and "
+                                          "<lora:...> tags out")
         for side in ("width", "height"):
             value = getattr(self, side)
             if value is not None and value % family.size_multiple:

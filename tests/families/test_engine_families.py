@@ -51,35 +51,6 @@ def bare_draw(pipe: Any, family: str, seed: int, steps: int = 2, guidance: float
     ).images
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_family: Callable[[str], Path]) -> Any:
-    """A DiffusersEngine over the tiny folders (its model names are the builder keys), on the CPU."""
-    from alice.engine.engine import DiffusersEngine
-    from alice.engine.pipelines import choose_placement
-
-    return DiffusersEngine(tiny_family, choose_placement("cpu"))
-
-
-@pytest.fixture(scope="module")
-def bare(tiny_family: Callable[[str], Path]) -> Callable[[str], Any]:
-    """The bare diffusers pipeline of a tiny folder, loaded once per module, with its weights read
-    into memory as ALICE reads them on the CPU (`disable_mmap`): Z-Image's tiny transformer draws
-    5 grey levels apart in a few pixels (89 dB) from memory-mapped weights, in bare diffusers too."""
-    from diffusers import DiffusionPipeline
-
-    loaded: dict[str, Any] = {}
-
-    def get(builder: str) -> Any:
-        if builder not in loaded:
-            loaded[builder] = DiffusionPipeline.from_pretrained(
-                tiny_family(builder), local_files_only=True, disable_mmap=True
-            )
-            loaded[builder].set_progress_bar_config(disable=True)
-        return loaded[builder]
-
-    return get
-
-
 def spec_for(family: str, **values: Any) -> GenerationSpec:
     defaults = FAMILIES[family]
     settings = dict(prompt=PROMPT, seed=7, width=64, height=64, steps=2, guidance_scale=defaults.default_guidance,

@@ -81,10 +81,11 @@ def tensor_names(path: Path) -> list[str]:
 
 def test_each_file_is_told_a_flux1_lora_by_its_tensor_names(lora_files: dict[str, Path]) -> None:
     assert tensor_names(lora_files["kohya"])[0].startswith("lora_unet_double_blocks_0_")
-    assert {name: lora_family(tensor_names(path)) for name, path in lora_files.items() if name != "double"} == {
-        "diffusers": "flux1-dev", "kohya": "flux1-dev", "sd": "sd15"}
-    # Double-stream blocks alone in diffusers' names: SD3's transformer has the same module names.
-    assert lora_family(tensor_names(lora_files["double"])) == "sd15"
+    # BFL's block names without FLUX.1's modulation are FLUX.2's too; the double-stream blocks'
+    # attention alone in diffusers' names is SD3's, FLUX.2's and Qwen-Image's too.
+    assert {name: lora_family(tensor_names(path)) for name, path in lora_files.items()} == {
+        "diffusers": "flux1-dev", "kohya": "flux1-dev,flux2-klein", "sd": "sd15",
+        "double": "sd3,flux1-dev,flux2-klein,qwen-image"}
 
 
 @pytest.mark.parametrize(("builder", "form", "scale"), [

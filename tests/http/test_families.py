@@ -148,7 +148,6 @@ def test_sam_draws_a_flux_model_with_its_fixed_settings(families_client: Any) ->
         ("tiny-flux", {"negative_prompt": "blur"}, "negative_prompt", "flux1-dev models take no negative prompt"),
         ("tiny-sd3", {"clip_skip": 2}, "clip_skip", "not to sd3 models"),
         ("tiny-zimage", {"width": 72}, "width", "multiples of 16"),
-        ("tiny-sd3", {"loras": [{"name": "x"}]}, "loras", "LoRAs are not supported for sd3 models"),
     ],
 )
 def test_what_a_family_does_not_take_is_a_400_before_the_queue(
@@ -172,3 +171,56 @@ def test_a_folder_of_no_known_family_is_refused_at_import(tmp_path: Path, famili
     (folder / "model_index.json").write_text('{"_class_name": "FluxKontextPipeline"}')
     with pytest.raises(ValueError, match="FluxKontextPipeline, of no model family ALICE knows"):
         checkpoints.import_pipeline_folder(folder, "kontext")
+
+
+def test_a_zimage_lora_draws_through_the_service_and_an_sd3_one_is_a_400_on_it(families_client: Any,
+                                                                              tmp_path: Path) -> None:
+    """The new families' LoRAs through the real app: imported and labelled by their tensor names,
+    drawn on /generate and SAM's chat (a `<lora:>` tag) as bare diffusers draws with the LoRA
+    loaded; one of another family refused before the queue, naming both."""
+    from diffusers import DiffusionPipeline
+
+    from alice.models import checkpoints
+    from tests.families.test_transformer_loras import ATTENTION, bare_lora_draw
+    from tests.families.tiny_loras import (
+        lora_layers,
+        write_diffusers_lora,
+        write_renamed_lora,
+    )
+
+    zimage, sd3 = families_client.folders["tiny-zimage"], families_client.folders["tiny-sd3"]
+    files = {"z-style": write_renamed_lora(lora_layers(zimage), tmp_path / "z.safetensors",
+                                           lambda module: "diffusion_model." + module),
+             "sd3-style": write_diffusers_lora(lora_layers(sd3, targets=ATTENTION), tmp_path / "sd3.safetensors")}
+    labels = {name: checkpoints.import_lora_file(path, name).family for name, path in files.items()}
+    assert labels == {"z-style": "zimage", "sd3-style": "sd3,flux1-dev,flux2-klein,qwen-image"}
+
+    pipe = DiffusionPipeline.from_pretrained(zimage, local_files_only=True, disable_mmap=True)
+    pipe.set_progress_bar_config(disable=True)
+    expected = bare_lora_draw(pipe, "z-image", files["z-style"], 0.8)
+    settings = {**DRAW, "seed": 7, "guidance_scale": 0.0}
+    native = families_client.post("/generate", json={**settings, "model": "tiny-zimage",
+                                                     "loras": [{"name": "z-style", "scale": 0.8}]})
+    assert native.status_code == 200, native.text
+    chat = families_client.post("/v1/chat/completions", json={
+        "model": "sd/tiny-zimage", "messages": [{"role": "user", "content": f"{DRAW['prompt']} <lora:z-style:0.8>"}],
+        "metadata": {key: value for key, value in settings.items() if key != "prompt"},
+    })
+    assert chat.status_code == 200, chat.text
+    [url] = chat.json()["choices"][0]["message"]["image_urls"]
+    drawn = {"generate": png_pixels(base64.b64decode(native.json()["images"][0]["b64_json"])),
+             "chat": png_pixels(families_client.get(url.removeprefix("http://testserver")).content)}
+    plain = families_client.post("/generate", json={**settings, "model": "tiny-zimage"})
+    for route, pixels in drawn.items():
+        assert np.array_equal(pixels, expected), route  # the same code runs: bit for bit
+    assert psnr(drawn["generate"], png_pixels(base64.b64decode(plain.json()["images"][0]["b64_json"]))) < 35
+
+    jobs = len(families_client.get("/v1/jobs").json()["data"])
+    for model, lora, words in [
+        ("tiny-zimage", "sd3-style", ("it was made for sd3 or flux1-dev or flux2-klein or qwen-image models, and "
+                                      "zimage models take zimage LoRAs")),
+        ("tiny-sd3", "z-style", "it was made for zimage models, and sd3 models take sd3 LoRAs"),
+    ]:
+        response = families_client.post("/generate", json={**settings, "model": model, "loras": [{"name": lora}]})
+        assert response.status_code == 400 and words in response.text, response.text
+    assert len(families_client.get("/v1/jobs").json()["data"]) == jobs  # refused before the queue

@@ -49,7 +49,8 @@ def generate(client: Any, **extra: Any) -> np.ndarray:
 
 
 def test_imported_loras_are_labelled_by_their_tensor_names(flux_client: Any) -> None:
-    assert flux_client.families == {"flux-style": "flux1-dev", "flux-kohya": "flux1-dev", "inky": "sd15"}
+    assert flux_client.families == {"flux-style": "flux1-dev", "flux-kohya": "flux1-dev,flux2-klein",
+                                     "inky": "sd15"}
     model = flux_client.get("/v1/models/sd/tiny-flux").json()
     assert model["loras"] is True
 

@@ -155,31 +155,55 @@ def test_lora_family_from_tensor_names() -> None:
     assert lora_family(["unet.x.lora_A.weight"]) == "sd15"
 
 
-@pytest.mark.parametrize("key", [
-    "transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight",  # diffusers / PEFT, ai-toolkit
-    "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight",  # kohya sd-scripts
-    "lora_unet_single_blocks_3_linear1.lora_down.weight",
-    "lora_transformer_single_transformer_blocks_0_attn_to_q.lora_down.weight",  # kohya names, diffusers modules
-    "double_blocks.0.processor.qkv_lora1.down.weight",  # XLabs / BFL
-    "single_blocks.1.processor.qkv_lora.up.weight",
-    "diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight",  # ComfyUI
+@pytest.mark.parametrize(("key", "label"), [
+    ("transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight", "flux1-dev"),  # diffusers / PEFT, ai-toolkit
+    ("lora_unet_double_blocks_0_img_mod_lin.lora_down.weight", "flux1-dev"),  # kohya sd-scripts: FLUX.1's modulation
+    ("lora_unet_single_blocks_3_linear1.lora_down.weight", "flux1-dev,flux2-klein"),  # BFL names FLUX.2 has too
+    ("lora_transformer_single_transformer_blocks_0_attn_to_q.lora_down.weight", "flux1-dev"),  # kohya on diffusers'
+    ("double_blocks.0.processor.qkv_lora1.down.weight", "flux1-dev"),  # XLabs / BFL
+    ("single_blocks.1.processor.qkv_lora.up.weight", "flux1-dev"),
+    ("diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight", "flux1-dev,flux2-klein"),  # ComfyUI, ai-toolkit
+    ("transformer.transformer_blocks.0.attn.to_q.lora_A.weight", "sd3,flux1-dev,flux2-klein,qwen-image"),
+    ("transformer.transformer_blocks.0.attn2.to_q.lora_A.weight", "sd3"),  # SD3.5 Medium's second attention
+    ("lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight", "sd3"),  # kohya's SD3 (diffusers cannot load)
+    ("transformer.single_transformer_blocks.0.attn.to_qkv_mlp_proj.lora_A.weight", "flux2-klein"),
+    ("diffusion_model.layers.0.attention.to_q.lora_A.weight", "zimage"),
+    ("lora_unet_noise_refiner_0_attention_to_q.lora_down.weight", "zimage"),
+    ("transformer.transformer_blocks.0.img_mlp.net.2.lora_A.weight", "qwen-image"),
+    ("lora_unet_transformer_blocks_0_attn_to_q.lora_down.weight", "qwen-image"),
 ])
-def test_a_flux1_lora_in_each_naming_civitai_ships_is_labelled_flux1_dev(key: str) -> None:
+def test_a_transformer_lora_is_labelled_with_the_families_its_names_fit(key: str, label: str) -> None:
     # With CLIP-L layers too, named as an SD 1.x LoRA names them: the transformer's names decide.
-    assert lora_family([key, "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight"]) == "flux1-dev"
+    assert lora_family([key, "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight"]) == label
+
+
+def test_the_families_most_of_a_files_tensors_fit_win() -> None:
+    shared = "transformer.transformer_blocks.0.attn.to_q.lora_A.weight"
+    assert lora_family([shared, "transformer.transformer_blocks.0.img_mlp.net.2.lora_A.weight"]) == "qwen-image"
+    assert lora_family([shared, "transformer.single_transformer_blocks.0.proj_out.lora_A.weight"]) == "flux1-dev"
+    assert lora_family([shared, "transformer.transformer_blocks.0.ff.net.2.lora_A.weight"]) == "sd3,flux1-dev"
 
 
 def test_which_lora_goes_on_which_model() -> None:
-    dev, schnell, sd15, sdxl, sd3 = (FAMILIES[name] for name in ("flux1-dev", "flux1-schnell", "sd15", "sdxl", "sd3"))
-    assert dev.loras and schnell.loras and not sd3.loras
-    assert schnell.takes_loras_of == dev.takes_loras_of == "flux1-dev"  # one transformer, one kind of LoRA
+    dev, schnell, sd15, sdxl, sd3, chroma, zimage = (FAMILIES[name] for name in (
+        "flux1-dev", "flux1-schnell", "sd15", "sdxl", "sd3", "chroma", "zimage"))
+    assert all(family.loras for family in FAMILIES.values())  # diffusers 0.42.1 has a loader for each
+    # one transformer (less the guidance embedder, or the modulation), one loader: one kind of LoRA
+    assert schnell.takes_loras_of == dev.takes_loras_of == chroma.takes_loras_of == "flux1-dev"
     assert lora_refusal("flux1-dev", dev) is None and lora_refusal("flux1-dev", schnell) is None
+    assert lora_refusal("flux1-dev", chroma) is None
     # UNet labels are guesses (an SD 2.x LoRA is labelled sd15): among them the loading decides.
     assert lora_refusal("sd15", sdxl) is None and lora_refusal("sdxl", sd15) is None
     assert lora_refusal("sd15", schnell) == (
         "it was made for Stable Diffusion (UNet) models, and flux1-schnell models take flux1-dev LoRAs")
     assert lora_refusal("flux1-dev", sdxl) == (
         "it was made for flux1-dev models, and sdxl models take Stable Diffusion (UNet) LoRAs")
+    # A label of several families goes on a model of any of them, and names them all where it may not.
+    assert lora_refusal("sd3,flux1-dev", sd3) is None and lora_refusal("sd3,flux1-dev", chroma) is None
+    assert lora_refusal("sd3,flux1-dev", zimage) == (
+        "it was made for sd3 or flux1-dev models, and zimage models take zimage LoRAs")
+    assert lora_refusal("zimage", sd15) == (
+        "it was made for zimage models, and sd15 models take Stable Diffusion (UNet) LoRAs")
 
 
 def test_unknown_family_refused() -> None:

@@ -185,3 +185,17 @@ def test_settings_left_out_are_the_model_familys_and_what_it_does_not_take_is_re
             native_size=64, family=FAMILIES["flux2-klein"], **LIMITS)
     with pytest.raises(InvalidRequest, match="does not apply to sd15 models"):
         GenerationSettings(prompt="a fox", scheduler="flow-euler").to_spec(native_size=64, family=demo, **LIMITS)
+
+
+def test_loras_on_a_family_diffusers_has_no_loader_for_are_a_400_saying_so():
+    """Every family of diffusers 0.42.1 has a LoRA loader; one without (`loras=False` in its entry)
+    refuses a request's LoRAs, in `loras` or the prompt's tags, before the queue."""
+    import dataclasses
+
+    sd3 = FAMILIES["sd3"]
+    GenerationSettings(prompt="a fox <lora:inky:0.5>").to_spec(native_size=64, family=sd3, **LIMITS)  # it takes them
+    without = dataclasses.replace(sd3, loras=False)
+    for settings in ({"prompt": "a fox <lora:inky:0.5>"}, {"prompt": "a fox", "loras": [{"name": "inky"}]}):
+        with pytest.raises(InvalidRequest, match="diffusers has no LoRA loader for sd3 models") as error:
+            GenerationSettings(**settings).to_spec(native_size=64, family=without, **LIMITS)
+        assert error.value.param == "loras"
