@@ -107,7 +107,7 @@ def test_the_judge_is_not_fooled() -> None:
 
 def test_training_runs_end_to_end_and_saves_a_loadable_pipeline(tmp_path: Path) -> None:
     """A few steps of the real recipe: what `alice models train-demo` runs, shortened."""
-    report = train_demo(tmp_path / "out", TrainingPlan(images=128, vae_steps=2, unet_steps=2, vae_batch=8, unet_batch=8),
+    report = train_demo(tmp_path / "out", TrainingPlan(images=32, vae_steps=2, unet_steps=2, vae_batch=8, unet_batch=8),
                         progress=False)
     assert json.loads((tmp_path / "out" / "training.json").read_text())["plan"]["unet_steps"] == 2
     assert report["autoencoder_psnr_db"] > 0 and report["denoiser_loss"] > 0
@@ -120,7 +120,7 @@ def test_training_runs_end_to_end_and_saves_a_loadable_pipeline(tmp_path: Path) 
 
 def test_training_goes_on_from_an_earlier_model_and_saves_checkpoints(tmp_path: Path) -> None:
     """`--earlier`: the earlier weights are where training starts; its report travels along."""
-    plan = TrainingPlan(images=128, vae_steps=2, unet_steps=4, vae_batch=8, unet_batch=8)
+    plan = TrainingPlan(images=32, vae_steps=2, unet_steps=4, vae_batch=8, unet_batch=8)
     train_demo(tmp_path / "first", plan, progress=False)
     report = train_demo(tmp_path / "second", plan, progress=False, checkpoint_every=2, earlier=tmp_path / "first")
     assert report["started_from"]["plan"] == json.loads((tmp_path / "first" / "training.json").read_text())["plan"]
@@ -133,7 +133,7 @@ def test_the_guided_loss_trains_the_empty_caption_too(tmp_path: Path) -> None:
     pictures as well: the same seed and data train a different denoiser."""
     from safetensors.torch import load_file
 
-    plan = TrainingPlan(images=128, vae_steps=1, unet_steps=3, vae_batch=8, unet_batch=8, empty_caption_share=0.0)
+    plan = TrainingPlan(images=32, vae_steps=1, unet_steps=3, vae_batch=8, unet_batch=8, empty_caption_share=0.0)
     for name, weight in (("plain", 0.0), ("guided", 1.0)):
         report = train_demo(tmp_path / name, replace(plan, guided_loss_weight=weight), progress=False)
         assert report["plan"]["guided_loss_weight"] == weight and report["denoiser_loss"] > 0
@@ -148,7 +148,7 @@ def test_a_stage_of_no_steps_keeps_the_earlier_models(tmp_path: Path) -> None:
     def weights(folder: Path, part: str) -> dict:
         return load_file(next((folder / part).glob("*.safetensors")))
 
-    plan = TrainingPlan(images=128, vae_steps=2, unet_steps=2, vae_batch=8, unet_batch=8)
+    plan = TrainingPlan(images=32, vae_steps=2, unet_steps=2, vae_batch=8, unet_batch=8)
     train_demo(tmp_path / "first", plan, progress=False)
     autoencoder_only = train_demo(tmp_path / "vae", replace(plan, unet_steps=0), progress=False, earlier=tmp_path / "first")
     denoiser_only = train_demo(tmp_path / "unet", replace(plan, vae_steps=0), progress=False, earlier=tmp_path / "vae")
