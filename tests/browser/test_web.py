@@ -278,11 +278,19 @@ def test_key_prompt_then_generate_and_see_the_image_with_its_parameters(browser,
     assert [drawn.getpixel(corner) for corner in ((0, 0), (63, 0), (0, 63), (63, 63))] == [(200, 40, 40)] * 4
     assert drawn.getpixel((32, 32)) != (200, 40, 40)  # painted: redrawn
     shot(page, "generate-mask")
-    # Cleared, the mask is not sent: the whole picture is redrawn.
+    # Cleared, the mask is not sent: the whole picture is redrawn; here as a WebP.
     page.click("#gen-mask-clear")
+    page.select_option("#gen-format", "webp")
+    page.fill("#gen-compression", "80")
     page.click("#gen-submit")
     expect(page.locator("#gen-progress-text")).to_contain_text("Done", timeout=60_000)
     expect(page.locator("#gen-params")).not_to_contain_text("inpainted")
+    src = page.locator("#gen-result .result-images img").get_attribute("src")
+    served = httpx.get(f"{server.url}{src}" if src.startswith("/") else src)
+    assert served.headers["content-type"] == "image/webp" and served.content[8:12] == b"WEBP"
+    page.click("#gen-reuse")  # the format is a setting like the others
+    expect(page.locator("#gen-format")).to_have_value("webp")
+    expect(page.locator("#gen-compression")).to_have_value("80")
 
     # Every API call carried the key in the Authorization header; no URL ever held it.
     keyed = [h for h in watch.api_headers if h.get("authorization") == f"Bearer {API_KEY}"]

@@ -201,6 +201,8 @@ export function applyToForm(values, { keepPrompt = false } = {}) {
   $("gen-hires-steps").value = values.hires_steps ? String(values.hires_steps) : "";
   set("gen-hires-strength", values.hires_strength);
   set("gen-hires-upscaler", values.hires_upscaler);
+  set("gen-format", values.output_format || "png");
+  $("gen-compression").value = values.output_compression ? String(values.output_compression) : "";
   // Steps and guidance given are the user's; the others follow the model chosen.
   for (const [id, name] of [["gen-steps", "steps"], ["gen-guidance", "guidance_scale"]]) {
     const given = values[name] !== undefined && values[name] !== null;
@@ -241,7 +243,10 @@ export function readForm() {
     clip_skip: facts.clip_skip ? optional("gen-clip-skip") : undefined,
     num_images: number("gen-count") || 1,
     previews: previewsWanted(),
+    output_format: $("gen-format").value,
   };
+  // PNG ignores the quality: sent only where it applies.
+  if (body.output_format !== "png") body.output_compression = optional("gen-compression");
   const seed = $("gen-seed").value.trim();
   if (seed !== "") body.seed = Number(seed);
   const loras = Array.from($("gen-loras").children).map((row) => ({

@@ -21,7 +21,7 @@ const FORM_SETTINGS = {
   "gen-prompt": "prompt", "gen-negative": "negative_prompt", "gen-width": "width", "gen-height": "height",
   "gen-count": "num_images", "gen-steps": "steps", "gen-guidance": "guidance_scale", "gen-seed": "seed",
   "gen-strength": "strength", "gen-clip-skip": "clip_skip", "gen-hires-scale": "hires_scale",
-  "gen-hires-steps": "hires_steps", "gen-hires-strength": "hires_strength",
+  "gen-hires-steps": "hires_steps", "gen-hires-strength": "hires_strength", "gen-compression": "output_compression",
 };
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
