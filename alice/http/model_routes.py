@@ -7,7 +7,6 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Request
 from starlette.concurrency import run_in_threadpool
-from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.responses import JSONResponse
 
 from alice.models import store as model_store
@@ -24,14 +23,7 @@ from alice.serving.runtime import Runtime
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-class _TaskId(StringConvertor):
-    """A download's id (`dl-` and hex): `/download/{task_id}` must not take `/download/status`
-    or `/download/civitai` as an id, so those paths answer 405 for methods they lack."""
 
-    regex = r"dl-[0-9a-f]+"
-
-
-register_url_convertor("task_id", _TaskId())
 # A stored model's name, `sd/` allowed (documented; the store checks it and answers 400).
 MODEL_ID = Path(json_schema_extra={"pattern": mp.BASE_NAME})
 
@@ -76,13 +68,15 @@ def download_status(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
     return {"object": "list", "data": [task.public() for task in runtime.downloads.list()]}
 
 
-@router.get("/download/status/{task_id:task_id}", responses=errors(404))
-def download_task(task_id: str, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+@router.get("/download/status/{task_id}", responses=errors(404))
+def download_task(request: Request, task_id: str, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+    refuse_other_routes_path(request)
     return _found(runtime.downloads.get(task_id), task_id).public()
 
 
-@router.delete("/download/{task_id:task_id}", responses=errors(404))
-def cancel_download(task_id: str, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+@router.delete("/download/{task_id}", responses=errors(404))
+def cancel_download(request: Request, task_id: str, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+    refuse_other_routes_path(request)
     return _found(runtime.downloads.cancel(task_id), task_id).public()
 
 
@@ -98,7 +92,7 @@ async def load_model(request: Request, model_id: str = MODEL_ID, runtime: Runtim
     """Load a model into memory in its turn behind the queued generations, so its first request
     is fast. 404 for an unknown model, 503 with Retry-After when the queue is full."""
     name = strip_model_prefix(model_id)
-    refuse_other_routes_path(request, name)
+    refuse_other_routes_path(request)
     await asyncio.wrap_future(runtime.load_model(name))
     return {"id": "sd/" + name, "object": "model", "loaded": True, "loaded_models": runtime.pipelines.names()}
 
@@ -108,7 +102,7 @@ async def unload_model(request: Request, model_id: str = MODEL_ID, runtime: Runt
     """Free a model's memory in its turn behind the queued generations; it loads again when next
     asked for. 404 for a name neither loaded nor stored, 503 with Retry-After when the queue is full."""
     name = strip_model_prefix(model_id)
-    refuse_other_routes_path(request, name)
+    refuse_other_routes_path(request)
     was_loaded = await asyncio.wrap_future(runtime.unload_model(name))
     return {"id": "sd/" + name, "object": "model", "loaded": False, "was_loaded": was_loaded,
             "loaded_models": runtime.pipelines.names()}
@@ -119,7 +113,7 @@ def delete_model(request: Request, model_id: str = MODEL_ID, runtime: Runtime = 
     """Remove a model (every version) from the store. A copy already in memory is dropped
     when the cache next needs room; requests for it fail from now on."""
     name = strip_model_prefix(model_id)
-    refuse_other_routes_path(request, name)
+    refuse_other_routes_path(request)
     if name == runtime.settings.default_model:
         raise ApiError(409, f"'{name}' is the default model (ALICE_DEFAULT_MODEL); it cannot be deleted",
                        param="model", code="default_model")

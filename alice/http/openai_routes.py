@@ -226,7 +226,7 @@ def drawing_facts(model: model_store.StoredModel) -> dict[str, Any]:
 def get_model(request: Request, model_id: str = Path(json_schema_extra={"pattern": BASE_NAME}),
               runtime: Runtime = Depends(get_runtime)) -> Any:
     name = strip_model_prefix(model_id)
-    refuse_other_routes_path(request, name)
+    refuse_other_routes_path(request)
     try:
         stored = model_store.get_model(name)
     except (model_store.ModelNotFound, model_store.InvalidModelName):

@@ -47,7 +47,8 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     from alice.config import load_settings
 
     env = {"ALICE_API_KEYS": API_KEY, "ALICE_MAX_PIXELS": str(256 * 256), "ALICE_MAX_IMAGES_PER_REQUEST": "2",
-           "ALICE_CIVITAI_URL": "http://127.0.0.1:9", "HF_ENDPOINT": "http://127.0.0.1:9"}
+           "ALICE_CIVITAI_URL": "http://127.0.0.1:9", "HF_ENDPOINT": "http://127.0.0.1:9",
+           "ALICE_QUEUE_SIZE": "1000"}
     engine = FakeEngine()
     forget_service_metrics()
     with storing_for(engine), alice_environment(tmp_path_factory.mktemp("openapi"), env), \
