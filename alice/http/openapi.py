@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from alice import __version__
@@ -28,8 +27,6 @@ from alice.http import documented
 from alice.http.auth import is_open
 from alice.http.web_routes import STATIC_HEADERS
 from alice.protocol.native import GenerateRequest, GenerateResponse
-
-logger = logging.getLogger("alice.http")
 
 TAGS = [
     {"name": "generation", "description": "Drawing: the native `/generate` and the job queue."},
@@ -109,7 +106,6 @@ def _str_keys(responses: dict[Any, Any]) -> dict[str, Any]:
 
 def build_document(app: FastAPI, settings: Settings) -> dict[str, Any]:
     """The whole API as this server (its settings: keys, limits) answers it."""
-    documented.SCHEMAS  # filled as the routes were declared (their json_body, answer)
     document = get_openapi(
         title="ALICE", version=__version__, openapi_version="3.1.0", routes=app.routes, tags=TAGS,
         description="Self-hosted Stable Diffusion: the native API, OpenAI's chat completions and Images API, "
@@ -168,9 +164,10 @@ def _describe_server_limits(schemas: dict[str, Any], settings: Settings) -> None
 REDOC_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>ALICE API (ReDoc)</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"></head>
-<body><redoc spec-url="/docs.json"></redoc><script src="/web/vendor/redoc.standalone.js"></script></body></html>
+<body><redoc spec-url="/docs.json"></redoc><script src="/redoc/redoc.standalone.js"></script></body></html>
 """
-# ReDoc (vendored: alice/web/vendor/) renders with styled-components, which writes <style>
+REDOC_SCRIPT = Path(__file__).resolve().parent / "redoc" / "redoc.standalone.js"
+# ReDoc (vendored: alice/http/redoc/) renders with styled-components, which writes <style>
 # elements, and searches in a worker it starts from a blob: the page's policy, those two allowed.
 REDOC_HEADERS = {
     **STATIC_HEADERS,
@@ -180,7 +177,7 @@ REDOC_HEADERS = {
 
 
 class ApiDocs:
-    """Serves `/docs.json` (in place of BentoML's 3.0 one) and `/redoc`; everything else passes."""
+    """Serves `/docs.json` (in place of BentoML's 3.0 one), `/redoc` and its script; everything else passes."""
 
     def __init__(self, app: ASGIApp, fastapi_app: FastAPI, settings: Callable[[], Settings]) -> None:
         self.app = app
@@ -195,7 +192,7 @@ class ApiDocs:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path") if scope["type"] == "http" else None
-        if path not in ("/docs.json", "/redoc"):
+        if path not in ("/docs.json", "/redoc", "/redoc/redoc.standalone.js"):
             await self.app(scope, receive, send)
             return
         response: Response
@@ -204,6 +201,9 @@ class ApiDocs:
                                 media_type="text/plain")
         elif path == "/docs.json":
             response = Response(self.document_bytes(), media_type="application/json")
+        elif path == "/redoc/redoc.standalone.js":
+            response = FileResponse(REDOC_SCRIPT, media_type="text/javascript; charset=utf-8",
+                                    headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
         else:
             response = HTMLResponse(REDOC_PAGE, headers=REDOC_HEADERS)
         await response(scope, receive, send)

@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import ConfigDict, Field, StrictBool
 
 from alice.engine.spec import MAX_PROMPT_CHARS
 from alice.protocol.generation import MODEL_NAME, GenerationSettings, InvalidRequest, NoBooleanNumbers
@@ -92,7 +92,7 @@ class ChatCompletionRequest(OpenAIModel):
     model: str | None = Field(None, max_length=200, json_schema_extra={"pattern": MODEL_NAME})
     messages: list[ChatMessage] = Field(
         min_length=1, max_length=1000, json_schema_extra={"contains": USER_PROMPT},
-        description="The prompt is the last user message holding text (a string, or OpenAI's text parts).")
+        description="The prompt is the last user message's text (a string, or OpenAI's text parts); not blank.")
     stream: StrictBool = False
     metadata: dict[str, Any] | None = None
     samConfig: dict[str, Any] | None = None
@@ -143,20 +143,16 @@ def parse_size(size: str) -> tuple[int, int]:
 
 
 def prompt_from_messages(messages: list[ChatMessage]) -> str:
-    """The last user message's text; `content` may be a string or OpenAI's list of parts. A user
-    message without text (an image alone, a blank line) is passed over for the one before."""
+    """The last user message's text; `content` may be a string or OpenAI's list of parts."""
     for message in reversed(messages):
         if message.role != "user":
             continue
         if isinstance(message.content, str):
-            text = message.content
-        elif isinstance(message.content, list):
+            return message.content
+        if isinstance(message.content, list):
             texts = [str(part.get("text", "")) for part in message.content if part.get("type") == "text"]
-            text = " ".join(text for text in texts if text)
-        else:
-            text = ""
-        if text.strip():
-            return text
+            return " ".join(text for text in texts if text)
+        return ""
     raise InvalidRequest("messages", "messages must contain a message with role 'user' holding the prompt")
 
 

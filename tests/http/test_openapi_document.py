@@ -110,8 +110,9 @@ def test_redoc_is_served_from_the_package(served):
     page = served.get("/redoc", headers=KEY)
     assert page.status_code == 200 and "/docs.json" in page.text
     assert "script-src 'self'" in page.headers["content-security-policy"]
-    script = served.get("/web/vendor/redoc.standalone.js")
-    assert script.status_code == 200 and len(script.content) > 100_000
+    script = served.get("/redoc/redoc.standalone.js", headers=KEY)
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    assert b"redoc" in script.content[:2000].lower() and len(script.content) > 100_000
 
 
 def test_schemathesis_finds_nothing(app):
@@ -145,3 +146,69 @@ def _scenarios(events: Iterator[object]) -> Iterator[object]:
         assert name != "NonFatalError", getattr(event, "info", event)
         if name == "ScenarioFinished" and getattr(event, "recorder", None) is not None:
             yield event
+
+
+class _InProcess:
+    """An httpx transport over Schemathesis' in-process client, for a generated client's httpx.Client."""
+
+    def __init__(self, session: object) -> None:
+        self.session = session
+
+    def handle_request(self, request):  # httpx.BaseTransport's one method
+        import httpx
+
+        answer = self.session.request(request.method, str(request.url), headers=dict(request.headers),
+                                      data=request.read())
+        return httpx.Response(answer.status_code, headers=dict(answer.headers), content=answer.content)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_client_generated_from_the_document_draws(served, tmp_path_factory):
+    """openapi-python-client (pinned) builds a typed client from `/docs.json`; it calls the native,
+    job and Images API routes and reads their answers with its generated models."""
+    import importlib
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    folder = tmp_path_factory.mktemp("client")
+    (folder / "openapi.json").write_text(json.dumps(served.get("/docs.json", headers=KEY).json()))
+    bin_dir = Path(sys.executable).parent  # ruff, which formats what it writes, lives beside it
+    subprocess.run([str(bin_dir / "openapi-python-client"), "generate", "--path", "openapi.json", "--meta", "none",
+                    "--output-path", "alice_client"], cwd=folder, check=True, capture_output=True,
+                   env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    sys.path.insert(0, str(folder))
+    try:
+        client_module = importlib.import_module("alice_client.client")
+        generate = importlib.import_module("alice_client.api.generation.generate")
+        submit_job = importlib.import_module("alice_client.api.generation.submit_job")
+        images_generations = importlib.import_module("alice_client.api.openai.images_generations")
+        models = importlib.import_module("alice_client.models")
+        client = client_module.AuthenticatedClient(base_url="http://testserver", token=API_KEY)
+        client.set_httpx_client(httpx.Client(base_url="http://testserver", transport=_InProcess(served),
+                                              headers={"Authorization": f"Bearer {API_KEY}"}))
+
+        drawn = generate.sync(client=client, body=models.GenerateRequest(prompt="a red circle", steps=2, seed=3,
+                                                                         width=64, height=64))
+        assert isinstance(drawn, models.GenerateResponse)
+        assert drawn.images[0].seed == 3 and drawn.images[0].b64_json
+
+        queued = submit_job.sync_detailed(client=client, body=models.GenerateRequest(prompt="a blue square", steps=2))
+        assert queued.status_code == 202 and queued.headers["location"].startswith("/v1/jobs/job-")
+
+        refused = generate.sync(client=client, body=models.GenerateRequest(prompt="x", width=1024, height=1024))
+        assert isinstance(refused, models.NativeError) and "ALICE_MAX_PIXELS" in refused.error
+
+        answer = images_generations.sync_detailed(
+            client=client, body=models.ImagesRequest(prompt="a green star", size="64x64",
+                                                     response_format=models.ImagesRequestResponseFormat.B64_JSON))
+        assert answer.status_code == 200 and json.loads(answer.content)["data"][0]["b64_json"]
+    finally:
+        sys.path.remove(str(folder))
+        for name in [name for name in sys.modules if name.startswith("alice_client")]:
+            del sys.modules[name]
