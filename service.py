@@ -70,5 +70,5 @@ class Alice:
 
 Alice.add_asgi_middleware(ApiKeyMiddleware, settings=setup.settings)
 Alice.add_asgi_middleware(BodyLimitMiddleware)  # inside the key check: a stranger learns nothing of limits
-# `/docs.json` as OpenAPI 3.1 of every route (BentoML's own is 3.0 and partial), and `/redoc`.
+# `/docs.json` as OpenAPI 3.1 of every route (BentoML's own is 3.0 and partial).
 Alice.add_asgi_middleware(ApiDocs, fastapi_app=http_app, settings=setup.settings)

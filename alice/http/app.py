@@ -20,6 +20,7 @@ from alice.http.documented import errors
 from alice.http.errors import ApiError, from_exception
 from alice.http.handling import get_runtime
 from alice.http.methods import allowed_methods
+from alice.http.openapi import redoc_page, redoc_script
 from alice.downloads.civitai import CivitAIError
 from alice.downloads.huggingface import HubError
 from alice.images.formats import content_type
@@ -76,6 +77,11 @@ def docs_page() -> RedirectResponse:
 @http_app.get("/openapi.json", include_in_schema=False)
 def openapi_document() -> RedirectResponse:
     return RedirectResponse("/docs.json")
+
+
+# ReDoc, as the original's FastAPI served it, over the same document; its script is vendored.
+http_app.get("/redoc", include_in_schema=False)(redoc_page)
+http_app.get("/redoc/redoc.standalone.js", include_in_schema=False)(redoc_script)
 
 
 async def _known_error(request: Request, exc: Exception) -> JSONResponse:

@@ -176,8 +176,18 @@ REDOC_HEADERS = {
 }
 
 
+def redoc_page() -> HTMLResponse:
+    return HTMLResponse(REDOC_PAGE, headers=REDOC_HEADERS)
+
+
+def redoc_script() -> FileResponse:
+    return FileResponse(REDOC_SCRIPT, media_type="text/javascript; charset=utf-8",
+                        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
+
+
 class ApiDocs:
-    """Serves `/docs.json` (in place of BentoML's 3.0 one), `/redoc` and its script; everything else passes."""
+    """Serves `/docs.json` in place of BentoML's 3.0 one (BentoML's route would answer first);
+    everything else passes."""
 
     def __init__(self, app: ASGIApp, fastapi_app: FastAPI, settings: Callable[[], Settings]) -> None:
         self.app = app
@@ -192,18 +202,13 @@ class ApiDocs:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path") if scope["type"] == "http" else None
-        if path not in ("/docs.json", "/redoc", "/redoc/redoc.standalone.js"):
+        if path != "/docs.json":
             await self.app(scope, receive, send)
             return
         response: Response
         if scope["method"] not in ("GET", "HEAD"):
             response = Response("Method Not Allowed", status_code=405, headers={"Allow": "GET, HEAD"},
                                 media_type="text/plain")
-        elif path == "/docs.json":
-            response = Response(self.document_bytes(), media_type="application/json")
-        elif path == "/redoc/redoc.standalone.js":
-            response = FileResponse(REDOC_SCRIPT, media_type="text/javascript; charset=utf-8",
-                                    headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
         else:
-            response = HTMLResponse(REDOC_PAGE, headers=REDOC_HEADERS)
+            response = Response(self.document_bytes(), media_type="application/json")
         await response(scope, receive, send)

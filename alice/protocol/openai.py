@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, StrictBool
+from pydantic import ConfigDict, Field, StrictBool, field_validator
 
 from alice.engine.spec import MAX_PROMPT_CHARS
 from alice.protocol.generation import MODEL_NAME, GenerationSettings, InvalidRequest, NoBooleanNumbers
@@ -107,8 +107,18 @@ class ImagesRequest(ImageOptions, OpenAIModel):  # quality, background...: image
     size: str | None = Field(None, max_length=20)
     response_format: Literal["url", "b64_json"] = "url"
     # Streaming (alice/protocol/image_events.py): `partial_images` live previews, then the image.
-    stream: StrictBool = False
+    stream: bool = False
     partial_images: int | None = Field(None, ge=0, le=3)
+
+    @field_validator("stream", mode="before")
+    @classmethod
+    def _form_or_json_boolean(cls, value: Any) -> Any:
+        """true/false in JSON; "true"/"false" as an upload's form text (`/v1/images/edits`). Not 0/1."""
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        if not isinstance(value, bool):
+            raise ValueError("stream is true or false")
+        return value
 
 
 def _snake(key: str) -> str:
