@@ -4,7 +4,7 @@ Schemathesis (pinned in requirements-dev.txt) runs in process against the real B
 the fake engine, with an API key and small limits: every check, its examples, coverage,
 fuzzing and stateful phases, generation derandomised with a fixed seed so the run never
 flakes. To stay cheap it draws MAX_EXAMPLES examples per operation and STATEFUL_STEPS steps
-of the stateful phase (about 20 s here, see docs/api.md "The OpenAPI document").
+of the stateful phase (23 to 29 s here, see docs/api.md "The OpenAPI document").
 
 Not run through it: the two search routes (they call Hugging Face and CivitAI, which this
 machine cannot reach; a 502 there says nothing of ALICE) and BentoML's `/metrics` (it needs
