@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import JSONResponse
 
 from alice.http.auth import current_caller
+from alice.http.documented import errors, json_body
 from alice.http.errors import ApiError
 from alice.http.handling import get_runtime, image_urls, read_json_object, submit
 from alice.jobs.queue import Job
@@ -19,14 +20,14 @@ from alice.protocol.previews import preview_view
 from alice.protocol.results import public_job
 from alice.serving.runtime import Runtime
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", tags=["generation"])
 
 
 def job_view(job: Job, request: Request, runtime: Runtime) -> dict[str, Any]:
     return {**public_job(job), "image_urls": image_urls(request, runtime, job)}
 
 
-@router.post("/jobs", status_code=202)
+@router.post("/jobs", status_code=202, openapi_extra=json_body(GenerateRequest), responses=errors(404, 503))
 async def submit_job(request: Request, runtime: Runtime = Depends(get_runtime)) -> JSONResponse:
     """Queue a generation (the body is `/generate`'s) and answer at once; poll `GET /v1/jobs/{id}`."""
     job = await submit(runtime, GenerateRequest.model_validate(await read_json_object(request)), "async")
@@ -41,7 +42,7 @@ def list_jobs(request: Request, runtime: Runtime = Depends(get_runtime)) -> dict
     return {"object": "list", "data": [job_view(job, request, runtime) for job in jobs]}
 
 
-@router.get("/jobs/{job_id}")
+@router.get("/jobs/{job_id}", responses=errors(404))
 def get_job(job_id: str, request: Request, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
     job = _found(runtime.jobs.get(job_id), job_id)
     view = job_view(job, request, runtime)
@@ -51,14 +52,14 @@ def get_job(job_id: str, request: Request, runtime: Runtime = Depends(get_runtim
     return view
 
 
-@router.delete("/jobs/{job_id}")
+@router.delete("/jobs/{job_id}", responses=errors(404))
 def cancel_job(job_id: str, request: Request, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
     """Cancels that job only: a queued one at once, a running one at its next step."""
     _found(runtime.jobs.get(job_id), job_id)  # another key's job is not this key's to cancel
     return job_view(_found(runtime.jobs.cancel(job_id), job_id), request, runtime)
 
 
-@router.get("/metrics")
+@router.get("/metrics", tags=["server"])
 def metrics(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
     """A JSON summary for the web page; Prometheus scrapes `/metrics`."""
     return runtime.metrics_summary(current_caller().owner_filter)

@@ -7,16 +7,19 @@ import json
 import logging
 from typing import Any, AsyncIterator
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from alice.engine.preview_decoders import families_sharing_latents
 from alice.models import store as model_store
+from alice.http.documented import errors, event_stream, form_body, json_body, upload_schema
 from alice.http.errors import ApiError, job_error
 from alice.http.handling import get_runtime, image_b64, image_urls, read_json_object, result_metadata, submit, wait_for
 from alice.http.image_streams import image_event_stream
+from alice.http.methods import refuse_other_routes_path
+from alice.protocol.models import BASE_NAME
 from alice.protocol.input_images import MAX_INPUT_BYTES
 from alice.jobs.queue import Job
 from alice.protocol import openai as oa
@@ -28,11 +31,22 @@ from alice.protocol.previews import preview_view
 from alice.serving.runtime import Runtime
 
 logger = logging.getLogger("alice.http")
-router = APIRouter()
+router = APIRouter(tags=["openai"])
 
 
-@router.post("/v1/chat/completions")
-@router.post("/chat/completions")  # SAM users often leave /v1 out of the base URL
+_GENERATION_ERRORS = errors(400, 404, 409, 500, 503, 504)
+_CHAT_STREAM = ("With `stream: true`: chat.completion.chunk events (progress while queued and drawing, "
+                "then the image links), then `data: [DONE]`.")
+_IMAGES_STREAM = ("With `stream: true`: image_generation.partial_image events (`partial_images` previews), "
+                  "then image_generation.completed, one per image.")
+
+
+@router.post("/v1/chat/completions", openapi_extra=json_body(oa.ChatCompletionRequest),
+             responses={200: {"content": event_stream(_CHAT_STREAM)}, **_GENERATION_ERRORS})
+# SAM users often leave /v1 out of the base URL
+@router.post("/chat/completions", operation_id="chat_completions_unversioned",
+             openapi_extra=json_body(oa.ChatCompletionRequest),
+             responses={200: {"content": event_stream(_CHAT_STREAM)}, **_GENERATION_ERRORS})
 async def chat_completions(request: Request, runtime: Runtime = Depends(get_runtime)) -> Any:
     chat = oa.ChatCompletionRequest.model_validate(await read_json_object(request))
     settings = GenerationSettings.model_validate(oa.chat_settings(chat))
@@ -91,13 +105,15 @@ async def _stream(job: Job, request: Request, runtime: Runtime, completion_id: s
             runtime.jobs.cancel(job.id)
 
 
-@router.post("/v1/images/generations")
+@router.post("/v1/images/generations", openapi_extra=json_body(oa.ImagesRequest),
+             responses={200: {"content": event_stream(_IMAGES_STREAM)}, **_GENERATION_ERRORS})
 async def images_generations(request: Request, runtime: Runtime = Depends(get_runtime)) -> Any:
     images_request = oa.ImagesRequest.model_validate(await read_json_object(request))
     return await _images_answer(images_request, oa.images_settings(images_request), request, runtime)
 
 
-@router.post("/v1/images/edits")
+@router.post("/v1/images/edits", openapi_extra=form_body(upload_schema(oa.ImagesRequest, "image", "mask")),
+             responses={200: {"content": event_stream(_IMAGES_STREAM)}, **_GENERATION_ERRORS})
 async def images_edits(request: Request, runtime: Runtime = Depends(get_runtime)) -> Any:
     """img2img as the openai SDK's `client.images.edit(image=..., prompt=...)` sends it (multipart);
     inpainting with its `mask=...`, a PNG whose fully transparent pixels are redrawn (without one,
@@ -111,7 +127,8 @@ async def images_edits(request: Request, runtime: Runtime = Depends(get_runtime)
     return await _images_answer(images_request, settings, request, runtime, editing=True)
 
 
-@router.post("/v1/images/variations")
+@router.post("/v1/images/variations", openapi_extra=form_body(upload_schema(VariationsRequest, "image")),
+             responses=_GENERATION_ERRORS)
 async def images_variations(request: Request, runtime: Runtime = Depends(get_runtime)) -> Any:
     """`client.images.create_variation(image=...)`: img2img of the image with no prompt (multipart)."""
     data, _, fields = await _read_upload(request)  # OpenAI's variations take no mask
@@ -182,7 +199,7 @@ def _default_steps(runtime: Runtime, model: str | None) -> int:
 
 
 @router.get("/v1/models")
-@router.get("/models")
+@router.get("/models", operation_id="list_models_unversioned")
 def list_models(runtime: Runtime = Depends(get_runtime)) -> Any:
     loaded = set(runtime.pipelines.names())
     data = [
@@ -205,9 +222,11 @@ def drawing_facts(model: model_store.StoredModel) -> dict[str, Any]:
             "inpainting_checkpoint": model.inpainting}
 
 
-@router.get("/v1/models/{model_id:path}")
-def get_model(model_id: str, runtime: Runtime = Depends(get_runtime)) -> Any:
+@router.get("/v1/models/{model_id:path}", responses=errors(404))
+def get_model(request: Request, model_id: str = Path(json_schema_extra={"pattern": BASE_NAME}),
+              runtime: Runtime = Depends(get_runtime)) -> Any:
     name = strip_model_prefix(model_id)
+    refuse_other_routes_path(request)
     try:
         stored = model_store.get_model(name)
     except (model_store.ModelNotFound, model_store.InvalidModelName):

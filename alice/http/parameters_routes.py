@@ -17,9 +17,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from alice.engine.prompt_tags import PROMPT_LORA_TAG, extract_prompt_loras
+from alice.http.documented import errors, json_body
 from alice.http.errors import ApiError
 from alice.http.handling import get_runtime, image_b64, image_urls, read_json_object, submit, wait_for
 from alice.models import store as model_store
+from alice.engine.spec import MAX_PROMPT_CHARS
 from alice.protocol.a1111_reading import (
     FromParametersRequest, Reading, decode_image_field, png_parameters, read_parameters,
 )
@@ -29,10 +31,16 @@ from alice.protocol.native import FromParametersResponse, GeneratedImage
 from alice.serving.runtime import Runtime
 
 logger = logging.getLogger("alice.http")
-router = APIRouter()
+PARAMETERS_UPLOAD = {"type": "object", "properties": {
+    "image": {"type": "string", "format": "binary", "description": "A PNG carrying A1111's `parameters` text."},
+    "parameters": {"type": "string", "maxLength": MAX_PROMPT_CHARS * 3, "description": "A1111's `parameters` text."},
+    "model": {"type": "string", "maxLength": 200, "description": "Draw with this stored model."},
+}}
+router = APIRouter(tags=["images"])
 
 
-@router.post("/v1/images/from-parameters")
+@router.post("/v1/images/from-parameters", openapi_extra=json_body(FromParametersRequest, multipart=PARAMETERS_UPLOAD),
+             responses=errors(404, 409, 500, 503, 504))
 async def from_parameters(request: Request, runtime: Runtime = Depends(get_runtime)) -> Any:
     """Draw an A1111 `parameters` text: JSON `{"parameters": ...}` or `{"image": <PNG base64>}`, or a
     multipart upload (file part `image`, or field `parameters`); `model` optional."""
@@ -47,7 +55,8 @@ async def from_parameters(request: Request, runtime: Runtime = Depends(get_runti
     return JSONResponse(answer.model_dump(mode="json"))
 
 
-@router.post("/v1/images/read-parameters")
+@router.post("/v1/images/read-parameters", openapi_extra=json_body(FromParametersRequest, multipart=PARAMETERS_UPLOAD),
+             responses=errors(404))
 async def read_only(request: Request, runtime: Runtime = Depends(get_runtime)) -> Any:
     """What `/v1/images/from-parameters` would draw, without drawing: the settings (as `/generate`
     takes them) and what is not honoured. The web page fills its form from a dropped PNG with it."""

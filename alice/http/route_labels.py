@@ -38,7 +38,7 @@ def route_template(routes: Iterable[Any], path: str, method: str | None) -> str 
     `effective_route_contexts()`.
     """
     partial: str | None = None
-    for route in _flattened(routes):
+    for route in flattened(routes):
         match = route.path_regex.match(path)
         if match is None:
             continue
@@ -59,7 +59,8 @@ def route_template(routes: Iterable[Any], path: str, method: str | None) -> str 
     return partial
 
 
-def _flattened(routes: Iterable[Any]) -> Iterator[Any]:
+def flattened(routes: Iterable[Any]) -> Iterator[Any]:
+    """Every route, those of included routers too."""
     for route in routes:
         if hasattr(route, "effective_route_contexts"):
             yield from route.effective_route_contexts()

@@ -20,6 +20,7 @@ from alice.config import Settings, env_name
 from alice.engine.scheduler_names import DEFAULT_SCHEDULER, SCHEDULER_NAMES
 from alice.engine.spec import setting
 from alice.http.auth import admin_only, current_caller
+from alice.http.documented import errors
 from alice.http.errors import ApiError
 from alice.http.handling import get_runtime
 from alice.images.store import StoredImage
@@ -132,7 +133,7 @@ def gallery_item(image: StoredImage) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/gallery")
+@router.get("/v1/gallery", tags=["images"])
 def gallery(
     offset: int = Query(0, ge=0),
     limit: int = Query(24, ge=1, le=GALLERY_PAGE_MAX),
@@ -150,7 +151,7 @@ def gallery(
     }
 
 
-@router.delete("/v1/gallery/{name}")
+@router.delete("/v1/gallery/{name}", tags=["images"], responses=errors(404))
 def delete_image(name: str, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
     if not runtime.images.delete(name, current_caller().owner_filter):  # another key's: as if none
         raise ApiError(404, "no such image (it may have expired)", param="name", code="image_not_found")
@@ -159,7 +160,7 @@ def delete_image(name: str, runtime: Runtime = Depends(get_runtime)) -> dict[str
 
 # -- model store (pipelines and LoRAs) ---------------------------------------------------------
 
-@router.get("/v1/store/models")
+@router.get("/v1/store/models", tags=["models"])
 def stored_models(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
     """Everything in ALICE's part of the model store, LoRAs too (`/v1/models` lists pipelines only)."""
     loaded = set(runtime.pipelines.names())
@@ -183,7 +184,7 @@ def stored_models(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
 
 # -- settings -----------------------------------------------------------------------------------
 
-@router.get("/v1/settings")
+@router.get("/v1/settings", tags=["server"])
 def settings(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
     """The effective configuration (secrets masked; an admin's to read when roles are on), and
     what a request may ask for: each setting's default and limits as its declaration states them

@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import secrets
+import typing
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator
 from pydantic.fields import FieldInfo
 
 from alice.engine.families import Family
@@ -32,6 +33,17 @@ FAMILY_DEFAULTS = ("steps", "guidance_scale", "scheduler")
 _SPEC_FIELDS = frozenset(field.name for field in dataclasses.fields(GenerationSpec))
 
 
+# A stored model's name (alice/models/store.py checks it: 400 otherwise), `sd/` allowed.
+STORED_NAME = r"^(sd/)?[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$"
+MODEL_NAME = r"^$|" + STORED_NAME  # "" = the default model, as none
+# JSON Schema's word for "holds a character that is not white space".
+NON_BLANK = r"\S"
+
+
+def _annotation_types(annotation: Any) -> tuple[Any, ...]:
+    return (annotation, *typing.get_args(annotation))
+
+
 def strip_model_prefix(model_id: str) -> str:
     """SAM sends `sd/<name>`; the store knows `<name>`. Both spellings are accepted."""
     model_id = model_id.strip()
@@ -44,6 +56,19 @@ class InvalidRequest(ValueError):
     def __init__(self, param: str, message: str) -> None:
         super().__init__(message)
         self.param = param
+
+
+class NoBooleanNumbers(BaseModel):
+    """Refuses true/false for a number or text: pydantic would read true as 1, which neither the
+    schema nor the client who sent it meant."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name in cls.model_fields \
+                and bool not in _annotation_types(cls.model_fields[info.field_name].annotation):
+            raise ValueError("true or false is not a value of this field")
+        return value
 
 
 class Outpaint(BaseModel):
@@ -80,13 +105,14 @@ DrawingSettings = create_model(
 )
 
 
-class GenerationSettings(DrawingSettings):  # type: ignore[misc, valid-type]
+class GenerationSettings(NoBooleanNumbers, DrawingSettings):  # type: ignore[misc, valid-type]
     """Prompt and knobs of one text-to-image request, as SD users name them."""
 
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = Field(
-        None, max_length=200, description="Stored model name, with or without the `sd/` prefix; none = the default."
+        None, max_length=200, description="Stored model name, with or without the `sd/` prefix; none = the default.",
+        json_schema_extra={"pattern": MODEL_NAME},
     )
     # None = the model's native size (512 for SD 1.5, 768 for SD 2.x, 1024 for SDXL, 64 for the
     # demo), as diffusers chooses it: a model drawn far from its training size draws badly.
@@ -134,6 +160,19 @@ class GenerationSettings(DrawingSettings):  # type: ignore[misc, valid-type]
         if not value.strip():
             raise ValueError("prompt must contain text")
         return value
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        """The prompt's non-blank rule and the LoRAs' one-entry-per-name rule in the schema too."""
+        schema = handler(core_schema)
+        schema = handler.resolve_ref_schema(schema)
+        properties = schema.get("properties", {})
+        if "prompt" in properties and "minLength" in properties["prompt"]:
+            properties["prompt"]["pattern"] = NON_BLANK
+        if "loras" in properties:
+            properties["loras"]["uniqueItems"] = True
+            properties["loras"]["description"] += " Each LoRA once."
+        return schema
 
     @field_validator("scheduler")
     @classmethod

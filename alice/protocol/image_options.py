@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.fields import FieldInfo
 
 from alice.engine.spec import MAX_PROMPT_CHARS, setting, setting_limit
-from alice.protocol.generation import GenerationSettings, InvalidRequest
+from alice.protocol.generation import GenerationSettings, InvalidRequest, NoBooleanNumbers
 
 # Steps per quality, as a multiple of the model family's default steps (`default_steps` on
 # /v1/models): the same words work on FLUX.1 schnell's 4 steps (low = 2, high = 6) as on Stable
@@ -112,7 +112,7 @@ def images_response(
     }
 
 
-class VariationsRequest(BaseModel):
+class VariationsRequest(NoBooleanNumbers):
     """`client.images.create_variation(image=..., n=..., size=...)`: no prompt. Other names
     (ALICE's settings, through extra_body) pass on as on the other routes."""
 

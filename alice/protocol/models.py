@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, StrictBool, field_validator, model_validator
+
+from alice.protocol.generation import STORED_NAME, NoBooleanNumbers
 
 
-class ManagerRequest(BaseModel):
+class ManagerRequest(NoBooleanNumbers):
     model_config = ConfigDict(extra="ignore")
 
 
@@ -15,7 +17,7 @@ class CivitAISearch(ManagerRequest):
     query: str = Field("", max_length=200, description='Words to search for; "" browses.')
     types: list[Literal["Checkpoint", "LORA", "TextualInversion"]] = Field(default_factory=list, max_length=3)
     sort: Literal["Highest Rated", "Most Downloaded", "Newest"] = "Highest Rated"
-    nsfw: bool = False
+    nsfw: StrictBool = False
     limit: int = Field(20, ge=1, le=100)
     page: int = Field(1, ge=1, le=1000)
 
@@ -27,7 +29,7 @@ class HuggingFaceSearch(ManagerRequest):
 
 
 # A stored model's name (alice/models/store.py), `sd/` allowed as /v1/models writes it.
-BASE_NAME = r"^(sd/)?[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$"
+BASE_NAME = STORED_NAME
 BASE_HELP = ("For a transformer-only file (a FLUX fine-tune, a GGUF): the stored model of its family whose "
              "text encoders, tokenizers and VAE it uses.")
 
@@ -52,7 +54,7 @@ class HuggingFaceDownload(_OntoBase):
     modelId: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", max_length=200, description="owner/name")
     filename: str | None = Field(None, max_length=300, pattern=r"^[\w./-]+\.(safetensors|gguf)$")
     revision: str = Field("main", max_length=100, pattern=r"^[\w./-]+$")
-    withoutTransformer: bool = Field(False, description="Everything but transformer/'s weights: a base.")
+    withoutTransformer: StrictBool = Field(False, description="Everything but transformer/'s weights: a base.")
 
     @model_validator(mode="after")
     def _whole_repo_only(self) -> HuggingFaceDownload:
@@ -64,4 +66,4 @@ class HuggingFaceDownload(_OntoBase):
 class UrlDownload(ManagerRequest):
     url: str = Field(pattern=r"^https?://", max_length=2000)
     filename: str | None = Field(None, max_length=200, pattern=r"^[\w.-]+\.safetensors$")
-    isLora: bool = False
+    isLora: StrictBool = False

@@ -13,9 +13,10 @@ import threading
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field, StrictBool, field_validator
 
-from alice.protocol.generation import GenerationSettings, InvalidRequest
+from alice.engine.spec import MAX_PROMPT_CHARS
+from alice.protocol.generation import MODEL_NAME, GenerationSettings, InvalidRequest, NoBooleanNumbers
 from alice.protocol.image_options import ImageOptions
 
 # Lowest priority first: OpenAI's top-level fields (or the SDK's extra_body), then SAM's places.
@@ -73,7 +74,7 @@ class IgnoredNames:
 IGNORED = IgnoredNames()
 
 
-class OpenAIModel(BaseModel):
+class OpenAIModel(NoBooleanNumbers):
     model_config = ConfigDict(extra="allow")
 
 
@@ -82,24 +83,42 @@ class ChatMessage(OpenAIModel):
     content: str | list[dict[str, Any]] | None = None
 
 
+# The prompt is a user message holding text (prompt_from_messages): what the schema says of `messages`.
+USER_PROMPT = {"type": "object", "required": ["role", "content"],
+               "properties": {"role": {"const": "user"}, "content": {"type": "string", "pattern": r"\S"}}}
+
+
 class ChatCompletionRequest(OpenAIModel):
-    model: str | None = Field(None, max_length=200)
-    messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
-    stream: bool = False
+    model: str | None = Field(None, max_length=200, json_schema_extra={"pattern": MODEL_NAME})
+    messages: list[ChatMessage] = Field(
+        min_length=1, max_length=1000, json_schema_extra={"contains": USER_PROMPT},
+        description="The prompt is the last user message's text (a string, or OpenAI's text parts); not blank.")
+    stream: StrictBool = False
     metadata: dict[str, Any] | None = None
     samConfig: dict[str, Any] | None = None
     sam_config: dict[str, Any] | None = None
 
 
 class ImagesRequest(ImageOptions, OpenAIModel):  # quality, background...: image_options.py
-    prompt: str
-    model: str | None = None
+    # Checked as a drawing setting (GenerationSettings): not blank, at most MAX_PROMPT_CHARS.
+    prompt: str = Field(json_schema_extra={"pattern": r"\S", "maxLength": MAX_PROMPT_CHARS})
+    model: str | None = Field(None, json_schema_extra={"pattern": MODEL_NAME})
     n: int = Field(1, ge=1)
     size: str | None = Field(None, max_length=20)
     response_format: Literal["url", "b64_json"] = "url"
     # Streaming (alice/protocol/image_events.py): `partial_images` live previews, then the image.
     stream: bool = False
     partial_images: int | None = Field(None, ge=0, le=3)
+
+    @field_validator("stream", mode="before")
+    @classmethod
+    def _form_or_json_boolean(cls, value: Any) -> Any:
+        """true/false in JSON; "true"/"false" as an upload's form text (`/v1/images/edits`). Not 0/1."""
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        if not isinstance(value, bool):
+            raise ValueError("stream is true or false")
+        return value
 
 
 def _snake(key: str) -> str:

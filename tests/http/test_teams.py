@@ -192,3 +192,33 @@ def test_on_the_shared_queue_a_user_key_sees_its_own_jobs_and_images_only(shared
     assert ids(shared_teams, ROOT) == {anns["id"], bobs["id"]}
     [image] = [item["name"] for item in shared_teams.get("/v1/gallery", headers=key(BOB)).json()["data"]]
     assert bobs["image_urls"][0].endswith(image)
+
+
+
+def test_the_document_declares_the_roles_and_the_shares_answers(monkeypatch):
+    """With roles on, the model manager's operations declare 403; with a per-key share, every
+    request that changes something declares 429 with Retry-After; the document stays valid.
+    (Built for these settings directly: the in-process servers of this module share one app.)"""
+    from openapi_spec_validator import validate
+
+    import service
+    from alice.config import Settings
+    from alice.http.openapi import build_document
+
+    # The environment wins over arguments in ALICE's settings: the other fixtures' is around.
+    monkeypatch.setenv("ALICE_MAX_QUEUED_PER_KEY", "4")
+    monkeypatch.setenv("ALICE_RATE_LIMIT", "")
+    teams = Settings(api_keys=[ANN, BOB], admin_keys=[ROOT])
+    document = build_document(service.http_app, teams)
+    validate(document)
+    paths = document["paths"]
+    download = paths["/v1/models/download/huggingface"]["post"]["responses"]
+    assert download["403"]["content"]["application/json"]["schema"]["$ref"].endswith("/OpenAIError")
+    assert "403" not in paths["/v1/jobs"]["post"]["responses"]  # every key submits jobs
+    for path, method in (("/v1/jobs", "post"), ("/v1/images/generations", "post"), ("/v1/jobs/{job_id}", "delete")):
+        assert "Retry-After" in paths[path][method]["responses"]["429"]["headers"], (path, method)
+    assert "429" not in paths["/v1/jobs"]["get"]["responses"]  # reading is not counted
+    monkeypatch.setenv("ALICE_MAX_QUEUED_PER_KEY", "0")
+    monkeypatch.setenv("ALICE_ADMIN_KEYS", "")
+    household = build_document(service.http_app, Settings(api_keys=[ANN, BOB], admin_keys=[]))
+    assert not {"403", "429"} & household["paths"]["/v1/models/download/huggingface"]["post"]["responses"].keys()
