@@ -64,8 +64,12 @@ class BodyLimitMiddleware:
             else:
                 receive = _replay(body, receive)
         if error is not None:
-            # The unread rest of the body is discarded by the server (uvicorn) after this answer.
-            await error.openai_response()(scope, receive, send)
+            response = error.openai_response()
+            if error.status == 413:
+                # The rest of the body is unread: without `Connection: close` uvicorn would read
+                # and discard all of it to keep the connection; closing stops the upload at once.
+                response.headers["Connection"] = "close"
+            await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
