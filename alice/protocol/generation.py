@@ -21,7 +21,7 @@ from pydantic.fields import FieldInfo
 from alice.engine.families import Family
 from alice.engine.previews import MAX_PREVIEWS
 from alice.engine.prompt_tags import extract_prompt_loras
-from alice.engine.scheduler_names import canonical_scheduler_name
+from alice.engine.scheduler_names import SCHEDULER_NAMES, canonical_scheduler_name
 from alice.engine.spec import MAX_SEED, MAX_SIDE, GenerationSpec, drawing_settings, hires_size, setting
 
 MODEL_PREFIX = "sd/"
@@ -178,6 +178,10 @@ class GenerationSettings(NoBooleanNumbers, DrawingSettings):  # type: ignore[mis
         if "loras" in properties:
             properties["loras"]["uniqueItems"] = True
             properties["loras"]["description"] += " Each LoRA once."
+        if "scheduler" in properties:  # the names canonical_scheduler_name accepts (any case, in fact)
+            for choice in (properties["scheduler"], *properties["scheduler"].get("anyOf", ())):
+                if choice.get("type") == "string":
+                    choice["enum"] = list(SCHEDULER_NAMES)
         if "input_image" in properties:
             schema.setdefault("allOf", []).extend(_cross_field_rules())
         return schema
@@ -338,7 +342,7 @@ class GenerationSettings(NoBooleanNumbers, DrawingSettings):  # type: ignore[mis
                                            "out of a request with input_image")
 
 
-def _sent(name: str) -> dict[str, Any]:
+def sent(name: str) -> dict[str, Any]:
     """JSON Schema for "the object has `name`, not null" (a null setting is one left out)."""
     return {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
 
@@ -347,8 +351,8 @@ def _cross_field_rules() -> list[dict[str, Any]]:
     """NEEDS_INPUT_IMAGE and NOT_WITH_INPUT_IMAGE in JSON Schema 2020-12, for the request
     schema's `allOf`. `if`/`then` and `not` rather than `dependentRequired`: a setting sent as
     null is one left out, which `dependentRequired` (key present) cannot say."""
-    rules: list[dict[str, Any]] = [{"if": _sent(name), "then": _sent("input_image")} for name in NEEDS_INPUT_IMAGE]
-    rules += [{"not": {"allOf": [_sent(name), _sent("input_image")]}} for name in NOT_WITH_INPUT_IMAGE]
+    rules: list[dict[str, Any]] = [{"if": sent(name), "then": sent("input_image")} for name in NEEDS_INPUT_IMAGE]
+    rules += [{"not": {"allOf": [sent(name), sent("input_image")]}} for name in NOT_WITH_INPUT_IMAGE]
     return rules
 
 
