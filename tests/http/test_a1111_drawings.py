@@ -83,6 +83,37 @@ def test_hires_fix_settings_out_of_range_or_with_an_input_image_are_400s(client)
     assert response.status_code == 400 and "hires_scale" in response.text
 
 
+def test_hires_resize_covers_the_target_and_keeps_its_middle_as_a1111_does(client):
+    """A target size (A1111's "Hires resize", hires_width x hires_height): of the same aspect, it
+    is a scale (the same image as hires_scale); of another, the first pass is upscaled to cover
+    it and its middle drawn. Written back as A1111 writes it, and read back bit for bit."""
+    plain = png(client.post("/generate", json={"prompt": "a red circle", **SMALL}).json()["images"][0]["b64_json"])
+    scaled = client.post("/generate", json={"prompt": "a red circle", **SMALL, "hires_scale": 2, "hires_strength": 0.3})
+    same = client.post("/generate", json={"prompt": "a red circle", **SMALL, "hires_width": 128, "hires_strength": 0.3})
+    assert same.json()["hires_scale"] == 2 and same.json()["hires_width"] == 128
+    assert np.array_equal(np.asarray(png(same.json()["images"][0]["b64_json"])),
+                          np.asarray(png(scaled.json()["images"][0]["b64_json"])))
+    body = client.post("/generate", json={"prompt": "a red circle", **SMALL, "hires_width": 128, "hires_height": 64,
+                                          "hires_strength": 0.3, "hires_upscaler": "lanczos"}).json()
+    wide = png(body["images"][0]["b64_json"])
+    assert wide.size == (128, 64) and body["hires_scale"] == 2
+    assert "Size: 64x64, Model: alice-demo, Hires resize: 128x64, Hires upscaler: Lanczos" in wide.info["parameters"]
+    assert "Hires upscale:" not in wide.info["parameters"]
+    # The middle of the first pass doubled, not the whole of it squashed.
+    first = plain.convert("RGB").resize((128, 128), Image.Resampling.LANCZOS)
+    drawn = np.asarray(wide.convert("RGB"), dtype=float)
+    middle = np.abs(drawn - np.asarray(first.crop((0, 32, 128, 96)), dtype=float)).mean()
+    squashed = np.abs(drawn - np.asarray(plain.convert("RGB").resize((128, 64)), dtype=float)).mean()
+    assert middle < squashed * 0.8, (middle, squashed)
+    again = client.post("/v1/images/from-parameters", json={"parameters": wide.info["parameters"]}).json()
+    assert again["not_honoured"] == [] and (again["hires_width"], again["hires_height"]) == (128, 64)
+    assert np.array_equal(np.asarray(png(again["images"][0]["b64_json"])), np.asarray(wide))
+    refused = client.post("/generate", json={"prompt": "a circle", **SMALL, "hires_width": 128, "hires_scale": 3})
+    assert refused.status_code == 400 and refused.json()["detail"][0]["loc"] == ["hires_scale"], refused.text
+    refused = client.post("/generate", json={"prompt": "a circle", **SMALL, "hires_width": 512})
+    assert refused.status_code == 400 and "hires_width" in refused.json()["error"], refused.text
+
+
 def test_hires_and_plain_jobs_never_share_a_pipeline_call():
     plain = GenerationSpec(prompt="a", seed=1, width=64, height=64)
     assert batch_key(plain) != batch_key(GenerationSpec(prompt="a", seed=1, width=64, height=64, hires_scale=2))
