@@ -51,6 +51,13 @@ class CivitAIDownload(_OntoBase):
 
 
 class HuggingFaceDownload(_OntoBase):
+    # The validator's rule below, in the document too (a JSON Schema rule of this model's own:
+    # only ALICE's document shows it, BentoML's builder never reads this model).
+    model_config = ConfigDict(json_schema_extra={"not": {
+        "required": ["withoutTransformer", "filename"],
+        "properties": {"withoutTransformer": {"const": True}, "filename": {"type": "string"}},
+    }})
+
     modelId: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", max_length=200, description="owner/name")
     filename: str | None = Field(None, max_length=300, pattern=r"^[\w./-]+\.(safetensors|gguf)$")
     revision: str = Field("main", max_length=100, pattern=r"^[\w./-]+$")
