@@ -20,11 +20,12 @@ from alice import __version__
 from alice.config import Settings
 from alice.downloads.manager import DownloadManager
 from alice.engine.device import describe_device
+from alice.engine.embeddings import EMBEDDING_FILE, embedding_shape, named_in
 from alice.engine.engine import DiffusersEngine, Engine
 from alice.engine.families import Family, lora_refusal
 from alice.engine.masks import fill_transparent
 from alice.engine.pipelines import MemoryOptions, choose_placement, compile_refusal, host_compiler
-from alice.engine.prompt_reading import PromptTooLong, read_prompts
+from alice.engine.prompt_reading import NamedEmbedding, PromptTooLong, read_prompts
 from alice.images.store import ImageStore, keep_input_image
 from alice.jobs.job import Job
 from alice.jobs.queue import JobQueue
@@ -183,7 +184,8 @@ class Runtime:
             family=model.family_facts,
         )
         try:  # a prompt past what the model reads: refused now, not cut after the queue
-            notes = read_prompts(model.path, model.family_facts, spec.prompt, spec.negative_prompt)
+            notes = read_prompts(model.path, model.family_facts, spec.prompt, spec.negative_prompt,
+                                 _named_embeddings(spec.prompt, spec.negative_prompt))
         except PromptTooLong as exc:
             raise InvalidRequest(exc.field, str(exc)) from None
         spec = dataclasses.replace(spec, prompt_notes=notes)
@@ -258,6 +260,16 @@ class Runtime:
 
 _INPAINTING_ONLY = ("model '{model}' is an inpainting checkpoint (its UNet takes the mask): it draws masked "
                     "edits only; send input_image and a mask")
+
+
+def _named_embeddings(*texts: str) -> list[NamedEmbedding]:
+    """The stored embeddings the texts name, with what the engine needs to count their vectors."""
+    named = []
+    for stored in model_store.embeddings():
+        if any(named_in(text, stored.name) for text in texts):
+            widths, vectors = embedding_shape(stored.path / EMBEDDING_FILE)
+            named.append(NamedEmbedding(stored.name, stored.family, widths, vectors))
+    return named
 
 
 def replica_name(settings: Settings) -> str:
