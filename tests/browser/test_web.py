@@ -369,6 +369,7 @@ def test_cancel_a_queued_job_from_the_queue_page(page, server):
         expect(queued.locator(".job-state")).to_have_text("queued")
         expect(running.locator(".job-state")).to_have_text("running")
         expect(running.locator(".bar")).to_be_visible()
+        expect(running.locator(".meta")).to_contain_text(" · by key-")  # roles are on: whose job, by its key's name
         shot(page, "queue")
         queued.locator(".job-cancel").click()
         page.click("#confirm-ok")
