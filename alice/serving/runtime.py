@@ -207,14 +207,13 @@ class Runtime:
     def _edit_inputs(self, request: GenerationSettings, model: model_store.StoredModel) -> EditInputs | None:
         """The request's input image and mask, decoded and checked against the model: a masked
         edit needs the family's inpaint pipeline, an unmasked one its img2img pipeline, and an
-        inpainting checkpoint draws masked edits only."""
+        inpainting checkpoint draws masked edits, or text to image all masked (as A1111 draws it),
+        but no unmasked edit."""
         family: Family = model.family_facts
         if request.input_image is None:
             for name in ("mask", "outpaint"):
                 if getattr(request, name) is not None:
                     raise InvalidRequest(name, f"{name} applies to an input image: send input_image too")
-            if model.inpainting:
-                raise InvalidRequest("mask", _INPAINTING_ONLY.format(model=model.name))
             return None
         borders = request.outpaint.borders() if request.outpaint else None
         edit = edit_inputs(request.input_image, request.mask, self.images, borders)
@@ -259,7 +258,8 @@ class Runtime:
 
 
 _INPAINTING_ONLY = ("model '{model}' is an inpainting checkpoint (its UNet takes the mask): it draws masked "
-                    "edits only; send input_image and a mask")
+                    "edits and text to image, not an unmasked edit; send a mask with input_image, or leave "
+                    "input_image out")
 
 
 def _named_embeddings(*texts: str) -> list[NamedEmbedding]:

@@ -181,3 +181,35 @@ def test_read_parameters_tells_the_settings_without_drawing(client):
     assert response.status_code == 200, response.text
     assert response.json()["settings"]["hires_scale"] == 2 and response.json()["settings"]["steps"] == 7
     assert len(client.get("/v1/jobs").json()["data"]) == jobs
+
+
+def test_an_inpainting_checkpoint_draws_text_to_image_and_its_hires_fix_all_masked(client, tmp_path):
+    """As A1111 runs txt2img and its hires fix on an inpainting model: the 9-channel UNet is told
+    that all of the image is masked, in both passes (its own pipeline, not an img2img one, which
+    would hand it 4 channels); an edit without a mask stays a 400 naming `mask`."""
+    from alice.engine.demo import save_demo_pipeline
+    from alice.models import checkpoints, store as model_store
+    from tests.unit.test_inpainting import nine_channel_copy
+
+    save_demo_pipeline(tmp_path / "demo")
+    checkpoints.import_pipeline_folder(nine_channel_copy(tmp_path / "demo", tmp_path / "nine"), "demo-nine")
+    try:
+        settings = {"prompt": "a red circle", **SMALL, "model": "demo-nine"}
+        plain = client.post("/generate", json=settings)
+        assert plain.status_code == 200, plain.text
+        hires = client.post("/generate", json={**settings, "hires_scale": 2, "hires_strength": 0.5, "num_images": 2})
+        assert hires.status_code == 200, hires.text
+        image, second = (png(drawn["b64_json"]) for drawn in hires.json()["images"])
+        assert image.size == second.size == (128, 128) and "Hires upscale: 2" in image.info["parameters"]
+        job = client.get(f"/v1/jobs/{hires.json()['job_id']}").json()
+        assert job["step"] == job["total_steps"] == 4 + 2 and job["batch"] == 2  # both in one call, both passes
+        first = np.asarray(png(plain.json()["images"][0]["b64_json"]).convert("RGB").resize((128, 128)), dtype=float)
+        assert np.abs(np.asarray(image.convert("RGB"), dtype=float) - first).mean() < 40  # the first pass, redrawn
+        lanczos = client.post("/generate", json={**settings, "hires_scale": 1.5, "hires_upscaler": "lanczos"})
+        assert lanczos.status_code == 200 and png(lanczos.json()["images"][0]["b64_json"]).size == (96, 96)
+        red = io.BytesIO()
+        Image.new("RGB", (64, 64), "red").save(red, format="PNG")
+        unmasked = client.post("/generate", json={**settings, "input_image": base64.b64encode(red.getvalue()).decode()})
+        assert unmasked.status_code == 400 and unmasked.json()["detail"][0]["loc"] == ["mask"], unmasked.text
+    finally:
+        model_store.delete_model("demo-nine")
