@@ -230,6 +230,10 @@ class GenerationSettings(NoBooleanNumbers, DrawingSettings):  # type: ignore[mis
                                                 f"leave hires_scale out (or send {scale:g})")
         return scale
 
+    def _hires_field(self) -> str:
+        """The field that asked for the hires fix, for a refusal to name."""
+        return "hires_width" if self.hires_width or self.hires_height else "hires_scale"
+
     def _drawing_defaults(self, family: Family | None) -> dict[str, Any]:
         """Steps, guidance and scheduler as asked, else the family's (a FLUX.1 schnell request
         without steps draws 4, not the SD 25), else, without a family, the spec's declared ones."""
@@ -270,8 +274,9 @@ class GenerationSettings(NoBooleanNumbers, DrawingSettings):  # type: ignore[mis
         if self.hires_scale is not None and not family.is_unet:
             # Their latents are packed (FLUX) or video-shaped (Qwen-Image): a second pass over them
             # is not the A1111 hires fix this is, and nobody has checked its images.
-            raise InvalidRequest("hires_scale", f"the hires fix applies to the Stable Diffusion models (SD 1.x, 2.x, "
-                                                f"XL), not to {name} models; leave hires_scale out")
+            field = self._hires_field()
+            raise InvalidRequest(field, f"the hires fix applies to the Stable Diffusion models (SD 1.x, 2.x, "
+                                        f"XL), not to {name} models; leave {field} out")
         if self.requested_loras() and not family.loras:
             raise InvalidRequest("loras", f"diffusers has no LoRA loader for {name} models; leave loras and "
                                           "<lora:...> tags out")
@@ -321,11 +326,11 @@ class GenerationSettings(NoBooleanNumbers, DrawingSettings):  # type: ignore[mis
             hires_resize(self.width, self.height, self.hires_width, self.hires_height)[1]
             if self.hires_width or self.hires_height else hires_size(self.width, self.height, self.hires_scale))
         if self.hires_scale is not None and self.width * self.height <= max_pixels < final_width * final_height:
-            resized = self.hires_width or self.hires_height
+            field = self._hires_field()
             asked = (f"hires_width x hires_height = {self.hires_width or 'auto'}x{self.hires_height or 'auto'}"
-                     if resized else f"hires_scale = {self.hires_scale:g}")
+                     if field == "hires_width" else f"hires_scale = {self.hires_scale:g}")
             raise InvalidRequest(
-                "hires_width" if resized else "hires_scale",
+                field,
                 f"{asked} draws {self.width}x{self.height} at {final_width}x{final_height} "
                 f"= {final_width * final_height} pixels, over this server's limit of {max_pixels} pixels "
                 "(ALICE_MAX_PIXELS)",
@@ -350,8 +355,9 @@ class GenerationSettings(NoBooleanNumbers, DrawingSettings):  # type: ignore[mis
                 f"{text_encoder_layers} layers: at most {text_encoder_layers + 1}",
             )
         if self.hires_scale is not None and self.input_image is not None:
-            raise InvalidRequest("hires_scale", "the hires fix is a second pass of text-to-image; leave hires_scale "
-                                                "out of a request with input_image")
+            field = self._hires_field()
+            raise InvalidRequest(field, f"the hires fix is a second pass of text-to-image; leave {field} "
+                                        "out of a request with input_image")
         hires_steps = self.hires_steps or self.steps
         if self.hires_scale is not None and int(hires_steps * self.hires_strength) < 1:
             raise InvalidRequest(

@@ -112,6 +112,9 @@ def test_hires_resize_covers_the_target_and_keeps_its_middle_as_a1111_does(clien
     assert refused.status_code == 400 and refused.json()["detail"][0]["loc"] == ["hires_scale"], refused.text
     refused = client.post("/generate", json={"prompt": "a circle", **SMALL, "hires_width": 512})
     assert refused.status_code == 400 and "hires_width" in refused.json()["error"], refused.text
+    refused = client.post("/generate", json={"prompt": "a circle", "width": 768, "height": 768, "hires_height": 1536})
+    assert refused.status_code == 400 and refused.json()["detail"][0]["loc"] == ["hires_width"], refused.text
+    assert "1536x1536" in refused.json()["error"] and "ALICE_MAX_PIXELS" in refused.json()["error"]
 
 
 def test_hires_and_plain_jobs_never_share_a_pipeline_call():
