@@ -267,7 +267,10 @@ def _named_embeddings(*texts: str) -> list[NamedEmbedding]:
     named = []
     for stored in model_store.embeddings():
         if any(named_in(text, stored.name) for text in texts):
-            widths, vectors = embedding_shape(stored.path / EMBEDDING_FILE)
+            try:
+                widths, vectors = embedding_shape(stored.path / EMBEDDING_FILE)
+            except OSError:  # deleted since it was listed: the worker will not find it either
+                continue
             named.append(NamedEmbedding(stored.name, stored.family, widths, vectors))
     return named
 
