@@ -176,3 +176,26 @@ def test_the_demo_is_native_at_64_and_its_stored_record_says_so(bentoml_home: Pa
 
     assert native_size(DEMO_MODEL_DIR) == 64
     assert checkpoints.ensure_demo_model().native_size == 64
+
+
+def test_the_listing_is_reused_until_the_store_changes(bentoml_home: Path, demo_folder: Path, monkeypatch) -> None:
+    checkpoints.import_pipeline_folder(demo_folder, "listed-a")
+    model_store.list_models()
+    lists: list[int] = []
+    real_list = bentoml.models.list
+    monkeypatch.setattr(bentoml.models, "list", lambda *args: lists.append(1) or real_list(*args))
+
+    def names_and_reads() -> tuple[list[str], int]:
+        before = len(lists)
+        names = [m.name for m in model_store.list_models()]
+        return names, len(lists) - before
+
+    assert names_and_reads() == (["listed-a"], 0)  # unchanged: not read again
+    time.sleep(0.01)
+    newer = checkpoints.import_pipeline_folder(demo_folder, "listed-a")  # a new version of a name
+    assert names_and_reads() == (["listed-a"], 1) and newer in model_store.list_models()
+    checkpoints.import_pipeline_folder(demo_folder, "listed-b")  # a new name
+    assert names_and_reads() == (["listed-a", "listed-b"], 1)
+    model_store.delete_model("listed-b")
+    assert names_and_reads() == (["listed-a"], 1)
+    model_store.delete_model("listed-a")
