@@ -21,7 +21,7 @@ from pydantic.fields import FieldInfo
 from alice.engine.families import Family
 from alice.engine.previews import MAX_PREVIEWS
 from alice.engine.prompt_tags import extract_prompt_loras
-from alice.engine.scheduler_names import canonical_scheduler_name
+from alice.engine.scheduler_names import SCHEDULER_NAMES, canonical_scheduler_name
 from alice.engine.spec import MAX_SEED, MAX_SIDE, GenerationSpec, drawing_settings, hires_size, setting
 
 MODEL_PREFIX = "sd/"
@@ -38,6 +38,12 @@ STORED_NAME = r"^(sd/)?[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$"
 MODEL_NAME = r"^$|" + STORED_NAME  # "" = the default model, as none
 # JSON Schema's word for "holds a character that is not white space".
 NON_BLANK = r"\S"
+# Rules across settings, declared once: the check that refuses a request breaking one (400
+# naming the setting) and the request schema (`_cross_field_rules`) both read them.
+# Settings that edit an input image: sent (not null) without `input_image`, refused.
+NEEDS_INPUT_IMAGE = ("mask", "outpaint")
+# Settings of text-to-image only (the hires fix is its second pass): refused with `input_image`.
+NOT_WITH_INPUT_IMAGE = ("hires_scale",)
 
 
 def _annotation_types(annotation: Any) -> tuple[Any, ...]:
@@ -172,6 +178,12 @@ class GenerationSettings(NoBooleanNumbers, DrawingSettings):  # type: ignore[mis
         if "loras" in properties:
             properties["loras"]["uniqueItems"] = True
             properties["loras"]["description"] += " Each LoRA once."
+        if "scheduler" in properties:  # the names canonical_scheduler_name accepts (any case, in fact)
+            for choice in (properties["scheduler"], *properties["scheduler"].get("anyOf", ())):
+                if choice.get("type") == "string":
+                    choice["enum"] = list(SCHEDULER_NAMES)
+        if "input_image" in properties:
+            schema.setdefault("allOf", []).extend(_cross_field_rules())
         return schema
 
     @field_validator("scheduler")
@@ -324,23 +336,24 @@ class GenerationSettings(NoBooleanNumbers, DrawingSettings):  # type: ignore[mis
                 f"clip_skip = {self.clip_skip} is beyond this model's text encoder, which has "
                 f"{text_encoder_layers} layers: at most {text_encoder_layers + 1}",
             )
-        if self.hires_scale is not None and self.input_image is not None:
-            raise InvalidRequest("hires_scale", "the hires fix is a second pass of text-to-image; leave hires_scale "
-                                                "out of a request with input_image")
-        hires_steps = self.hires_steps or self.steps
-        if self.hires_scale is not None and int(hires_steps * self.hires_strength) < 1:
-            raise InvalidRequest(
-                "hires_strength",
-                f"the hires fix's second pass runs int(hires_steps x hires_strength) steps, and {hires_steps} x "
-                f"{self.hires_strength:g} leaves none: raise hires_steps or hires_strength",
-            )
-        # diffusers' img2img runs int(steps x strength) of the steps; none left is its crash.
-        if self.input_image is not None and int(self.steps * self.strength) < 1:
-            raise InvalidRequest(
-                "strength",
-                f"img2img runs int(steps x strength) denoising steps, and steps = {self.steps} x strength = "
-                f"{self.strength:g} leaves none: raise steps or strength",
-            )
+        for name in NOT_WITH_INPUT_IMAGE:
+            if getattr(self, name) is not None and self.input_image is not None:
+                raise InvalidRequest(name, f"the hires fix is a second pass of text-to-image; leave {name} "
+                                           "out of a request with input_image")
+
+
+def sent(name: str) -> dict[str, Any]:
+    """JSON Schema for "the object has `name`, not null" (a null setting is one left out)."""
+    return {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+
+
+def _cross_field_rules() -> list[dict[str, Any]]:
+    """NEEDS_INPUT_IMAGE and NOT_WITH_INPUT_IMAGE in JSON Schema 2020-12, for the request
+    schema's `allOf`. `if`/`then` and `not` rather than `dependentRequired`: a setting sent as
+    null is one left out, which `dependentRequired` (key present) cannot say."""
+    rules: list[dict[str, Any]] = [{"if": sent(name), "then": sent("input_image")} for name in NEEDS_INPUT_IMAGE]
+    rules += [{"not": {"allOf": [sent(name), sent("input_image")]}} for name in NOT_WITH_INPUT_IMAGE]
+    return rules
 
 
 # JSON Schema's words for a limit: what `/v1/settings` serves per setting, as the schema says it.

@@ -35,11 +35,21 @@ VARIATION_STRENGTH = 0.6
 BACKGROUND = "opaque"
 
 
+def _drawable_backgrounds(schema: dict[str, Any]) -> None:
+    for choice in schema.get("anyOf", ()):
+        if "enum" in choice:
+            choice["enum"] = [word for word in choice["enum"] if word != "transparent"]
+
+
 class ImageOptions(BaseModel):
     """The Images API's fields that are not drawing settings; null = the default, as OpenAI reads it."""
 
     quality: Quality | None = None
-    background: Literal["transparent", "opaque", "auto"] | None = None
+    # OpenAI's three words are read, "transparent" to refuse it by name (apply_image_options);
+    # the schema offers the two that draw.
+    background: Literal["transparent", "opaque", "auto"] | None = Field(
+        None, json_schema_extra=lambda schema: _drawable_backgrounds(schema),
+        description="opaque or auto: ALICE's models draw opaque images (transparent is refused).")
     moderation: Literal["low", "auto"] | None = None  # accepted and ignored: ALICE moderates nothing
     input_fidelity: Literal["low", "high"] | None = None
 
@@ -112,6 +122,14 @@ def images_response(
     }
 
 
+# `size` as openai.parse_size reads it, in JSON Schema (ECMA-262's regex): WxH, `auto` (the
+# model's native size) in any case, or empty (the same).
+SIZE_SCHEMA_PATTERN = r"^$|^\s*([Aa][Uu][Tt][Oo]|\d{1,5}\s*[xX×]\s*\d{1,5})\s*$"
+SIZE_FIELD: Any = Field(None, max_length=20, json_schema_extra={"pattern": SIZE_SCHEMA_PATTERN},
+                        description="WIDTHxHEIGHT (e.g. 512x512; each side a width or height as `/generate` "
+                                    "takes it), or auto: the model's native size.")
+
+
 class VariationsRequest(NoBooleanNumbers):
     """`client.images.create_variation(image=..., n=..., size=...)`: no prompt. Other names
     (ALICE's settings, through extra_body) pass on as on the other routes."""
@@ -120,7 +138,7 @@ class VariationsRequest(NoBooleanNumbers):
 
     model: str | None = None
     n: int = Field(1, ge=1)
-    size: str | None = Field(None, max_length=20)
+    size: str | None = SIZE_FIELD
     response_format: Literal["url", "b64_json"] = "url"
 
 

@@ -17,7 +17,7 @@ from pydantic import ConfigDict, Field, StrictBool, field_validator
 
 from alice.engine.spec import MAX_PROMPT_CHARS
 from alice.protocol.generation import MODEL_NAME, GenerationSettings, InvalidRequest, NoBooleanNumbers
-from alice.protocol.image_options import ImageOptions
+from alice.protocol.image_options import SIZE_FIELD, ImageOptions
 
 # Lowest priority first: OpenAI's top-level fields (or the SDK's extra_body), then SAM's places.
 SETTINGS_SOURCES = ("metadata", "samConfig", "sam_config")
@@ -35,6 +35,7 @@ SETTING_ALIASES = {
     "denoising_strength": "strength",
 }
 SIZE_PATTERN = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
+
 
 logger = logging.getLogger("alice.protocol")
 
@@ -104,11 +105,19 @@ class ImagesRequest(ImageOptions, OpenAIModel):  # quality, background...: image
     prompt: str = Field(json_schema_extra={"pattern": r"\S", "maxLength": MAX_PROMPT_CHARS})
     model: str | None = Field(None, json_schema_extra={"pattern": MODEL_NAME})
     n: int = Field(1, ge=1)
-    size: str | None = Field(None, max_length=20)
+    size: str | None = SIZE_FIELD
     response_format: Literal["url", "b64_json"] = "url"
     # Streaming (alice/protocol/image_events.py): `partial_images` live previews, then the image.
     stream: bool = False
     partial_images: int | None = Field(None, ge=0, le=3)
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        """As `/v1/images/generations` reads it: input_fidelity is an edit's, refused there
+        (apply_image_options); the edits' form (documented.upload_schema) takes the fields alone."""
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        schema["not"] = {"required": ["input_fidelity"], "properties": {"input_fidelity": {"not": {"type": "null"}}}}
+        return schema
 
     @field_validator("stream", mode="before")
     @classmethod

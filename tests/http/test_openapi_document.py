@@ -8,19 +8,32 @@ of the stateful phase (23 to 29 s here, see docs/api.md "The OpenAPI document").
 
 Not run through it: the two search routes (they call Hugging Face and CivitAI, which this
 machine cannot reach; a 502 there says nothing of ALICE) and BentoML's `/metrics` (it needs
-the Prometheus folder of a `bentoml serve` process). On the drawing routes the check that
-schema-valid requests are accepted is off: their settings have rules across fields that
-JSON Schema does not state (an outpaint needs an input image; the pixels of width x height,
-ALICE_MAX_PIXELS) and those requests are refused with a 400 naming the rule.
+the Prometheus folder of a `bentoml serve` process).
+
+Every check is on, "schema-valid request accepted" too: what JSON Schema can state about a
+request is in the document (cross-field rules as if/then and not, patterns, this server's
+maximum of images). Two hooks keep the generated requests within what it cannot state, and
+widen nothing that counts as accepted: `_within_what_the_schema_cannot_say` drops requests past
+this server's pixels (width x height, after the hires fix or an outpaint: ALICE_MAX_PIXELS, a
+product of two fields), sizes whose sides break width's and height's limits (a `size` text's
+pattern cannot restate them), a clip_skip past the demo model's text encoder (a limit of the
+model) and an A1111 text longer than a prompt can be; `_real_images` puts a real PNG where a
+positive request's image is (the generator writes any text or bytes: JSON Schema cannot say
+"a PNG", nor "a PNG carrying an A1111 text").
 """
 
 from __future__ import annotations
 
+import base64
+import io
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from alice.engine.spec import MAX_PROMPT_CHARS
+from alice.protocol.openai import SIZE_PATTERN
 from harness.environment import alice_environment
 from tests.fake_engine import FakeEngine
 from tests.http.conftest import API_KEY, storing_for
@@ -28,12 +41,46 @@ from tests.support import forget_service_metrics
 
 pytestmark = pytest.mark.fake_engine
 
+
+def _png(image: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")  # type: ignore[attr-defined]
+    return buffer.getvalue()
+
+
+def _mask() -> bytes:
+    from PIL import Image
+
+    mask = Image.new("RGBA", (64, 64), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (16, 16, 48, 48))  # the hole to redraw
+    return _png(mask)
+
+
+def _image() -> bytes:
+    from PIL import Image
+
+    return _png(Image.new("RGB", (64, 64), (200, 30, 30)))
+
+
+def _parameters_png() -> bytes:
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a red circle\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64")
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+IMAGE, MASK, PARAMETERS_PNG = _image(), _mask(), _parameters_png()
+
+MAX_PIXELS = 256 * 256
+# The demo model's text encoder (alice/engine/demo.py) has 2 layers: clip_skip 3 reads its first.
+DEMO_CLIP_SKIP = 3
 MAX_EXAMPLES = 2
 STATEFUL_STEPS = 10
 SEED = 20261207
 KEY = {"Authorization": f"Bearer {API_KEY}"}
-# The drawing routes: schema-valid requests may break a cross-field rule (see the docstring).
-DRAWING = r"^/(generate|v1/jobs|v1/chat/completions|chat/completions|v1/images/.*)$"
 UNREACHABLE = r"^/v1/models/search/|^/metrics$"
 
 
@@ -46,7 +93,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     import service
     from alice.config import load_settings
 
-    env = {"ALICE_API_KEYS": API_KEY, "ALICE_MAX_PIXELS": str(256 * 256), "ALICE_MAX_IMAGES_PER_REQUEST": "2",
+    env = {"ALICE_API_KEYS": API_KEY, "ALICE_MAX_PIXELS": str(MAX_PIXELS), "ALICE_MAX_IMAGES_PER_REQUEST": "2",
            "ALICE_CIVITAI_URL": "http://127.0.0.1:9", "HF_ENDPOINT": "http://127.0.0.1:9",
            "ALICE_QUEUE_SIZE": "1000"}
     engine = FakeEngine()
@@ -98,6 +145,28 @@ def test_every_route_documents_its_body_and_errors(served):
     assert not any("422" in op["responses"] for item in paths.values() for op in item.values())
 
 
+def test_cross_field_rules_are_in_the_schema_and_the_server_refuses_what_breaks_them(served):
+    """An edit's settings need an input image; the hires fix takes none: stated in JSON Schema
+    (if/then, not) from the rules the server checks (generation.NEEDS_INPUT_IMAGE...)."""
+    import jsonschema
+
+    document = served.get("/docs.json", headers=KEY).json()
+    schema = {**document["components"]["schemas"]["GenerateRequest"], "components": document["components"]}
+    validator = jsonschema.Draft202012Validator(schema)
+    image = base64.b64encode(IMAGE).decode()
+    for body, param in [({"prompt": "x", "mask": base64.b64encode(MASK).decode()}, "mask"),
+                        ({"prompt": "x", "outpaint": {"left": 8}, "input_image": None}, "outpaint"),
+                        ({"prompt": "x", "hires_scale": 1.5, "input_image": image}, "hires_scale")]:
+        assert not validator.is_valid(body), body
+        response = served.post("/generate", json={**body, "width": 64, "height": 64}, headers=KEY)
+        assert response.status_code == 400 and response.json()["detail"][0]["loc"] == [param], response.text
+    assert validator.is_valid({"prompt": "x", "mask": None, "outpaint": None, "hires_scale": 1.5})
+    assert validator.is_valid({"prompt": "x", "input_image": image, "outpaint": {"left": 8}})
+    # Limits of this server's configuration that are a plain maximum are stated as one.
+    images = document["components"]["schemas"]["ImagesRequest"]["properties"]
+    assert images["n"]["maximum"] == 2 and "transparent" not in str(images["background"]["anyOf"])
+
+
 def test_an_undeclared_method_gets_405_with_allow(served):
     response = served.request("TRACE", "/v1/models/alice-demo", headers=KEY)
     assert response.status_code == 405 and set(response.headers["allow"].split(", ")) == {"GET", "DELETE"}
@@ -127,23 +196,98 @@ def test_schemathesis_finds_nothing(app):
         "checks": {"enabled": True},
         "phases": {"stateful": {"max-steps": STATEFUL_STEPS}},
         "continue-on-failure": True,
-        "operations": [{"include-path-regex": DRAWING, "checks": {"positive_data_acceptance": {"enabled": False}}}],
     })
     schema = schemathesis.openapi.from_asgi("/docs.json", app, config=config, headers=KEY)
+    schema.hook("filter_case")(_within_what_the_schema_cannot_say)
+    schema.hook("map_case")(_real_images)
     failures = sorted({
         f"{check.name} on {finished.recorder.label}: {check.failure_info.failure.title}: "
-        f"{check.failure_info.code_sample}"[:600]
+        f"{_answer(finished.recorder, case_id)} {check.failure_info.code_sample}"[:900]
         for finished in _scenarios(from_schema(schema.exclude(path_regex=UNREACHABLE)).execute())
-        for checks in finished.recorder.checks.values() for check in checks
+        for case_id, checks in finished.recorder.checks.items() for check in checks
         if check.failure_info is not None
     })
     assert failures == [], "\n".join(failures)
 
 
+def _answer(recorder: object, case_id: str) -> str:
+    interaction = recorder.interactions.get(case_id)  # type: ignore[attr-defined]
+    response = getattr(interaction, "response", None)
+    return f"[{response.status_code} {response.content[:240]!r}]" if response is not None else ""
+
+
+def _drawing_settings(case: object) -> dict | None:
+    """The drawing settings of a generated body: the body itself, or a chat's `metadata`."""
+    body = getattr(case, "body", None)
+    if not isinstance(body, dict):
+        return None
+    settings = body.get("metadata") if "messages" in body else body
+    return settings if isinstance(settings, dict) else None
+
+
+def _within_what_the_schema_cannot_say(context: object, case: object) -> bool:
+    """Keeps the generated bodies within this server's limits that JSON Schema cannot state
+    (see the module's docstring)."""
+    settings = _drawing_settings(case)
+    if settings is None:
+        return True
+    width, height = settings.get("width"), settings.get("height")
+    size = settings.get("size")
+    if isinstance(size, str) and SIZE_PATTERN.match(size):  # the sides' limits are width's and height's
+        width, height = (int(side) for side in SIZE_PATTERN.match(size).groups())
+        if not all(64 <= side <= 2048 and side % 8 == 0 for side in (width, height)):
+            return False
+    if isinstance(settings.get("outpaint"), dict) and width is None and height is None:
+        width = height = 64  # the stand-in input image's side (_real_images), extended
+        borders = settings["outpaint"]
+        width += sum(v for k, v in borders.items() if k in ("left", "right") and isinstance(v, int))
+        height += sum(v for k, v in borders.items() if k in ("top", "bottom") and isinstance(v, int))
+    scale = settings.get("hires_scale")
+    scale = scale if _number(scale) else 1
+    if _number(width) and _number(height) and width * height * scale * scale > MAX_PIXELS:
+        return False
+    text = settings.get("parameters")  # from-parameters: its prompt (the text's first lines) within the limit
+    if isinstance(text, str) and len(text) > MAX_PROMPT_CHARS:
+        return False
+    clip_skip = settings.get("clip_skip")
+    return not (_number(clip_skip) and clip_skip > DEMO_CLIP_SKIP)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _real_images(context: object, case: object) -> object:
+    """An image where the generator wrote some text or bytes (JSON Schema cannot say "a PNG"):
+    a 64x64 picture, a mask of its size with a hole, or for from-parameters a PNG carrying
+    an A1111 `parameters` text."""
+    body = getattr(case, "body", None)
+    meta = getattr(case, "meta", None)
+    if not isinstance(body, dict) or meta is None or not meta.generation.mode.is_positive:
+        return case  # a schema-violating body stays one
+    from_parameters = case.operation.path.endswith("-parameters")  # type: ignore[attr-defined]
+    images = {"image": PARAMETERS_PNG if from_parameters else IMAGE, "mask": MASK}
+    if case.media_type == "multipart/form-data":  # type: ignore[attr-defined]
+        body.update({name: value for name, value in images.items() if body.get(name) is not None})
+        return case
+    settings = _drawing_settings(case) or {}
+    pictures = {"input_image": IMAGE, "mask": MASK, **({"image": PARAMETERS_PNG} if from_parameters else {})}
+    for where in (body, settings):
+        for name, value in pictures.items():
+            if isinstance(where.get(name), str):
+                where[name] = base64.b64encode(value).decode()
+    if isinstance(settings.get("input_images"), list):
+        settings["input_images"] = [base64.b64encode(IMAGE).decode() for _ in settings["input_images"]]
+    return case
+
+
 def _scenarios(events: Iterator[object]) -> Iterator[object]:
     for event in events:
         name = type(event).__name__
-        assert name != "NonFatalError", getattr(event, "info", event)
+        if name == "NonFatalError":  # Schemathesis' own error (a hook's, a schema it cannot read): its traceback
+            error = getattr(event.info, "_error", event.info)
+            raise AssertionError("".join(traceback.format_exception(error)) if isinstance(error, BaseException)
+                                 else str(error))
         if name == "ScenarioFinished" and getattr(event, "recorder", None) is not None:
             yield event
 
