@@ -93,7 +93,6 @@ def upload_schema(model: type[BaseModel], *files: str) -> dict[str, Any]:
     """A multipart form of `model`'s fields with the file parts `files` (the first required)."""
     schema = model.model_json_schema(ref_template=REF)
     SCHEMAS.update(schema.pop("$defs", {}))
-    schema.pop("not", None)  # a rule of the JSON route's (ImagesRequest: input_fidelity is an edit's)
     properties = {name: {"type": "string", "format": "binary", "description": f"The {name} file (PNG, JPEG or WebP)."}
                   for name in files}
     # A form has no null: a field left out is the default.

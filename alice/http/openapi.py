@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from alice import __version__
 from alice.config import Settings
 from alice.http import documented
+from alice.http.request_rules import add_cross_field_rules
 from alice.http.auth import is_open
 from alice.http.web_routes import STATIC_HEADERS
 from alice.protocol.native import GenerateRequest, GenerateResponse
@@ -117,6 +118,7 @@ def build_document(app: FastAPI, settings: Settings) -> dict[str, Any]:
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
     schemas.update(copy.deepcopy(documented.SCHEMAS))
+    add_cross_field_rules(schemas)
     forms = [media["schema"] for item in paths.values() for operation in item.values() if isinstance(operation, dict)
              for media in operation.get("requestBody", {}).get("content", {}).values() if "$ref" not in media["schema"]]
     _describe_server_limits([*schemas.values(), *forms], settings)

@@ -18,10 +18,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator
 from pydantic.fields import FieldInfo
 
-from alice.engine.families import Family
+from alice.engine.families import FAMILIES, Family
 from alice.engine.previews import MAX_PREVIEWS
 from alice.engine.prompt_tags import extract_prompt_loras
-from alice.engine.scheduler_names import SCHEDULER_NAMES, canonical_scheduler_name
+from alice.engine.scheduler_names import FLOW_EQUIVALENTS, SCHEDULER_NAMES, canonical_scheduler_name
 from alice.engine.spec import MAX_SEED, MAX_SIDE, GenerationSpec, drawing_settings, hires_size, setting
 
 MODEL_PREFIX = "sd/"
@@ -38,12 +38,43 @@ STORED_NAME = r"^(sd/)?[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$"
 MODEL_NAME = r"^$|" + STORED_NAME  # "" = the default model, as none
 # JSON Schema's word for "holds a character that is not white space".
 NON_BLANK = r"\S"
-# Rules across settings, declared once: the check that refuses a request breaking one (400
-# naming the setting) and the request schema (`_cross_field_rules`) both read them.
+# Rules across settings, declared once: the checks that refuse a request breaking one (400
+# naming the setting) and the served OpenAPI document (alice/http/request_rules.py) read them.
+# Not in the models' own JSON Schema: BentoML builds its document from GenerateRequest's too,
+# and its Schema class takes no `if`, `then` or `not` (`bentoml build` fails).
 # Settings that edit an input image: sent (not null) without `input_image`, refused.
 NEEDS_INPUT_IMAGE = ("mask", "outpaint")
 # Settings of text-to-image only (the hires fix is its second pass): refused with `input_image`.
 NOT_WITH_INPUT_IMAGE = ("hires_scale",)
+
+
+def _any_case(names: list[str]) -> str:
+    """An ECMA-262 pattern (JSON Schema's regex: no inline flags) of `names` in any case, with
+    the white space around them that canonical_scheduler_name strips."""
+    def word(name: str) -> str:
+        # Only the regex's own characters escaped: ECMA-262's unicode mode refuses `\\-`.
+        return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else "\\" + c if c in r"\.+*?^$()[]{}|" else c
+                       for c in name)
+    return r"^\s*(?:" + "|".join(word(name) for name in names) + r")\s*$"
+
+
+# The scheduler names canonical_scheduler_name accepts, as it reads them: any case. An enum
+# would say lowercase only (and refuse, in a generated client, what the server takes).
+SCHEDULER_PATTERN = _any_case(SCHEDULER_NAMES)
+
+
+def _schedulers_words() -> str:
+    """Which names a model takes (its family's), told in the description: the schema cannot
+    tie `scheduler` to `model`."""
+    by_family = "; ".join(
+        f"{', '.join(name for name, family in FAMILIES.items() if family.schedulers == names)}: {', '.join(names)}"
+        for names in dict.fromkeys(family.schedulers for family in FAMILIES.values()))
+    equivalents = "; ".join(
+        f"{', '.join(sd for sd, to in FLOW_EQUIVALENTS.items() if to == flow)}: {flow}"
+        for flow in dict.fromkeys(FLOW_EQUIVALENTS.values()))
+    return (f"Any case, of: {', '.join(SCHEDULER_NAMES)}. A model takes its family's (`GET /v1/models`: each "
+            f"model's `schedulers`): {by_family}. An SD name asked of a flow model draws its flow equivalent "
+            f"where the family has one ({equivalents}).")
 
 
 def _annotation_types(annotation: Any) -> tuple[Any, ...]:
@@ -178,12 +209,11 @@ class GenerationSettings(NoBooleanNumbers, DrawingSettings):  # type: ignore[mis
         if "loras" in properties:
             properties["loras"]["uniqueItems"] = True
             properties["loras"]["description"] += " Each LoRA once."
-        if "scheduler" in properties:  # the names canonical_scheduler_name accepts (any case, in fact)
-            for choice in (properties["scheduler"], *properties["scheduler"].get("anyOf", ())):
+        if "scheduler" in properties:
+            properties["scheduler"]["description"] += " " + _schedulers_words()
+            for choice in properties["scheduler"].get("anyOf", ()):
                 if choice.get("type") == "string":
-                    choice["enum"] = list(SCHEDULER_NAMES)
-        if "input_image" in properties:
-            schema.setdefault("allOf", []).extend(_cross_field_rules())
+                    choice["pattern"] = SCHEDULER_PATTERN
         return schema
 
     @field_validator("scheduler")
@@ -345,15 +375,6 @@ class GenerationSettings(NoBooleanNumbers, DrawingSettings):  # type: ignore[mis
 def sent(name: str) -> dict[str, Any]:
     """JSON Schema for "the object has `name`, not null" (a null setting is one left out)."""
     return {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
-
-
-def _cross_field_rules() -> list[dict[str, Any]]:
-    """NEEDS_INPUT_IMAGE and NOT_WITH_INPUT_IMAGE in JSON Schema 2020-12, for the request
-    schema's `allOf`. `if`/`then` and `not` rather than `dependentRequired`: a setting sent as
-    null is one left out, which `dependentRequired` (key present) cannot say."""
-    rules: list[dict[str, Any]] = [{"if": sent(name), "then": sent("input_image")} for name in NEEDS_INPUT_IMAGE]
-    rules += [{"not": {"allOf": [sent(name), sent("input_image")]}} for name in NOT_WITH_INPUT_IMAGE]
-    return rules
 
 
 # JSON Schema's words for a limit: what `/v1/settings` serves per setting, as the schema says it.

@@ -33,6 +33,9 @@ VARIATION_STRENGTH = 0.6
 
 # Every model ALICE serves draws opaque images; the answer says so.
 BACKGROUND = "opaque"
+# Options of an edit only, refused on /v1/images/generations: apply_image_options and the served
+# document's rule for ImagesRequest (alice/http/request_rules.py) read it.
+EDIT_OPTIONS = ("input_fidelity",)
 
 
 def _drawable_backgrounds(schema: dict[str, Any]) -> None:
@@ -80,9 +83,10 @@ def apply_image_options(
             "background 'transparent' is not possible: ALICE's models draw opaque images and cannot make a "
             "transparent background; use 'opaque' or 'auto'",
         )
-    if options.input_fidelity is not None and not editing:
-        raise InvalidRequest("input_fidelity", "input_fidelity applies to /v1/images/edits (how closely the edit "
-                                               "keeps the input image); leave it out here")
+    for name in EDIT_OPTIONS:
+        if getattr(options, name) is not None and not editing:
+            raise InvalidRequest(name, f"{name} applies to /v1/images/edits (how closely the edit "
+                                       "keeps the input image); leave it out here")
     out = {name: value for name, value in values.items()
            # OpenAI reads null as the default; for ALICE's own settings null means something else
            if not (value is None and name in ("output_format", "output_compression"))}

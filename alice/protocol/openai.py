@@ -36,7 +36,6 @@ SETTING_ALIASES = {
 }
 SIZE_PATTERN = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
 
-
 logger = logging.getLogger("alice.protocol")
 
 
@@ -110,14 +109,6 @@ class ImagesRequest(ImageOptions, OpenAIModel):  # quality, background...: image
     # Streaming (alice/protocol/image_events.py): `partial_images` live previews, then the image.
     stream: bool = False
     partial_images: int | None = Field(None, ge=0, le=3)
-
-    @classmethod
-    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
-        """As `/v1/images/generations` reads it: input_fidelity is an edit's, refused there
-        (apply_image_options); the edits' form (documented.upload_schema) takes the fields alone."""
-        schema = handler.resolve_ref_schema(handler(core_schema))
-        schema["not"] = {"required": ["input_fidelity"], "properties": {"input_fidelity": {"not": {"type": "null"}}}}
-        return schema
 
     @field_validator("stream", mode="before")
     @classmethod

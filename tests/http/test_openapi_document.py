@@ -11,13 +11,16 @@ machine cannot reach; a 502 there says nothing of ALICE) and BentoML's `/metrics
 the Prometheus folder of a `bentoml serve` process).
 
 Every check is on, "schema-valid request accepted" too: what JSON Schema can state about a
-request is in the document (cross-field rules as if/then and not, patterns, this server's
+request is in the document (cross-field rules as if/then and not, added to the served document
+only: alice/http/request_rules.py; patterns, the scheduler names in any case; this server's
 maximum of images). Two hooks keep the generated requests within what it cannot state, and
 widen nothing that counts as accepted: `_within_what_the_schema_cannot_say` drops requests past
 this server's pixels (width x height, after the hires fix or an outpaint: ALICE_MAX_PIXELS, a
 product of two fields), sizes whose sides break width's and height's limits (a `size` text's
-pattern cannot restate them), a clip_skip past the demo model's text encoder (a limit of the
-model) and an A1111 text longer than a prompt can be; `_real_images` puts a real PNG where a
+pattern cannot restate them), a scheduler of another family than the demo model's (the
+pattern takes every family's names; which a model takes depends on `model`, told in the
+description), a clip_skip past the demo model's text encoder (a limit of the model) and an
+A1111 text longer than a prompt can be; `_real_images` puts a real PNG where a
 positive request's image is (the generator writes any text or bytes: JSON Schema cannot say
 "a PNG", nor "a PNG carrying an A1111 text").
 """
@@ -26,13 +29,17 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from alice.engine.families import FAMILIES
+from alice.engine.scheduler_names import canonical_scheduler_name
 from alice.engine.spec import MAX_PROMPT_CHARS
+from alice.protocol.generation import SCHEDULER_PATTERN
 from alice.protocol.openai import SIZE_PATTERN
 from harness.environment import alice_environment
 from tests.fake_engine import FakeEngine
@@ -75,6 +82,7 @@ def _parameters_png() -> bytes:
 IMAGE, MASK, PARAMETERS_PNG = _image(), _mask(), _parameters_png()
 
 MAX_PIXELS = 256 * 256
+DEMO_SIDE = 64  # the demo model's native size; the stand-in input images' side (IMAGE, MASK)
 # The demo model's text encoder (alice/engine/demo.py) has 2 layers: clip_skip 3 reads its first.
 DEMO_CLIP_SKIP = 3
 MAX_EXAMPLES = 2
@@ -82,6 +90,7 @@ STATEFUL_STEPS = 10
 SEED = 20261207
 KEY = {"Authorization": f"Bearer {API_KEY}"}
 UNREACHABLE = r"^/v1/models/search/|^/metrics$"
+SCHEDULER = re.compile(SCHEDULER_PATTERN)
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +176,38 @@ def test_cross_field_rules_are_in_the_schema_and_the_server_refuses_what_breaks_
     assert images["n"]["maximum"] == 2 and "transparent" not in str(images["background"]["anyOf"])
 
 
+def test_bentoml_builds_its_own_document_from_the_request_models():
+    """`bentoml build` writes BentoML's own document (the Bento's apis/openapi.yaml and
+    schema.json) from `/generate`'s models; its Schema class takes a fixed set of keywords (no
+    `if`, `then`, `not`), so the rules across fields live in ALICE's served document only
+    (alice/http/request_rules.py). Every protocol model stays within those keywords, so any of
+    them can become a BentoML API's input."""
+    import importlib
+    import json
+    import pkgutil
+
+    import yaml
+    from bentoml._internal.service.openapi.specification import Schema
+    from pydantic import BaseModel
+
+    import alice.protocol
+    import service
+
+    yaml.dump(service.Alice.openapi_spec)  # what bentoml build does (bentoml/_internal/bento/bento.py)
+    json.dumps(service.Alice.schema())
+    keywords = {attribute.name for attribute in Schema.__attrs_attrs__} | {"$ref", "$defs"}
+    models = {value for info in pkgutil.iter_modules(alice.protocol.__path__)
+              for value in vars(importlib.import_module(f"alice.protocol.{info.name}")).values()
+              if isinstance(value, type) and issubclass(value, BaseModel) and value.__module__.startswith("alice.")}
+    assert len(models) > 20
+    for model in models:
+        schema = model.model_json_schema()
+        # BentoML builds a Schema of each model and each of its $defs, merging the first of an allOf or anyOf into it.
+        for part in (schema, *schema.get("$defs", {}).values()):
+            for merged in (part, *part.get("allOf", ()), *part.get("anyOf", ())):
+                assert set(merged) <= keywords, (model.__name__, set(merged) - keywords)
+
+
 def test_an_undeclared_method_gets_405_with_allow(served):
     response = served.request("TRACE", "/v1/models/alice-demo", headers=KEY)
     assert response.status_code == 405 and set(response.headers["allow"].split(", ")) == {"GET", "DELETE"}
@@ -202,12 +243,17 @@ def test_schemathesis_finds_nothing(app):
     schema.hook("map_case")(_real_images)
     failures = sorted({
         f"{check.name} on {finished.recorder.label}: {check.failure_info.failure.title}: "
-        f"{_answer(finished.recorder, case_id)} {check.failure_info.code_sample}"[:900]
+        f"{_answer(finished.recorder, case_id)} {_shortened(check.failure_info.code_sample)}"[:1200]
         for finished in _scenarios(from_schema(schema.exclude(path_regex=UNREACHABLE)).execute())
         for case_id, checks in finished.recorder.checks.items() for check in checks
         if check.failure_info is not None
     })
     assert failures == [], "\n".join(failures)
+
+
+def _shortened(code_sample: str) -> str:
+    """A failure's curl line with its images (base64) named rather than written out."""
+    return re.sub(r"iVBORw0KGgo[A-Za-z0-9+/=]+", "<PNG>", code_sample)
 
 
 def _answer(recorder: object, case_id: str) -> str:
@@ -238,16 +284,22 @@ def _within_what_the_schema_cannot_say(context: object, case: object) -> bool:
         if not all(64 <= side <= 2048 and side % 8 == 0 for side in (width, height)):
             return False
     if isinstance(settings.get("outpaint"), dict) and width is None and height is None:
-        width = height = 64  # the stand-in input image's side (_real_images), extended
+        width = height = DEMO_SIDE  # the stand-in input image's side (_real_images), extended
         borders = settings["outpaint"]
         width += sum(v for k, v in borders.items() if k in ("left", "right") and isinstance(v, int))
         height += sum(v for k, v in borders.items() if k in ("top", "bottom") and isinstance(v, int))
+    # A side left out is the demo model's native one (its stand-in input image's too).
+    width, height = (side if _number(side) else DEMO_SIDE for side in (width, height))
     scale = settings.get("hires_scale")
     scale = scale if _number(scale) else 1
-    if _number(width) and _number(height) and width * height * scale * scale > MAX_PIXELS:
+    if width * height * scale * scale > MAX_PIXELS:
         return False
     text = settings.get("parameters")  # from-parameters: its prompt (the text's first lines) within the limit
     if isinstance(text, str) and len(text) > MAX_PROMPT_CHARS:
+        return False
+    scheduler = settings.get("scheduler")  # the pattern takes every family's names; the demo, SD 1.5's
+    if isinstance(scheduler, str) and SCHEDULER.match(scheduler) and \
+            canonical_scheduler_name(scheduler) not in FAMILIES["sd15"].schedulers:
         return False
     clip_skip = settings.get("clip_skip")
     return not (_number(clip_skip) and clip_skip > DEMO_CLIP_SKIP)
