@@ -36,6 +36,7 @@ _SPEC_FIELDS = frozenset(field.name for field in dataclasses.fields(GenerationSp
 # A stored model's name (alice/models/store.py checks it: 400 otherwise), `sd/` allowed.
 STORED_NAME = r"^(sd/)?[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$"
 MODEL_NAME = r"^$|" + STORED_NAME  # "" = the default model, as none
+LORA_NAME = STORED_NAME.replace("(sd/)?", "")  # a LoRA is named without the prefix
 # JSON Schema's word for "holds a character that is not white space".
 NON_BLANK = r"\S"
 # Rules across settings, declared once: the checks that refuse a request breaking one (400
@@ -123,7 +124,9 @@ class Outpaint(BaseModel):
 
 
 class LoraChoice(BaseModel):
-    name: str = Field(min_length=1, max_length=63, description="A LoRA stored in ALICE's model store.")
+    # The store's name rule in the schema only: the store refuses another name (400) when the LoRA is looked up.
+    name: str = Field(min_length=1, max_length=63, json_schema_extra={"pattern": LORA_NAME},
+                      description="A LoRA stored in ALICE's model store.")
     scale: float = Field(1.0, ge=-5, le=5, allow_inf_nan=False, description="Strength of the LoRA.")
 
 
