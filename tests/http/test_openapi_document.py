@@ -388,7 +388,7 @@ class _InProcess:
 
 def test_a_client_generated_from_the_document_draws(served, tmp_path_factory):
     """openapi-python-client (pinned) builds a typed client from `/docs.json`; it calls the native,
-    job and Images API routes and reads their answers with its generated models."""
+    job, Images API and chat routes and reads their answers with its generated models."""
     import importlib
     import json
     import os
@@ -431,6 +431,15 @@ def test_a_client_generated_from_the_document_draws(served, tmp_path_factory):
             client=client, body=models.ImagesRequest(prompt="a green star", size="64x64",
                                                      response_format=models.ImagesRequestResponseFormat.B64_JSON))
         assert answer.status_code == 200 and json.loads(answer.content)["data"][0]["b64_json"]
+
+        # SAM's route: its settings as SAM sends them (samConfig), one generated class for all three places.
+        chat = importlib.import_module("alice_client.api.openai.chat_completions")
+        said = chat.sync_detailed(client=client, body=models.ChatCompletionRequest(
+            messages=[models.ChatMessage(role="user", content="a yellow moon")],
+            samConfig=models.ChatSettings.from_dict({"steps": 2, "width": 64, "height": 64, "seed": 5})))
+        assert said.status_code == 200, said.content
+        metadata = json.loads(said.content)["choices"][0]["message"]["metadata"]
+        assert (metadata["steps"], metadata["width"], metadata["seed"]) == (2, 64, 5)
     finally:
         sys.path.remove(str(folder))
         for name in [name for name in sys.modules if name.startswith("alice_client")]:
