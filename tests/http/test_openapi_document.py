@@ -190,6 +190,21 @@ def test_cross_field_rules_are_in_the_schema_and_the_server_refuses_what_breaks_
     assert images["n"]["maximum"] == 2 and "transparent" not in str(images["background"]["anyOf"])
 
 
+def test_scheduler_names_are_stated_in_any_case_as_the_server_reads_them(served):
+    import jsonschema
+
+    document = served.get("/docs.json", headers=KEY).json()
+    schema = {**document["components"]["schemas"]["GenerateRequest"], "components": document["components"]}
+    validator = jsonschema.Draft202012Validator(schema)
+    scheduler = document["components"]["schemas"]["GenerateRequest"]["properties"]["scheduler"]
+    assert "sd15, sd2, sdxl: ddim" in scheduler["description"]  # which a family takes, told
+    for name, status in ((" DPM++_2M_Karras ", 200), ("dpm+", 400)):
+        assert validator.is_valid({"prompt": "x", "scheduler": name}) == (status == 200), name
+        answer = served.post("/generate", json={"prompt": "x", "scheduler": name, "steps": 2, "width": 64,
+                                                "height": 64}, headers=KEY)
+        assert answer.status_code == status, answer.text
+
+
 def test_bentoml_builds_its_own_document_from_the_request_models():
     """`bentoml build` writes BentoML's own document (the Bento's apis/openapi.yaml and
     schema.json) from `/generate`'s models; its Schema class takes a fixed set of keywords (no
