@@ -71,6 +71,22 @@ def named_in(text: str, name: str) -> bool:
     return _word(name).search(text) is not None
 
 
+def spelled_out(text: str, name: str, spelling: str) -> str:
+    """The text with each mention of the embedding `name` written as `spelling` (as the engine
+    writes it as its token)."""
+    return _word(name).sub(lambda _: spelling, text)
+
+
+def embedding_shape(path: Path) -> tuple[tuple[int, ...], int]:
+    """A stored embedding's widths (one per encoder) and its number of vectors, from the file's
+    header alone: each vector takes a token of the prompt, as in A1111."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as weights:
+        shapes = [weights.get_slice(key).get_shape() for key in ("clip_l", "clip_g") if key in weights.keys()]
+    return tuple(shape[-1] for shape in shapes), shapes[0][0]
+
+
 @contextlib.contextmanager
 def embeddings_applied(pipe: DiffusionPipeline, embeddings: Sequence[tuple[str, Path]]) -> Iterator[None]:
     """Load each (name, stored file) that fits the pipeline's encoders for the duration, then
@@ -108,7 +124,7 @@ def embeddings_applied(pipe: DiffusionPipeline, embeddings: Sequence[tuple[str, 
 def spell_embeddings(pipe: DiffusionPipeline, text: str) -> str:
     """The prompt with each loaded embedding's name written as its token."""
     for name, token in getattr(pipe, _ATTRIBUTE, {}).items():
-        text = _word(name).sub(token, text)
+        text = spelled_out(text, name, token)
     return text
 
 
@@ -117,6 +133,8 @@ def _word(name: str) -> re.Pattern[str]:
 
 
 def _fits(pipe: DiffusionPipeline, vectors: dict[str, torch.Tensor]) -> bool:
+    if not hasattr(pipe, "load_textual_inversion"):  # SD 3's CLIP pair is as wide as SDXL's, and takes none
+        return False
     encoders = clip_encoders(pipe)
     widths = [encoder.get_input_embeddings().weight.shape[-1] for _, encoder in encoders]
     return len(vectors) == len(encoders) and all(v.shape[-1] == w for v, w in zip(vectors.values(), widths))

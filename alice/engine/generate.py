@@ -21,7 +21,7 @@ from alice.engine.embeddings import spell_embeddings
 from alice.engine.families import Family, family_of_pipeline
 from alice.engine.finite import finite_decode
 from alice.engine.hires import first_pass_output, second_pass_arguments, second_pass_steps, upscaled
-from alice.engine.masks import blend_back
+from alice.engine.masks import blend_back, takes_the_mask, whole_redraw
 from alice.engine.previews import Preview, PreviewDecoder, decoder_for, preview_steps, unpacked
 from alice.engine.prompt_embeds import encode_prompts, needs_own_encoding
 from alice.engine.prompt_tags import extract_prompt_loras
@@ -278,6 +278,10 @@ def _draw(
         # Inpaint pipelines take the mask (white = redraw) and the size, which they round to 8.
         resized = [mask.convert("L").resize(size, Image.Resampling.NEAREST) for mask in masks]
         image_args.update(mask_image=resized[0] if single else resized, width=spec.width, height=spec.height)
+    # An inpainting checkpoint drawing text to image (and its hires fix) redraws everything, as A1111 does.
+    redraws_all = masks[0] is None and init_images[0] is None and takes_the_mask(pipe)
+    if redraws_all:
+        image_args = {**whole_redraw(size, len(call), single), "strength": 1.0}
     if not single and hasattr(pipe.vae, "enable_slicing"):
         # One image's decode at a time: a batch needs no more decoder memory than one image
         # (see images_per_call); alone, diffusers' slicing changes nothing.
@@ -317,9 +321,16 @@ def _draw(
             # its own would have (A1111 draws the second pass's noise from the seeds too).
             hires_pipe.scheduler = build_scheduler(spec.scheduler, base_scheduler_config, seeds[0] if single else seeds)
             generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+            second = second_pass_arguments(spec, upscaled(result.images, spec), single)
+            if redraws_all:
+                second.update(whole_redraw(spec.final_size, len(call), single, image=second["image"]))
+                if isinstance(second["image"], torch.Tensor):
+                    # Latents: diffusers masks an image's pixels, so the masked image is given, as
+                    # its pixel path makes it (the image x 0: grey), and encoded by the pipeline.
+                    second["masked_image_latents"] = torch.zeros(len(call), 3, *reversed(spec.final_size))
             result = hires_pipe(
                 **text_args,
-                **second_pass_arguments(spec, upscaled(result.images, spec), single),
+                **second,
                 generator=generators[0] if single else generators,
                 callback_on_step_end=step_end,
                 output_type="pil",

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from alice.engine.spec import GenerationSpec, drawn_strength
+from alice.engine.spec import GenerationSpec, drawn_strength, hires_crop_box
 
 if TYPE_CHECKING:
     import torch
@@ -33,13 +33,21 @@ def first_pass_output(spec: GenerationSpec) -> str:
 
 
 def upscaled(first: Any, spec: GenerationSpec) -> torch.Tensor | list[Image.Image]:
-    """The first pass's output at the final size: latents (a batch tensor) or PIL images."""
-    width, height = spec.final_size
+    """The first pass's output at the final size: latents (a batch tensor) or PIL images.
+
+    A target of another aspect (hires_width x hires_height) is covered, then its middle kept,
+    as A1111 does. A1111 crops the latents in both upscalers; `lanczos` here crops the image on
+    the same grid of 8 before img2img encodes it (the VAE then sees no pixels past the edge)."""
+    width, height = spec.upscaled_size
+    box = hires_crop_box((width, height), spec.final_size)
+    whole = box == (0, 0, width // 8, height // 8)
     if spec.hires_upscaler == "latent":
         import torch.nn.functional as F
 
-        return F.interpolate(first, size=(height // 8, width // 8), mode="bilinear", antialias=False)
-    return [image.resize((width, height), Image.Resampling.LANCZOS) for image in first]
+        latents = F.interpolate(first, size=(height // 8, width // 8), mode="bilinear", antialias=False)
+        return latents if whole else latents[:, :, box[1]:box[3], box[0]:box[2]]
+    images = [image.resize((width, height), Image.Resampling.LANCZOS) for image in first]
+    return images if whole else [image.crop(tuple(8 * side for side in box)) for image in images]
 
 
 def second_pass_steps(spec: GenerationSpec) -> int:

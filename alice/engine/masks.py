@@ -8,8 +8,12 @@ area to redraw); `mask_from_alpha` turns that into this form.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from PIL import Image, ImageFilter
+
+from alice.engine.pipeline_configs import INPAINTING_UNET_CHANNELS
 
 # The soft edge of the blend-back, in pixels of the drawn image: the drawn pixels fade into the
 # original over this distance inside the masked area (A1111's default "mask blur" is 4 too).
@@ -111,3 +115,23 @@ def blend_back(original: Image.Image, drawn: Image.Image, mask: Image.Image, rad
 
 def redraws_anything(mask: Image.Image) -> bool:
     return bool(np.asarray(mask.convert("L")).any())
+
+
+def takes_the_mask(pipe: Any) -> bool:
+    """Whether the pipeline's UNet is an inpainting checkpoint's (it takes the mask and the masked
+    image beside the latents): it draws nothing without them."""
+    config = getattr(getattr(pipe, "unet", None), "config", None)
+    return getattr(config, "in_channels", None) == INPAINTING_UNET_CHANNELS
+
+
+def whole_redraw(size: tuple[int, int], count: int, single: bool, image: Any = None) -> dict[str, Any]:
+    """An inpaint pipeline's arguments that redraw all of an image of `size`: A1111's text to image
+    (and hires fix) on an inpainting model, whose UNet is told "all masked" (a white mask) over an
+    image of nothing. `image`: what the pass starts from (the hires fix's upscaled first pass); none,
+    a blank one, which a first pass at strength 1 only takes its size from. The masked image is
+    diffusers' (the image x 0: grey, or zero latents); A1111 conditions its first pass on black."""
+    mask = Image.new("L", size, 255)
+    if image is None:
+        image = Image.new("RGB", size)
+        image = image if single else [image] * count
+    return {"image": image, "mask_image": mask if single else [mask] * count, "width": size[0], "height": size[1]}

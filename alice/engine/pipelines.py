@@ -118,7 +118,8 @@ def load_pipeline(
     in_host_memory = not placement.is_gpu or preset.cpu_offload != "none"
     # The family's own class, not AutoPipeline's guess from the index: a folder whose index names
     # its img2img class loads as text-to-image all the same. An inpainting checkpoint's 9-channel
-    # UNet draws nothing but masked edits: it loads as the family's inpaint class.
+    # UNet draws nothing without a mask: it loads as the family's inpaint class (text to image is
+    # drawn through it all masked, alice/engine/masks.py whole_redraw).
     inpainting = family.inpaint is not None and is_inpainting_checkpoint(folder)
     pipeline_class = getattr(diffusers, family.inpaint if inpainting else family.text_to_image)
     pipe = pipeline_class.from_pretrained(

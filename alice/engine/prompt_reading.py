@@ -18,15 +18,20 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alice.engine.embeddings import named_in, spelled_out
 from alice.engine.families import Family
 from alice.engine.prompt_embeds import chunk_length, token_chunks
 from alice.engine.prompt_tags import extract_prompt_loras
 from alice.engine.prompt_weights import has_weight_syntax, plain_text
 
+# One CLIP token that is no comma (a comma moves the chunk's end): an embedding's vectors counted as these.
+_ONE_TOKEN = "a"
 MAX_PROMPT_CHUNKS = 8  # 600 tokens of CLIP: longer than any prompt CivitAI shows, and each chunk costs cross-attention
 _TOKENIZERS = ("tokenizer", "tokenizer_2", "tokenizer_3")
 
@@ -46,14 +51,30 @@ class _Tokenizer:
     is_clip: bool
 
 
-def read_prompts(folder: Path, family: Family, prompt: str, negative_prompt: str) -> tuple[str, ...]:
+@dataclass(frozen=True)
+class NamedEmbedding:
+    """A stored textual-inversion embedding a prompt names: its store's family label, the width
+    of its vectors for each encoder, and how many vectors (tokens) it takes."""
+
+    name: str
+    family: str
+    widths: tuple[int, ...]
+    vectors: int
+
+
+def read_prompts(
+    folder: Path, family: Family, prompt: str, negative_prompt: str, embeddings: Sequence[NamedEmbedding] = (),
+) -> tuple[str, ...]:
     """Notes on what the model reads differently from what was written (empty: all of it, as
-    written); PromptTooLong for a prompt past what ALICE reads."""
+    written); PromptTooLong for a prompt past what ALICE reads. `embeddings`: the stored ones the
+    prompts name; each that fits the model counts its vectors, not its name's words, towards the
+    limit (A1111 counts them so), and one of another family is said to be skipped."""
     notes: list[str] = []
     tokenizers = _tokenizers(str(folder))
     for field, text in (("prompt", extract_prompt_loras(prompt)[0]), ("negative_prompt", negative_prompt)):
         if not text:
             continue
+        text = _embeddings_read(folder, family, field, text, embeddings, notes)
         if family.is_unet:
             _check_chunks(tokenizers, field, text)
             continue
@@ -63,6 +84,27 @@ def read_prompts(folder: Path, family: Family, prompt: str, negative_prompt: str
             text = plain_text(text)
         notes.extend(_check_sequence(tokenizers, family, field, text))
     return tuple(notes)
+
+
+def _embeddings_read(
+    folder: Path, family: Family, field: str, text: str, embeddings: Sequence[NamedEmbedding], notes: list[str],
+) -> str:
+    """The text as the encoder will count it: an embedding the model loads written as one plain
+    token per vector (the engine spells it as that many added tokens); one it skips noted, its name
+    left as words (as the engine leaves it; A1111 skips those too)."""
+    widths = _encoder_widths(str(folder)) if family.is_unet else ()
+    for embedding in embeddings:
+        if not named_in(text, embedding.name):
+            continue
+        if widths and embedding.widths == widths:
+            text = spelled_out(text, embedding.name, " ".join([_ONE_TOKEN] * embedding.vectors))
+            continue
+        wide = " + ".join(str(width) for width in embedding.widths)
+        model = (f"this model's text encoders are {' + '.join(str(width) for width in widths)} wide" if widths
+                 else f"{family.name} models take no embeddings")
+        notes.append(f"{field}: the embedding '{embedding.name}' is for {embedding.family} models (vectors {wide} "
+                     f"wide) and {model}: skipped, its name read as words")
+    return text
 
 
 def _check_chunks(tokenizers: list[_Tokenizer], field: str, text: str) -> None:
@@ -102,6 +144,17 @@ def max_sequence_length(family: Family) -> int | None:
 
     parameter = inspect.signature(getattr(diffusers, family.text_to_image).__call__).parameters.get("max_sequence_length")
     return parameter.default if parameter is not None and isinstance(parameter.default, int) else None
+
+
+@functools.lru_cache(maxsize=16)
+def _encoder_widths(folder: str) -> tuple[int, ...]:
+    """The widths of a UNet model's CLIP encoders' token embeddings (SDXL: both), from their configs."""
+    widths = []
+    for name in ("text_encoder", "text_encoder_2"):
+        config = Path(folder) / name / "config.json"
+        if config.is_file():
+            widths.append(int(json.loads(config.read_text()).get("hidden_size", 0)))
+    return tuple(widths)
 
 
 @functools.lru_cache(maxsize=16)

@@ -113,11 +113,40 @@ class GenerationSpec:
         Field(description="Hires fix: how the first pass is upscaled: `latent` (its latents, bilinear, as "
                           "A1111's \"Latent\") or `lanczos` (the decoded image, as A1111's \"Lanczos\")."),
     ] = "latent"
+    # A1111's "Hires resize" (its hr_resize_x/hr_resize_y): a target size instead of a scale. The
+    # request's hires_scale is derived from it (the cover scale, alice/protocol/generation.py), so
+    # hires_scale stays the hires fix's switch everywhere; these two say where the second pass crops.
+    hires_width: Annotated[
+        int | None,
+        Field(
+            ge=64, le=MAX_SIDE, multiple_of=8,
+            description="Hires fix to a size instead of a scale (A1111's \"Hires resize\"): the final width. The "
+            "first pass is upscaled to cover hires_width x hires_height and the middle is kept; given alone, "
+            "the height follows the aspect of width x height. Sets hires_scale.",
+        ),
+    ] = None
+    hires_height: Annotated[
+        int | None,
+        Field(
+            ge=64, le=MAX_SIDE, multiple_of=8,
+            description="Hires fix to a size instead of a scale: the final height (see hires_width).",
+        ),
+    ] = None
 
     @property
     def final_size(self) -> tuple[int, int]:
         """The size of the images drawn: the hires fix's second pass's, else width x height."""
+        if self.hires_width or self.hires_height:
+            return hires_resize(self.width, self.height, self.hires_width, self.hires_height)[1]
         return hires_size(self.width, self.height, self.hires_scale)
+
+    @property
+    def upscaled_size(self) -> tuple[int, int]:
+        """The size the hires fix upscales the first pass to, before any crop (= final_size
+        unless hires_width x hires_height has another aspect than width x height)."""
+        if self.hires_width or self.hires_height:
+            return hires_resize(self.width, self.height, self.hires_width, self.hires_height)[0]
+        return self.final_size
 
 
 def hires_size(width: int, height: int, scale: float | None) -> tuple[int, int]:
@@ -139,6 +168,32 @@ def drawn_strength(steps: int, strength: float) -> float:
         while int(steps * drawn) < 1:  # 49 x (1/49) is 0.999...: the next float up
             drawn = math.nextafter(drawn, 2.0)
     return drawn
+
+
+def hires_resize(
+    width: int, height: int, target_width: int | None, target_height: int | None,
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """A1111's "Hires resize" to target_width x target_height (None: from the other side, keeping
+    the aspect), as its StableDiffusionProcessingTxt2Img computes it: (the size the first pass is
+    upscaled to, covering the target; the size kept of it, its middle). A1111 crops whole latent
+    pixels, so a kept side is a multiple of 8."""
+    if not target_height:
+        upscaled = (target_width or width, (target_width or width) * height // width)
+    elif not target_width:
+        upscaled = (target_height * width // height, target_height)
+    else:
+        # A1111 compares width / height < target_width / target_height; multiplied out, exactly.
+        upscaled = ((target_width, target_width * height // width) if width * target_height < target_width * height
+                    else (target_height * width // height, target_height))
+    box = hires_crop_box(upscaled, (target_width or upscaled[0], target_height or upscaled[1]))
+    return upscaled, ((box[2] - box[0]) * 8, (box[3] - box[1]) * 8)
+
+
+def hires_crop_box(upscaled: tuple[int, int], target: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The latents kept of an upscaled first pass (left, top, right, bottom, in latent pixels of 8):
+    A1111's truncate_x/truncate_y, the odd one off the right and bottom."""
+    cut_x, cut_y = (upscaled[0] - target[0]) // 8, (upscaled[1] - target[1]) // 8
+    return cut_x // 2, cut_y // 2, upscaled[0] // 8 - (cut_x + 1) // 2, upscaled[1] // 8 - (cut_y + 1) // 2
 
 
 def drawing_settings() -> dict[str, tuple[Any, Any]]:
@@ -188,5 +243,5 @@ def batch_key(spec: GenerationSpec) -> tuple:
     shared["strength"] = spec.strength if img2img else None  # text-to-image ignores it
     shared["loras"] = tuple(sorted(spec.loras))
     if spec.hires_scale is None:  # without a hires fix its other settings do nothing
-        shared.update(hires_steps=None, hires_strength=None, hires_upscaler=None)
+        shared.update(hires_steps=None, hires_strength=None, hires_upscaler=None, hires_width=None, hires_height=None)
     return (img2img, masked, *sorted(shared.items()))

@@ -1,7 +1,8 @@
 """Routes for jobs: submit without waiting, list, poll, cancel; and the metrics summary.
 
 With roles on (ALICE_ADMIN_KEYS), a user key lists, reads and cancels its own jobs only: another
-key's job is a 404, as an unknown one, so its existence is not told either."""
+key's job is a 404, as an unknown one, so its existence is not told either. With roles on, a job's
+view names its `owner` (the key's name), which an admin needs to tell the keys' jobs apart."""
 
 from __future__ import annotations
 
@@ -25,7 +26,10 @@ router = APIRouter(prefix="/v1", tags=["generation"])
 
 
 def job_view(job: Job, request: Request, runtime: Runtime) -> dict[str, Any]:
-    return {**public_job(job), "image_urls": image_urls(request, runtime, job)}
+    view = {**public_job(job), "image_urls": image_urls(request, runtime, job)}
+    if current_caller().roles:  # whose job it is (a key's name; null before roles): only where roles are on,
+        view["owner"] = job.owner  # so a server without them answers exactly as before
+    return view
 
 
 @router.post("/jobs", status_code=202, openapi_extra=json_body(GenerateRequest),

@@ -219,7 +219,7 @@ def list_models(runtime: Runtime = Depends(get_runtime)) -> Any:
 
 def drawing_facts(model: model_store.StoredModel) -> dict[str, Any]:
     """How a stored model draws: its family's facts, with the native size its own configs give,
-    and whether it is an inpainting checkpoint (masked edits only)."""
+    and whether it is an inpainting checkpoint (masked edits, and text to image all masked)."""
     return {**model.family_facts.facts(), "native_size": model.native_size,
             "inpainting_checkpoint": model.inpainting}
 

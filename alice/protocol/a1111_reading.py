@@ -13,6 +13,7 @@ import base64
 import binascii
 import io
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from alice.engine.scheduler_names import scheduler_for_sampler
-from alice.engine.spec import MAX_PROMPT_CHARS
+from alice.engine.spec import MAX_PROMPT_CHARS, hires_resize
 from alice.protocol.a1111 import a1111_labels, parse_a1111_parameters, settings_from_a1111
 from alice.protocol.generation import (
     MAX_INPUT_IMAGE_CHARS,
@@ -39,7 +40,7 @@ _INFORMATIONAL = frozenset({"Version", "Lora hashes", "TI hashes", "Emphasis", "
 _KARRAS = "Karras"
 # The labels read into settings (the rest of the text's keys are reported or informational).
 _READ = frozenset({"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model", "LoRAs",
-                   "Hires upscale", "Hires steps", "Hires upscaler", "Denoising strength", *a1111_labels().values()})
+                   "Hires upscale", "Hires resize", "Hires steps", "Hires upscaler", "Denoising strength", *a1111_labels().values()})
 # A1111's "Latent" upscalers and plain resizes, as ALICE's two (the others are models: ESRGAN...).
 _LATENT_PREFIX = "Latent"
 _PIXEL_RESIZES = {"Lanczos": "lanczos"}
@@ -105,7 +106,7 @@ def read_parameters(text: str) -> Reading:
     settings.pop("strength", None)  # "Denoising strength" is the hires fix's (below) or an img2img's
     _sampler(settings, found, notes)
     _hires(settings, found, notes)
-    if "Denoising strength" in found and "Hires upscale" not in found:
+    if "Denoising strength" in found and "Hires upscale" not in found and "Hires resize" not in found:
         notes.append(f"Denoising strength: {found['Denoising strength']} (an img2img setting; this draws text to image)")
     for key, value in found.items():
         if key not in _READ and key not in _INFORMATIONAL:
@@ -156,15 +157,19 @@ def _sampler(settings: dict[str, Any], found: dict[str, str], notes: list[str]) 
 
 def _hires(settings: dict[str, Any], found: dict[str, str], notes: list[str]) -> None:
     """A1111's hires fix lines as the hires_* settings."""
-    if "Hires resize" in found and "Hires upscale" not in found:
-        return  # reported as unknown: ALICE scales, it does not resize to a size
-    if "Hires upscale" not in found:
+    resize = _resize(settings, found, notes)
+    if resize is None and "Hires upscale" not in found:
         for key in ("Hires steps", "Hires upscaler"):
             if key in found:
-                notes.append(f"{key}: {found[key]} (without Hires upscale, no hires fix)")
+                notes.append(f"{key}: {found[key]} (without Hires upscale or Hires resize, no hires fix)")
         return
-    values: dict[str, Any] = {"hires_scale": found["Hires upscale"], "hires_steps": found.get("Hires steps"),
-                              "hires_strength": found.get("Denoising strength")}
+    values: dict[str, Any] = {"hires_steps": found.get("Hires steps"), "hires_strength": found.get("Denoising strength")}
+    if resize is None:
+        values["hires_scale"] = found["Hires upscale"]
+    else:  # A1111 writes one of the two; were both there, its resize wins over the scale
+        settings.update({name: side for name, side in zip(("hires_width", "hires_height"), resize) if side})
+        if "Hires upscale" in found:
+            notes.append(f"Hires upscale: {found['Hires upscale']} (Hires resize sets the size)")
     for name, value in values.items():
         if value is None:
             continue
@@ -177,7 +182,7 @@ def _hires(settings: dict[str, Any], found: dict[str, str], notes: list[str]) ->
         if settings[name] is None or not _valid(name, settings[name]):
             settings.pop(name, None)
             notes.append(f"{_HIRES_LABELS[name]}: {value} (out of this server's range)")
-    if "hires_scale" not in settings:
+    if "hires_scale" not in settings and resize is None:
         return
     upscaler = found.get("Hires upscaler", "Latent")
     if upscaler == _LATENT_PREFIX:
@@ -190,6 +195,31 @@ def _hires(settings: dict[str, Any], found: dict[str, str], notes: list[str]) ->
     else:  # an upscaler model (ESRGAN, 4x-UltraSharp...): ALICE's store has none yet
         settings["hires_upscaler"] = "lanczos"
         notes.append(f"Hires upscaler: {upscaler} (no upscaler models here; Lanczos used)")
+
+
+def _resize(settings: dict[str, Any], found: dict[str, str], notes: list[str]) -> tuple[int, int] | None:
+    """A1111's "Hires resize: WxH" (its hr_resize_x x hr_resize_y, 0 = from the other side), when
+    ALICE can draw it: the sides within hires_width's limits, the cover scale within hires_scale's
+    (when the text's Size says it). "0x0" is no resize."""
+    text = found.get("Hires resize")
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d{1,5})\s*x\s*(\d{1,5})\s*", text)
+    if match is None:
+        notes.append(f"Hires resize: {text} (not a size WxH)"[:200])
+        return None
+    sides = int(match[1]), int(match[2])
+    if sides == (0, 0):
+        return None
+    if not all(side == 0 or _valid("hires_width", side) for side in sides):
+        notes.append(f"Hires resize: {text} (out of this server's range)"[:200])
+        return None
+    if "width" in settings and "height" in settings:
+        (up_width, up_height), _ = hires_resize(settings["width"], settings["height"], *(side or None for side in sides))
+        if not (settings["width"] <= up_width <= 4 * settings["width"] and settings["height"] <= up_height <= 4 * settings["height"]):
+            notes.append(f"Hires resize: {text} (not 1 to 4 times the Size; no hires fix)"[:200])
+            return None
+    return sides
 
 
 _HIRES_LABELS = {"hires_scale": "Hires upscale", "hires_steps": "Hires steps", "hires_strength": "Denoising strength"}

@@ -51,6 +51,8 @@ class JobView(BaseModel):
     image_urls: list[str]
     preview: PreviewView | None = Field(None, description="`GET /v1/jobs/{id}` of a job that asked for `previews`: "
                                                           "its newest one so far, or null.")
+    owner: str | None = Field(None, description="The name of the key that queued it; only where roles are on "
+                                                "(ALICE_ADMIN_KEYS).")
 
 
 class JobList(BaseModel):

@@ -22,7 +22,9 @@ from alice.engine.families import FAMILIES, Family
 from alice.engine.previews import MAX_PREVIEWS
 from alice.engine.prompt_tags import extract_prompt_loras
 from alice.engine.scheduler_names import FLOW_EQUIVALENTS, SCHEDULER_NAMES, canonical_scheduler_name
-from alice.engine.spec import MAX_SEED, MAX_SIDE, GenerationSpec, drawing_settings, hires_size, setting
+from alice.engine.spec import (
+    MAX_SEED, MAX_SIDE, GenerationSpec, drawing_settings, hires_resize, hires_size, setting, setting_limit,
+)
 
 MODEL_PREFIX = "sd/"
 MAX_INPUT_IMAGE_CHARS = 28_000_000  # 20 MB of image as base64
@@ -45,8 +47,9 @@ NON_BLANK = r"\S"
 # and its Schema class takes no `if`, `then` or `not` (`bentoml build` fails).
 # Settings that edit an input image: sent (not null) without `input_image`, refused.
 NEEDS_INPUT_IMAGE = ("mask", "outpaint")
-# Settings of text-to-image only (the hires fix is its second pass): refused with `input_image`.
-NOT_WITH_INPUT_IMAGE = ("hires_scale",)
+# Settings of text-to-image only (the hires fix, by scale or to a size, is its second pass):
+# refused with `input_image`.
+NOT_WITH_INPUT_IMAGE = ("hires_scale", "hires_width", "hires_height")
 
 
 def _any_case(names: list[str]) -> str:
@@ -249,11 +252,33 @@ class GenerationSettings(NoBooleanNumbers, DrawingSettings):  # type: ignore[mis
             seed=self.seed if self.seed is not None else secrets.randbelow(MAX_SEED + 1 - 16),
             loras=tuple((choice.name, choice.scale) for choice in self.requested_loras()),
         )
-        chosen = self.model_copy(update={name: values[name] for name in ("width", "height", *FAMILY_DEFAULTS)})
+        values["hires_scale"] = self._hires_scale(values["width"], values["height"])
+        chosen = self.model_copy(
+            update={name: values[name] for name in ("width", "height", "hires_scale", *FAMILY_DEFAULTS)})
         chosen.check_limits(max_pixels=max_pixels, max_images=max_images, text_encoder_layers=text_encoder_layers)
         if family is not None:
             chosen.check_family(family)
         return GenerationSpec(**values)
+
+    def _hires_scale(self, width: int, height: int) -> float | None:
+        """The hires fix's scale: as asked, or, for a target size (hires_width x hires_height,
+        A1111's "Hires resize"), the scale that covers it, held to hires_scale's limits."""
+        if self.hires_width is None and self.hires_height is None:
+            return self.hires_scale
+        (up_width, up_height), _ = hires_resize(width, height, self.hires_width, self.hires_height)
+        scale = round(max(up_width / width, up_height / height), 4)
+        target = f"hires_width x hires_height = {self.hires_width or 'auto'}x{self.hires_height or 'auto'}"
+        if up_width < width or up_height < height or scale > setting_limit("hires_scale", "le"):
+            raise InvalidRequest("hires_width", f"{target} upscales {width}x{height} by {scale:g} to cover it; "
+                                                f"the hires fix upscales by 1 to {setting_limit('hires_scale', 'le'):g}")
+        if self.hires_scale is not None and round(self.hires_scale, 4) != scale:
+            raise InvalidRequest("hires_scale", f"{target} sets the hires fix's scale to {scale:g} for {width}x{height}; "
+                                                f"leave hires_scale out (or send {scale:g})")
+        return scale
+
+    def _hires_field(self) -> str:
+        """The field that asked for the hires fix, for a refusal to name."""
+        return "hires_width" if self.hires_width or self.hires_height else "hires_scale"
 
     def _drawing_defaults(self, family: Family | None) -> dict[str, Any]:
         """Steps, guidance and scheduler as asked, else the family's (a FLUX.1 schnell request
@@ -295,8 +320,9 @@ class GenerationSettings(NoBooleanNumbers, DrawingSettings):  # type: ignore[mis
         if self.hires_scale is not None and not family.is_unet:
             # Their latents are packed (FLUX) or video-shaped (Qwen-Image): a second pass over them
             # is not the A1111 hires fix this is, and nobody has checked its images.
-            raise InvalidRequest("hires_scale", f"the hires fix applies to the Stable Diffusion models (SD 1.x, 2.x, "
-                                                f"XL), not to {name} models; leave hires_scale out")
+            field = self._hires_field()
+            raise InvalidRequest(field, f"the hires fix applies to the Stable Diffusion models (SD 1.x, 2.x, "
+                                        f"XL), not to {name} models; leave {field} out")
         if self.requested_loras() and not family.loras:
             raise InvalidRequest("loras", f"diffusers has no LoRA loader for {name} models; leave loras and "
                                           "<lora:...> tags out")
@@ -342,11 +368,16 @@ class GenerationSettings(NoBooleanNumbers, DrawingSettings):  # type: ignore[mis
         """Limits that come from the operator's configuration and the model, not the schema
         (sizes chosen)."""
         assert self.width is not None and self.height is not None, "choose the size first"
-        final_width, final_height = hires_size(self.width, self.height, self.hires_scale)
+        final_width, final_height = (
+            hires_resize(self.width, self.height, self.hires_width, self.hires_height)[1]
+            if self.hires_width or self.hires_height else hires_size(self.width, self.height, self.hires_scale))
         if self.hires_scale is not None and self.width * self.height <= max_pixels < final_width * final_height:
+            field = self._hires_field()
+            asked = (f"hires_width x hires_height = {self.hires_width or 'auto'}x{self.hires_height or 'auto'}"
+                     if field == "hires_width" else f"hires_scale = {self.hires_scale:g}")
             raise InvalidRequest(
-                "hires_scale",
-                f"hires_scale = {self.hires_scale:g} draws {self.width}x{self.height} at {final_width}x{final_height} "
+                field,
+                f"{asked} draws {self.width}x{self.height} at {final_width}x{final_height} "
                 f"= {final_width * final_height} pixels, over this server's limit of {max_pixels} pixels "
                 "(ALICE_MAX_PIXELS)",
             )
@@ -369,10 +400,10 @@ class GenerationSettings(NoBooleanNumbers, DrawingSettings):  # type: ignore[mis
                 f"clip_skip = {self.clip_skip} is beyond this model's text encoder, which has "
                 f"{text_encoder_layers} layers: at most {text_encoder_layers + 1}",
             )
-        for name in NOT_WITH_INPUT_IMAGE:
-            if getattr(self, name) is not None and self.input_image is not None:
-                raise InvalidRequest(name, f"the hires fix is a second pass of text-to-image; leave {name} "
-                                           "out of a request with input_image")
+        if self.input_image is not None and any(getattr(self, name) is not None for name in NOT_WITH_INPUT_IMAGE):
+            field = self._hires_field()
+            raise InvalidRequest(field, f"the hires fix is a second pass of text-to-image; leave {field} "
+                                        "out of a request with input_image")
 
 
 def sent(name: str) -> dict[str, Any]:

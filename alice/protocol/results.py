@@ -46,8 +46,11 @@ class _Parameters(BaseModel):
         for name, label in a1111_labels().items():
             if getattr(values, name) is not None:
                 extra[label] = str(getattr(values, name))
-        if values.hires_scale is not None:  # as A1111 writes it; Size stays the first pass's
+        if values.hires_width or values.hires_height:  # a target size: A1111 writes it, not the scale
+            extra["Hires resize"] = f"{values.hires_width or 0}x{values.hires_height or 0}"
+        elif values.hires_scale is not None:  # as A1111 writes it; Size stays the first pass's
             extra["Hires upscale"] = f"{values.hires_scale:g}"
+        if values.hires_scale is not None:
             if values.hires_steps:  # A1111 leaves it out when the second pass runs `steps`
                 extra["Hires steps"] = str(values.hires_steps)
             extra["Hires upscaler"] = A1111_UPSCALERS[values.hires_upscaler]

@@ -20,11 +20,12 @@ from alice import __version__
 from alice.config import Settings
 from alice.downloads.manager import DownloadManager
 from alice.engine.device import describe_device
+from alice.engine.embeddings import EMBEDDING_FILE, embedding_shape, named_in
 from alice.engine.engine import DiffusersEngine, Engine
 from alice.engine.families import Family, lora_refusal
 from alice.engine.masks import fill_transparent
 from alice.engine.pipelines import MemoryOptions, choose_placement, compile_refusal, host_compiler
-from alice.engine.prompt_reading import PromptTooLong, read_prompts
+from alice.engine.prompt_reading import NamedEmbedding, PromptTooLong, read_prompts
 from alice.images.store import ImageStore, keep_input_image
 from alice.jobs.job import Job
 from alice.jobs.queue import JobQueue
@@ -183,7 +184,8 @@ class Runtime:
             family=model.family_facts,
         )
         try:  # a prompt past what the model reads: refused now, not cut after the queue
-            notes = read_prompts(model.path, model.family_facts, spec.prompt, spec.negative_prompt)
+            notes = read_prompts(model.path, model.family_facts, spec.prompt, spec.negative_prompt,
+                                 _named_embeddings(spec.prompt, spec.negative_prompt))
         except PromptTooLong as exc:
             raise InvalidRequest(exc.field, str(exc)) from None
         spec = dataclasses.replace(spec, prompt_notes=notes)
@@ -205,14 +207,13 @@ class Runtime:
     def _edit_inputs(self, request: GenerationSettings, model: model_store.StoredModel) -> EditInputs | None:
         """The request's input image and mask, decoded and checked against the model: a masked
         edit needs the family's inpaint pipeline, an unmasked one its img2img pipeline, and an
-        inpainting checkpoint draws masked edits only."""
+        inpainting checkpoint draws masked edits, or text to image all masked (as A1111 draws it),
+        but no unmasked edit."""
         family: Family = model.family_facts
         if request.input_image is None:
             for name in NEEDS_INPUT_IMAGE:
                 if getattr(request, name) is not None:
                     raise InvalidRequest(name, f"{name} applies to an input image: send input_image too")
-            if model.inpainting:
-                raise InvalidRequest("mask", _INPAINTING_ONLY.format(model=model.name))
             return None
         borders = request.outpaint.borders() if request.outpaint else None
         edit = edit_inputs(request.input_image, request.mask, self.images, borders)
@@ -257,7 +258,21 @@ class Runtime:
 
 
 _INPAINTING_ONLY = ("model '{model}' is an inpainting checkpoint (its UNet takes the mask): it draws masked "
-                    "edits only; send input_image and a mask")
+                    "edits and text to image, not an unmasked edit; send a mask with input_image, or leave "
+                    "input_image out")
+
+
+def _named_embeddings(*texts: str) -> list[NamedEmbedding]:
+    """The stored embeddings the texts name, with what the engine needs to count their vectors."""
+    named = []
+    for stored in model_store.embeddings():
+        if any(named_in(text, stored.name) for text in texts):
+            try:
+                widths, vectors = embedding_shape(stored.path / EMBEDDING_FILE)
+            except OSError:  # deleted since it was listed: the worker will not find it either
+                continue
+            named.append(NamedEmbedding(stored.name, stored.family, widths, vectors))
+    return named
 
 
 def replica_name(settings: Settings) -> str:

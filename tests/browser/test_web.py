@@ -369,6 +369,7 @@ def test_cancel_a_queued_job_from_the_queue_page(page, server):
         expect(queued.locator(".job-state")).to_have_text("queued")
         expect(running.locator(".job-state")).to_have_text("running")
         expect(running.locator(".bar")).to_be_visible()
+        expect(running.locator(".meta")).to_contain_text(" · by key-")  # roles are on: whose job, by its key's name
         shot(page, "queue")
         queued.locator(".job-cancel").click()
         page.click("#confirm-ok")
@@ -735,22 +736,26 @@ def test_a_dropped_png_fills_the_form_from_its_a1111_text(page, server):
     text = ("a lighthouse at dusk\nNegative prompt: blurry\nSteps: 3, Sampler: Euler a, Schedule type: Automatic, "
             "CFG scale: 5, Seed: 42, Size: 64x64, Model hash: 31e35c80fc, Denoising strength: 0.5, "
             "Hires upscale: 2, Hires steps: 2, Hires upscaler: Lanczos, Version: f2.0.1v1.10.1-previous-313-g8a042934")
-    info = PngInfo()
-    info.add_text("parameters", text)
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8), "gray").save(buffer, format="PNG", pnginfo=info)
+
+    def drop(text: str) -> None:
+        info = PngInfo()
+        info.add_text("parameters", text)
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8), "gray").save(buffer, format="PNG", pnginfo=info)
+        page.evaluate(
+            """async (b64) => {
+                const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                const transfer = new DataTransfer();
+                transfer.items.add(new File([bytes], "forge.png", { type: "image/png" }));
+                document.getElementById("gen-form").dispatchEvent(
+                    new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+            }""",
+            base64.b64encode(buffer.getvalue()).decode(),
+        )
+
     page.goto("/web/#/generate")
     expect(page.locator("#gen-hires-strength")).to_have_value("0.7")  # the declared default, from /v1/settings
-    page.evaluate(
-        """async (b64) => {
-            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-            const transfer = new DataTransfer();
-            transfer.items.add(new File([bytes], "forge.png", { type: "image/png" }));
-            document.getElementById("gen-form").dispatchEvent(
-                new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
-        }""",
-        base64.b64encode(buffer.getvalue()).decode(),
-    )
+    drop(text)
     expect(page.locator("#gen-dropped-notes")).to_contain_text("Model hash: 31e35c80fc")
     expect(page.locator("#gen-prompt")).to_have_value("a lighthouse at dusk")
     expect(page.locator("#gen-negative")).to_have_value("blurry")
@@ -763,3 +768,13 @@ def test_a_dropped_png_fills_the_form_from_its_a1111_text(page, server):
     page.wait_for_function("() => { const i = document.querySelector('#gen-result img'); return i && i.complete && i.naturalWidth === 128; }", timeout=60_000)
     job = api(server, "GET", "/v1/jobs").json()["data"][0]
     assert job["parameters"]["hires_scale"] == 2 and job["parameters"]["hires_upscaler"] == "lanczos"
+    # A target size instead of a scale (A1111's "Hires resize"): the form's hires width and height.
+    drop(text.replace("Hires upscale: 2", "Hires resize: 128x96"))
+    expect(page.locator("#gen-hires-width")).to_have_value("128")
+    expect(page.locator("#gen-hires-height")).to_have_value("96")
+    expect(page.locator("#gen-hires-scale")).to_have_value("")
+    page.click("#gen-submit")
+    page.wait_for_function("() => { const i = document.querySelector('#gen-result img'); "
+                           "return i && i.complete && i.naturalWidth === 128 && i.naturalHeight === 96; }", timeout=60_000)
+    parameters = api(server, "GET", "/v1/jobs").json()["data"][0]["parameters"]
+    assert (parameters["hires_width"], parameters["hires_height"], parameters["hires_scale"]) == (128, 96, 2)

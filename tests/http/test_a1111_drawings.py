@@ -104,6 +104,40 @@ def test_hires_fix_settings_out_of_range_or_with_an_input_image_are_400s(client)
     assert response.status_code == 400 and "hires_scale" in response.text
 
 
+def test_hires_resize_covers_the_target_and_keeps_its_middle_as_a1111_does(client):
+    """A target size (A1111's "Hires resize", hires_width x hires_height): of the same aspect, it
+    is a scale (the same image as hires_scale); of another, the first pass is upscaled to cover
+    it and its middle drawn. Written back as A1111 writes it, and read back bit for bit."""
+    plain = png(client.post("/generate", json={"prompt": "a red circle", **SMALL}).json()["images"][0]["b64_json"])
+    scaled = client.post("/generate", json={"prompt": "a red circle", **SMALL, "hires_scale": 2, "hires_strength": 0.3})
+    same = client.post("/generate", json={"prompt": "a red circle", **SMALL, "hires_width": 128, "hires_strength": 0.3})
+    assert same.json()["hires_scale"] == 2 and same.json()["hires_width"] == 128
+    assert np.array_equal(np.asarray(png(same.json()["images"][0]["b64_json"])),
+                          np.asarray(png(scaled.json()["images"][0]["b64_json"])))
+    body = client.post("/generate", json={"prompt": "a red circle", **SMALL, "hires_width": 128, "hires_height": 64,
+                                          "hires_strength": 0.3, "hires_upscaler": "lanczos"}).json()
+    wide = png(body["images"][0]["b64_json"])
+    assert wide.size == (128, 64) and body["hires_scale"] == 2
+    assert "Size: 64x64, Model: alice-demo, Hires resize: 128x64, Hires upscaler: Lanczos" in wide.info["parameters"]
+    assert "Hires upscale:" not in wide.info["parameters"]
+    # The middle of the first pass doubled, not the whole of it squashed.
+    first = plain.convert("RGB").resize((128, 128), Image.Resampling.LANCZOS)
+    drawn = np.asarray(wide.convert("RGB"), dtype=float)
+    middle = np.abs(drawn - np.asarray(first.crop((0, 32, 128, 96)), dtype=float)).mean()
+    squashed = np.abs(drawn - np.asarray(plain.convert("RGB").resize((128, 64)), dtype=float)).mean()
+    assert middle < squashed * 0.8, (middle, squashed)
+    again = client.post("/v1/images/from-parameters", json={"parameters": wide.info["parameters"]}).json()
+    assert again["not_honoured"] == [] and (again["hires_width"], again["hires_height"]) == (128, 64)
+    assert np.array_equal(np.asarray(png(again["images"][0]["b64_json"])), np.asarray(wide))
+    refused = client.post("/generate", json={"prompt": "a circle", **SMALL, "hires_width": 128, "hires_scale": 3})
+    assert refused.status_code == 400 and refused.json()["detail"][0]["loc"] == ["hires_scale"], refused.text
+    refused = client.post("/generate", json={"prompt": "a circle", **SMALL, "hires_width": 512})
+    assert refused.status_code == 400 and "hires_width" in refused.json()["error"], refused.text
+    refused = client.post("/generate", json={"prompt": "a circle", "width": 768, "height": 768, "hires_height": 1536})
+    assert refused.status_code == 400 and refused.json()["detail"][0]["loc"] == ["hires_width"], refused.text
+    assert "1536x1536" in refused.json()["error"] and "ALICE_MAX_PIXELS" in refused.json()["error"]
+
+
 def test_hires_and_plain_jobs_never_share_a_pipeline_call():
     plain = GenerationSpec(prompt="a", seed=1, width=64, height=64)
     assert batch_key(plain) != batch_key(GenerationSpec(prompt="a", seed=1, width=64, height=64, hires_scale=2))
@@ -171,3 +205,35 @@ def test_read_parameters_tells_the_settings_without_drawing(client):
     assert response.status_code == 200, response.text
     assert response.json()["settings"]["hires_scale"] == 2 and response.json()["settings"]["steps"] == 7
     assert len(client.get("/v1/jobs").json()["data"]) == jobs
+
+
+def test_an_inpainting_checkpoint_draws_text_to_image_and_its_hires_fix_all_masked(client, tmp_path):
+    """As A1111 runs txt2img and its hires fix on an inpainting model: the 9-channel UNet is told
+    that all of the image is masked, in both passes (its own pipeline, not an img2img one, which
+    would hand it 4 channels); an edit without a mask stays a 400 naming `mask`."""
+    from alice.engine.demo import save_demo_pipeline
+    from alice.models import checkpoints, store as model_store
+    from tests.unit.test_inpainting import nine_channel_copy
+
+    save_demo_pipeline(tmp_path / "demo")
+    checkpoints.import_pipeline_folder(nine_channel_copy(tmp_path / "demo", tmp_path / "nine"), "demo-nine")
+    try:
+        settings = {"prompt": "a red circle", **SMALL, "model": "demo-nine"}
+        plain = client.post("/generate", json=settings)
+        assert plain.status_code == 200, plain.text
+        hires = client.post("/generate", json={**settings, "hires_scale": 2, "hires_strength": 0.5, "num_images": 2})
+        assert hires.status_code == 200, hires.text
+        image, second = (png(drawn["b64_json"]) for drawn in hires.json()["images"])
+        assert image.size == second.size == (128, 128) and "Hires upscale: 2" in image.info["parameters"]
+        job = client.get(f"/v1/jobs/{hires.json()['job_id']}").json()
+        assert job["step"] == job["total_steps"] == 4 + 2 and job["batch"] == 2  # both in one call, both passes
+        first = np.asarray(png(plain.json()["images"][0]["b64_json"]).convert("RGB").resize((128, 128)), dtype=float)
+        assert np.abs(np.asarray(image.convert("RGB"), dtype=float) - first).mean() < 40  # the first pass, redrawn
+        lanczos = client.post("/generate", json={**settings, "hires_scale": 1.5, "hires_upscaler": "lanczos"})
+        assert lanczos.status_code == 200 and png(lanczos.json()["images"][0]["b64_json"]).size == (96, 96)
+        red = io.BytesIO()
+        Image.new("RGB", (64, 64), "red").save(red, format="PNG")
+        unmasked = client.post("/generate", json={**settings, "input_image": base64.b64encode(red.getvalue()).decode()})
+        assert unmasked.status_code == 400 and unmasked.json()["detail"][0]["loc"] == ["mask"], unmasked.text
+    finally:
+        model_store.delete_model("demo-nine")

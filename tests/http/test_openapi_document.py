@@ -22,11 +22,14 @@ only: alice/http/request_rules.py; patterns, the scheduler names in any case; th
 maximum of images). Two hooks keep the generated requests within what it cannot state, and
 widen nothing that counts as accepted: `_within_what_the_schema_cannot_say` drops requests past
 this server's pixels (width x height, after the hires fix or an outpaint: ALICE_MAX_PIXELS, a
-product of two fields), sizes whose sides break width's and height's limits (a `size` text's
+product of two fields), a hires fix to a size that upscales by more than hires_scale may (a
+ratio of fields), sizes whose sides break width's and height's limits (a `size` text's
 pattern cannot restate them), a scheduler of another family than the demo model's (the
 pattern takes every family's names; which a model takes depends on `model`, told in the
-description), a clip_skip past the demo model's text encoder (a limit of the model) and an
-A1111 text longer than a prompt can be; `_real_images` puts a real PNG where a
+description), a LoRA named twice or more than MAX_LORAS of them across `loras` and the
+prompt's <lora:> tags (one limit over a list and a text; `uniqueItems` cannot say "unique by
+name"), a clip_skip past the demo model's text encoder (a limit of the model) and an A1111
+text longer than a prompt can be; `_real_images` puts a real PNG where a
 positive request's image is (the generator writes any text or bytes: JSON Schema cannot say
 "a PNG", nor "a PNG carrying an A1111 text").
 """
@@ -43,9 +46,10 @@ from pathlib import Path
 import pytest
 
 from alice.engine.families import FAMILIES
+from alice.engine.prompt_tags import extract_prompt_loras
 from alice.engine.scheduler_names import canonical_scheduler_name
-from alice.engine.spec import MAX_PROMPT_CHARS
-from alice.protocol.generation import SCHEDULER_PATTERN
+from alice.engine.spec import MAX_PROMPT_CHARS, hires_resize, setting_limit
+from alice.protocol.generation import MAX_LORAS, SCHEDULER_PATTERN
 from alice.protocol.openai import SIZE_PATTERN
 from harness.environment import alice_environment
 from tests.downloads.fake_sources import FakeSources
@@ -180,7 +184,8 @@ def test_cross_field_rules_are_in_the_schema_and_the_server_refuses_what_breaks_
     image = base64.b64encode(IMAGE).decode()
     for body, param in [({"prompt": "x", "mask": base64.b64encode(MASK).decode()}, "mask"),
                         ({"prompt": "x", "outpaint": {"left": 8}, "input_image": None}, "outpaint"),
-                        ({"prompt": "x", "hires_scale": 1.5, "input_image": image}, "hires_scale")]:
+                        ({"prompt": "x", "hires_scale": 1.5, "input_image": image}, "hires_scale"),
+                        ({"prompt": "x", "hires_width": 128, "input_image": image}, "hires_width")]:
         assert not validator.is_valid(body), body
         response = served.post("/generate", json={**body, "width": 64, "height": 64}, headers=KEY)
         assert response.status_code == 400 and response.json()["detail"][0]["loc"] == [param], response.text
@@ -335,6 +340,8 @@ def _within_what_the_schema_cannot_say(context: object, case: object) -> bool:
     scale = scale if _number(scale) else 1
     if width * height * scale * scale > MAX_PIXELS:
         return False
+    if not _hires_to_a_size_fits(settings, int(width), int(height)):
+        return False
     text = settings.get("parameters")  # from-parameters: its prompt (the text's first lines) within the limit
     if isinstance(text, str) and len(text) > MAX_PROMPT_CHARS:
         return False
@@ -342,8 +349,31 @@ def _within_what_the_schema_cannot_say(context: object, case: object) -> bool:
     if isinstance(scheduler, str) and SCHEDULER.match(scheduler) and \
             canonical_scheduler_name(scheduler) not in FAMILIES["sd15"].schedulers:
         return False
+    # The LoRAs of the `loras` entries and the prompt's <lora:> tags together: each once, at most MAX_LORAS.
+    loras = [entry["name"] for entry in settings.get("loras") or () if isinstance(entry, dict)
+             and isinstance(entry.get("name"), str)]
+    if isinstance(settings.get("prompt"), str):
+        loras += [name for name, _ in extract_prompt_loras(settings["prompt"])[1]]
+    if len(loras) != len(set(loras)) or len(loras) > MAX_LORAS:
+        return False
     clip_skip = settings.get("clip_skip")
     return not (_number(clip_skip) and clip_skip > DEMO_CLIP_SKIP)
+
+
+def _hires_to_a_size_fits(settings: dict, width: int, height: int) -> bool:
+    """The hires fix to hires_width x hires_height: the scale that covers it (a ratio of two
+    fields) within hires_scale's limits, the size kept within this server's pixels, and a
+    hires_scale sent beside it that scale (alice/protocol/generation.py's _hires_scale)."""
+    target = [side if _number(side) and side else None for side in (settings.get("hires_width"),
+                                                                     settings.get("hires_height"))]
+    if not any(target):
+        return True
+    upscaled, kept = hires_resize(width, height, *(int(side) if side else None for side in target))
+    scale = round(max(upscaled[0] / width, upscaled[1] / height), 4)
+    if upscaled[0] < width or upscaled[1] < height or scale > setting_limit("hires_scale", "le"):
+        return False
+    asked = settings.get("hires_scale")
+    return kept[0] * kept[1] <= MAX_PIXELS and not (_number(asked) and round(asked, 4) != scale)
 
 
 def _number(value: object) -> bool:

@@ -75,6 +75,11 @@ def test_a_user_key_reads_lists_and_cancels_its_own_jobs_only_and_an_admin_all(t
     assert anns["id"] in ids(teams, ANN) and anns["id"] not in ids(teams, BOB) and bobs["id"] not in ids(teams, ANN)
     assert {anns["id"], bobs["id"]} <= ids(teams, ROOT)
     assert teams.get(f"/v1/jobs/{bobs['id']}", headers=key(ROOT)).status_code == 200
+    # The admin tells whose each job is; a user key's own view names itself.
+    owners = {job["id"]: job["owner"] for job in teams.get("/v1/jobs", headers=key(ROOT)).json()["data"]}
+    assert owners[anns["id"]] == "ann" and owners[bobs["id"]] == "bob"
+    assert teams.get(f"/v1/jobs/{bobs['id']}", headers=key(ROOT)).json()["owner"] == "bob"
+    assert anns["owner"] == "ann" and {job["owner"] for job in teams.get("/v1/jobs", headers=key(ANN)).json()["data"]} == {"ann"}
     assert teams.get(f"/v1/jobs/{anns['id']}", headers=key(ANN)).json()["state"] == "succeeded"
 
 
@@ -158,6 +163,8 @@ def test_a_keys_waiting_jobs_are_bounded_and_the_keys_take_turns(teams):
 def test_without_admin_keys_every_key_sees_and_manages_everything(household):
     anns = finished_job(household, ANN)
     assert household.get(f"/v1/jobs/{anns['id']}", headers=key(BOB)).status_code == 200
+    # No roles, no owner in the view: the answers SAM and every client read stay as they were.
+    assert "owner" not in anns and all("owner" not in job for job in household.get("/v1/jobs", headers=key(BOB)).json()["data"])
     assert anns["id"] in ids(household, BOB)
     assert household.post("/v1/models/alice-demo/load", headers=key(BOB)).status_code == 200
     assert household.get("/v1/settings", headers=key(BOB)).json()["caller"] == {

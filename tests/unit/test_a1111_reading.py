@@ -64,7 +64,30 @@ def test_values_past_alices_limits_are_reported_not_sent():
     GenerationSettings.model_validate(reading.settings)
 
 
-WORDS = st.sampled_from([*"ab:,\n \"\\()<>-0123456789.x", "Steps", "Size", "Hires upscale", "Sampler",
+def test_hires_resize_is_a_target_size_and_0x0_is_none():
+    """A1111's "Hires resize: WxH" (a target size instead of a scale): the hires_width and
+    hires_height settings; one side 0 keeps the aspect; 0x0 is no resize; a target ALICE cannot
+    upscale to (below the Size, past 4 times it, off the grid of 8) is named, never sent."""
+    head = "a cat\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x768, "
+    reading = read_parameters(head + "Hires resize: 1024x1024, Hires upscaler: Latent, Denoising strength: 0.4")
+    s = reading.settings
+    assert (s["hires_width"], s["hires_height"], s["hires_strength"], s["hires_upscaler"]) == (1024, 1024, 0.4, "latent")
+    assert "hires_scale" not in s and reading.not_honoured == []
+    assert read_parameters(head + "Hires resize: 1024x0").settings["hires_width"] == 1024
+    assert "hires_width" not in read_parameters(head + "Hires resize: 0x1536").settings
+    none = read_parameters(head + "Hires resize: 0x0, Denoising strength: 0.4")
+    assert not {"hires_scale", "hires_width", "hires_height"} & none.settings.keys()
+    assert none.not_honoured == []  # "0x0" is none, and its strength is a hires fix's, not an img2img's
+    both = read_parameters(head + "Hires resize: 0x0, Hires upscale: 2")
+    assert both.settings["hires_scale"] == 2 and both.not_honoured == []
+    for target in ("256x256", "4096x4096", "1020x1020", "big"):
+        refused = read_parameters(head + f"Hires resize: {target}, Hires steps: 10")
+        assert not {"hires_scale", "hires_width", "hires_height", "hires_steps"} & refused.settings.keys(), target
+        assert refused.not_honoured[0].startswith(f"Hires resize: {target} ("), refused.not_honoured
+    GenerationSettings.model_validate(s)
+
+
+WORDS = st.sampled_from([*"ab:,\n \"\\()<>-0123456789.x", "Steps", "Size", "Hires upscale", "Hires resize", "Sampler",
                          "Negative prompt:", "Schedule type", "Karras", "Denoising strength", "<lora:"])
 
 

@@ -79,3 +79,34 @@ def test_sdxl_embedding_fills_both_encoders(tmp_path, sdxl_pipeline):
 
     assert not np.array_equal(draw("a castle"), draw("a castle, xlstyle"))
     assert "<alice-embedding-0>" not in pipe.tokenizer_2.get_vocab()
+
+
+def test_the_limit_before_the_queue_counts_an_embedding_as_the_engine_reads_it(tmp_path, bentoml_home, demo_pipeline):
+    """A prompt naming an embedding of 20 vectors: what read_prompts counts before the queue is
+    what the engine's chunks hold once the embedding is loaded (20 tokens, not its name's words)."""
+    from pathlib import Path
+
+    from alice.engine.embeddings import embedding_shape, spell_embeddings
+    from alice.engine.families import FAMILIES
+    from alice.engine.prompt_embeds import token_chunks
+    from alice.engine.prompt_reading import NamedEmbedding, PromptTooLong, read_prompts
+
+    pipe, _ = demo_pipeline
+    save_file({"emb_params": _vectors(64, count=20)}, str(tmp_path / "wide.safetensors"))
+    stored = import_checkpoint_file(tmp_path / "wide.safetensors", "wide20")
+    widths, vectors = embedding_shape(stored.path / EMBEDDING_FILE)
+    assert (widths, vectors) == ((64,), 20)
+    named = [NamedEmbedding("wide20", stored.family, widths, vectors)]
+    demo = Path(__import__("alice").__file__).parent / "demo_model"
+    for reds, chunks in ((90, 8), (93, 9)):
+        prompt = " ".join(["red"] * reds) + " Wide20"
+        with embeddings_applied(pipe, [("wide20", stored.path / EMBEDDING_FILE)]):
+            drawn = token_chunks(pipe, pipe.tokenizer, spell_embeddings(pipe, prompt))
+        assert len(drawn) == chunks and sum(len(chunk.tokens) for chunk in drawn) == reds + 20
+        if chunks <= 8:
+            assert read_prompts(demo, FAMILIES["sd15"], prompt, "", named) == ()
+        else:
+            with pytest.raises(PromptTooLong, match=f"prompt is {reds + 20} tokens in {chunks} chunks"):
+                read_prompts(demo, FAMILIES["sd15"], prompt, "", named)
+    # Counted as words, the name would pass: 93 reds and a name of a few tokens fit 8 chunks.
+    assert read_prompts(demo, FAMILIES["sd15"], " ".join(["red"] * 93) + " Wide20", "") == ()

@@ -25,6 +25,7 @@ def test_the_record_names_its_version_and_its_own_fields():
         "strength": 0.5, "clip_skip": None, "output_format": "png", "output_compression": 100,
         "loras": [{"name": "ink", "scale": 0.8}], "prompt_notes": [], "mask_image": None,
         "hires_scale": None, "hires_steps": None, "hires_strength": 0.7, "hires_upscaler": "latent",
+        "hires_width": None, "hires_height": None,
     }
     assert "parameters" not in record  # not the engine's dataclass dumped as it is
     again = Job.from_record(json.loads(json.dumps(record)))

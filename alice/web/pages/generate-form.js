@@ -199,6 +199,8 @@ export function applyToForm(values, { keepPrompt = false } = {}) {
   $("gen-clip-skip").value = values.clip_skip ? String(values.clip_skip) : "";
   $("gen-hires-scale").value = values.hires_scale ? String(values.hires_scale) : "";
   $("gen-hires-steps").value = values.hires_steps ? String(values.hires_steps) : "";
+  $("gen-hires-width").value = values.hires_width ? String(values.hires_width) : "";
+  $("gen-hires-height").value = values.hires_height ? String(values.hires_height) : "";
   set("gen-hires-strength", values.hires_strength);
   set("gen-hires-upscaler", values.hires_upscaler);
   set("gen-format", values.output_format || "png");
@@ -253,9 +255,12 @@ export function readForm() {
     name: row.querySelector("select").value, scale: Number(row.querySelector("input").value),
   })).filter((lora) => lora.name);
   if (loras.length && facts.loras) body.loras = loras;
-  const hiresScale = facts.hires_fix === false ? undefined : optional("gen-hires-scale");
+  // A hires size sets the scale itself (the server derives it): the scale is sent only without one.
+  const hiresSize = { hires_width: optional("gen-hires-width"), hires_height: optional("gen-hires-height") };
+  const sized = hiresSize.hires_width !== undefined || hiresSize.hires_height !== undefined;
+  const hiresScale = facts.hires_fix === false ? undefined : sized ? null : optional("gen-hires-scale");
   if (hiresScale !== undefined) {
-    Object.assign(body, { hires_scale: hiresScale, hires_steps: optional("gen-hires-steps"),
+    Object.assign(body, sized ? hiresSize : { hires_scale: hiresScale }, { hires_steps: optional("gen-hires-steps"),
       hires_strength: optional("gen-hires-strength"), hires_upscaler: $("gen-hires-upscaler").value });
   }
   if (inputImage && facts.image_to_image) {

@@ -22,6 +22,7 @@ const FORM_SETTINGS = {
   "gen-count": "num_images", "gen-steps": "steps", "gen-guidance": "guidance_scale", "gen-seed": "seed",
   "gen-strength": "strength", "gen-clip-skip": "clip_skip", "gen-hires-scale": "hires_scale",
   "gen-hires-steps": "hires_steps", "gen-hires-strength": "hires_strength", "gen-compression": "output_compression",
+  "gen-hires-width": "hires_width", "gen-hires-height": "hires_height",
 };
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));

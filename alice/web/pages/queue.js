@@ -67,7 +67,7 @@ function updateJobItem(node, job) {
     ? `step ${job.step} of ${job.total_steps}` : job.finished && job.started ? `took ${fmtSeconds(job.finished - job.started)}` : "");
   setText(refs.prompt, p.prompt);
   setText(refs.meta, [job.model, p.width && `${p.width}x${p.height}`, p.steps && `${p.steps} steps`, p.scheduler,
-    `seed ${p.seed}`, `via ${job.source}`, fmtAgo(job.created)].filter(Boolean).join(" · "));
+    `seed ${p.seed}`, `via ${job.source}`, job.owner && `by ${job.owner}`, fmtAgo(job.created)].filter(Boolean).join(" · "));
   setText(refs.error, job.state === "failed" ? job.error : "");
   node.job = job;
   refs.cancel.hidden = FINISHED.has(job.state);
