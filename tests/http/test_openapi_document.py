@@ -4,7 +4,7 @@ Schemathesis (pinned in requirements-dev.txt) runs in process against the real B
 the fake engine, with an API key and small limits: every check, its examples, coverage,
 fuzzing and stateful phases, generation derandomised with a fixed seed so the run never
 flakes. To stay cheap it draws MAX_EXAMPLES examples per operation and STATEFUL_STEPS steps
-of the stateful phase (25 to 38 s on the shared 2-core machine, the coverage phase two thirds
+of the stateful phase (22 to 38 s on the shared 2-core machine, the coverage phase two thirds
 of it; see docs/api.md "The OpenAPI document").
 
 Every operation is run through it. The model sites (Hugging Face, CivitAI) are the suite's
