@@ -27,7 +27,7 @@ from alice.engine.prompt_embeds import encode_prompts, needs_own_encoding
 from alice.engine.prompt_tags import extract_prompt_loras
 from alice.engine.prompt_weights import has_weight_syntax, plain_text
 from alice.engine.schedulers import build_scheduler
-from alice.engine.spec import GenerationSpec, batch_key  # noqa: F401  (batch_key: the jobs' import)
+from alice.engine.spec import GenerationSpec, batch_key, drawn_strength  # noqa: F401  (batch_key: the jobs' import)
 
 
 if TYPE_CHECKING:  # imported where they run: see alice/engine/__init__.py
@@ -273,7 +273,7 @@ def _draw(
     if init_images[0] is not None:
         # img2img pipelines take their size from the input image.
         inputs = [image.convert("RGB").resize(size, Image.Resampling.LANCZOS) for image in init_images]
-        image_args = {"image": inputs[0] if single else inputs, "strength": spec.strength}
+        image_args = {"image": inputs[0] if single else inputs, "strength": drawn_strength(spec.steps, spec.strength)}
     if masks[0] is not None:
         # Inpaint pipelines take the mask (white = redraw) and the size, which they round to 8.
         resized = [mask.convert("L").resize(size, Image.Resampling.NEAREST) for mask in masks]

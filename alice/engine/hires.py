@@ -3,7 +3,8 @@
 The first pass draws at the spec's width x height; its result is upscaled to the final size
 (`GenerationSpec.final_size`) and redrawn by the img2img pipeline built from the same loaded
 components (`LoadedPipeline.image_to_image`: no second copy of the weights), `hires_strength`
-of it, over `hires_steps` (none = steps) as A1111 counts them: int(steps x strength) run.
+of it, over `hires_steps` (none = steps) as A1111 counts them: int(steps x strength) run, at
+least one (spec.drawn_strength).
 
 The upscalers are A1111's of the same names: `latent` upscales the first pass's latents
 bilinearly (A1111's "Latent": torch's bilinear, no antialiasing) and hands them to img2img,
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from alice.engine.spec import GenerationSpec, hires_crop_box
+from alice.engine.spec import GenerationSpec, drawn_strength, hires_crop_box
 
 if TYPE_CHECKING:
     import torch
@@ -52,11 +53,12 @@ def upscaled(first: Any, spec: GenerationSpec) -> torch.Tensor | list[Image.Imag
 def second_pass_steps(spec: GenerationSpec) -> int:
     """The denoising steps the second pass runs, as diffusers' img2img counts them (for progress)."""
     steps = spec.hires_steps or spec.steps
-    return min(int(steps * spec.hires_strength), steps)
+    return min(int(steps * drawn_strength(steps, spec.hires_strength)), steps)
 
 
 def second_pass_arguments(spec: GenerationSpec, image: Any, single: bool) -> dict[str, Any]:
     """The img2img call's own arguments (the prompts', guidance and generators are the first pass's)."""
     if isinstance(image, list) and single:
         image = image[0]
-    return {"image": image, "strength": spec.hires_strength, "num_inference_steps": spec.hires_steps or spec.steps}
+    steps = spec.hires_steps or spec.steps
+    return {"image": image, "strength": drawn_strength(steps, spec.hires_strength), "num_inference_steps": steps}

@@ -14,6 +14,7 @@ request carries it in another shape (`input_image`, `loras` as a list of objects
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -154,6 +155,19 @@ def hires_size(width: int, height: int, scale: float | None) -> tuple[int, int]:
     if not scale:
         return width, height
     return int(width * scale) // 8 * 8, int(height * scale) // 8 * 8
+
+
+def drawn_strength(steps: int, strength: float) -> float:
+    """The img2img strength handed to diffusers, which runs int(steps x strength) of `steps` and
+    refuses to run none: `strength`, or where that leaves no step, the least strength that runs
+    one, the schedule's last (least noisy) step. So a low strength draws one step, as A1111 and
+    ComfyUI do, rather than being refused."""
+    drawn = strength
+    if int(steps * drawn) < 1:
+        drawn = 1 / steps
+        while int(steps * drawn) < 1:  # 49 x (1/49) is 0.999...: the next float up
+            drawn = math.nextafter(drawn, 2.0)
+    return drawn
 
 
 def hires_resize(

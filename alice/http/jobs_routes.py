@@ -12,10 +12,11 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import JSONResponse
 
 from alice.http.auth import current_caller
-from alice.http.documented import errors, json_body
+from alice.http.documented import answer, errors, json_body
 from alice.http.errors import ApiError
 from alice.http.handling import get_runtime, image_urls, read_json_object, submit
 from alice.jobs.queue import Job
+from alice.protocol.answers import JobList, JobView
 from alice.protocol.native import GenerateRequest
 from alice.protocol.previews import preview_view
 from alice.protocol.results import public_job
@@ -31,7 +32,8 @@ def job_view(job: Job, request: Request, runtime: Runtime) -> dict[str, Any]:
     return view
 
 
-@router.post("/jobs", status_code=202, openapi_extra=json_body(GenerateRequest), responses=errors(404, 503))
+@router.post("/jobs", status_code=202, openapi_extra=json_body(GenerateRequest),
+             responses={202: answer(JobView, "Queued"), **errors(404, 503)})
 async def submit_job(request: Request, runtime: Runtime = Depends(get_runtime)) -> JSONResponse:
     """Queue a generation (the body is `/generate`'s) and answer at once; poll `GET /v1/jobs/{id}`."""
     job = await submit(runtime, GenerateRequest.model_validate(await read_json_object(request)), "async")
@@ -39,14 +41,14 @@ async def submit_job(request: Request, runtime: Runtime = Depends(get_runtime)) 
                         headers={"Location": f"/v1/jobs/{job.id}"})
 
 
-@router.get("/jobs")
+@router.get("/jobs", response_model=None, responses={200: answer(JobList)})
 def list_jobs(request: Request, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
     """Every job this server remembers (a user key's own), newest first."""
     jobs = runtime.jobs.list(current_caller().owner_filter)
     return {"object": "list", "data": [job_view(job, request, runtime) for job in jobs]}
 
 
-@router.get("/jobs/{job_id}", responses=errors(404))
+@router.get("/jobs/{job_id}", response_model=None, responses={200: answer(JobView), **errors(404)})
 def get_job(job_id: str, request: Request, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
     job = _found(runtime.jobs.get(job_id), job_id)
     view = job_view(job, request, runtime)
@@ -56,7 +58,7 @@ def get_job(job_id: str, request: Request, runtime: Runtime = Depends(get_runtim
     return view
 
 
-@router.delete("/jobs/{job_id}", responses=errors(404))
+@router.delete("/jobs/{job_id}", response_model=None, responses={200: answer(JobView), **errors(404)})
 def cancel_job(job_id: str, request: Request, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
     """Cancels that job only: a queued one at once, a running one at its next step."""
     _found(runtime.jobs.get(job_id), job_id)  # another key's job is not this key's to cancel

@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from alice.engine.preview_decoders import families_sharing_latents
 from alice.models import store as model_store
-from alice.http.documented import errors, event_stream, form_body, json_body, upload_schema
+from alice.http.documented import answer, errors, event_stream, form_body, json_body, upload_schema
 from alice.http.errors import ApiError, job_error
 from alice.http.handling import get_runtime, image_b64, image_urls, read_json_object, result_metadata, submit, wait_for
 from alice.http.image_streams import image_event_stream
@@ -23,6 +23,7 @@ from alice.protocol.models import BASE_NAME
 from alice.protocol.input_images import MAX_INPUT_BYTES
 from alice.jobs.queue import Job
 from alice.protocol import openai as oa
+from alice.protocol.answers import ModelCard, ModelList
 from alice.protocol.generation import GenerationSettings, strip_model_prefix
 from alice.protocol.image_options import (
     ImageOptions, VariationSettings, VariationsRequest, answered_quality, apply_image_options, images_response,
@@ -198,8 +199,9 @@ def _default_steps(runtime: Runtime, model: str | None) -> int:
     return runtime.resolve_model(strip_model_prefix(model) if model else None).family_facts.default_steps
 
 
-@router.get("/v1/models")
-@router.get("/models", operation_id="list_models_unversioned")
+@router.get("/v1/models", response_model=None, responses={200: answer(ModelList)})
+@router.get("/models", operation_id="list_models_unversioned", response_model=None,
+            responses={200: answer(ModelList)})
 def list_models(runtime: Runtime = Depends(get_runtime)) -> Any:
     loaded = set(runtime.pipelines.names())
     data = [
@@ -222,7 +224,7 @@ def drawing_facts(model: model_store.StoredModel) -> dict[str, Any]:
             "inpainting_checkpoint": model.inpainting}
 
 
-@router.get("/v1/models/{model_id:path}", responses=errors(404))
+@router.get("/v1/models/{model_id:path}", response_model=None, responses={200: answer(ModelCard), **errors(404)})
 def get_model(request: Request, model_id: str = Path(json_schema_extra={"pattern": BASE_NAME}),
               runtime: Runtime = Depends(get_runtime)) -> Any:
     name = strip_model_prefix(model_id)

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from alice import __version__
 from alice.config import Settings
 from alice.http import documented
+from alice.http.request_rules import add_cross_field_rules
 from alice.http.auth import is_open
 from alice.http.web_routes import STATIC_HEADERS
 from alice.protocol.native import GenerateRequest, GenerateResponse
@@ -111,12 +112,16 @@ def build_document(app: FastAPI, settings: Settings) -> dict[str, Any]:
         description="Self-hosted Stable Diffusion: the native API, OpenAI's chat completions and Images API, "
                     "the job queue and the model manager. Reference: docs/api.md.",
     )
-    paths = {**_infra_paths(), "/generate": _generate_path(), **document["paths"]}
+    # A copy: the routes' openapi_extra (their forms) is shared by every build, and this one's limits are its own.
+    paths = copy.deepcopy({**_infra_paths(), "/generate": _generate_path(), **document["paths"]})
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
     schemas.update(copy.deepcopy(documented.SCHEMAS))
-    _describe_server_limits(schemas, settings)
+    add_cross_field_rules(schemas)
+    forms = [media["schema"] for item in paths.values() for operation in item.values() if isinstance(operation, dict)
+             for media in operation.get("requestBody", {}).get("content", {}).values() if "$ref" not in media["schema"]]
+    _describe_server_limits([*schemas.values(), *forms], settings)
     keys = settings.keyring()
     keyed = bool(keys)
     roles = any(key.admin for key in keys)  # ALICE_ADMIN_KEYS: model management is an admin's
@@ -145,6 +150,10 @@ def build_document(app: FastAPI, settings: Settings) -> dict[str, Any]:
                 responses.setdefault("403", documented.error_response(403))
             if fair_share and method in ("post", "put", "delete") and not is_open(path):
                 responses.setdefault("429", documented.error_response(429))
+            if "{" in path and "404" in responses:
+                # A value no route's path takes (a control character: %0A) is BentoML's plain 404.
+                responses["404"] = {**responses["404"], "content": {**responses["404"].get("content", {}),
+                                                                     **PLAIN_TEXT}}
             for status, links in ((s, l) for (p, m, s), l in LINKS.items() if p == path and m == method):
                 responses[status]["links"] = links
     document["paths"] = paths
@@ -152,9 +161,10 @@ def build_document(app: FastAPI, settings: Settings) -> dict[str, Any]:
     return document
 
 
-def _describe_server_limits(schemas: dict[str, Any], settings: Settings) -> None:
-    """Limits of this server's configuration, which JSON Schema cannot state as a field's limit,
-    told in the fields' descriptions."""
+def _describe_server_limits(schemas: list[dict[str, Any]], settings: Settings) -> None:
+    """Limits of this server's configuration in the request schemas (`schemas`: the components
+    and the forms written in place): the number of images as a maximum, the pixels of width x
+    height (a product, which JSON Schema cannot state) and the models in the descriptions."""
     words = {
         "width": f" This server draws at most {settings.max_pixels} pixels (width x height, ALICE_MAX_PIXELS).",
         "height": f" This server draws at most {settings.max_pixels} pixels (width x height, ALICE_MAX_PIXELS).",
@@ -162,10 +172,13 @@ def _describe_server_limits(schemas: dict[str, Any], settings: Settings) -> None
                       "(ALICE_MAX_IMAGES_PER_REQUEST).",
         "model": " The models this server has: `GET /v1/models`.",
     }
-    for schema in schemas.values():
+    for schema in schemas:
         for name, field in schema.get("properties", {}).items():
             if name in words and isinstance(field, dict):
                 field["description"] = (field.get("description", "") + words[name]).strip()
+            if name in ("num_images", "n") and isinstance(field, dict):  # a plain limit: the schema states it
+                field["maximum"] = min(field.get("maximum", settings.max_images_per_request),
+                                       settings.max_images_per_request)
 
 
 REDOC_PAGE = """<!doctype html>

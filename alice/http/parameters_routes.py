@@ -35,7 +35,12 @@ PARAMETERS_UPLOAD = {"type": "object", "properties": {
     "image": {"type": "string", "format": "binary", "description": "A PNG carrying A1111's `parameters` text."},
     "parameters": {"type": "string", "maxLength": MAX_PROMPT_CHARS * 3, "description": "A1111's `parameters` text."},
     "model": {"type": "string", "maxLength": 200, "description": "Draw with this stored model."},
-}}
+}, "additionalProperties": False}
+# The same words as the JSON body's (FromParametersRequest): the pattern of each text, one of the two parts.
+_JSON_BODY = FromParametersRequest.model_json_schema()
+for _name in ("parameters", "model"):
+    PARAMETERS_UPLOAD["properties"][_name]["pattern"] = _JSON_BODY["properties"][_name]["pattern"]
+PARAMETERS_UPLOAD["anyOf"] = [{"required": ["image"]}, {"required": ["parameters"]}]
 router = APIRouter(tags=["images"])
 
 

@@ -20,11 +20,12 @@ from alice.config import Settings, env_name
 from alice.engine.scheduler_names import DEFAULT_SCHEDULER, SCHEDULER_NAMES
 from alice.engine.spec import setting
 from alice.http.auth import admin_only, current_caller
-from alice.http.documented import errors
+from alice.http.documented import answer, errors
 from alice.http.errors import ApiError
 from alice.http.handling import get_runtime
 from alice.images.store import StoredImage
 from alice.protocol.a1111 import parse_a1111_parameters, settings_from_a1111
+from alice.protocol.answers import Gallery, SettingsView
 from alice.protocol.generation import FAMILY_DEFAULTS, GenerationSettings, setting_limits
 from alice.serving.runtime import Runtime
 
@@ -133,7 +134,7 @@ def gallery_item(image: StoredImage) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/gallery", tags=["images"])
+@router.get("/v1/gallery", tags=["images"], response_model=None, responses={200: answer(Gallery)})
 def gallery(
     offset: int = Query(0, ge=0),
     limit: int = Query(24, ge=1, le=GALLERY_PAGE_MAX),
@@ -184,7 +185,7 @@ def stored_models(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
 
 # -- settings -----------------------------------------------------------------------------------
 
-@router.get("/v1/settings", tags=["server"])
+@router.get("/v1/settings", tags=["server"], response_model=None, responses={200: answer(SettingsView)})
 def settings(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
     """The effective configuration (secrets masked; an admin's to read when roles are on), and
     what a request may ask for: each setting's default and limits as its declaration states them

@@ -23,7 +23,14 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from alice.engine.scheduler_names import scheduler_for_sampler
 from alice.engine.spec import MAX_PROMPT_CHARS, hires_resize
 from alice.protocol.a1111 import a1111_labels, parse_a1111_parameters, settings_from_a1111
-from alice.protocol.generation import MAX_INPUT_IMAGE_CHARS, GenerationSettings, InvalidRequest
+from alice.protocol.generation import (
+    MAX_INPUT_IMAGE_CHARS,
+    MODEL_NAME,
+    NON_BLANK,
+    GenerationSettings,
+    InvalidRequest,
+    sent,
+)
 
 logger = logging.getLogger("alice.protocol")
 
@@ -44,12 +51,19 @@ class FromParametersRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    parameters: str | None = Field(None, max_length=MAX_PROMPT_CHARS * 3,
+    parameters: str | None = Field(None, max_length=MAX_PROMPT_CHARS * 3, json_schema_extra={"pattern": NON_BLANK},
                                    description="A1111's `parameters` text, as its PNG Info tab or CivitAI shows it.")
     image: str | None = Field(None, max_length=MAX_INPUT_IMAGE_CHARS,
                               description="A PNG carrying that text (base64 or a data URI), instead of `parameters`.")
-    model: str | None = Field(None, max_length=200,
+    model: str | None = Field(None, max_length=200, json_schema_extra={"pattern": MODEL_NAME},
                               description="Draw with this stored model rather than the one the text names.")
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        """One of `parameters` and `image` is required (read_parameters refuses neither)."""
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        schema["anyOf"] = [sent(name) for name in ("parameters", "image")]
+        return schema
 
 
 @dataclass

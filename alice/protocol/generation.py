@@ -18,10 +18,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator
 from pydantic.fields import FieldInfo
 
-from alice.engine.families import Family
+from alice.engine.families import FAMILIES, Family
 from alice.engine.previews import MAX_PREVIEWS
 from alice.engine.prompt_tags import extract_prompt_loras
-from alice.engine.scheduler_names import canonical_scheduler_name
+from alice.engine.scheduler_names import FLOW_EQUIVALENTS, SCHEDULER_NAMES, canonical_scheduler_name
 from alice.engine.spec import (
     MAX_SEED, MAX_SIDE, GenerationSpec, drawing_settings, hires_resize, hires_size, setting, setting_limit,
 )
@@ -38,8 +38,47 @@ _SPEC_FIELDS = frozenset(field.name for field in dataclasses.fields(GenerationSp
 # A stored model's name (alice/models/store.py checks it: 400 otherwise), `sd/` allowed.
 STORED_NAME = r"^(sd/)?[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$"
 MODEL_NAME = r"^$|" + STORED_NAME  # "" = the default model, as none
+LORA_NAME = STORED_NAME.replace("(sd/)?", "")  # a LoRA is named without the prefix
 # JSON Schema's word for "holds a character that is not white space".
 NON_BLANK = r"\S"
+# Rules across settings, declared once: the checks that refuse a request breaking one (400
+# naming the setting) and the served OpenAPI document (alice/http/request_rules.py) read them.
+# Not in the models' own JSON Schema: BentoML builds its document from GenerateRequest's too,
+# and its Schema class takes no `if`, `then` or `not` (`bentoml build` fails).
+# Settings that edit an input image: sent (not null) without `input_image`, refused.
+NEEDS_INPUT_IMAGE = ("mask", "outpaint")
+# Settings of text-to-image only (the hires fix, by scale or to a size, is its second pass):
+# refused with `input_image`.
+NOT_WITH_INPUT_IMAGE = ("hires_scale", "hires_width", "hires_height")
+
+
+def _any_case(names: list[str]) -> str:
+    """An ECMA-262 pattern (JSON Schema's regex: no inline flags) of `names` in any case, with
+    the white space around them that canonical_scheduler_name strips."""
+    def word(name: str) -> str:
+        # Only the regex's own characters escaped: ECMA-262's unicode mode refuses `\\-`.
+        return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else "\\" + c if c in r"\.+*?^$()[]{}|" else c
+                       for c in name)
+    return r"^\s*(?:" + "|".join(word(name) for name in names) + r")\s*$"
+
+
+# The scheduler names canonical_scheduler_name accepts, as it reads them: any case. An enum
+# would say lowercase only (and refuse, in a generated client, what the server takes).
+SCHEDULER_PATTERN = _any_case(SCHEDULER_NAMES)
+
+
+def _schedulers_words() -> str:
+    """Which names a model takes (its family's), told in the description: the schema cannot
+    tie `scheduler` to `model`."""
+    by_family = "; ".join(
+        f"{', '.join(name for name, family in FAMILIES.items() if family.schedulers == names)}: {', '.join(names)}"
+        for names in dict.fromkeys(family.schedulers for family in FAMILIES.values()))
+    equivalents = "; ".join(
+        f"{', '.join(sd for sd, to in FLOW_EQUIVALENTS.items() if to == flow)}: {flow}"
+        for flow in dict.fromkeys(FLOW_EQUIVALENTS.values()))
+    return (f"Any case, of: {', '.join(SCHEDULER_NAMES)}. A model takes its family's (`GET /v1/models`: each "
+            f"model's `schedulers`): {by_family}. An SD name asked of a flow model draws its flow equivalent "
+            f"where the family has one ({equivalents}).")
 
 
 def _annotation_types(annotation: Any) -> tuple[Any, ...]:
@@ -88,7 +127,9 @@ class Outpaint(BaseModel):
 
 
 class LoraChoice(BaseModel):
-    name: str = Field(min_length=1, max_length=63, description="A LoRA stored in ALICE's model store.")
+    # The store's name rule in the schema only: the store refuses another name (400) when the LoRA is looked up.
+    name: str = Field(min_length=1, max_length=63, json_schema_extra={"pattern": LORA_NAME},
+                      description="A LoRA stored in ALICE's model store.")
     scale: float = Field(1.0, ge=-5, le=5, allow_inf_nan=False, description="Strength of the LoRA.")
 
 
@@ -174,6 +215,11 @@ class GenerationSettings(NoBooleanNumbers, DrawingSettings):  # type: ignore[mis
         if "loras" in properties:
             properties["loras"]["uniqueItems"] = True
             properties["loras"]["description"] += " Each LoRA once."
+        if "scheduler" in properties:
+            properties["scheduler"]["description"] += " " + _schedulers_words()
+            for choice in properties["scheduler"].get("anyOf", ()):
+                if choice.get("type") == "string":
+                    choice["pattern"] = SCHEDULER_PATTERN
         return schema
 
     @field_validator("scheduler")
@@ -354,24 +400,15 @@ class GenerationSettings(NoBooleanNumbers, DrawingSettings):  # type: ignore[mis
                 f"clip_skip = {self.clip_skip} is beyond this model's text encoder, which has "
                 f"{text_encoder_layers} layers: at most {text_encoder_layers + 1}",
             )
-        if self.hires_scale is not None and self.input_image is not None:
+        if self.input_image is not None and any(getattr(self, name) is not None for name in NOT_WITH_INPUT_IMAGE):
             field = self._hires_field()
             raise InvalidRequest(field, f"the hires fix is a second pass of text-to-image; leave {field} "
                                         "out of a request with input_image")
-        hires_steps = self.hires_steps or self.steps
-        if self.hires_scale is not None and int(hires_steps * self.hires_strength) < 1:
-            raise InvalidRequest(
-                "hires_strength",
-                f"the hires fix's second pass runs int(hires_steps x hires_strength) steps, and {hires_steps} x "
-                f"{self.hires_strength:g} leaves none: raise hires_steps or hires_strength",
-            )
-        # diffusers' img2img runs int(steps x strength) of the steps; none left is its crash.
-        if self.input_image is not None and int(self.steps * self.strength) < 1:
-            raise InvalidRequest(
-                "strength",
-                f"img2img runs int(steps x strength) denoising steps, and steps = {self.steps} x strength = "
-                f"{self.strength:g} leaves none: raise steps or strength",
-            )
+
+
+def sent(name: str) -> dict[str, Any]:
+    """JSON Schema for "the object has `name`, not null" (a null setting is one left out)."""
+    return {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
 
 
 # JSON Schema's words for a limit: what `/v1/settings` serves per setting, as the schema says it.

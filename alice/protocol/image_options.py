@@ -33,13 +33,26 @@ VARIATION_STRENGTH = 0.6
 
 # Every model ALICE serves draws opaque images; the answer says so.
 BACKGROUND = "opaque"
+# Options of an edit only, refused on /v1/images/generations: apply_image_options and the served
+# document's rule for ImagesRequest (alice/http/request_rules.py) read it.
+EDIT_OPTIONS = ("input_fidelity",)
+
+
+def _drawable_backgrounds(schema: dict[str, Any]) -> None:
+    for choice in schema.get("anyOf", ()):
+        if "enum" in choice:
+            choice["enum"] = [word for word in choice["enum"] if word != "transparent"]
 
 
 class ImageOptions(BaseModel):
     """The Images API's fields that are not drawing settings; null = the default, as OpenAI reads it."""
 
     quality: Quality | None = None
-    background: Literal["transparent", "opaque", "auto"] | None = None
+    # OpenAI's three words are read, "transparent" to refuse it by name (apply_image_options);
+    # the schema offers the two that draw.
+    background: Literal["transparent", "opaque", "auto"] | None = Field(
+        None, json_schema_extra=lambda schema: _drawable_backgrounds(schema),
+        description="opaque or auto: ALICE's models draw opaque images (transparent is refused).")
     moderation: Literal["low", "auto"] | None = None  # accepted and ignored: ALICE moderates nothing
     input_fidelity: Literal["low", "high"] | None = None
 
@@ -70,9 +83,10 @@ def apply_image_options(
             "background 'transparent' is not possible: ALICE's models draw opaque images and cannot make a "
             "transparent background; use 'opaque' or 'auto'",
         )
-    if options.input_fidelity is not None and not editing:
-        raise InvalidRequest("input_fidelity", "input_fidelity applies to /v1/images/edits (how closely the edit "
-                                               "keeps the input image); leave it out here")
+    for name in EDIT_OPTIONS:
+        if getattr(options, name) is not None and not editing:
+            raise InvalidRequest(name, f"{name} applies to /v1/images/edits (how closely the edit "
+                                       "keeps the input image); leave it out here")
     out = {name: value for name, value in values.items()
            # OpenAI reads null as the default; for ALICE's own settings null means something else
            if not (value is None and name in ("output_format", "output_compression"))}
@@ -112,6 +126,14 @@ def images_response(
     }
 
 
+# `size` as openai.parse_size reads it, in JSON Schema (ECMA-262's regex): WxH, `auto` (the
+# model's native size) in any case, or empty (the same).
+SIZE_SCHEMA_PATTERN = r"^$|^\s*([Aa][Uu][Tt][Oo]|\d{1,5}\s*[xX×]\s*\d{1,5})\s*$"
+SIZE_FIELD: Any = Field(None, max_length=20, json_schema_extra={"pattern": SIZE_SCHEMA_PATTERN},
+                        description="WIDTHxHEIGHT (e.g. 512x512; each side a width or height as `/generate` "
+                                    "takes it), or auto: the model's native size.")
+
+
 class VariationsRequest(NoBooleanNumbers):
     """`client.images.create_variation(image=..., n=..., size=...)`: no prompt. Other names
     (ALICE's settings, through extra_body) pass on as on the other routes."""
@@ -120,7 +142,7 @@ class VariationsRequest(NoBooleanNumbers):
 
     model: str | None = None
     n: int = Field(1, ge=1)
-    size: str | None = Field(None, max_length=20)
+    size: str | None = SIZE_FIELD
     response_format: Literal["url", "b64_json"] = "url"
 
 

@@ -50,14 +50,12 @@ class CivitAIDownload(_OntoBase):
     modelType: Literal["Checkpoint", "LORA", "TextualInversion"] = "Checkpoint"
 
 
-class HuggingFaceDownload(_OntoBase):
-    # The validator's rule below, in the document too (a JSON Schema rule of this model's own:
-    # only ALICE's document shows it, BentoML's builder never reads this model).
-    model_config = ConfigDict(json_schema_extra={"not": {
-        "required": ["withoutTransformer", "filename"],
-        "properties": {"withoutTransformer": {"const": True}, "filename": {"type": "string"}},
-    }})
+# A Hugging Face download's options for a whole repo, refused with a `filename`: the validator
+# below and the served document's rule (alice/http/request_rules.py) read it.
+WHOLE_REPO_OPTIONS = ("withoutTransformer",)
 
+
+class HuggingFaceDownload(_OntoBase):
     modelId: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", max_length=200, description="owner/name")
     filename: str | None = Field(None, max_length=300, pattern=r"^[\w./-]+\.(safetensors|gguf)$")
     revision: str = Field("main", max_length=100, pattern=r"^[\w./-]+$")
@@ -65,8 +63,9 @@ class HuggingFaceDownload(_OntoBase):
 
     @model_validator(mode="after")
     def _whole_repo_only(self) -> HuggingFaceDownload:
-        if self.withoutTransformer and self.filename:
-            raise ValueError("withoutTransformer is for a whole diffusers repo, not one filename")
+        for name in WHOLE_REPO_OPTIONS:
+            if getattr(self, name) and self.filename:
+                raise ValueError(f"{name} is for a whole diffusers repo, not one filename")
         return self
 
 

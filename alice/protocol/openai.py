@@ -14,10 +14,11 @@ import time
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, StrictBool, field_validator
+from typing_extensions import TypeAliasType
 
 from alice.engine.spec import MAX_PROMPT_CHARS
 from alice.protocol.generation import MODEL_NAME, GenerationSettings, InvalidRequest, NoBooleanNumbers
-from alice.protocol.image_options import ImageOptions
+from alice.protocol.image_options import SIZE_FIELD, ImageOptions
 
 # Lowest priority first: OpenAI's top-level fields (or the SDK's extra_body), then SAM's places.
 SETTINGS_SOURCES = ("metadata", "samConfig", "sam_config")
@@ -88,15 +89,21 @@ USER_PROMPT = {"type": "object", "required": ["role", "content"],
                "properties": {"role": {"const": "user"}, "content": {"type": "string", "pattern": r"\S"}}}
 
 
+# ALICE's settings in a chat request (SETTINGS_SOURCES): one named schema, a dict as before, so
+# that a client generator makes one class of it, not one per field (samConfig's and sam_config's
+# inline classes would share a name, and openapi-python-client drops the whole request over it).
+ChatSettings = TypeAliasType("ChatSettings", dict[str, Any])
+
+
 class ChatCompletionRequest(OpenAIModel):
     model: str | None = Field(None, max_length=200, json_schema_extra={"pattern": MODEL_NAME})
     messages: list[ChatMessage] = Field(
         min_length=1, max_length=1000, json_schema_extra={"contains": USER_PROMPT},
         description="The prompt is the last user message's text (a string, or OpenAI's text parts); not blank.")
     stream: StrictBool = False
-    metadata: dict[str, Any] | None = None
-    samConfig: dict[str, Any] | None = None
-    sam_config: dict[str, Any] | None = None
+    metadata: ChatSettings | None = None
+    samConfig: ChatSettings | None = None
+    sam_config: ChatSettings | None = None
 
 
 class ImagesRequest(ImageOptions, OpenAIModel):  # quality, background...: image_options.py
@@ -104,7 +111,7 @@ class ImagesRequest(ImageOptions, OpenAIModel):  # quality, background...: image
     prompt: str = Field(json_schema_extra={"pattern": r"\S", "maxLength": MAX_PROMPT_CHARS})
     model: str | None = Field(None, json_schema_extra={"pattern": MODEL_NAME})
     n: int = Field(1, ge=1)
-    size: str | None = Field(None, max_length=20)
+    size: str | None = SIZE_FIELD
     response_format: Literal["url", "b64_json"] = "url"
     # Streaming (alice/protocol/image_events.py): `partial_images` live previews, then the image.
     stream: bool = False

@@ -32,7 +32,7 @@ from alice.jobs.queue import JobQueue
 from alice.jobs.sqlite import SqliteJobStore
 from alice.metrics import Summary
 from alice.models import store as model_store
-from alice.protocol.generation import GenerationSettings, InvalidRequest
+from alice.protocol.generation import NEEDS_INPUT_IMAGE, GenerationSettings, InvalidRequest
 from alice.protocol.input_images import EditInputs, edit_inputs
 from alice.serving.readiness import Readiness
 from alice.serving.retention import RetentionSweep
@@ -211,7 +211,7 @@ class Runtime:
         but no unmasked edit."""
         family: Family = model.family_facts
         if request.input_image is None:
-            for name in ("mask", "outpaint"):
+            for name in NEEDS_INPUT_IMAGE:
                 if getattr(request, name) is not None:
                     raise InvalidRequest(name, f"{name} applies to an input image: send input_image too")
             return None

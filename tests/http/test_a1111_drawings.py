@@ -49,6 +49,27 @@ def test_lanczos_upscales_the_decoded_image_and_draws_another(client):
     assert client.get(f"/v1/jobs/{body['job_id']}").json()["total_steps"] == 4 + 2  # hires_steps none = steps
 
 
+def test_a_strength_too_low_for_one_step_draws_one(client):
+    """int(steps x strength) steps leave none (2 x 0.1): diffusers refuses that; ALICE draws one
+    step, the schedule's last, as A1111 and ComfyUI do, on img2img and the hires fix's second pass."""
+    start = png(client.post("/generate", json={"prompt": "a red circle", **SMALL}).json()["images"][0]["b64_json"])
+    buffer = io.BytesIO()
+    start.save(buffer, format="PNG")
+    image = base64.b64encode(buffer.getvalue()).decode()
+    body = client.post("/generate", json={"prompt": "a blue circle", **SMALL, "steps": 2, "strength": 0.1,
+                                          "input_image": image})
+    assert body.status_code == 200, body.text
+    assert client.get(f"/v1/jobs/{body.json()['job_id']}").json()["total_steps"] == 1
+    drawn = png(body.json()["images"][0]["b64_json"])
+    assert "Steps: 2," in drawn.info["parameters"] and "Denoising strength: 0.1" in drawn.info["parameters"]
+    # One step at the least noise redraws little: the picture is still the input's.
+    assert np.abs(np.asarray(drawn.convert("RGB"), dtype=float) - np.asarray(start.convert("RGB"), dtype=float)).mean() < 40
+    hires = client.post("/generate", json={"prompt": "a red circle", **SMALL, "hires_scale": 1.5, "hires_steps": 3,
+                                           "hires_strength": 0.2})
+    assert hires.status_code == 200, hires.text
+    assert client.get(f"/v1/jobs/{hires.json()['job_id']}").json()["total_steps"] == 4 + 1
+
+
 def test_hires_fix_on_the_openai_and_sam_routes(client):
     images = client.post("/v1/images/generations", json={"prompt": "a red circle", "size": "64x64", "steps": 2,
                                                           "hires_scale": 2, "response_format": "b64_json"})

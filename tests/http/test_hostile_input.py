@@ -73,27 +73,6 @@ CASES = [
 ]
 
 
-def test_img2img_with_no_step_left_is_a_400_naming_strength(client):
-    """diffusers runs int(steps x strength) img2img steps; none is its crash, so it is refused first."""
-    red = io.BytesIO()
-    Image.new("RGB", (64, 64), "red").save(red, format="PNG")
-    image = base64.b64encode(red.getvalue()).decode()
-    for path, body in [
-        ("/generate", {"prompt": "x", "input_image": image, "steps": 1, "strength": 0.75}),
-        (CHAT, {"messages": [{"role": "user", "content": "x"}],
-                "metadata": {"input_images": [image], "steps": 3, "strength": 0.3}}),
-    ]:
-        response = client.post(path, json=body)
-        assert response.status_code == 400, response.text
-        error = response.json()  # /generate answers in BentoML's shape, chat in OpenAI's
-        message, param = ((error["error"], error["detail"][0]["loc"][0]) if path == "/generate"
-                          else (error["error"]["message"], error["error"]["param"]))
-        assert param == "strength" and "raise steps or strength" in message
-    # One step left is enough.
-    response = client.post("/generate", json={"prompt": "x", "input_image": image, "steps": 2, "strength": 0.5})
-    assert response.status_code == 200, response.text
-
-
 @pytest.mark.parametrize(("path", "body"), CASES, ids=[f"{p}:{b[:40]!r}" for p, b in CASES])
 def test_bad_input_is_a_clear_4xx(client, path, body):
     response = client.post(path, content=body, headers=JSON)
