@@ -20,6 +20,7 @@ from alice import __version__
 from alice.config import Settings
 from alice.downloads.manager import DownloadManager
 from alice.engine.device import describe_device
+from alice.engine.heap import freeze_imported_objects
 from alice.engine.embeddings import EMBEDDING_FILE, embedding_shape, named_in
 from alice.engine.engine import DiffusersEngine, Engine
 from alice.engine.families import Family, lora_refusal
@@ -134,6 +135,7 @@ class Runtime:
         compiler_found = host_compiler(self.placement.is_gpu) is not None
         if self.settings.compile_unet and (refusal := compile_refusal(self.placement.facts, compiler_found=compiler_found)):
             logger.warning("ALICE_COMPILE_UNET is on, but %s: the UNet runs eager", refusal)
+        freeze_imported_objects()  # before the worker loads any pipeline
         self.jobs.start(warm_up=lambda: self.worker.warm_up(phases))
         self.downloads.start()
         self.retention.start()
