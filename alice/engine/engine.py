@@ -92,7 +92,12 @@ class DiffusersEngine(PipelineCache):
         # fix's second pass is the larger.
         width, height = spec.final_size
         loaded = self.get_for_size(model, width, height)
-        pipe = loaded.inpaint if spec.mask_image else loaded.image_to_image if spec.init_image else loaded.pipe
+        if spec.mask_image:
+            pipe = loaded.inpaint
+        elif spec.init_image:  # an inpainting checkpoint's UNet takes the mask: its own pipeline, all masked
+            pipe = loaded.pipe if loaded.is_inpainting_checkpoint else loaded.image_to_image
+        else:
+            pipe = loaded.pipe
         # An inpainting checkpoint's UNet takes the mask: its hires fix is its own pipeline again, all
         # of the image masked (alice/engine/masks.py whole_redraw), as A1111 runs it.
         second = loaded.pipe if loaded.is_inpainting_checkpoint else None

@@ -278,10 +278,12 @@ def _draw(
         # Inpaint pipelines take the mask (white = redraw) and the size, which they round to 8.
         resized = [mask.convert("L").resize(size, Image.Resampling.NEAREST) for mask in masks]
         image_args.update(mask_image=resized[0] if single else resized, width=spec.width, height=spec.height)
-    # An inpainting checkpoint drawing text to image (and its hires fix) redraws everything, as A1111 does.
-    redraws_all = masks[0] is None and init_images[0] is None and takes_the_mask(pipe)
+    # An inpainting checkpoint drawing text to image (and its hires fix), or an edit without a mask,
+    # redraws everything, as A1111 does: an edit from the input's latents at the request's strength.
+    redraws_all = masks[0] is None and takes_the_mask(pipe)
     if redraws_all:
-        image_args = {**whole_redraw(size, len(call), single), "strength": 1.0}
+        start = (inputs[0] if single else inputs) if inputs else None
+        image_args = {**whole_redraw(size, len(call), single, image=start), "strength": image_args.get("strength", 1.0)}
     if not single and hasattr(pipe.vae, "enable_slicing"):
         # One image's decode at a time: a batch needs no more decoder memory than one image
         # (see images_per_call); alone, diffusers' slicing changes nothing.

@@ -110,7 +110,7 @@ class ModelCard(BaseModel):
     hires_fix: bool
     loras: bool
     size_multiple: int
-    inpainting_checkpoint: bool = Field(description="An inpainting checkpoint: masked edits only.")
+    inpainting_checkpoint: bool = Field(description="A dedicated inpainting checkpoint (a 9-channel UNet): everything it draws is drawn through its inpaint pipeline.")
 
 
 class NamedFamily(BaseModel):

@@ -208,9 +208,8 @@ class Runtime:
 
     def _edit_inputs(self, request: GenerationSettings, model: model_store.StoredModel) -> EditInputs | None:
         """The request's input image and mask, decoded and checked against the model: a masked
-        edit needs the family's inpaint pipeline, an unmasked one its img2img pipeline, and an
-        inpainting checkpoint draws masked edits, or text to image all masked (as A1111 draws it),
-        but no unmasked edit."""
+        edit needs the family's inpaint pipeline, an unmasked one its img2img pipeline (an
+        inpainting checkpoint draws everything with its own pipeline, all masked, as A1111 does)."""
         family: Family = model.family_facts
         if request.input_image is None:
             for name in NEEDS_INPUT_IMAGE:
@@ -219,8 +218,6 @@ class Runtime:
             return None
         borders = request.outpaint.borders() if request.outpaint else None
         edit = edit_inputs(request.input_image, request.mask, self.images, borders)
-        if edit.mask is None and model.inpainting:
-            raise InvalidRequest("mask", _INPAINTING_ONLY.format(model=model.name))
         if edit.mask is None and family.image_to_image is None:
             raise InvalidRequest("input_image", f"{family.name} models have no image-to-image pipeline; "
                                                 "send a mask to inpaint, or leave input_image out")
@@ -257,11 +254,6 @@ class Runtime:
 
     def _update_gauges(self) -> None:
         self.views.update_gauges()
-
-
-_INPAINTING_ONLY = ("model '{model}' is an inpainting checkpoint (its UNet takes the mask): it draws masked "
-                    "edits and text to image, not an unmasked edit; send a mask with input_image, or leave "
-                    "input_image out")
 
 
 def _named_embeddings(*texts: str) -> list[NamedEmbedding]:

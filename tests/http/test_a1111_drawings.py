@@ -210,7 +210,7 @@ def test_read_parameters_tells_the_settings_without_drawing(client):
 def test_an_inpainting_checkpoint_draws_text_to_image_and_its_hires_fix_all_masked(client, tmp_path):
     """As A1111 runs txt2img and its hires fix on an inpainting model: the 9-channel UNet is told
     that all of the image is masked, in both passes (its own pipeline, not an img2img one, which
-    would hand it 4 channels); an edit without a mask stays a 400 naming `mask`."""
+    would hand it 4 channels); an edit without a mask too, from the input's latents."""
     from alice.engine.demo import save_demo_pipeline
     from alice.models import checkpoints, store as model_store
     from tests.unit.test_inpainting import nine_channel_copy
@@ -233,7 +233,13 @@ def test_an_inpainting_checkpoint_draws_text_to_image_and_its_hires_fix_all_mask
         assert lanczos.status_code == 200 and png(lanczos.json()["images"][0]["b64_json"]).size == (96, 96)
         red = io.BytesIO()
         Image.new("RGB", (64, 64), "red").save(red, format="PNG")
-        unmasked = client.post("/generate", json={**settings, "input_image": base64.b64encode(red.getvalue()).decode()})
-        assert unmasked.status_code == 400 and unmasked.json()["detail"][0]["loc"] == ["mask"], unmasked.text
+        edit = {**settings, "input_image": base64.b64encode(red.getvalue()).decode(), "strength": 0.5, "steps": 8}
+        unmasked = client.post("/generate", json=edit)  # A1111's img2img on an inpainting model: all masked
+        assert unmasked.status_code == 200, unmasked.text
+        drawn = np.asarray(png(unmasked.json()["images"][0]["b64_json"]).convert("RGB"), dtype=float)
+        red_side, green, blue = drawn.mean(axis=(0, 1))  # half-way from the red input: red stays ahead
+        assert red_side - green > 40 and red_side - blue > 40, drawn.mean(axis=(0, 1))  # measured 169, 84, 61
+        plain_red, plain_green, _ = first.mean(axis=(0, 1))
+        assert abs(plain_red - plain_green) < 40  # the same settings without the input draw no red cast
     finally:
         model_store.delete_model("demo-nine")
