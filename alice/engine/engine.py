@@ -13,7 +13,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 from alice.engine.compiled_unet import CompiledShapes, compile_and_warm, compile_record, graphs_compiled
 from alice.engine.embeddings import embeddings_applied
-from alice.engine.finite import NonFiniteOutput  # noqa: F401  (the worker's import, like OutOfMemory)
+from alice.engine.finite import NonFiniteOutput
 from alice.engine.generate import BatchEntry, GenerationOutput, GenerationSpec, GenerationStopped, StopCheck, run_batch
 from alice.engine.loras import loras_applied
 from alice.engine.pipelines import MemoryPreset, PipelineCache, unet_is_compiled
@@ -70,12 +70,12 @@ class Engine(Protocol):
     def generate(
         self, model: str, entries: Sequence[BatchEntry], *, loras: Sequence[LoraFile], max_images: int,
         should_stop: StopCheck, embeddings: Sequence[EmbeddingFile] = (),
-    ) -> list[GenerationOutput | GenerationStopped]:
+    ) -> list[GenerationOutput | GenerationStopped | NonFiniteOutput]:
         """Draw a batch of entries that share a `batch_key`, `max_images` to a call, with `loras`
         applied (`should_stop` cuts their loading short) and the `embeddings` its prompts name
-        loaded: per entry its images or why it stopped.
-        Raises OutOfMemory, NonFiniteOutput (NaN in the latents or the decode),
-        loras.LoraLoadFailed, or GenerationStopped while loading LoRAs."""
+        loaded: per entry its images, why it stopped, or NonFiniteOutput (an image of it came out
+        NaN in the latents or the decode; the other entries keep theirs).
+        Raises OutOfMemory, loras.LoraLoadFailed, or GenerationStopped while loading LoRAs."""
 
 
 class DiffusersEngine(PipelineCache):
@@ -84,7 +84,7 @@ class DiffusersEngine(PipelineCache):
     def generate(
         self, model: str, entries: Sequence[BatchEntry], *, loras: Sequence[LoraFile], max_images: int,
         should_stop: StopCheck, embeddings: Sequence[EmbeddingFile] = (),
-    ) -> list[GenerationOutput | GenerationStopped]:
+    ) -> list[GenerationOutput | GenerationStopped | NonFiniteOutput]:
         import torch  # here, not at the top: see alice/engine/__init__.py
 
         spec = entries[0].spec  # the batch shares its size and which pipeline draws it (batch_key)

@@ -7,10 +7,12 @@ run: diffusers still does its own unscaling, unpacking and upcasting (SDXL's for
 shift factor, ...), and when nothing is wrong the images are the very ones it draws unwrapped.
 
 - latents that are not finite going in: the denoiser (UNet or transformer) failed in its dtype;
-  no decode can help, so `NonFiniteOutput` ends the call.
+  no decode can help, so `NonFiniteOutput` ends that image.
 - a sample that is not finite coming out of finite latents: the VAE overflowed; that decode runs
   again with the VAE in float32 (as A1111's --no-half-vae fallback does), and a WARNING, once
   per model, names the lasting fix.
+
+Image by image: in a batch, the images that came out finite are kept, and only the others fail.
 """
 
 from __future__ import annotations
@@ -42,12 +44,16 @@ class NonFiniteOutput(Exception):
 
 
 @contextlib.contextmanager
-def finite_decode(pipe: DiffusionPipeline) -> Iterator[None]:
-    """For the pipeline call inside: its VAE's decode checks what goes in and what comes out
-    (see the module's docstring). Raises NonFiniteOutput out of the call."""
+def finite_decode(pipe: DiffusionPipeline) -> Iterator[dict[int, NonFiniteOutput]]:
+    """For the pipeline calls inside: their VAE's decode checks what goes in and what comes out
+    (see the module's docstring), image by image. Yields {row of the call: why} for the images
+    that came out NaN while others of the call did not: those are decoded from zeros and must be
+    dropped by the caller, so one image's NaN costs no other image of a batch (other clients'
+    jobs, when requests are batched). Raises NonFiniteOutput when every image of a call fails."""
+    failed: dict[int, NonFiniteOutput] = {}
     vae = getattr(pipe, "vae", None)
     if vae is None:
-        yield
+        yield failed
         return
     own = vars(vae).get("decode")  # an instance's own decode (none on diffusers' VAEs) comes back after
     original = vae.decode
@@ -55,34 +61,66 @@ def finite_decode(pipe: DiffusionPipeline) -> Iterator[None]:
     def decode(latents: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         import torch
 
-        if not bool(torch.isfinite(latents).all()):
-            raise NonFiniteOutput("denoiser", _dtype_name(_denoiser_dtype(pipe)), _device_name(latents.device))
+        device = _device_name(latents.device)
+        finite = _finite_rows(latents)
+        if not bool(finite.any()):
+            raise NonFiniteOutput("denoiser", _dtype_name(_denoiser_dtype(pipe)), device)
+        if not bool(finite.all()):
+            for row in _rows_not(finite):
+                failed.setdefault(row, NonFiniteOutput("denoiser", _dtype_name(_denoiser_dtype(pipe)), device))
+            latents = _zeroed(latents, finite)
         out = original(latents, *args, **kwargs)
         sample = _sample(out)
-        if bool(torch.isfinite(sample).all()):
+        if bool(_finite_rows(sample).all()):
             return out
         vae_dtype = vae.dtype
         if vae_dtype == torch.float32:
-            raise NonFiniteOutput("vae", "float32", _device_name(latents.device))
-        vae.to(dtype=torch.float32)
-        try:
-            retried = _sample(original(latents.float(), *args, **kwargs))
-        finally:
-            vae.to(dtype=vae_dtype)
-        if not bool(torch.isfinite(retried).all()):
-            raise NonFiniteOutput("vae", "float32", _device_name(latents.device))
-        _warn_once(pipe, vae, _dtype_name(vae_dtype))
+            retried = sample
+        else:
+            vae.to(dtype=torch.float32)
+            try:
+                retried = _sample(original(latents.float(), *args, **kwargs))
+            finally:
+                vae.to(dtype=vae_dtype)
+        decoded = _finite_rows(retried)
+        if not bool(decoded.any()):
+            raise NonFiniteOutput("vae", "float32", device)
+        if vae_dtype != torch.float32:
+            _warn_once(pipe, vae, _dtype_name(vae_dtype))
+        if not bool(decoded.all()):
+            for row in _rows_not(decoded):
+                failed.setdefault(row, NonFiniteOutput("vae", "float32", device))
+            retried = _zeroed(retried, decoded)
         retried = retried.to(sample.dtype)  # what the pipeline's post-processing expects from this VAE
         return (retried,) if isinstance(out, tuple) else type(out)(sample=retried)
 
     vae.decode = decode
     try:
-        yield
+        yield failed
     finally:
         if own is None:
             vars(vae).pop("decode", None)
         else:
             vae.decode = own
+
+
+def _finite_rows(batch: torch.Tensor) -> torch.Tensor:
+    """Per image of a batch (its first dimension), whether every value is finite."""
+    import torch
+
+    return torch.isfinite(batch.reshape(batch.shape[0], -1)).all(dim=1)
+
+
+def _rows_not(finite: torch.Tensor) -> list[int]:
+    return [int(row) for row in (~finite).nonzero().flatten()]
+
+
+def _zeroed(batch: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+    """The batch with its non-finite images' values zero (a neutral latent or a grey image)."""
+    import torch
+
+    keep = finite.reshape(-1, *([1] * (batch.dim() - 1)))
+    return torch.where(keep, batch, torch.zeros((), dtype=batch.dtype, device=batch.device))
 
 
 def _sample(out: Any) -> torch.Tensor:

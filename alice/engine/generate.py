@@ -19,7 +19,7 @@ from PIL import Image
 
 from alice.engine.embeddings import spell_embeddings
 from alice.engine.families import Family, family_of_pipeline
-from alice.engine.finite import finite_decode
+from alice.engine.finite import NonFiniteOutput, finite_decode
 from alice.engine.hires import first_pass_output, second_pass_arguments, second_pass_steps, upscaled
 from alice.engine.masks import blend_back, takes_the_mask, whole_redraw
 from alice.engine.previews import Preview, PreviewDecoder, decoder_for, preview_steps, unpacked
@@ -122,7 +122,7 @@ def run_generation(
     [result] = run_batch(
         pipe, base_scheduler_config, [BatchEntry(spec, init_image, on_step, should_stop, mask)], family=family
     )
-    if isinstance(result, GenerationStopped):
+    if isinstance(result, (GenerationStopped, NonFiniteOutput)):
         raise result
     return result
 
@@ -140,7 +140,7 @@ def run_batch(
     lay_out_cheaper: Callable[[], bool] | None = None,
     family: Family | None = None,
     hires_pipe: DiffusionPipeline | None = None,
-) -> list[GenerationOutput | GenerationStopped]:
+) -> list[GenerationOutput | GenerationStopped | NonFiniteOutput]:
     """Draw every entry's images (image i of an entry from seed `spec.seed + i`), `max_images`
     to a pipeline call, in order; the entries must share a `batch_key`. Returns, per entry, its
     images or why it stopped.
@@ -153,8 +153,9 @@ def run_batch(
     A single image that fails is drawn once more when `lay_out_cheaper` (called after
     `on_out_of_memory`) laid the pipeline out cheaper in place and says so; once per run.
 
-    A call whose latents or decode come out NaN raises finite.NonFiniteOutput (a VAE that
-    overflows is retried in float32 first: alice/engine/finite.py).
+    An entry with an image whose latents or decode came out NaN gets finite.NonFiniteOutput
+    instead of images (a VAE that overflows is retried in float32 first: alice/engine/finite.py);
+    the other entries of its call keep theirs.
 
     `family` says which arguments the pipeline takes (by default the family of its class).
     `hires_pipe`: the img2img pipeline over the same components, which draws a hires fix's second
@@ -172,17 +173,22 @@ def run_batch(
     )
     progress = _Progress(entries, [call for call, _ in pending])
     images: list[list[Image.Image]] = [[] for _ in entries]
+    failed: dict[int, NonFiniteOutput] = {}  # entries with an image that came out NaN
     largest = [0] * len(entries)
     may_lay_out = lay_out_cheaper is not None
     while pending:
         call, may_split = pending.popleft()
         progress.ask_to_stop(dict.fromkeys(index for index, _ in call))
-        call = [row for row in call if row[0] not in progress.stopped]
+        call = [row for row in call if row[0] not in progress.stopped and row[0] not in failed]
         if not call:
             continue
         out_of_memory = False
         try:
             drawn, steps = _draw(pipe, base_scheduler_config, entries, call, progress, family, hires_pipe)
+        except NonFiniteOutput as every_row:  # this call's entries fail; the batch's other calls still draw
+            for index, _ in call:
+                failed.setdefault(index, every_row)
+            continue
         except torch.OutOfMemoryError:
             if not (len(call) == 1 and may_lay_out) and (not may_split or len(call) == 1):
                 raise
@@ -201,13 +207,16 @@ def run_batch(
             pending.extendleft([(halves[1], False), (halves[0], False)])
             continue
         for (index, _), image in zip(call, drawn):
-            if index not in progress.stopped:
+            if isinstance(image, NonFiniteOutput):
+                failed.setdefault(index, image)  # an entry is all its images or none
+            elif index not in progress.stopped:
                 images[index].append(image)
                 largest[index] = max(largest[index], len(call))
         progress.call_done(call, steps)
     seconds = time.perf_counter() - started
     return [
         GenerationStopped(progress.stopped[index]) if index in progress.stopped
+        else failed[index] if index in failed
         else GenerationOutput(images=images[index], seconds=seconds, batch=largest[index])
         for index in range(len(entries))
     ]
@@ -246,9 +255,10 @@ class _Progress:
 def _draw(
     pipe: DiffusionPipeline, base_scheduler_config: Any, entries: Sequence[BatchEntry], call: list[Row],
     progress: _Progress, family: Family, hires_pipe: DiffusionPipeline | None = None,
-) -> tuple[list[Image.Image], int]:
-    """One pipeline call for `call`'s rows (two with a hires fix): their images, in order, and
-    the denoising steps run."""
+) -> tuple[list[Image.Image | NonFiniteOutput], int]:
+    """One pipeline call for `call`'s rows (two with a hires fix): their images, in order (or
+    why a row came out NaN while others did not), and the denoising steps run. NonFiniteOutput
+    when every row did."""
     import torch
 
     indices = list(dict.fromkeys(index for index, _ in call))
@@ -306,7 +316,7 @@ def _draw(
 
     clip_layers = _clip_layers_reachable(pipe) if spec.clip_skip else contextlib.nullcontext()
     # finite_decode: NonFiniteOutput rather than a black image (alice/engine/finite.py).
-    with torch.inference_mode(), clip_layers, finite_decode(pipe):
+    with torch.inference_mode(), clip_layers, finite_decode(pipe) as failed:
         text_args = prompt_arguments(pipe, family, spec, prompts, negatives)
         result = pipe(
             **text_args,
@@ -338,9 +348,11 @@ def _draw(
                 output_type="pil",
             )
             passed += hires_pipe.num_timesteps
+    drawn: list[Image.Image] = result.images
     if masks[0] is not None:  # the kept area is the client's: the original, not its VAE round trip
-        return [blend_back(kept, drawn, mask) for kept, drawn, mask in zip(inputs, result.images, masks)], passed
-    return result.images, passed
+        drawn = [blend_back(kept, image, mask) for kept, image, mask in zip(inputs, drawn, masks)]
+    # An image that came out NaN was decoded from zeros: its row gets why, never those pixels.
+    return [failed.get(row, image) for row, image in enumerate(drawn)], passed
 
 
 def prompt_arguments(

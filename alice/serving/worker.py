@@ -157,9 +157,6 @@ class Worker:
             results = [GenerationStopped(controls[index].should_stop() or stop.reason) for index in entries]
         except OutOfMemory:
             raise JobFailure("out_of_memory", "the GPU ran out of memory; try a smaller size or fewer images") from None
-        except NonFiniteOutput as exc:  # never a black image with a 200: the server's precision, not the request
-            logger.error("job %s: model %s: %s", head.id, head.model, exc)
-            raise JobFailure("nan_output", f"model '{head.model}' produced no image: {exc}") from None
         except LoraLoadFailed as exc:
             logger.warning("job %s: %s", head.id, exc, exc_info=True)
             raise JobFailure(
@@ -170,6 +167,9 @@ class Worker:
         for index, result in zip(entries, results):
             if isinstance(result, GenerationStopped):
                 outcomes[index] = result
+            elif isinstance(result, NonFiniteOutput):  # never a black image with a 200; this job's alone
+                logger.error("job %s: model %s: %s", jobs[index].id, head.model, result)
+                outcomes[index] = JobFailure("nan_output", f"model '{head.model}' produced no image: {result}")
             else:
                 controls[index].batched(result.batch)
                 outcomes[index] = self._saving(jobs[index], controls[index], result.images)

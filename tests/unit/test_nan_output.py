@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -105,3 +106,68 @@ def test_nan_from_the_unet_fails_the_drawing_naming_the_dtype_and_the_setting(ha
     assert "NaN in bfloat16 on the CPU" in message and "ALICE_DTYPE=float32" in message
     assert "decode" not in vars(half_demo.vae)
     run_generation(half_demo, half_demo.scheduler.config, SPEC)  # the next drawing works
+
+
+def nan_in_row(row: int, rows: int) -> Callable[[torch.nn.Module, Any, Any], Any]:
+    """A forward hook that makes one image of the batch NaN: the UNet's batch is the unconditional
+    half then the conditional one (that image's row in both); a batch's decode goes an image at a
+    time (VAE slicing), so there the image is the call's."""
+    calls: list[int] = []
+
+    def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
+        sample = output if isinstance(output, torch.Tensor) else output[0] if isinstance(output, tuple) else output.sample
+        calls.append(1)
+        if sample.shape[0] == 1:
+            if len(calls) == row + 1:
+                sample[0] = float("nan")
+            return output
+        for index in range(row, sample.shape[0], rows):
+            sample[index] = float("nan")
+        return output
+
+    return hook
+
+
+@pytest.mark.parametrize("part", ["unet", "vae"])
+def test_in_a_batch_only_the_image_that_came_out_nan_fails(demo_pipeline, part: str) -> None:
+    """Batched requests are other clients' jobs: one image's NaN fails its own entry alone, and
+    the others get the very pixels the same call draws without it."""
+    from alice.engine.generate import BatchEntry, run_batch
+
+    pipe, config = demo_pipeline
+    entries = [BatchEntry(SPEC), BatchEntry(dataclasses.replace(SPEC, seed=8, num_images=2))]
+    clean = run_batch(pipe, config, entries, max_images=3)
+    module = pipe.unet if part == "unet" else pipe.vae.decoder.conv_out
+    handle = module.register_forward_hook(nan_in_row(1, rows=3))  # the second entry's first image
+    try:
+        drawn = run_batch(pipe, config, entries, max_images=3)
+    finally:
+        handle.remove()
+    kept, failed = drawn
+    assert isinstance(failed, NonFiniteOutput), failed  # all its images or none
+    assert failed.part == ("denoiser" if part == "unet" else "vae")
+    assert [np.asarray(image) for image in kept.images] and all(
+        np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(kept.images, clean[0].images)
+    ) and kept.batch == 3
+    assert "decode" not in vars(pipe.vae)
+
+
+def test_a_call_whose_every_image_is_nan_fails_its_entries_and_the_next_call_still_draws(demo_pipeline) -> None:
+    from alice.engine.generate import BatchEntry, run_batch
+
+    pipe, config = demo_pipeline
+    entries = [BatchEntry(SPEC), BatchEntry(dataclasses.replace(SPEC, seed=8))]
+    calls: list[int] = []
+
+    def first_call_only(module: torch.nn.Module, args: Any, output: Any) -> Any:
+        calls.append(1)
+        return nan_of(output) if len(calls) <= SPEC.steps else None  # the first call's steps
+
+    handle = pipe.unet.register_forward_hook(first_call_only)
+    try:
+        failed, kept = run_batch(pipe, config, entries, max_images=1)
+    finally:
+        handle.remove()
+    assert isinstance(failed, NonFiniteOutput) and failed.part == "denoiser"
+    alone = run_generation(pipe, config, dataclasses.replace(SPEC, seed=8))
+    assert np.array_equal(np.asarray(kept.images[0]), np.asarray(alone.images[0]))
