@@ -82,6 +82,38 @@ def test_a_job_cancelled_inside_a_batch_gets_no_image_and_the_others_go_on(clien
         assert record["step"] == record["total_steps"] == 60
 
 
+def test_a_job_whose_image_comes_out_nan_fails_alone_and_its_batch_mates_get_theirs(client):
+    """One client's NaN (fp16 on a GTX 16xx, an unlucky prompt) must not cost the others batched
+    with it their images: the text encoder answers NaN for one prompt's row only."""
+    import torch
+    from transformers import CLIPTokenizer
+
+    from alice.engine.demo import DEMO_MODEL_DIR
+
+    tokenizer = CLIPTokenizer.from_pretrained(DEMO_MODEL_DIR / "tokenizer")
+    poisoned = tokenizer("a poisoned circle").input_ids
+
+    def nan_for_that_prompt(module: torch.nn.Module, args: tuple, output) -> None:
+        if type(module).__name__ != "CLIPTextModel" or not args:
+            return
+        for row, ids in enumerate(args[0].tolist()):
+            if ids[: len(poisoned)] == poisoned:
+                output[0][row] = float("nan")
+
+    bodies = [{"prompt": f"circle {i}", "seed": i, **SMALL} for i in range(2)]
+    bodies.insert(1, {"prompt": "a poisoned circle", "seed": 5, **SMALL})
+    handle = torch.nn.modules.module.register_module_forward_hook(nan_for_that_prompt)
+    try:
+        first, poisoned_job, last = finished(client, queue_behind_a_blocker(client, bodies))
+    finally:
+        handle.remove()
+    assert poisoned_job["state"] == "failed" and poisoned_job["error_code"] == "nan_output", poisoned_job
+    assert poisoned_job["images"] == [] and "NaN" in poisoned_job["error"]
+    for record in (first, last):
+        assert record["state"] == "succeeded" and len(record["images"]) == 1 and record["batch"] == 3, record
+    assert first["started"] == poisoned_job["started"] == last["started"]  # one call, as batched
+
+
 def test_batching_off_at_one_each_image_its_own_call(batch_off_client):
     client = batch_off_client
     ids = queue_behind_a_blocker(client, [{"prompt": f"circle {i}", "seed": i, **SMALL} for i in range(2)]
