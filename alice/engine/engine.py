@@ -92,16 +92,8 @@ class DiffusersEngine(PipelineCache):
         # fix's second pass is the larger.
         width, height = spec.final_size
         loaded = self.get_for_size(model, width, height)
-        if spec.mask_image:
-            pipe = loaded.inpaint
-        elif spec.init_image:  # an inpainting checkpoint's UNet takes the mask: its own pipeline, all masked
-            pipe = loaded.pipe if loaded.is_inpainting_checkpoint else loaded.image_to_image
-        else:
-            pipe = loaded.pipe
-        # An inpainting checkpoint's UNet takes the mask: its hires fix is its own pipeline again, all
-        # of the image masked (alice/engine/masks.py whole_redraw), as A1111 runs it.
-        second = loaded.pipe if loaded.is_inpainting_checkpoint else None
-        hires_pipe = (second or loaded.image_to_image) if spec.hires_scale is not None else None
+        pipe = loaded.inpaint if spec.mask_image else loaded.image_to_image if spec.init_image else loaded.pipe
+        hires_pipe = loaded.image_to_image if spec.hires_scale is not None else None
         graphs, eager_calls = graphs_compiled(), _eager_calls(pipe)
         try:
             with loras_applied(pipe, loras, fuse=unet_is_compiled(pipe), should_stop=should_stop), \

@@ -61,13 +61,16 @@ def finite_decode(pipe: DiffusionPipeline) -> Iterator[dict[int, NonFiniteOutput
     def decode(latents: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         import torch
 
-        device = _device_name(latents.device)
+        def denoiser_failed() -> NonFiniteOutput:  # named only on a failure: no card lookup per decode
+            return NonFiniteOutput("denoiser", _dtype_name(_denoiser_dtype(pipe)), _device_name(latents.device))
+
         finite = _finite_rows(latents)
         if not bool(finite.any()):
-            raise NonFiniteOutput("denoiser", _dtype_name(_denoiser_dtype(pipe)), device)
+            raise denoiser_failed()
         if not bool(finite.all()):
+            why = denoiser_failed()
             for row in _rows_not(finite):
-                failed.setdefault(row, NonFiniteOutput("denoiser", _dtype_name(_denoiser_dtype(pipe)), device))
+                failed.setdefault(row, why)
             latents = _zeroed(latents, finite)
         out = original(latents, *args, **kwargs)
         sample = _sample(out)
@@ -83,13 +86,14 @@ def finite_decode(pipe: DiffusionPipeline) -> Iterator[dict[int, NonFiniteOutput
             finally:
                 vae.to(dtype=vae_dtype)
         decoded = _finite_rows(retried)
+        vae_failed = NonFiniteOutput("vae", "float32", _device_name(latents.device))
         if not bool(decoded.any()):
-            raise NonFiniteOutput("vae", "float32", device)
+            raise vae_failed
         if vae_dtype != torch.float32:
             _warn_once(pipe, vae, _dtype_name(vae_dtype))
         if not bool(decoded.all()):
             for row in _rows_not(decoded):
-                failed.setdefault(row, NonFiniteOutput("vae", "float32", device))
+                failed.setdefault(row, vae_failed)
             retried = _zeroed(retried, decoded)
         retried = retried.to(sample.dtype)  # what the pipeline's post-processing expects from this VAE
         return (retried,) if isinstance(out, tuple) else type(out)(sample=retried)

@@ -292,8 +292,8 @@ def _draw(
     # redraws everything, as A1111 does: an edit from the input's latents at the request's strength.
     redraws_all = masks[0] is None and takes_the_mask(pipe)
     if redraws_all:
-        start = (inputs[0] if single else inputs) if inputs else None
-        image_args = {**whole_redraw(size, len(call), single, image=start), "strength": image_args.get("strength", 1.0)}
+        image_args = {**whole_redraw(size, len(call), single, image=image_args.get("image")),
+                      "strength": image_args.get("strength", 1.0)}
     if not single and hasattr(pipe.vae, "enable_slicing"):
         # One image's decode at a time: a batch needs no more decoder memory than one image
         # (see images_per_call); alone, diffusers' slicing changes nothing.

@@ -280,8 +280,12 @@ class LoadedPipeline:
 
     @property
     def image_to_image(self) -> DiffusionPipeline:
-        """The img2img variant, sharing the loaded modules (no second copy of the weights).
-        ValueError for a family without one (the protocol refuses those requests first)."""
+        """The img2img variant, sharing the loaded modules (no second copy of the weights); an
+        inpainting checkpoint's own pipeline, whose UNet takes the mask (its edits and hires fix
+        are drawn all masked, alice/engine/masks.py whole_redraw, as A1111 draws them). ValueError
+        for a family without one (the protocol refuses those requests first)."""
+        if self.is_inpainting_checkpoint:
+            return self.pipe
         if self._image_to_image is None:
             import diffusers
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 from alice.engine.embeddings import named_in, spelled_out
 from alice.engine.families import Family
+from alice.engine.pipeline_configs import read_config
 from alice.engine.prompt_embeds import chunk_length, token_chunks
 from alice.engine.prompt_tags import extract_prompt_loras
 from alice.engine.prompt_weights import has_weight_syntax, plain_text
@@ -149,12 +149,8 @@ def max_sequence_length(family: Family) -> int | None:
 @functools.lru_cache(maxsize=16)
 def _encoder_widths(folder: str) -> tuple[int, ...]:
     """The widths of a UNet model's CLIP encoders' token embeddings (SDXL: both), from their configs."""
-    widths = []
-    for name in ("text_encoder", "text_encoder_2"):
-        config = Path(folder) / name / "config.json"
-        if config.is_file():
-            widths.append(int(json.loads(config.read_text()).get("hidden_size", 0)))
-    return tuple(widths)
+    configs = [read_config(Path(folder) / name / "config.json") for name in ("text_encoder", "text_encoder_2")]
+    return tuple(int(config.get("hidden_size", 0)) for config in configs if config)
 
 
 @functools.lru_cache(maxsize=16)

@@ -96,8 +96,8 @@ class StoredModel:
 
     @functools.cached_property
     def inpainting(self) -> bool:
-        """A dedicated inpainting checkpoint (a UNet of 9 input channels): it draws masked edits, and
-        text to image all masked, never an unmasked edit."""
+        """A dedicated inpainting checkpoint (a UNet of 9 input channels): everything it draws is
+        drawn through its inpaint pipeline (unmasked edits and text to image all masked)."""
         return self.kind == PIPELINE and self.family_facts.inpaint is not None and is_inpainting_checkpoint(self.path)
 
     @functools.cached_property

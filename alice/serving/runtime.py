@@ -20,10 +20,10 @@ from alice import __version__
 from alice.config import Settings
 from alice.downloads.manager import DownloadManager
 from alice.engine.device import describe_device
-from alice.engine.heap import freeze_imported_objects
 from alice.engine.embeddings import EMBEDDING_FILE, embedding_shape, named_in
 from alice.engine.engine import DiffusersEngine, Engine
 from alice.engine.families import Family, lora_refusal
+from alice.engine.heap import freeze_imported_objects
 from alice.engine.masks import fill_transparent
 from alice.engine.pipelines import MemoryOptions, choose_placement, compile_refusal, host_compiler
 from alice.engine.prompt_reading import NamedEmbedding, PromptTooLong, read_prompts
