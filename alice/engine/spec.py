@@ -189,6 +189,14 @@ def hires_resize(
     return upscaled, ((box[2] - box[0]) * 8, (box[3] - box[1]) * 8)
 
 
+def hires_cover(width: int, height: int, target_width: int | None, target_height: int | None) -> tuple[float, bool]:
+    """The hires fix to a size (A1111's "Hires resize"): the scale that covers the target, to 4
+    places, and whether the hires fix draws it (no side shrinks; within hires_scale's maximum)."""
+    (up_width, up_height), _ = hires_resize(width, height, target_width, target_height)
+    scale = round(max(up_width / width, up_height / height), 4)
+    return scale, width <= up_width and height <= up_height and scale <= setting_limit("hires_scale", "le")
+
+
 def hires_crop_box(upscaled: tuple[int, int], target: tuple[int, int]) -> tuple[int, int, int, int]:
     """The latents kept of an upscaled first pass (left, top, right, bottom, in latent pixels of 8):
     A1111's truncate_x/truncate_y, the odd one off the right and bottom."""

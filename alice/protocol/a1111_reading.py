@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from alice.engine.scheduler_names import scheduler_for_sampler
-from alice.engine.spec import MAX_PROMPT_CHARS, hires_resize
+from alice.engine.spec import MAX_PROMPT_CHARS, hires_cover
 from alice.protocol.a1111 import a1111_labels, parse_a1111_parameters, settings_from_a1111
 from alice.protocol.generation import (
     MAX_INPUT_IMAGE_CHARS,
@@ -215,8 +215,8 @@ def _resize(settings: dict[str, Any], found: dict[str, str], notes: list[str]) -
         notes.append(f"Hires resize: {text} (out of this server's range)"[:200])
         return None
     if "width" in settings and "height" in settings:
-        (up_width, up_height), _ = hires_resize(settings["width"], settings["height"], *(side or None for side in sides))
-        if not (settings["width"] <= up_width <= 4 * settings["width"] and settings["height"] <= up_height <= 4 * settings["height"]):
+        _, drawable = hires_cover(settings["width"], settings["height"], *(side or None for side in sides))
+        if not drawable:
             notes.append(f"Hires resize: {text} (not 1 to 4 times the Size; no hires fix)"[:200])
             return None
     return sides

@@ -23,7 +23,7 @@ from alice.engine.previews import MAX_PREVIEWS
 from alice.engine.prompt_tags import extract_prompt_loras
 from alice.engine.scheduler_names import FLOW_EQUIVALENTS, SCHEDULER_NAMES, canonical_scheduler_name
 from alice.engine.spec import (
-    MAX_SEED, MAX_SIDE, GenerationSpec, drawing_settings, hires_resize, hires_size, setting, setting_limit,
+    MAX_SEED, MAX_SIDE, GenerationSpec, drawing_settings, hires_cover, hires_resize, hires_size, setting, setting_limit,
 )
 
 MODEL_PREFIX = "sd/"
@@ -265,10 +265,9 @@ class GenerationSettings(NoBooleanNumbers, DrawingSettings):  # type: ignore[mis
         A1111's "Hires resize"), the scale that covers it, held to hires_scale's limits."""
         if self.hires_width is None and self.hires_height is None:
             return self.hires_scale
-        (up_width, up_height), _ = hires_resize(width, height, self.hires_width, self.hires_height)
-        scale = round(max(up_width / width, up_height / height), 4)
+        scale, drawable = hires_cover(width, height, self.hires_width, self.hires_height)
         target = f"hires_width x hires_height = {self.hires_width or 'auto'}x{self.hires_height or 'auto'}"
-        if up_width < width or up_height < height or scale > setting_limit("hires_scale", "le"):
+        if not drawable:
             raise InvalidRequest("hires_width", f"{target} upscales {width}x{height} by {scale:g} to cover it; "
                                                 f"the hires fix upscales by 1 to {setting_limit('hires_scale', 'le'):g}")
         if self.hires_scale is not None and round(self.hires_scale, 4) != scale:

@@ -48,7 +48,7 @@ import pytest
 from alice.engine.families import FAMILIES
 from alice.engine.prompt_tags import extract_prompt_loras
 from alice.engine.scheduler_names import canonical_scheduler_name
-from alice.engine.spec import MAX_PROMPT_CHARS, hires_resize, setting_limit
+from alice.engine.spec import MAX_PROMPT_CHARS, hires_cover, hires_resize
 from alice.protocol.generation import MAX_LORAS, SCHEDULER_PATTERN
 from alice.protocol.openai import SIZE_PATTERN
 from harness.environment import alice_environment
@@ -368,10 +368,11 @@ def _hires_to_a_size_fits(settings: dict, width: int, height: int) -> bool:
                                                                      settings.get("hires_height"))]
     if not any(target):
         return True
-    upscaled, kept = hires_resize(width, height, *(int(side) if side else None for side in target))
-    scale = round(max(upscaled[0] / width, upscaled[1] / height), 4)
-    if upscaled[0] < width or upscaled[1] < height or scale > setting_limit("hires_scale", "le"):
+    sides = [int(side) if side else None for side in target]
+    scale, drawable = hires_cover(width, height, *sides)
+    if not drawable:
         return False
+    _, kept = hires_resize(width, height, *sides)
     asked = settings.get("hires_scale")
     return kept[0] * kept[1] <= MAX_PIXELS and not (_number(asked) and round(asked, 4) != scale)
 
