@@ -136,9 +136,7 @@ class GenerationSpec:
     @property
     def final_size(self) -> tuple[int, int]:
         """The size of the images drawn: the hires fix's second pass's, else width x height."""
-        if self.hires_width or self.hires_height:
-            return hires_resize(self.width, self.height, self.hires_width, self.hires_height)[1]
-        return hires_size(self.width, self.height, self.hires_scale)
+        return hires_final_size(self.width, self.height, self.hires_scale, self.hires_width, self.hires_height)
 
     @property
     def upscaled_size(self) -> tuple[int, int]:
@@ -168,6 +166,16 @@ def drawn_strength(steps: int, strength: float) -> float:
         while int(steps * drawn) < 1:  # 49 x (1/49) is 0.999...: the next float up
             drawn = math.nextafter(drawn, 2.0)
     return drawn
+
+
+def hires_final_size(
+    width: int, height: int, scale: float | None, target_width: int | None, target_height: int | None,
+) -> tuple[int, int]:
+    """The hires fix's final size: to a size (hires_width x hires_height) what is kept of it, else by
+    `scale` (width x height without a hires fix)."""
+    if target_width or target_height:
+        return hires_resize(width, height, target_width, target_height)[1]
+    return hires_size(width, height, scale)
 
 
 def hires_resize(

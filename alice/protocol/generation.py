@@ -23,7 +23,7 @@ from alice.engine.previews import MAX_PREVIEWS
 from alice.engine.prompt_tags import extract_prompt_loras
 from alice.engine.scheduler_names import FLOW_EQUIVALENTS, SCHEDULER_NAMES, canonical_scheduler_name
 from alice.engine.spec import (
-    MAX_SEED, MAX_SIDE, GenerationSpec, drawing_settings, hires_cover, hires_resize, hires_size, setting, setting_limit,
+    MAX_SEED, MAX_SIDE, GenerationSpec, drawing_settings, hires_cover, hires_final_size, setting, setting_limit,
 )
 
 MODEL_PREFIX = "sd/"
@@ -367,9 +367,8 @@ class GenerationSettings(NoBooleanNumbers, DrawingSettings):  # type: ignore[mis
         """Limits that come from the operator's configuration and the model, not the schema
         (sizes chosen)."""
         assert self.width is not None and self.height is not None, "choose the size first"
-        final_width, final_height = (
-            hires_resize(self.width, self.height, self.hires_width, self.hires_height)[1]
-            if self.hires_width or self.hires_height else hires_size(self.width, self.height, self.hires_scale))
+        final_width, final_height = hires_final_size(
+            self.width, self.height, self.hires_scale, self.hires_width, self.hires_height)
         if self.hires_scale is not None and self.width * self.height <= max_pixels < final_width * final_height:
             field = self._hires_field()
             asked = (f"hires_width x hires_height = {self.hires_width or 'auto'}x{self.hires_height or 'auto'}"
